@@ -1,0 +1,107 @@
+"""The results table's schema: one row per case, one column per measure.
+
+Every module that writes or reads results (engine, report, compare, gates) goes through these names, so a
+pandas user can pivot a results table without reading our code, and a schema change is made in one place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+
+# Status of a case. Every case becomes exactly one row with one of these.
+STATUSES = ("ok", "oom", "timeout", "error", "unsupported", "skipped")
+
+# Columns that identify a case: two rows with equal identity measure the same thing (used by --resume and by
+# compare, which matches cases across runs on these; device_name rather than device so that cuda:0 on two hosts
+# with different GPUs is not silently compared).
+IDENTITY = ("model", "level", "height", "width", "device_name", "backend", "precision", "batch", "threads",
+            "channels_last", "folded")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: str  # pandas dtype name
+    doc: str
+
+
+COLUMNS: tuple[Column, ...] = (
+    # identity and description of the case
+    Column("run_id", "string", "run folder name"),
+    Column("case_id", "string", "stable key of the case within and across runs (see case_key)"),
+    Column("model", "string", "registry name, e.g. evit-b1:msla"),
+    Column("family", "string", "registry family: evit-variant, efficientvit, segformer, segnext, block"),
+    Column("variant", "string", "token mixer: msla, relu-linear, softmax, large-kernel, softmax-sr"),
+    Column("level", "string", "model or block"),
+    Column("device", "string", "device as asked: cpu, cuda:0"),
+    Column("device_name", "string", "CPU model or GPU name"),
+    Column("backend", "string", "eager, compile, cudagraphs, onnxruntime, tensorrt"),
+    Column("precision", "string", "fp32, tf32, fp16, bf16"),
+    Column("batch", "int64", "images per iteration"),
+    Column("threads", "int64", "torch intra-op threads (CPU); 0 where not applicable"),
+    Column("height", "int64", "input image height in pixels"),
+    Column("width", "int64", "input image width in pixels"),
+    Column("tokens", "int64", "tokens seen by the token mixer (first attention stage)"),
+    Column("channels_last", "bool", "memory format channels_last"),
+    Column("folded", "bool", "conv+BN folded (deployment form)"),
+    Column("params", "int64", "parameter count"),
+    Column("macs", "int64", "multiply-accumulates per batch (conv + matmul, FlopCounterMode)"),
+    # outcome
+    Column("status", "string", "one of STATUSES"),
+    Column("reason", "string", "why a case is not ok (empty when ok)"),
+    # latency of one iteration (one batch), milliseconds
+    Column("n", "int64", "timed iterations kept"),
+    Column("warmup_iters", "int64", "warm-up iterations before timing"),
+    Column("first_call_ms", "float64", "latency of the very first call (lazy init, autotuning)"),
+    Column("latency_ms_median", "float64", ""),
+    Column("latency_ms_mean", "float64", ""),
+    Column("latency_ms_std", "float64", ""),
+    Column("latency_ms_min", "float64", ""),
+    Column("latency_ms_max", "float64", ""),
+    Column("latency_ms_p90", "float64", ""),
+    Column("latency_ms_p95", "float64", ""),
+    Column("latency_ms_p99", "float64", ""),
+    Column("latency_ms_iqr", "float64", ""),
+    Column("latency_ms_ci_low", "float64", "95% CI of the median, binomial order statistics"),
+    Column("latency_ms_ci_high", "float64", ""),
+    Column("converged", "bool", "CI of the median within the target before the time cap"),
+    Column("throughput_ips", "float64", "images per second = batch / median latency"),
+    # memory
+    Column("peak_mem_mb", "float64", "CUDA peak allocated, or CPU peak RSS above the child's baseline"),
+    Column("peak_mem_reserved_mb", "float64", "CUDA peak reserved by the caching allocator"),
+    Column("weights_mem_mb", "float64", "memory held by weights and buffers"),
+    Column("activations_mem_mb", "float64", "peak memory above weights during inference"),
+    # energy (NVIDIA NVML)
+    Column("energy_j_per_image", "float64", "NVML total-energy counter delta / images"),
+    Column("mean_power_w", "float64", "energy / time over the timed iterations"),
+    # efficiency
+    Column("gmacs_per_s", "float64", "macs / median latency"),
+    Column("device_peak_gmacs_per_s", "float64", "the device's measured matmul rate (calibration kernel)"),
+    Column("frac_of_peak", "float64", "gmacs_per_s / device_peak_gmacs_per_s"),
+    # numerics and backend
+    Column("rel_err", "float64", "||y - y_ref|| / ||y_ref|| against eager fp32 on the same input"),
+    Column("numerics_ok", "bool", "rel_err within the precision's tolerance"),
+    Column("build_s", "float64", "compile / export / engine build time, apart from latency"),
+    Column("backend_info", "string", "provider, versions and settings of the backend (JSON)"),
+    # bookkeeping
+    Column("seed", "int64", ""),
+    Column("host", "string", "hostname"),
+    Column("started_at", "string", "ISO 8601 UTC"),
+    Column("wall_s", "float64", "wall time of the case, child spawn included"),
+)
+
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+
+# Raw samples: one row per timed iteration.
+SAMPLE_COLUMNS = (Column("run_id", "string", ""), Column("case_id", "string", ""),
+                  Column("iter", "int64", "0-based index of the timed iteration"),
+                  Column("latency_ms", "float64", "latency of one iteration (one batch)"))
+
+
+def case_key(row: dict) -> str:
+    """A stable, human-readable id of a case from its identity columns."""
+    fl = "+cl" if row.get("channels_last") else ""
+    fl += "+fold" if row.get("folded") else ""
+    return (f"{row['model']}|{row['level']}|{int(row['height'])}x{int(row['width'])}|{row['device_name']}|"
+            f"{row['backend']}{fl}|{row['precision']}|b{int(row['batch'])}|t{int(row['threads'])}")

@@ -1,0 +1,140 @@
+"""Results on disk: `results/<run-id>/` with results.parquet, results.csv, samples.parquet and meta.json.
+
+Every write goes to a temporary file in the same folder and is renamed into place, so a run killed at any moment
+leaves the previous complete version of every file (a valid partial run that --resume completes). Parquet and
+JSON only: nothing here unpickles what a user might have been sent from elsewhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from bench.schema import COLUMNS, COLUMN_NAMES, SAMPLE_COLUMNS, SCHEMA_VERSION
+
+RESULTS = "results.parquet"
+RESULTS_CSV = "results.csv"
+SAMPLES = "samples.parquet"
+META = "meta.json"
+
+
+class RunFormatError(ValueError):
+    """A run folder or file that is missing, corrupt or of another schema; the message is one line for users."""
+
+
+@dataclass
+class Run:
+    path: Path
+    results: pd.DataFrame
+    samples: pd.DataFrame
+    meta: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return str(self.meta.get("run_id") or self.path.name)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows (dicts) -> a DataFrame with exactly the schema's columns, in order, with the schema's dtypes."""
+    df = pd.DataFrame(list(rows))
+    for c in COLUMNS:
+        if c.name not in df.columns:
+            df[c.name] = pd.NA
+    df = df[list(COLUMN_NAMES)]
+    for c in COLUMNS:
+        if c.dtype == "int64":
+            df[c.name] = pd.to_numeric(df[c.name], errors="coerce").astype("Int64")
+        elif c.dtype == "float64":
+            df[c.name] = pd.to_numeric(df[c.name], errors="coerce").astype("float64")
+        elif c.dtype == "bool":
+            df[c.name] = df[c.name].astype("boolean")
+        else:
+            df[c.name] = df[c.name].astype("string")
+    return df
+
+
+def samples_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(list(rows), columns=[c.name for c in SAMPLE_COLUMNS])
+    return df.astype({"run_id": "string", "case_id": "string", "iter": "int64", "latency_ms": "float64"})
+
+
+def write_results(run_dir: Path, results: pd.DataFrame) -> None:
+    _atomic_write(run_dir / RESULTS, lambda p: results.to_parquet(p, index=False))
+    _atomic_write(run_dir / RESULTS_CSV, lambda p: results.to_csv(p, index=False))
+
+
+def write_samples(run_dir: Path, samples: pd.DataFrame) -> None:
+    _atomic_write(run_dir / SAMPLES, lambda p: samples.to_parquet(p, index=False))
+
+
+def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
+    meta = {"schema_version": SCHEMA_VERSION, **meta}
+
+    def write(p: str) -> None:
+        with open(p, "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True, default=str)
+
+    _atomic_write(run_dir / META, write)
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Load a run folder, or a results.parquet/results.csv file inside one. Raises RunFormatError."""
+    p = Path(path)
+    if p.is_file():
+        run_dir, res_file = p.parent, p
+    elif p.is_dir():
+        run_dir = p
+        res_file = p / RESULTS if (p / RESULTS).exists() else p / RESULTS_CSV
+    else:
+        raise RunFormatError(f"{path}: no such run folder or results file")
+    if not res_file.exists():
+        raise RunFormatError(f"{path}: no {RESULTS} or {RESULTS_CSV} in it (is it a run folder?)")
+    try:
+        if res_file.suffix == ".parquet":
+            results = pd.read_parquet(res_file)
+        elif res_file.suffix == ".csv":
+            results = pd.read_csv(res_file)
+        else:
+            raise RunFormatError(f"{path}: expected a .parquet or .csv results file")
+    except RunFormatError:
+        raise
+    except Exception as e:  # pyarrow/pandas raise many kinds on a corrupt file
+        raise RunFormatError(f"{res_file}: unreadable results file ({type(e).__name__}: {e})".splitlines()[0])
+    missing = [c for c in ("model", "status", "latency_ms_median") if c not in results.columns]
+    if missing:
+        raise RunFormatError(f"{res_file}: not a results table of this suite (missing columns {', '.join(missing)})")
+    results = results_frame(results.to_dict("records"))
+    meta: dict[str, Any] = {}
+    if (run_dir / META).exists():
+        try:
+            meta = json.loads((run_dir / META).read_text())
+        except (OSError, ValueError) as e:
+            raise RunFormatError(f"{run_dir / META}: unreadable ({e})")
+        if meta.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+            raise RunFormatError(f"{run_dir / META}: schema version {meta.get('schema_version')}, "
+                                 f"this suite reads {SCHEMA_VERSION}")
+    samples = samples_frame([])
+    if (run_dir / SAMPLES).exists():
+        try:
+            samples = pd.read_parquet(run_dir / SAMPLES)
+        except Exception as e:
+            raise RunFormatError(f"{run_dir / SAMPLES}: unreadable ({type(e).__name__})")
+    return Run(path=run_dir, results=results, samples=samples, meta=meta)
