@@ -1,0 +1,120 @@
+"""Statistics of latency samples: summaries, distribution-free CIs, ratio CIs and a rank test.
+
+All functions take raw per-iteration latencies (milliseconds, any order) and use numpy/scipy for the work:
+`np.percentile` for quantiles, `scipy.stats.quantile_test` for the order-statistic CI of the median,
+`scipy.stats.bootstrap` for the CI of a ratio of medians and `scipy.stats.mannwhitneyu` for the rank test.
+Non-finite values (NaN, inf) are dropped before anything is computed.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy import stats as _st
+
+SUMMARY_KEYS = ("n", "median", "mean", "std", "min", "max", "p90", "p95", "p99", "iqr", "ci_low", "ci_high")
+
+
+def _clean(x) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64).ravel()
+    return a[np.isfinite(a)]
+
+
+def min_n_for_median_ci(conf: float = 0.95) -> int:
+    """Smallest sample size for which the order-statistic CI of the median reaches `conf` (6 for 95%)."""
+    n = 1
+    while 1.0 - 2.0 * 0.5 ** n < conf:  # coverage of (min, max) is 1 - 2 * 0.5**n
+        n += 1
+    return n
+
+
+def median_ci(x, conf: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median from binomial order statistics.
+
+    With the sorted sample x(1) <= ... <= x(n) and B ~ Binomial(n, 1/2), the interval is (x(j), x(n-j+1)) with
+    the largest j such that P(B <= j - 1) <= (1 - conf) / 2, so its coverage is at least `conf` for any
+    continuous distribution (computed by `scipy.stats.quantile_test(...).confidence_interval`).
+
+    Tiny samples: below `min_n_for_median_ci(conf)` samples (n < 6 at 95%) no pair of order statistics
+    reaches `conf`; the widest interval, (min, max), is returned instead (its coverage is 1 - 2 * 0.5**n, e.g.
+    94% for n = 5, 75% for n = 3) and n = 1 gives (x, x). An empty sample gives (nan, nan).
+    """
+    a = _clean(x)
+    if a.size == 0:
+        return float("nan"), float("nan")
+    if a.size < min_n_for_median_ci(conf):
+        return float(a.min()), float(a.max())
+    ci = _st.quantile_test(a, q=float(np.median(a)), p=0.5).confidence_interval(confidence_level=conf)
+    lo, hi = float(ci.low), float(ci.high)
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # defensive: scipy gives nan when no order statistic fits
+        return float(a.min()), float(a.max())
+    return lo, hi
+
+
+def summarize(samples_ms) -> dict:
+    """Summary of per-iteration latencies: exactly the keys in SUMMARY_KEYS.
+
+    n: finite samples kept; median/mean/min/max; std: sample standard deviation (ddof=1, nan when n < 2);
+    p90/p95/p99: `np.percentile` (linear interpolation); iqr: p75 - p25; ci_low/ci_high: 95% CI of the median from
+    binomial order statistics (see `median_ci`: with n < 6 this is (min, max), whose coverage is below 95%).
+    An empty input gives n = 0 and nan everywhere else.
+    """
+    a = _clean(samples_ms)
+    n = int(a.size)
+    if n == 0:
+        return {"n": 0, **{k: float("nan") for k in SUMMARY_KEYS[1:]}}
+    p25, p50, p75, p90, p95, p99 = np.percentile(a, [25, 50, 75, 90, 95, 99])
+    lo, hi = median_ci(a, 0.95)
+    return {
+        "n": n,
+        "median": float(p50),
+        "mean": float(a.mean()),
+        "std": float(a.std(ddof=1)) if n > 1 else float("nan"),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "p90": float(p90),
+        "p95": float(p95),
+        "p99": float(p99),
+        "iqr": float(p75 - p25),
+        "ci_low": lo,
+        "ci_high": hi,
+    }
+
+
+def bootstrap_ratio_ci(a, b, stat: Callable = np.median, conf: float = 0.95, n_boot: int = 2000,
+                       seed: int | None = 0, max_elements: int = 4_000_000) -> tuple[float, float, float]:
+    """Point estimate and percentile-bootstrap CI of stat(b) / stat(a) (e.g. current / baseline medians).
+
+    a and b are resampled independently (unpaired), `n_boot` times, with `scipy.stats.bootstrap`
+    (`method="percentile"`: BCa's jackknife is quadratic in the sample size). `stat` must accept `axis=`
+    (numpy reductions do). `max_elements` bounds the memory of one vectorised batch. Returns
+    (ratio, lo, hi); with fewer than 2 samples on either side the CI is (nan, nan); deterministic for a fixed seed.
+    """
+    a, b = _clean(a), _clean(b)
+    if a.size == 0 or b.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    ratio = float(stat(b) / stat(a))
+    if a.size < 2 or b.size < 2:
+        return ratio, float("nan"), float("nan")
+
+    def _ratio(x, y, axis=-1):
+        return stat(y, axis=axis) / stat(x, axis=axis)
+
+    batch = max(1, min(n_boot, max_elements // max(a.size, b.size)))
+    res = _st.bootstrap((a, b), _ratio, n_resamples=n_boot, confidence_level=conf, method="percentile",
+                        vectorized=True, paired=False, batch=batch, rng=np.random.default_rng(seed))
+    ci = res.confidence_interval
+    return ratio, float(ci.low), float(ci.high)
+
+
+def mann_whitney_p(a, b) -> float:
+    """Two-sided Mann-Whitney U p-value (`scipy.stats.mannwhitneyu`); nan when either side is empty.
+
+    Identical constant samples (all values tied) give p = 1.
+    """
+    a, b = _clean(a), _clean(b)
+    if a.size == 0 or b.size == 0:
+        return float("nan")
+    if np.ptp(np.concatenate([a, b])) == 0:
+        return 1.0
+    return float(_st.mannwhitneyu(a, b, alternative="two-sided").pvalue)

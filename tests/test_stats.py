@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from bench.stats import (SUMMARY_KEYS, bootstrap_ratio_ci, mann_whitney_p, median_ci, min_n_for_median_ci,
+                         summarize)
+
+
+def _binom_ranks(n, conf=0.95):
+    """Independent reference: 0-based indices (j, n-1-j) of the symmetric order-statistic CI via scipy binom."""
+    cdf = st.binom.cdf(np.arange(n + 1), n, 0.5)
+    m = int(np.nonzero(cdf <= (1 - conf) / 2)[0].max())  # largest m with P(B <= m) <= alpha/2
+    return m, n - 1 - m
+
+
+@pytest.mark.parametrize("n", [6, 7, 10, 11, 20, 51, 100, 1000])
+def test_median_ci_matches_binomial_order_statistics(n):
+    x = np.random.default_rng(n).lognormal(0, 0.3, n)
+    xs = np.sort(x)
+    lo_i, hi_i = _binom_ranks(n)
+    assert median_ci(x) == (xs[lo_i], xs[hi_i])
+    cov = st.binom.cdf(hi_i, n, 0.5) - st.binom.cdf(lo_i, n, 0.5)  # P(lo_i+1 <= B <= hi_i)
+    assert cov >= 0.95
+
+
+def test_median_ci_tiny_samples():
+    assert min_n_for_median_ci(0.95) == 6
+    assert median_ci([]) != median_ci([])  # nan
+    assert median_ci([2.0]) == (2.0, 2.0)
+    assert median_ci([3.0, 1.0, 2.0, 5.0, 4.0]) == (1.0, 5.0)
+    assert median_ci([3.0, 1.0, 2.0], conf=0.5) == (1.0, 3.0)  # 75% coverage >= 50%: a real CI (still min/max)
+
+
+def test_summarize_against_numpy():
+    x = np.random.default_rng(1).gamma(2.0, 1.0, 997)
+    s = summarize(x)
+    assert tuple(s) == SUMMARY_KEYS
+    assert s["n"] == 997
+    assert s["median"] == pytest.approx(np.median(x))
+    assert s["mean"] == pytest.approx(x.mean())
+    assert s["std"] == pytest.approx(x.std(ddof=1))
+    for q in (90, 95, 99):
+        assert s[f"p{q}"] == pytest.approx(np.percentile(x, q))
+    assert s["iqr"] == pytest.approx(st.iqr(x))
+    assert (s["min"], s["max"]) == (x.min(), x.max())
+    assert s["ci_low"] <= s["median"] <= s["ci_high"]
+    assert (s["ci_low"], s["ci_high"]) == median_ci(x)
+
+
+def test_summarize_degenerate():
+    e = summarize(np.array([]))
+    assert e["n"] == 0 and np.isnan(e["median"])
+    one = summarize([5.0, np.nan])
+    assert one["n"] == 1 and one["median"] == 5.0 and np.isnan(one["std"])
+    assert (one["ci_low"], one["ci_high"]) == (5.0, 5.0)
+
+
+def test_bootstrap_ratio_ci_covers_true_ratio_and_is_seeded():
+    rng = np.random.default_rng(2)
+    a = rng.lognormal(0, 0.05, 400)
+    b = rng.lognormal(np.log(1.2), 0.05, 400)
+    r, lo, hi = bootstrap_ratio_ci(a, b, n_boot=500, seed=3)
+    assert r == pytest.approx(np.median(b) / np.median(a))
+    assert lo < r < hi and lo < 1.2 < hi and lo > 1.1
+    assert bootstrap_ratio_ci(a, b, n_boot=500, seed=3) == (r, lo, hi)
+    r2, lo2, hi2 = bootstrap_ratio_ci(a, b, stat=np.mean, n_boot=300, seed=3)
+    assert r2 == pytest.approx(b.mean() / a.mean()) and lo2 < r2 < hi2
+    r1, lo1, hi1 = bootstrap_ratio_ci([1.0], [2.0])
+    assert r1 == 2.0 and np.isnan(lo1) and np.isnan(hi1)
+
+
+def test_mann_whitney_matches_scipy():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(0, 1, 60), rng.normal(0.5, 1, 70)
+    assert mann_whitney_p(a, b) == pytest.approx(st.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    assert mann_whitney_p([1.0, 1.0], [1.0, 1.0]) == 1.0
+    assert np.isnan(mann_whitney_p([], [1.0]))
