@@ -1,0 +1,223 @@
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.compare import (add_compare_arguments, cmd_compare, compare_runs, format_table, run_compare,
+                           to_json_dict, to_markdown)
+from bench import compare
+from bench.store import load_run
+sys.path.insert(0, str(Path(__file__).parent))  # works with or without tests/__init__.py
+from runfactory import ENV, build_run, case, make_run, noise  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fewer_resamples(monkeypatch):
+    monkeypatch.setattr(compare, "N_BOOT", 500)  # keeps the suite fast; the rule is the same
+
+
+def _cmp(tmp_path, base_cases, cur_cases, **kw):
+    b = make_run(tmp_path, "base", base_cases)
+    c = make_run(tmp_path, "cur", cur_cases)
+    return compare_runs(load_run(b), load_run(c), **kw)
+
+
+def _verdict(df, model, h=512):
+    r = df[(df["model"] == model) & (df["height"] == h)]
+    assert len(r) == 1
+    return r.iloc[0]
+
+
+@pytest.mark.parametrize("factor,expected", [(1.0, "unchanged"), (1.03, "unchanged"), (1.10, "slower"),
+                                             (1.50, "slower"), (0.80, "faster"), (0.97, "unchanged")])
+def test_verdicts_on_shifted_samples(tmp_path, factor, expected):
+    df = _cmp(tmp_path, [case("m", samples=noise(1))], [case("m", samples=noise(2) * factor)])
+    r = _verdict(df, "m")
+    assert r["verdict"] == expected
+    assert bool(r["regression"]) == (expected == "slower")
+    assert r["ratio"] == pytest.approx(factor, rel=0.02)
+    assert r["ci_low"] <= r["ratio"] <= r["ci_high"]
+    assert r["basis"] == "samples"
+
+
+def test_identical_samples_unchanged(tmp_path):
+    x = noise(3)
+    r = _verdict(_cmp(tmp_path, [case("m", samples=x)], [case("m", samples=x)]), "m")
+    assert r["verdict"] == "unchanged" and r["ratio"] == 1.0 and r["p_value"] > 0.9
+
+
+def test_shift_3pct_is_significant_but_below_threshold(tmp_path):
+    # with many samples a 3% shift is highly significant; the minimum effect keeps it "unchanged"
+    df = _cmp(tmp_path, [case("m", samples=noise(4, n=2000, cv=0.005))],
+              [case("m", samples=noise(5, n=2000, cv=0.005) * 1.03)], n_boot=400)
+    r = _verdict(df, "m")
+    assert r["p_value"] < 1e-6 and r["ci_low"] > 1.0
+    assert r["verdict"] == "unchanged"
+    assert _verdict(_cmp(tmp_path / "t2", [case("m", samples=noise(4, n=2000, cv=0.005))],
+                         [case("m", samples=noise(5, n=2000, cv=0.005) * 1.03)], threshold=0.02, n_boot=400),
+                  "m")["verdict"] \
+        == "slower"
+
+
+def test_large_but_insignificant_change_is_unchanged(tmp_path):
+    # 3 samples each side, very noisy: a 10% point ratio that the data cannot establish
+    b = np.array([10.0, 14.0, 7.0])
+    c = np.array([11.0, 15.4, 7.7])
+    r = _verdict(_cmp(tmp_path, [case("m", samples=b)], [case("m", samples=c)]), "m")
+    assert r["ratio"] == pytest.approx(1.1)
+    assert r["verdict"] == "unchanged" and "not significant" in r["note"]
+
+
+def test_heavy_tailed_noise_no_false_alarm(tmp_path):
+    rng = np.random.default_rng(7)
+    alarms = 0
+    for i in range(20):
+        a = 10 * (1 + 0.02 * rng.standard_t(1.5, 400).clip(-5, None))  # Student-t, infinite variance
+        b = 10 * (1 + 0.02 * rng.standard_t(1.5, 400).clip(-5, None))
+        a[rng.choice(400, 20, replace=False)] *= 5  # plus 5% huge outliers
+        df = compare_runs(build_run("a", [case("m", samples=a)]), build_run("b", [case("m", samples=b)]), n_boot=300)
+        alarms += int(df["regression"].any())
+    assert alarms == 0
+
+
+def test_new_missing_failed(tmp_path):
+    base = [case("a", samples=noise(1)), case("gone", samples=noise(2)), case("broke", samples=noise(3)),
+            case("wasbad", status="error"), case("unsup", samples=noise(4))]
+    cur = [case("a", samples=noise(5)), case("fresh", samples=noise(6)), case("broke", status="oom"),
+           case("wasbad", samples=noise(7)), case("unsup", status="unsupported")]
+    df = _cmp(tmp_path, base, cur)
+    v = {r["model"]: (r["verdict"], bool(r["regression"])) for _, r in df.iterrows()}
+    assert v == {"a": ("unchanged", False), "gone": ("missing", False), "fresh": ("new", False),
+                 "broke": ("failed", True), "wasbad": ("failed", False), "unsup": ("failed", False)}
+    assert df.iloc[0]["model"] == "broke"  # regressions first
+    assert "current oom" in _verdict(df, "broke")["note"]
+
+
+def test_matching_uses_full_identity(tmp_path):
+    base = [case("m", samples=noise(1)), case("m", h=1024, w=1024, samples=noise(2, median=40))]
+    cur = [case("m", samples=noise(3)), case("m", h=1024, w=1024, samples=noise(4, median=40)),
+           case("m", samples=noise(5), threads=2)]
+    df = _cmp(tmp_path, base, cur)
+    assert len(df) == 3
+    assert sorted(df["verdict"]) == ["new", "unchanged", "unchanged"]
+    assert df[df["verdict"] == "new"].iloc[0]["threads"] == 2
+
+
+def test_summary_basis_without_samples(tmp_path):
+    b = make_run(tmp_path, "base", [case("m", samples=noise(1)), case("s", samples=noise(2))], with_samples=False)
+    c = make_run(tmp_path, "cur", [case("m", samples=noise(3) * 1.5), case("s", samples=noise(4))],
+                 with_samples=False)
+    df = compare_runs(load_run(b / "results.csv"), load_run(c))
+    assert _verdict(df, "m")["verdict"] == "slower" and _verdict(df, "m")["basis"] == "summary"
+    assert _verdict(df, "s")["verdict"] == "unchanged"
+
+
+def test_normalize_corrects_uniform_machine_drift(tmp_path):
+    # current machine 20% slower everywhere (calibration rate 100 -> 83.3): a drift, not a regression
+    base = [case("m", samples=noise(1), rate=100.0)]
+    cur = [case("m", samples=noise(2) * 1.2, rate=100.0 / 1.2)]
+    assert _verdict(_cmp(tmp_path / "raw", base, cur), "m")["verdict"] == "slower"
+    r = _verdict(_cmp(tmp_path / "norm", base, cur, normalize=True), "m")
+    assert r["verdict"] == "unchanged" and r["scale"] == pytest.approx(1 / 1.2)
+    assert r["ratio"] == pytest.approx(1.0, abs=0.02)
+    # a real 20% regression on top of the drift is still caught
+    cur2 = [case("m", samples=noise(2) * 1.44, rate=100.0 / 1.2)]
+    assert _verdict(_cmp(tmp_path / "both", base, cur2, normalize=True), "m")["verdict"] == "slower"
+    nocal = _verdict(_cmp(tmp_path / "nocal", [case("m", samples=noise(1), rate=None)],
+                          [case("m", samples=noise(2), rate=None)], normalize=True), "m")
+    assert "no calibration" in nocal["note"]
+
+
+def test_env_mismatch_reported(tmp_path):
+    b = make_run(tmp_path, "base", [case("m", samples=noise(1))])
+    c = make_run(tmp_path, "cur", [case("m", samples=noise(2))], env={**ENV, "torch_version": "2.15.0"})
+    df = compare_runs(load_run(b), load_run(c))
+    assert df.attrs["env_mismatch"] == ["torch_version: 2.14.1 -> 2.15.0"]
+    assert "environment differs: torch_version: 2.14.1 -> 2.15.0" in format_table(df)
+    assert "2.15.0" in to_markdown(df)
+    assert to_json_dict(df)["env_mismatch"] == ["torch_version: 2.14.1 -> 2.15.0"]
+    same = compare_runs(load_run(b), load_run(b))
+    assert same.attrs["env_mismatch"] == []
+
+
+# ------------------------------------------------------------------ CLI
+
+def _args(*argv):
+    import argparse
+    return add_compare_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def _two_runs(tmp_path, factor=1.0):
+    b = make_run(tmp_path, "base", [case("m", samples=noise(1)), case("n", h=1024, w=1024, samples=noise(2))])
+    c = make_run(tmp_path, "cur", [case("m", samples=noise(3) * factor),
+                                   case("n", h=1024, w=1024, samples=noise(4))])
+    return b, c
+
+
+def test_exit_codes_and_outputs(tmp_path, capsys):
+    b, c = _two_runs(tmp_path / "ok")
+    assert cmd_compare(_args(str(b), str(c))) == 0
+    out = capsys.readouterr().out
+    assert "no regression: 2 unchanged" in out and "m 512x512 eager fp32 b1 t1" in out
+    b, c = _two_runs(tmp_path / "slow", factor=1.3)
+    md, js = tmp_path / "s.md", tmp_path / "s.json"
+    assert cmd_compare(_args(str(b), str(c / "results.parquet"), "--markdown", str(md), "--json", str(js))) == 1
+    out = capsys.readouterr().out
+    assert "SLOWER" in out and "REGRESSION: 1 slower, 1 unchanged" in out
+    lines = out.splitlines()
+    header = next(i for i, l in enumerate(lines) if l.startswith("case"))
+    assert lines[header + 2].index("SLOWER") == lines[header + 3].index("unchanged")  # aligned columns
+    text = md.read_text()
+    assert text.startswith("### Latency compare") and "| case |" in text and "🔴 SLOWER" in text
+    data = json.loads(js.read_text())
+    assert data["regression"] is True and data["summary"]["slower"] == 1 and data["threshold"] == 0.05
+    slow = [x for x in data["cases"] if x["verdict"] == "slower"][0]
+    assert slow["model"] == "m" and slow["ratio"] == pytest.approx(1.3, rel=0.03) and slow["regression"] is True
+    assert cmd_compare(_args(str(b), str(c), "--threshold", "0.5")) == 0
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err
+    assert err.startswith("compare: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
+    b, c = _two_runs(tmp_path)
+    assert cmd_compare(_args(str(tmp_path / "nope"), str(c))) == 2
+    assert "no such run folder" in _one_line_error(capsys)
+    # corrupt parquet
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.parquet").write_bytes(b"PAR1 this is not parquet")
+    assert cmd_compare(_args(str(bad), str(c))) == 2
+    assert "unreadable" in _one_line_error(capsys)
+    # a parquet file of another table (missing columns)
+    other = tmp_path / "other"
+    other.mkdir()
+    pd.DataFrame({"x": [1, 2]}).to_parquet(other / "results.parquet")
+    assert cmd_compare(_args(str(b), str(other))) == 2
+    assert "missing columns" in _one_line_error(capsys)
+    # corrupt samples
+    (c / "samples.parquet").write_bytes(b"garbage")
+    assert cmd_compare(_args(str(b), str(c))) == 2
+    _one_line_error(capsys)
+    # samples table without latency_ms
+    pd.DataFrame({"case_id": ["x"]}).to_parquet(c / "samples.parquet")
+    assert cmd_compare(_args(str(b), str(c))) == 2
+    assert "latency_ms" in _one_line_error(capsys)
+    # empty folder, schema version mismatch, bad options, unwritable output
+    (tmp_path / "empty").mkdir()
+    assert cmd_compare(_args(str(tmp_path / "empty"), str(b))) == 2
+    _one_line_error(capsys)
+    (b / "meta.json").write_text(json.dumps({"schema_version": 99}))
+    assert cmd_compare(_args(str(b), str(b))) == 2
+    assert "schema version" in _one_line_error(capsys)
+    b2, c2 = _two_runs(tmp_path / "fine")
+    assert cmd_compare(_args(str(b2), str(c2), "--alpha", "2")) == 2
+    _one_line_error(capsys)
+    assert run_compare(b2, c2, json_path=tmp_path / "no" / "dir" / "x.json") == 2
+    assert "cannot write" in _one_line_error(capsys)
