@@ -1,0 +1,255 @@
+"""Render the report: view models (formatted strings) -> jinja2 HTML (autoescape on) and a Markdown summary."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from bench.report.data import MOBILE_PROXY, Merged
+from bench.report.plots import Figure
+from bench.schema import STATUSES
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+# The case table: (column, header, kind). kind: "s" text, "n" number (with decimals), "i" integer, "b" bool.
+TABLE_COLUMNS = (
+    ("run_id", "run", "s"), ("host", "host", "s"), ("model", "model", "s"), ("variant", "mixer", "s"),
+    ("level", "level", "s"), ("device_name", "device", "s"), ("backend", "backend", "s"),
+    ("precision", "precision", "s"), ("batch", "batch", "i"), ("threads", "threads", "i"),
+    ("resolution", "resolution", "s"), ("status", "status", "s"), ("reason", "reason", "s"),
+    ("latency_ms_median", "median ms", "n"), ("latency_ms_ci_low", "CI low", "n"),
+    ("latency_ms_ci_high", "CI high", "n"), ("n", "samples", "i"), ("converged", "converged", "b"),
+    ("throughput_ips", "images/s", "n"), ("peak_mem_mb", "peak MB", "n"), ("macs", "GMACs", "g"),
+    ("gmacs_per_s", "GMAC/s", "n"), ("frac_of_peak", "of peak", "p"), ("energy_j_per_image", "J/image", "n"),
+    ("rel_err", "rel. err", "e"), ("build_s", "build s", "n"),
+)
+
+
+def _missing(v: Any) -> bool:
+    if v is None or v is pd.NA:
+        return True
+    try:
+        return isinstance(v, float) and math.isnan(v)
+    except TypeError:
+        return False
+
+
+def fnum(v: Any, digits: int = 3) -> str:
+    """A number with `digits` significant digits, thousands separators for large ones, '' when missing."""
+    if _missing(v):
+        return ""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    if abs(x) >= 10 ** digits:
+        return f"{x:,.0f}"
+    mag = int(math.floor(math.log10(abs(x))))
+    dec = max(0, digits - 1 - mag)
+    return f"{x:.{dec}f}"
+
+
+def _cell(v: Any, kind: str) -> tuple[str, str]:
+    """(display text, sort value) of one table cell."""
+    if _missing(v):
+        return "", ""
+    if kind == "i":
+        return str(int(v)), str(int(v))
+    if kind == "b":
+        return ("yes" if bool(v) else "no"), ("1" if bool(v) else "0")
+    if kind == "g":
+        return fnum(float(v) / 1e9), repr(float(v))
+    if kind == "p":
+        return f"{100 * float(v):.1f}%", repr(float(v))
+    if kind == "e":
+        return f"{float(v):.1e}", repr(float(v))
+    if kind == "n":
+        return fnum(v), repr(float(v))
+    return str(v), str(v)
+
+
+def _status_class(s: Any) -> str:
+    return f"st-{s}" if isinstance(s, str) and s in STATUSES else "st-other"
+
+
+def case_table(m: Merged) -> dict:
+    rows = []
+    res = m.results
+    if len(res):
+        res = res.sort_values(["config", "model", "pixels", "batch"], kind="stable", na_position="last")
+    for r in (res.to_dict("records") if len(res) else []):
+        cells = []
+        for col, _, kind in TABLE_COLUMNS:
+            text, sort = _cell(r.get(col), kind)
+            cells.append(dict(text=text, sort=sort, num=kind != "s", col=col))
+        rows.append(dict(cells=cells, status_class=_status_class(r.get("status")),
+                         ok=r.get("status") == "ok", mobile=bool(r.get("mobile_proxy"))))
+    return dict(headers=[dict(col=c, label=lab, num=k != "s") for c, lab, k in TABLE_COLUMNS], rows=rows)
+
+
+def _ci_text(lo: Any, hi: Any, digits: int = 3) -> str:
+    if _missing(lo) or _missing(hi) or not (np.isfinite(lo) and np.isfinite(hi)):
+        return ""
+    return f"[{fnum(lo, digits)}, {fnum(hi, digits)}]"
+
+
+def headline(m: Merged, sp: pd.DataFrame, ex: pd.DataFrame) -> list[dict]:
+    """Per device setting: the speedup matrix (base model x resolution, per baseline) and the exponent table."""
+    configs = list(dict.fromkeys(list(sp["config"]) + list(ex["config"])))
+    # order: by device, then the rest of the label
+    configs.sort()
+    out = []
+    for c in configs:
+        s = sp[sp["config"] == c]
+        e = ex[ex["config"] == c]
+        src = s if len(s) else e
+        mobile = bool(src["mobile_proxy"].iloc[0]) if len(src) else False
+        tables = []
+        for baseline in ("softmax", "large-kernel"):
+            b = s[s["baseline"] == baseline]
+            if not len(b):
+                continue
+            res = (b[["resolution", "megapixels"]].drop_duplicates().sort_values("megapixels")["resolution"].tolist())
+            body = []
+            for base, g in b.groupby("base", sort=True):
+                cells = []
+                for rr in res:
+                    x = g[g["resolution"] == rr]
+                    if not len(x):
+                        cells.append(dict(text="–", ci="", cls="na", title="not measured or not ok"))
+                        continue
+                    x = x.iloc[0]
+                    cls = "win" if x["ci_low"] > 1 else ("loss" if x["ci_high"] < 1 else "tie")
+                    if not np.isfinite(x["ci_low"]):
+                        cls = "win" if x["speedup"] > 1 else "loss"
+                    cells.append(dict(text=f"{fnum(x['speedup'])}×", ci=_ci_text(x["ci_low"], x["ci_high"]),
+                                      cls=cls, title=f"{x['baseline_model']}: {fnum(x['baseline_ms'])} ms; "
+                                                     f"{x['target_model']}: {fnum(x['target_ms'])} ms"))
+                body.append(dict(base=base, cells=cells))
+            tables.append(dict(baseline=baseline, resolutions=res, rows=body))
+        exps = []
+        for r in e.sort_values(["level", "model"]).to_dict("records"):
+            exps.append(dict(model=r["model"], variant=r["variant"], exponent=fnum(r["exponent"]),
+                             se=fnum(r["se"], 2), ci=_ci_text(r["ci_low"], r["ci_high"]),
+                             r2=f"{r['r2']:.3f}" if np.isfinite(r["r2"]) else "", n=int(r["n_points"]),
+                             resolutions=r["resolutions"], reading=r["reading"]))
+        out.append(dict(config=c, mobile=mobile, speedups=tables, exponents=exps))
+    return out
+
+
+def reference_view(refs: list[dict]) -> list[dict]:
+    out = []
+    for r in refs:
+        measured = []
+        for x in r["measured"]:
+            if x["status"] == "ok" and not _missing(x["latency_ms"]):
+                measured.append(f"{fnum(x['latency_ms'])} ms on {x['config']}")
+            else:
+                measured.append(f"{x['status']} on {x['config']}" + (f" ({x['reason']})" if x["reason"] else ""))
+        out.append(dict(
+            name=r["name"], family=r["family"], dataset=r["dataset"], input_size=r["input_size"],
+            pub_params=fnum(r["pub_params_m"]) + "M" if not _missing(r["pub_params_m"]) else "",
+            pub_macs=fnum(r["pub_macs_g"]) + "G" if not _missing(r["pub_macs_g"]) else "",
+            pub_latency=[f"{fnum(v)} ms ({k})" for k, v in r["pub_latency"].items()],
+            pub_miou=fnum(r["pub_miou"]) if not _missing(r["pub_miou"]) else "", source=r["pub_source"],
+            params=fnum(r["params_m"]) + "M" if r["params_m"] is not None else "",
+            macs=fnum(r["macs_g"]) + "G" if r["macs_g"] is not None else "",
+            params_dev=_dev(r["params_m"], r["pub_params_m"]), macs_dev=_dev(r["macs_g"], r["pub_macs_g"]),
+            measured=measured if measured else (["not measured at the published input size"] if r["in_results"]
+                                                else ["not measured in these runs"])))
+    return out
+
+
+def _dev(ours: float | None, pub: float | None) -> str:
+    if ours is None or _missing(pub) or not pub:
+        return ""
+    return f"{100 * (ours - pub) / pub:+.1f}%"
+
+
+def safe_json(obj: Any) -> str:
+    """JSON that is safe inside an HTML <script> element: no `</script>`, `<!--` or U+2028/9 can end it early."""
+    s = json.dumps(obj, ensure_ascii=True, sort_keys=True, default=str)
+    return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_html(ctx: dict) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fnum"] = fnum
+    return env.get_template("report.html.j2").render(**ctx)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Markdown
+
+def md_escape(v: Any) -> str:
+    """Text for a Markdown table cell: no HTML (GitHub renders it), no pipes, no line breaks, no code spans."""
+    s = "" if _missing(v) else str(v)
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = s.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`").replace("*", "\\*").replace("_", "\\_")
+    s = s.replace("[", "\\[").replace("]", "\\]")
+    return " ".join(s.split())
+
+
+def render_markdown(ctx: dict) -> str:
+    e = md_escape
+    lines = [f"# {e(ctx['title'])}", "", f"Runs: {', '.join(e(r['run_id']) for r in ctx['method']['runs'])}  ",
+             f"Cases: {ctx['n_cases']} ({', '.join(f'{e(k)}: {v}' for k, v in ctx['status_counts'])})", ""]
+    if ctx["missing"]:
+        lines += ["**What is missing**", ""] + [f"- {e(x)}" for x in ctx["missing"]] + [""]
+    for dev in ctx["headline"]:
+        lines.append(f"## {e(dev['config'])}" + (f" ({e(MOBILE_PROXY)})" if dev["mobile"] else ""))
+        lines.append("")
+        for t in dev["speedups"]:
+            lines.append(f"Speedup of msla over {e(t['baseline'])} (95% CI):")
+            lines.append("")
+            lines.append("| model | " + " | ".join(e(r) for r in t["resolutions"]) + " |")
+            lines.append("|---|" + "---:|" * len(t["resolutions"]))
+            for row in t["rows"]:
+                lines.append(f"| {e(row['base'])} | " + " | ".join(
+                    e(f"{c['text']} {c['ci']}".strip()) for c in row["cells"]) + " |")
+            lines.append("")
+        if dev["exponents"]:
+            lines += ["Scaling exponent of latency vs pixels (log-log least squares):", "",
+                      "| model | exponent | SE | 95% CI | reading | resolutions |", "|---|---:|---:|---|---|---|"]
+            for x in dev["exponents"]:
+                lines.append(f"| {e(x['model'])} | {e(x['exponent'])} | {e(x['se'])} | {e(x['ci'])} | "
+                             f"{e(x['reading'])} | {e(x['resolutions'])} |")
+            lines.append("")
+    bad = [r for r in ctx["table"]["rows"] if not r["ok"]]
+    if bad:
+        idx = {h["col"]: i for i, h in enumerate(ctx["table"]["headers"])}
+        lines += [f"## Cases not ok ({len(bad)})", "", "| model | setting | resolution | status | reason |",
+                  "|---|---|---|---|---|"]
+        for r in bad[:50]:
+            c = r["cells"]
+            setting = " · ".join(c[idx[k]]["text"] for k in ("device_name", "backend", "precision") if
+                                 c[idx[k]]["text"])
+            lines.append(f"| {e(c[idx['model']]['text'])} | {e(setting)} | {e(c[idx['resolution']]['text'])} | "
+                         f"{e(c[idx['status']]['text'])} | {e(c[idx['reason']]['text'])} |")
+        if len(bad) > 50:
+            lines.append(f"\n({len(bad) - 50} more in the HTML report)")
+        lines.append("")
+    lines.append(f"Figures: {e(ctx['figures_dir'])} (PNG and SVG). Full report: {e(ctx['html_name'])}")
+    return "\n".join(lines) + "\n"
+
+
+def now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def figure_view(figs: list[Figure]) -> list[dict]:
+    return [dict(key=f.key, title=f.title, caption=f.caption, png_b64=f.png_b64, missing=f.missing,
+                 width=f.width, height=f.height,
+                 png=f.png_path.name if f.png_path else "", svg=f.svg_path.name if f.svg_path else "")
+            for f in figs]

@@ -1,0 +1,362 @@
+"""Tests of the HTML/Markdown report (bench/report).
+
+The runs here are FIXTURES of the report's inputs: results/samples/meta written with bench.store from rows built
+below (synthetic latencies: linear in pixels for msla, quadratic for softmax), not measurements. One test renders
+a report of a real `run_bench.py --quick` run when the engine is there.
+"""
+from __future__ import annotations
+
+import argparse
+import html as htmllib
+import json
+import math
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.report import add_report_arguments, cmd_report, default_out, write_report
+from bench.report import data as rdata
+from bench.report.html import md_escape, safe_json
+from bench.schema import case_key
+from bench.store import load_run, results_frame, samples_frame, write_meta, write_results, write_samples
+
+ROOT = Path(__file__).resolve().parent.parent
+XSS_SCRIPT = "<script>alert(1)</script>"
+XSS_IMG = '"><img src=x onerror=alert(1)>'
+
+# --------------------------------------------------------------------------------------------------------------
+# fixtures of the report's inputs
+
+SIZE = {"evit-b0": 1.0, "evit-b1": 2.2, "block": 0.15}
+# latency(ms) = overhead + lin * MP + quad * MP^2 at size 1 on the reference device
+MIXER = {"msla": (2.0, 40.0, 0.0), "relu-linear": (2.0, 36.0, 0.0), "softmax": (2.0, 25.0, 30.0),
+         "large-kernel": (2.0, 95.0, 0.0)}
+DEVICES = {  # name -> (device, speed factor, peak GMAC/s)
+    "Fixture Xeon 8480 (CPU)": ("cpu", 1.0, 900.0),
+    "Fixture H100 (GPU)": ("cuda:0", 0.015, 400_000.0),
+}
+
+
+def _row(run_id, host, model, variant, level, dev_name, threads, h, w, batch=1, status="ok", reason="",
+         backend="eager", precision="fp32", lat=None, seed=0):
+    device, factor, peak = DEVICES.get(dev_name, ("cpu", 1.0, 900.0))
+    base = model.split(":")[0]
+    mp = h * w / 1e6
+    o, lin, quad = MIXER.get(variant, (2.0, 40.0, 0.0))
+    tf = 1.0 if threads in (0, 1) else 0.6
+    size = SIZE.get(base, 1.0)
+    median = lat if lat is not None else (o + (lin * mp + quad * mp * mp) * size) * factor * tf * batch ** 0.7
+    macs = int(4.0e9 * SIZE.get(base, 1.0) * mp * batch * (1.3 if variant == "softmax" else 1.0))
+    r = dict(run_id=run_id, model=model, family="block" if level == "block" else "evit-variant", variant=variant,
+             level=level, device=device, device_name=dev_name, backend=backend, precision=precision, batch=batch,
+             threads=threads, height=h, width=w, tokens=h * w // 256, channels_last=False, folded=False,
+             params=int(1e6 * SIZE.get(base, 1.0)), macs=macs, status=status, reason=reason, host=host, seed=seed,
+             started_at="2025-11-27T07:00:00Z", wall_s=3.0, warmup_iters=10)
+    r["case_id"] = case_key(r)
+    if status == "ok":
+        n = 40
+        r.update(n=n, latency_ms_median=median, latency_ms_mean=median * 1.01, latency_ms_std=median * 0.02,
+                 latency_ms_min=median * 0.97, latency_ms_max=median * 1.1, latency_ms_p90=median * 1.03,
+                 latency_ms_p95=median * 1.04, latency_ms_p99=median * 1.08, latency_ms_iqr=median * 0.02,
+                 latency_ms_ci_low=median * 0.99, latency_ms_ci_high=median * 1.012, converged=True,
+                 throughput_ips=1000.0 * batch / median, peak_mem_mb=50 + 300 * mp * SIZE.get(base, 1.0)
+                 * (1 + (mp * 4 if variant == "softmax" else 0)), first_call_ms=median * 3,
+                 gmacs_per_s=macs / 1e9 / (median / 1e3), device_peak_gmacs_per_s=peak,
+                 frac_of_peak=macs / 1e9 / (median / 1e3) / peak, rel_err=1e-6, numerics_ok=True, build_s=0.0)
+    return r
+
+
+def _samples(rows, rng):
+    out = []
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        x = r["latency_ms_median"] * rng.lognormal(0.0, 0.02, r["n"])
+        x[rng.integers(0, r["n"])] *= 1.3  # one outlier
+        out += [dict(run_id=r["run_id"], case_id=r["case_id"], iter=i, latency_ms=float(v)) for i, v in enumerate(x)]
+    return out
+
+
+def write_fixture_run(run_dir: Path, rows: list[dict], meta: dict | None = None, samples: bool = True,
+                      seed: int = 0) -> Path:
+    write_results(run_dir, results_frame(rows))
+    if samples:
+        write_samples(run_dir, samples_frame(_samples(rows, np.random.default_rng(seed))))
+    if meta is not None:
+        write_meta(run_dir, meta)
+    return run_dir
+
+
+def cpu_run(tmp: Path, run_id: str = "fixture-cpu", host: str = "cpu-box", extra: list[dict] | None = None) -> Path:
+    """A CPU box: 1 thread (mobile proxy) and 2 threads; softmax times out at 2048 on 1 thread."""
+    rows = []
+    for threads in (1, 2):
+        for base, level in (("evit-b0", "model"), ("evit-b1", "model"), ("block", "block")):
+            for mixer in MIXER:
+                for s in (512, 1024, 2048):
+                    model = f"{base}:{mixer}"
+                    if mixer == "softmax" and s == 2048 and threads == 1 and level == "model":
+                        rows.append(_row(run_id, host, model, mixer, level, "Fixture Xeon 8480 (CPU)", threads, s, s,
+                                         status="timeout", reason="case exceeded its 120 s timeout"))
+                        continue
+                    rows.append(_row(run_id, host, model, mixer, level, "Fixture Xeon 8480 (CPU)", threads, s, s))
+    rows.append(_row(run_id, host, "evit-b0:msla", "msla", "model", "Fixture Xeon 8480 (CPU)", 2, 512, 512,
+                     backend="tensorrt", status="unsupported", reason="tensorrt needs a CUDA device"))
+    rows += extra or []
+    meta = dict(run_id=run_id, host=host, started_at="2025-11-27T07:00:00Z", python="3.11.2", torch="2.5.1",
+                cpu=dict(model="Fixture Xeon 8480", cores=2, governor="performance", freq_mhz=2000),
+                argv=["run_bench.py", "--devices", "cpu", "--res", "512,1024,2048"])
+    return write_fixture_run(tmp / run_id, rows, meta, seed=1)
+
+
+def gpu_run(tmp: Path, run_id: str = "fixture-gpu", host: str = "gpu-box") -> Path:
+    rows = []
+    for base, level in (("evit-b0", "model"), ("evit-b1", "model"), ("block", "block")):
+        for mixer in MIXER:
+            for s in (512, 1024, 2048):
+                model = f"{base}:{mixer}"
+                if mixer == "softmax" and s == 2048 and base == "evit-b1":
+                    rows.append(_row(run_id, host, model, mixer, level, "Fixture H100 (GPU)", 0, s, s,
+                                     status="oom", reason="CUDA out of memory. Tried to allocate 12.00 GiB"))
+                    continue
+                rows.append(_row(run_id, host, model, mixer, level, "Fixture H100 (GPU)", 0, s, s))
+    for b in (2, 4, 8):
+        for mixer in ("msla", "softmax"):
+            rows.append(_row(run_id, host, f"evit-b0:{mixer}", mixer, "model", "Fixture H100 (GPU)", 0, 1024, 1024,
+                             batch=b))
+    meta = dict(run_id=run_id, host=host, started_at="2025-11-27T08:00:00Z", torch="2.5.1", cuda="12.4",
+                gpu=dict(name="Fixture H100", driver="550.54", clocks=dict(sm_mhz=1980, mem_mhz=2619),
+                         power_limit_w=700, persistence_mode=True))
+    return write_fixture_run(tmp / run_id, rows, meta, seed=2)
+
+
+def crafted_run(tmp: Path) -> Path:
+    """Every text field a user or a machine controls carries markup."""
+    run_id = "fixture-crafted"
+    host = f"host{XSS_IMG}"
+    dev = f"CPU {XSS_SCRIPT}"
+    rows = []
+    for s in (512, 1024):
+        for mixer in ("msla", "softmax"):
+            model = f"{XSS_SCRIPT}:{mixer}" if mixer == "msla" else f"{XSS_SCRIPT}:softmax"
+            rows.append(_row(run_id, host, model, mixer, "model", dev, 1, s, s))
+    rows.append(_row(run_id, host, f"evil{XSS_IMG}", "msla", "model", dev, 1, 512, 512, status="error",
+                     reason=f"RuntimeError: {XSS_SCRIPT} {XSS_IMG} </script><script>alert(2)</script>"))
+    meta = dict(run_id=run_id, host=host, note=f"{XSS_SCRIPT}{XSS_IMG}", gpu={"clocks": XSS_IMG})
+    return write_fixture_run(tmp / run_id, rows, meta)
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.script_text: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.script_text.append(data)
+
+
+def _parse(page: str) -> _Collector:
+    c = _Collector()
+    c.feed(page)
+    return c
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tests
+
+@pytest.fixture(scope="module")
+def merged_report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    runs = [cpu_run(tmp), gpu_run(tmp)]
+    out = write_report(runs, tmp / "out" / "merged.html")
+    return out, runs
+
+
+def test_writes_html_markdown_and_figures(merged_report):
+    out, _ = merged_report
+    assert out.exists() and out.with_suffix(".md").exists()
+    figs = out.parent / "merged_figures"
+    pngs, svgs = sorted(figs.glob("*.png")), sorted(figs.glob("*.svg"))
+    assert len(pngs) == 7 and len(svgs) == 7, (pngs, svgs)
+    page = out.read_text()
+    c = _parse(page)
+    imgs = [a for t, a in c.tags if t == "img"]
+    assert len(imgs) == 7
+    assert all(a["src"].startswith("data:image/png;base64,") for a in imgs)
+    # self-contained: nothing fetched from anywhere
+    for t, a in c.tags:
+        for k in ("src", "href"):
+            v = a.get(k) or ""
+            assert not re.match(r"(https?:)?//", v), (t, a)
+    assert "Not shown:" not in page  # every figure has data in this fixture
+
+
+def test_headline_speedups_and_exponents(merged_report):
+    _, runs = merged_report
+    m = rdata.merge_runs([load_run(p) for p in runs])
+    sp, notes = rdata.speedups(m)
+    # msla vs softmax on the GPU at 1024 for evit-b0, batch 1: exact from the synthetic model
+    r = sp[(sp["config"].str.contains("H100")) & (sp["base"] == "evit-b0") & (sp["baseline"] == "softmax")
+           & (sp["resolution"] == "1024x1024") & sp["config"].str.contains("· b1")]
+    assert len(r) == 1
+    mp = 1024 * 1024 / 1e6
+    expect = (2 + 25 * mp + 30 * mp * mp) / (2 + 40 * mp)  # evit-b0: size 1
+    assert r["speedup"].iloc[0] == pytest.approx(expect, rel=1e-9)
+    assert r["ci_low"].iloc[0] < r["speedup"].iloc[0] * 1.05 and r["ci_method"].iloc[0] == "bootstrap"
+    # the timed-out softmax cases are reported as missing points
+    assert any("timeout" in n and "no speedup at this point" in n for n in notes)
+    ex, _ = rdata.scaling_exponents(m)
+    blk = ex[(ex["model"] == "block:softmax") & ex["config"].str.contains("H100")].iloc[0]
+    lin = ex[(ex["model"] == "block:msla") & ex["config"].str.contains("H100")].iloc[0]
+    assert blk["exponent"] > lin["exponent"]
+    assert 0.5 < lin["exponent"] < 1.05 and np.isfinite(lin["se"]) and lin["ci_low"] < lin["exponent"] < lin["ci_high"]
+
+
+def test_fit_exponent_exact_and_noisy():
+    px = np.array([1e5, 1e6, 4e6, 1.6e7])
+    f = rdata.fit_exponent(px, 3e-4 * px ** 2)
+    assert f["exponent"] == pytest.approx(2.0) and f["se"] == pytest.approx(0.0, abs=1e-9)
+    f2 = rdata.fit_exponent(px[:2], px[:2])
+    assert f2["exponent"] == pytest.approx(1.0) and math.isnan(f2["se"])
+    assert math.isnan(rdata.fit_exponent(px[:1], px[:1])["exponent"])
+    rng = np.random.default_rng(0)
+    f3 = rdata.fit_exponent(px, px ** 1.5 * rng.lognormal(0, 0.05, px.size))
+    assert f3["ci_low"] < 1.5 < f3["ci_high"]
+
+
+def test_page_content(merged_report):
+    out, _ = merged_report
+    page = out.read_text()
+    text = htmllib.unescape(re.sub(r"<[^>]+>", " ", page))
+    assert "mobile-class CPU proxy" in text
+    assert "msla speedup over softmax" in text and "msla speedup over large-kernel" in text
+    assert "Scaling exponent" in text
+    assert "case exceeded its 120 s timeout" in text and "CUDA out of memory" in text
+    assert "tensorrt needs a CUDA device" in text
+    assert "governor" in text and "sm_mhz" in text  # clocks/power from meta.json
+    assert "different hosts" in text  # merged from two hosts
+    assert 'id="case-filter"' in page
+    md = out.with_suffix(".md").read_text()
+    assert "Speedup of msla over softmax" in md and "| evit-b0 |" in md
+    assert "Cases not ok" in md and "timeout" in md
+
+
+def test_xss_is_escaped_everywhere(tmp_path):
+    out = write_report([crafted_run(tmp_path)], tmp_path / "x.html")
+    page = out.read_text()
+    c = _parse(page)
+    scripts = [a for t, a in c.tags if t == "script"]
+    assert len(scripts) == 2  # our JSON block and our inline script only
+    assert not [a for t, a in c.tags if t == "img" and not a.get("src", "").startswith("data:image/png")]
+    assert "alert(" not in "".join(c.script_text)
+    assert XSS_SCRIPT not in page and "<img src=x" not in page
+    assert htmllib.escape(XSS_SCRIPT) in page
+    for t, a in c.tags:
+        assert not any(k.startswith("on") for k in a), (t, a)
+    md = out.with_suffix(".md").read_text()
+    assert "<script" not in md and "<img" not in md
+
+
+def test_safe_json_cannot_close_the_script():
+    s = safe_json({"x": "</script><script>alert(1)</script><!--", "y": "a&b"})
+    assert "</" not in s and "<!--" not in s and "<" not in s
+    assert json.loads(s) == {"x": "</script><script>alert(1)</script><!--", "y": "a&b"}
+    assert md_escape("a|b <b>x</b>") == "a\\|b &lt;b&gt;x&lt;/b&gt;"
+
+
+def test_single_case_and_failures_render(tmp_path):
+    one = write_fixture_run(tmp_path / "one", [_row("one", "h", "evit-b0:msla", "msla", "model",
+                                                    "Fixture H100 (GPU)", 0, 512, 512)], meta=dict(run_id="one"))
+    out = write_report([one], tmp_path / "one.html")
+    page = htmllib.unescape(out.read_text())
+    assert "no softmax rows: speedup over softmax not available" in page
+    assert "single ok case" in page and "Not shown:" in page
+    bad_rows = [_row("bad", "h", "evit-b0:softmax", "softmax", "model", "Fixture H100 (GPU)", 0, 2048, 2048,
+                     status="oom", reason="CUDA out of memory")]
+    bad = write_fixture_run(tmp_path / "bad", bad_rows, meta=None, samples=False)
+    out2 = write_report([bad], tmp_path / "bad.html")
+    page2 = htmllib.unescape(out2.read_text())
+    assert "no case finished ok" in page2 and "CUDA out of memory" in page2
+    assert "No meta.json" in page2
+    assert not list((tmp_path / "bad_figures").glob("*.png"))
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    p = argparse.ArgumentParser()
+    add_report_arguments(p)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.parquet").write_bytes(b"not parquet")
+    for target in (tmp_path / "nope", tmp_path / "broken"):
+        rc = cmd_report(p.parse_args([str(target), "--out", str(tmp_path / "r.html")]))
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err and err.startswith("report: error:")
+
+
+def test_cli_default_out(tmp_path, monkeypatch):
+    assert default_out([Path("results/abc")]) == Path("reports/abc.html")
+    assert default_out([Path("results/a"), Path("results/b")]) == Path("reports/merged-a+b.html")
+    long = default_out([Path(f"results/{'x' * 60}{i}") for i in range(3)])
+    assert long.name.startswith("merged-") and len(long.name) < 120
+    run = write_fixture_run(tmp_path / "r1", [_row("r1", "h", "block:msla", "msla", "block", "Fixture H100 (GPU)",
+                                                   0, s, s) for s in (512, 1024)], meta=dict(run_id="r1"))
+    monkeypatch.chdir(tmp_path)
+    p = argparse.ArgumentParser()
+    add_report_arguments(p)
+    assert cmd_report(p.parse_args([str(run)])) == 0
+    assert (tmp_path / "reports" / "r1.html").exists() and (tmp_path / "reports" / "r1.md").exists()
+
+
+def test_reference_models_guarded(merged_report):
+    out, _ = merged_report
+    page = out.read_text()
+    # either the registry's published numbers (labelled) or a line saying why they are not shown
+    assert "PUBLISHED" in page
+    assert ('id="reference-table"' in page) or ("published numbers not shown" in page) or \
+        ("has no published numbers" in page)
+
+
+def _quick_run_available() -> str | None:
+    if not (ROOT / "run_bench.py").exists() or not (ROOT / "bench" / "runner.py").exists():
+        return "the engine (run_bench.py, bench/runner.py) is not there yet"
+    return None
+
+
+@pytest.mark.skipif(_quick_run_available() is not None, reason=str(_quick_run_available()))
+def test_report_of_a_real_quick_run(tmp_path):
+    """End to end: `run_bench.py --quick` measures real cases and writes its report through write_report."""
+    res = tmp_path / "results"
+    cmd = [sys.executable, str(ROOT / "run_bench.py"), "--quick", "--out", str(res), "-q"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    runs = sorted(d for d in res.iterdir() if (d / "results.parquet").exists())
+    assert len(runs) == 1, f"no run folder in {res}"
+    html_path = tmp_path / "reports" / f"{runs[0].name}.html"
+    assert html_path.exists(), p.stdout + p.stderr
+    assert html_path.with_suffix(".md").exists()
+    page = html_path.read_text()
+    run = load_run(runs[0])
+    assert page.count('<tr class="st-') == len(run.results) > 0
+    c = _parse(page)
+    assert all(a["src"].startswith("data:image/png;base64,") for t, a in c.tags if t == "img")
+    assert "figure failed" not in page
+    # the CLI subcommand answers bad input with exit 2 and one line
+    bad = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "report", str(tmp_path / "nope")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
