@@ -1,0 +1,65 @@
+"""The compact end-of-run summary: median ms per model x resolution for each device setting, and the speedup of
+multi-scale linear attention (msla) over softmax attention at each resolution."""
+from __future__ import annotations
+
+import pandas as pd
+
+
+def _res(h, w) -> str:
+    return f"{int(h)}" if int(h) == int(w) else f"{int(h)}x{int(w)}"
+
+
+def _setting(r) -> str:
+    s = f"{r['device']} ({r['device_name']}) {r['backend']}"
+    s += "+cl" if bool(r.get("channels_last")) else ""
+    s += "+fold" if bool(r.get("folded")) else ""
+    s += f" {r['precision']} batch {int(r['batch'])}"
+    if str(r["device"]).startswith("cpu"):
+        s += f" threads {int(r['threads'])}"
+    return s
+
+
+def summary_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """[(title, table)]: per setting, median ms (models x resolutions) and msla speedup over softmax."""
+    df = results.copy()
+    if df.empty:
+        return []
+    df["setting"] = df.apply(_setting, axis=1)
+    df["res"] = [_res(h, w) for h, w in zip(df["height"], df["width"])]
+    order = list(dict.fromkeys(df["res"]))
+    out = []
+    for setting, g in df.groupby("setting", sort=False):
+        cell = g.apply(lambda r: f"{r['latency_ms_median']:.2f}" if r["status"] == "ok" else str(r["status"]), axis=1)
+        t = g.assign(cell=cell).pivot_table(index="model", columns="res", values="cell", aggfunc="first")
+        t = t.reindex(index=list(dict.fromkeys(g["model"])), columns=[c for c in order if c in t.columns])
+        t.columns.name = "median ms"
+        out.append((setting, t.fillna("")))
+        ok = g[g["status"] == "ok"].copy()
+        if ok.empty:
+            continue
+        ok["base"] = ok["model"].str.split(":").str[0]
+        sp = []
+        for (base, level, res), gg in ok.groupby(["base", "level", "res"], sort=False):
+            m = gg.set_index("variant")["latency_ms_median"]
+            if "msla" in m and "softmax" in m:
+                sp.append({"pair": f"{base}" if level == "model" else f"{base} (block)", "res": res,
+                           "x": f"{m['softmax'] / m['msla']:.2f}x"})
+        if sp:
+            st = pd.DataFrame(sp).pivot_table(index="pair", columns="res", values="x", aggfunc="first")
+            st = st.reindex(columns=[c for c in order if c in st.columns])
+            st.columns.name = "msla speedup over softmax"
+            out.append((setting, st.fillna("")))
+    return out
+
+
+def format_summary(results: pd.DataFrame) -> str:
+    lines = []
+    for title, t in summary_tables(results):
+        lines.append(f"== {title}")
+        lines.append(t.to_string())
+        lines.append("")
+    bad = results[results["status"] != "ok"] if not results.empty else results
+    if len(bad):
+        counts = ", ".join(f"{n} {s}" for s, n in bad["status"].value_counts().items())
+        lines.append(f"{len(bad)} of {len(results)} cases not ok ({counts}); reasons in the 'reason' column")
+    return "\n".join(lines).rstrip() + "\n"

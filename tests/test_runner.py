@@ -1,0 +1,79 @@
+"""Runs killed with a real signal leave a valid partial run, and --resume finishes it without redoing cases."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bench.schema import COLUMN_NAMES, case_key
+from bench.store import load_run
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = [sys.executable, str(REPO / "run_bench.py"), "--models", "block:msla,block:relu-linear", "--level", "block",
+        "--res", "64,96,128", "--threads", "1", "--min-time", "0.02", "--max-time", "0.1", "--no-report",
+        "--no-calibrate", "-q"]
+
+
+def _rows(run_dir: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(run_dir / "results.parquet")
+    except Exception:
+        return pd.DataFrame()
+
+
+def test_resume_after_kill(tmp_path):
+    out = tmp_path / "results"
+    env = dict(os.environ, DENSEBENCH_FAULT="hang@block:relu-linear")  # slow cases so the kill lands mid-run
+    p = subprocess.Popen(BASE + ["--out", str(out), "--timeout", "4"], env=env, cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 150
+    run_dir = None
+    while time.time() < deadline:
+        runs = list(out.glob("*/results.parquet")) if out.exists() else []
+        if runs:
+            run_dir = runs[0].parent
+            if len(_rows(run_dir)) >= 2:
+                break
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.2)
+    else:
+        p.kill()
+        raise AssertionError("run did not store two cases in time")
+    os.kill(p.pid, signal.SIGKILL)  # no handler, no cleanup: the hardest kill
+    p.wait()
+    # a valid partial run
+    partial = load_run(run_dir)
+    n_done = len(partial.results)
+    assert 2 <= n_done < 6
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert len(meta["cases"]) == 6
+    before = partial.results.set_index("case_id")["started_at"].to_dict()
+    time.sleep(1.1)  # started_at has 1 s resolution
+    r = subprocess.run([sys.executable, str(REPO / "run_bench.py"), "--resume", run_dir.name, "--out", str(out),
+                        "-q", "--no-report"], cwd=REPO, capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, r.stderr
+    final = load_run(run_dir)
+    res = final.results
+    assert len(res) == 6 and res["case_id"].is_unique
+    assert set(res["case_id"]) == {case_key(c) for c in meta["cases"]}
+    # finished cases were not redone: same rows, same start times
+    after = res.set_index("case_id")["started_at"].to_dict()
+    for cid, t in before.items():
+        assert after[cid] == t
+    # before the kill relu-linear hung (timeout rows, kept); the resumed run has no fault: the rest is ok
+    status = res.set_index("case_id")["status"]
+    model = res.set_index("case_id")["model"]
+    for cid in status.index:
+        want = "timeout" if cid in before and model[cid] == "block:relu-linear" else "ok"
+        assert status[cid] == want, (cid, status[cid])
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "complete"
+    # samples of every ok case, once
+    s = final.samples
+    ok_ids = set(res.loc[res["status"] == "ok", "case_id"])
+    assert set(s["case_id"]) == ok_ids
+    assert not s.duplicated(["case_id", "iter"]).any()
+    assert list(res.columns) == list(COLUMN_NAMES)

@@ -1,0 +1,88 @@
+"""Children that crash, hang, run out of memory or fail: each becomes a row with the right status.
+
+The faults are injected with the documented test-only DENSEBENCH_FAULT (passed in the case spec by the runner);
+the status classification is the engine's own (bench.worker.run_case and bench.runner.classify).
+"""
+import os
+import signal
+
+import pytest
+
+from bench.cases import Case
+from bench.runner import ForkServer, Spawner, classify
+
+
+def _spec(fault=None, model="block:msla", res=64, **kw):
+    c = Case(model=model, family="block", variant=model.split(":")[1], level="block", device="cpu",
+             device_name="test-cpu", backend="eager", precision="fp32", batch=1, threads=1, height=res, width=res,
+             tokens=(res // 16) ** 2, min_time_s=0.02, max_time_s=0.2, timeout_s=60, macs=1000)
+    spec = c.to_spec()
+    spec.update(kw)
+    spec["extra"] = {"fault": fault, "min_samples": 5} if fault else {"min_samples": 5}
+    return spec
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    fs = ForkServer(tmp_path_factory.mktemp("fs"))
+    fs.start()
+    yield fs
+    fs.close()
+
+
+def test_ok_row(server):
+    out = server.run(_spec(), 60)
+    row, samples = classify(out, 60)
+    assert row["status"] == "ok", row.get("reason")
+    assert row["n"] == len(samples) >= 5
+    assert row["latency_ms_min"] <= row["latency_ms_median"] <= row["latency_ms_max"]
+    assert row["latency_ms_ci_low"] <= row["latency_ms_median"] <= row["latency_ms_ci_high"]
+    assert row["params"] > 0 and row["peak_mem_mb"] >= 0 and row["weights_mem_mb"] > 0
+    assert row["rel_err"] == 0.0 and row["numerics_ok"] is True
+    assert row["gmacs_per_s"] == pytest.approx(1000 / (row["latency_ms_median"] / 1e3) / 1e9)
+    assert out.signal == 0 and out.exit_code == 0
+
+
+def test_crash_is_error_with_signal(server):
+    row, samples = classify(server.run(_spec("crash"), 60), 60)
+    assert row["status"] == "error" and "SIGABRT" in row["reason"] and samples == []
+
+
+def test_hang_is_timeout(server):
+    out = server.run(_spec("hang"), 3)
+    row, _ = classify(out, 3)
+    assert out.timed_out and row["status"] == "timeout" and "3 s" in row["reason"]
+    # the server is still usable after a killed child
+    assert classify(server.run(_spec(), 60), 60)[0]["status"] == "ok"
+
+
+def test_oom_is_oom(server):
+    row, _ = classify(server.run(_spec("oom"), 60), 60)
+    assert row["status"] == "oom", row
+    assert "allocate" in row["reason"]
+
+
+def test_sigkill_from_outside_is_oom(server):
+    row, _ = classify(server.run(_spec("sigkill"), 60), 60)
+    assert row["status"] == "oom" and "SIGKILL" in row["reason"]
+
+
+def test_exception_is_error(server):
+    row, _ = classify(server.run(_spec("error"), 60), 60)
+    assert row["status"] == "error" and "injected error" in row["reason"]
+
+
+def test_fault_pattern_only_hits_matching_models(server):
+    row, _ = classify(server.run(_spec("crash@evit-*"), 60), 60)
+    assert row["status"] == "ok"
+
+
+def test_unsupported_is_a_row(server):
+    row, _ = classify(server.run(_spec(precision="tf32"), 60), 60)
+    assert row["status"] == "unsupported" and "tf32" in row["reason"]
+
+
+def test_spawn_isolation_classifies_the_same(tmp_path):
+    out = Spawner(tmp_path).run(_spec("crash"), 120)
+    row, _ = classify(out, 120)
+    assert out.signal == signal.SIGABRT and row["status"] == "error" and "SIGABRT" in row["reason"]
