@@ -58,10 +58,22 @@ VERDICTS = ("slower", "faster", "unchanged", "new", "missing", "failed")
 REGRESSION_STATUSES = ("oom", "timeout", "error")
 N_BOOT = 2000
 
-# meta keys that differ between any two runs and say nothing about the environment
-_VOLATILE = ("run_id", "time", "date", "started", "finished", "ended", "created", "duration", "wall", "pid",
-             "uptime", "load", "free", "avail", "temp", "util", "argv", "args", "command", "cmdline", "git",
-             "schema_version", "path", "out_dir", "cases", "n_cases", "seed", "resume", "power_w", "clock_mhz_now")
+# meta keys that differ between any two runs and say nothing about the environment: a flattened key is volatile
+# when one of its dotted components is in _VOLATILE_KEYS or one of that component's "_"-separated words is in
+# _VOLATILE_WORDS ("ram_available_gb", "started_at", "gpus.0.memory_free_mb"; not "packages.onnxruntime")
+_VOLATILE_WORDS = {"time", "date", "started", "finished", "ended", "created", "updated", "duration", "wall", "pid",
+                   "uptime", "load", "free", "available", "avail", "temp", "temperature", "util", "utilization",
+                   "argv", "args", "command", "cmdline", "git", "cwd", "status", "calibration", "overhead", "seed",
+                   "resume", "resumed", "cases", "done"}
+_VOLATILE_KEYS = {"schema_version", "run_id", "sm_clock_mhz", "pci_bus_id", "nvml_index", "out_dir", "path",
+                  "power_w", "worker_server_start_s", "isolation"}
+
+
+def _volatile(key: str) -> bool:
+    for comp in key.lower().split("."):
+        if comp in _VOLATILE_KEYS or any(w in _VOLATILE_WORDS for w in comp.split("_")):
+            return True
+    return False
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -69,6 +81,9 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         for k, v in d.items():
             out.update(_flatten(v, f"{prefix}{k}."))
+    elif isinstance(d, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in d):
+        for i, v in enumerate(d):
+            out.update(_flatten(v, f"{prefix}{i}."))
     else:
         out[prefix[:-1]] = d
     return out
@@ -84,7 +99,7 @@ def env_differences(base_meta: dict, cur_meta: dict) -> list[str]:
     c = _flatten(cur_meta.get("env", cur_meta) if isinstance(cur_meta.get("env"), dict) else cur_meta)
     out = []
     for k in sorted(set(b) | set(c)):
-        if any(v in k.lower() for v in _VOLATILE):
+        if _volatile(k):
             continue
         bv, cv = b.get(k, "<absent>"), c.get(k, "<absent>")
         if bv != cv:

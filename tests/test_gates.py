@@ -1,0 +1,152 @@
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.gates import (DEFAULT_GATES, GateConfigError, add_check_arguments, cmd_check, evaluate_gates,
+                         load_gates, matrix_for)
+from bench.store import load_run
+
+sys.path.insert(0, str(Path(__file__).parent))  # works with or without tests/__init__.py
+from runfactory import case, make_run, noise  # noqa: E402
+
+SPEEDUP = {"name": "sp", "kind": "speedup", "faster": "block:msla", "slower": "block:softmax", "height": 1024,
+           "width": 1024, "min_ratio": 10.0}
+SCALING = {"name": "sc", "kind": "scaling_exponent", "model": "block:msla", "resolutions": [512, 1024, 2048],
+           "max_exponent": 1.3}
+
+
+def _run(tmp_path, cases, name="r"):
+    return load_run(make_run(tmp_path, name, cases))
+
+
+def _args(*argv):
+    return add_check_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def test_default_gates_file_is_valid():
+    gates = load_gates()
+    assert DEFAULT_GATES.exists() and len(gates) >= 3
+    assert ("block:msla", 1024, 1024) in matrix_for(gates, ["cpu"])
+    assert all(m.startswith("block:") for m, _, _ in matrix_for(gates, ["cpu"]))
+
+
+def test_speedup_pass_and_fail_name_the_values(tmp_path):
+    good = _run(tmp_path, [case("block:msla", 1024, 1024, noise(1, median=100)),
+                           case("block:softmax", 1024, 1024, noise(2, median=5000))], "good")
+    [r] = evaluate_gates(good, [SPEEDUP])
+    assert r.passed and not r.skipped and r.measured["ratio"] == pytest.approx(50, rel=0.05)
+    bad = _run(tmp_path, [case("block:msla", 1024, 1024, noise(1, median=1000)),
+                          case("block:softmax", 1024, 1024, noise(2, median=5000))], "bad")
+    [r] = evaluate_gates(bad, [SPEEDUP])
+    assert not r.passed and not r.skipped
+    assert "block:softmax / block:msla at 1024x1024" in r.message and "5.00x" in r.message and "10x" in r.message
+    assert r.measured["faster_ms"] == pytest.approx(1000, rel=0.05)
+
+
+def test_speedup_statuses(tmp_path):
+    oom = _run(tmp_path, [case("block:msla", 1024, 1024, noise(1, median=100)),
+                          case("block:softmax", 1024, 1024, status="oom")], "oom")
+    [r] = evaluate_gates(oom, [SPEEDUP])
+    assert r.passed and "did not finish (oom)" in r.message
+    broken = _run(tmp_path, [case("block:msla", 1024, 1024, status="error"),
+                             case("block:softmax", 1024, 1024, noise(2, median=5000))], "broken")
+    [r] = evaluate_gates(broken, [SPEEDUP])
+    assert not r.passed and not r.skipped and "did not run ok" in r.message
+    absent = _run(tmp_path, [case("block:msla", 1024, 1024, noise(1))], "absent")
+    [r] = evaluate_gates(absent, [SPEEDUP])
+    assert r.skipped and "no slower row" in r.message
+
+
+def test_scaling_exponent(tmp_path):
+    lin = [case("block:msla", r, r, noise(r, median=10 * (r / 512) ** 2)) for r in (512, 1024, 2048)]
+    quad = [case("block:msla", r, r, noise(r, median=10 * (r / 512) ** 4)) for r in (512, 1024, 2048)]
+    [r] = evaluate_gates(_run(tmp_path, lin, "lin"), [SCALING])
+    assert r.passed and r.measured["exponent"] == pytest.approx(1.0, abs=0.03)
+    assert set(r.measured["points_ms"]) == {"512x512", "1024x1024", "2048x2048"}
+    [r] = evaluate_gates(_run(tmp_path, quad, "quad"), [SCALING])
+    assert not r.passed and r.measured["exponent"] == pytest.approx(2.0, abs=0.03)
+    assert "pixels^2.00" in r.message and "<= 1.3" in r.message
+    [r] = evaluate_gates(_run(tmp_path, quad, "quad2"),
+                         [{"name": "q", "kind": "scaling_exponent", "model": "block:msla", "min_exponent": 1.7}])
+    assert r.passed
+    [r] = evaluate_gates(_run(tmp_path, lin[:1], "one"), [SCALING])
+    assert r.skipped
+
+
+def test_gates_per_group_and_device_filter(tmp_path):
+    rows = []
+    for thr in (1, 2):
+        rows += [case("block:msla", 1024, 1024, noise(thr, median=100), threads=thr),
+                 case("block:softmax", 1024, 1024, noise(thr + 9, median=5000 if thr == 1 else 500), threads=thr)]
+    res = evaluate_gates(_run(tmp_path, rows), [SPEEDUP])
+    assert [(r.group.endswith("t1"), r.passed) for r in res] == [(True, True), (False, False)]
+    [r] = evaluate_gates(_run(tmp_path, rows, "r2"), [{**SPEEDUP, "devices": ["cuda"]}])
+    assert r.skipped and "cuda" in r.message
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ({"kind": "speedup"}, "missing name"),
+    ({"name": "x", "kind": "nope"}, "kind"),
+    ({"name": "x", "kind": "speedup", "faster": "a"}, "missing slower"),
+    ({"name": "x", "kind": "scaling_exponent", "model": "a"}, "max_exponent"),
+    ({"name": "x", "kind": "speedup", "faster": "a", "slower": "b", "height": 1, "width": 1, "min_ratio": "2"},
+     "number"),
+])
+def test_invalid_gates(tmp_path, bad, msg):
+    from bench.gates import validate_gates
+    with pytest.raises(GateConfigError, match=msg):
+        validate_gates([bad])
+
+
+def test_cmd_check_on_existing_run(tmp_path, capsys):
+    good = make_run(tmp_path, "good", [case("block:msla", r, r, noise(r, median=10 * (r / 512) ** 2.1))
+                                       for r in (512, 1024, 2048)]
+                    + [case("block:softmax", r, r, noise(r + 1, median=10 * (r / 512) ** 4 * 5)) for r in (512, 1024)])
+    md, js = tmp_path / "g.md", tmp_path / "g.json"
+    assert cmd_check(_args("--run", str(good), "--markdown", str(md), "--json", str(js))) == 0
+    out = capsys.readouterr().out
+    assert "PASS  msla-faster-than-softmax-1024" in out and "FAIL" not in out
+    assert "| gate |" in md.read_text()
+    data = json.loads(js.read_text())
+    assert {d["outcome"] for d in data} <= {"PASS", "SKIP"} and any(d["outcome"] == "PASS" for d in data)
+    # a run where msla is quadratic and barely faster: the gates fail and name the values
+    bad = make_run(tmp_path, "bad", [case("block:msla", r, r, noise(r, median=10 * (r / 512) ** 4))
+                                     for r in (512, 1024, 2048)]
+                   + [case("block:softmax", r, r, noise(r + 1, median=12 * (r / 512) ** 4)) for r in (512, 1024)])
+    assert cmd_check(_args("--run", str(bad))) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  msla-faster-than-softmax-1024" in out and "1.20x (< required 10x)" in out
+    assert "FAIL  msla-near-linear-in-pixels" in out and "pixels^2.00" in out
+
+
+def test_cmd_check_bad_input(tmp_path, capsys):
+    assert cmd_check(_args("--run", str(tmp_path / "nope"))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("check: error: ") and err.count("\n") == 1
+    (tmp_path / "g.toml").write_text("[[gate]]\nname = 'x'\nkind = 'speedup'\n")
+    assert cmd_check(_args("--run", str(tmp_path), "--gates", str(tmp_path / "g.toml"))) == 2
+    assert "missing faster" in capsys.readouterr().err
+    (tmp_path / "bad.toml").write_text("[[gate]\n")
+    assert cmd_check(_args("--run", str(tmp_path), "--gates", str(tmp_path / "bad.toml"))) == 2
+    assert "invalid TOML" in capsys.readouterr().err
+    other = make_run(tmp_path, "other", [case("evit-b1:msla", 512, 512, noise(1))])
+    assert cmd_check(_args("--run", str(other))) == 2  # no gate applies: not a silent pass
+    assert "no gate could be evaluated" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("DENSEBENCH_SLOW_TESTS"),
+                    reason="runs the real engine (~30 s on a busy 2-core machine); set DENSEBENCH_SLOW_TESTS=1")
+def test_cmd_check_measures_a_tiny_matrix_with_the_engine(tmp_path, capsys):
+    gates = tmp_path / "tiny.toml"
+    gates.write_text('[[gate]]\nname = "tiny"\nkind = "speedup"\nfaster = "block:relu-linear"\n'
+                     'slower = "block:softmax"\nheight = 256\nwidth = 256\nmin_ratio = 1.0\n')
+    rc = cmd_check(_args("--gates", str(gates), "--out", str(tmp_path / "res"), "--min-time", "0.05",
+                         "--max-time", "0.2"))
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "PASS  tiny" in out and "check run:" in out
