@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.layers import ActLayer, ConvNormAct, Residual
-from models.mixers import MIXER_NAMES, build_mixer
-from models.registry import ModelInfo, Published, register_model
+from models.mixers import build_mixer
+from models.registry import MIXERS, ModelInfo, Published, register_model
 
 # ----------------------------------------------------------------------------------------------------------------
 # Local blocks
@@ -280,14 +280,14 @@ def _register() -> None:
             published=PUBLISHED.get((size, dataset)),
             description=f"EfficientViT-Seg-{size.upper()} with its {dataset} head, as published"))
     for size in ("b0", "b1", "b2", "b3"):
-        for mixer in MIXER_NAMES:
+        for mixer in MIXERS:
             register_model(ModelInfo(
                 name=f"evit-{size}:{mixer}", family="evit-variant", mixer=mixer,
                 builder=partial(efficientvit_seg, size, "cityscapes", mixer), dataset="cityscapes",
                 input_size=CITYSCAPES[2], num_classes=19, out_stride=8, size_multiple=32, token_stride=16,
                 description=f"EfficientViT-Seg-{size.upper()} macro architecture with {mixer} token mixers "
                             f"in stages 3-4"))
-    for mixer in MIXER_NAMES:
+    for mixer in MIXERS:
         register_model(ModelInfo(
             name=f"block:{mixer}", family="block", mixer=mixer, builder=partial(mixer_block, mixer),
             input_size=(1024, 2048), num_classes=0, out_stride=BLOCK_STRIDE, in_channels=BLOCK_CHANNELS,

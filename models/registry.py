@@ -28,6 +28,11 @@ class Published:
     latency_ms: dict[str, float] = field(default_factory=dict)  # "device, setting" -> ms
     miou: float | None = None
     source: str = ""
+    # When the paper counted params/MACs on another configuration than this model (SegFormer's Cityscapes
+    # figures were counted with the 150-class ADE20K head), the registry name of that configuration: the
+    # comparison with the published figure is made on it, counted at this model's input size.
+    counted_as: str | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layers import ConvNormAct
 from models.registry import ModelInfo, Published, register_model
 
 __all__ = ["SegFormer", "MixVisionTransformer", "SegFormerHead", "segformer", "SEGFORMER_CFGS"]
@@ -161,9 +162,8 @@ class SegFormerHead(nn.Module):
     def __init__(self, in_dims: tuple[int, ...], embed_dim: int, num_classes: int) -> None:
         super().__init__()
         self.linear_c = nn.ModuleList([nn.Conv2d(d, embed_dim, 1) for d in in_dims])
-        self.linear_fuse = nn.Conv2d(embed_dim * len(in_dims), embed_dim, 1, bias=False)
-        self.bn = nn.BatchNorm2d(embed_dim)
-        self.act = nn.ReLU(inplace=True)
+        # conv + BN + ReLU as one ConvNormAct so that conv+BN folding (models.deploy) finds the pair
+        self.fuse = ConvNormAct(embed_dim * len(in_dims), embed_dim, 1, act=functools.partial(nn.ReLU, inplace=True))
         self.cls = nn.Conv2d(embed_dim, num_classes, 1)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
@@ -174,7 +174,7 @@ class SegFormerHead(nn.Module):
             if f.shape[-2:] != size:
                 f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
             outs.append(f)
-        x = self.act(self.bn(self.linear_fuse(torch.cat(outs[::-1], dim=1))))
+        x = self.fuse(torch.cat(outs[::-1], dim=1))
         return self.cls(x)
 
 
@@ -213,10 +213,12 @@ def segformer(variant: str, num_classes: int, **kwargs) -> SegFormer:
 _PUBLISHED: dict[tuple[str, str], Published] = {
     ("b0", "ade20k"): Published(params_m=3.8, macs_g=8.4, source="SegFormer paper / EfficientViT paper"),
     ("b0", "cityscapes"): Published(
+        counted_as="segformer-b0-ade20k", note="published params and MACs were counted with the 150-class head",
         params_m=3.8, macs_g=125.5, source="SegFormer paper / EfficientViT paper",
         latency_ms={"Jetson AGX Orin, Cityscapes 1024x2048 (read off chart, approx.)": 107.0}),
     ("b1", "ade20k"): Published(params_m=13.7, macs_g=15.9, source="SegFormer paper / EfficientViT paper"),
     ("b1", "cityscapes"): Published(
+        counted_as="segformer-b1-ade20k", note="published params and MACs were counted with the 150-class head",
         params_m=13.7, macs_g=243.7, source="SegFormer paper / EfficientViT paper",
         latency_ms={"Jetson AGX Orin, Cityscapes 1024x2048 (read off chart, approx.)": 146.0}),
 }

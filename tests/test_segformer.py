@@ -118,7 +118,8 @@ _RULES = [  # HF name -> our name (regex substitutions, applied in order)
     (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
     (r"(stages\.\d+)\.layer_norm\.", r"\1.norm."),
     (r"^decode_head\.linear_projections\.(\d+)\.proj\.", r"decode_head.linear_c.\1."),
-    (r"^decode_head\.batch_norm\.", "decode_head.bn."),
+    (r"^decode_head\.linear_fuse\.", "decode_head.fuse.conv."),
+    (r"^decode_head\.batch_norm\.", "decode_head.fuse.norm."),
     (r"^decode_head\.classifier\.", "decode_head.cls."),
 ]
 
