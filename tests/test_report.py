@@ -181,12 +181,21 @@ def _parse(page: str) -> _Collector:
 # --------------------------------------------------------------------------------------------------------------
 # tests
 
+_RENDERED: dict[str, tuple[Path, list[Path]]] = {}
+
+
+def fixture_report(tmp_root: Path) -> tuple[Path, list[Path]]:
+    """The CPU + GPU fixture runs and their merged report, rendered once per test session (the browser test
+    loads the same page)."""
+    if "merged" not in _RENDERED or not _RENDERED["merged"][0].exists():
+        runs = [cpu_run(tmp_root), gpu_run(tmp_root)]
+        _RENDERED["merged"] = (write_report(runs, tmp_root / "out" / "merged.html"), runs)
+    return _RENDERED["merged"]
+
+
 @pytest.fixture(scope="module")
 def merged_report(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("report")
-    runs = [cpu_run(tmp), gpu_run(tmp)]
-    out = write_report(runs, tmp / "out" / "merged.html")
-    return out, runs
+    return fixture_report(tmp_path_factory.mktemp("report"))
 
 
 def test_writes_html_markdown_and_figures(merged_report):
@@ -249,6 +258,7 @@ def test_page_content(merged_report):
     assert "msla speedup over softmax" in text and "msla speedup over large-kernel" in text
     assert "Scaling exponent" in text
     assert "case exceeded its 120 s timeout" in text and "CUDA out of memory" in text
+    assert page.count('id="not-ok-table"') == 1 and "Cases not ok (4)" in text
     assert "tensorrt needs a CUDA device" in text
     assert "governor" in text and "sm_mhz" in text  # clocks/power from meta.json
     assert "different hosts" in text  # merged from two hosts
@@ -272,6 +282,9 @@ def test_xss_is_escaped_everywhere(tmp_path):
         assert not any(k.startswith("on") for k in a), (t, a)
     md = out.with_suffix(".md").read_text()
     assert "<script" not in md and "<img" not in md
+    for svg in (tmp_path / "x_figures").glob("*.svg"):  # the figure files carry the names too
+        t = svg.read_text()
+        assert "<script" not in t and "<img" not in t, svg
 
 
 def test_safe_json_cannot_close_the_script():
@@ -338,6 +351,7 @@ def _quick_run_available() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_quick_run_available() is not None, reason=str(_quick_run_available()))
 def test_report_of_a_real_quick_run(tmp_path):
     """End to end: `run_bench.py --quick` measures real cases and writes its report through write_report."""

@@ -269,16 +269,20 @@ def scaling_exponents(m: Merged) -> tuple[pd.DataFrame, list[str]]:
     if not len(ok):
         return pd.DataFrame(columns=cols), ["no ok measurements: scaling exponents not available"]
     rows = []
+    single: dict[str, list[str]] = {}
     for (config, model), g in ok.groupby(["config", "model"], sort=True):
         f = fit_exponent(g["pixels"], g["latency_ms_median"])
         res = ", ".join(r for r in g.sort_values("pixels")["resolution"].drop_duplicates())
         if f["n_sizes"] < 2:
-            notes.append(f"{model} on {config}: one resolution only ({res}): scaling exponent not available")
+            single.setdefault(f"{config} ({res})", []).append(str(model))
             continue
         first = g.iloc[0]
         rows.append(dict(config=config, device_name=first["device_name"], mobile_proxy=bool(first["mobile_proxy"]),
                          model=model, variant=first["variant"], level=first["level"], resolutions=res,
                          reading=exponent_word(f["exponent"]), **f))
+    for where, models in single.items():
+        names = ", ".join(models[:6]) + (f" and {len(models) - 6} more" if len(models) > 6 else "")
+        notes.append(f"one resolution only on {where}: no scaling exponent for {names}")
     df = pd.DataFrame(rows, columns=cols)
     return df, notes
 

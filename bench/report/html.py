@@ -92,7 +92,9 @@ def case_table(m: Merged) -> dict:
         for col, _, kind in TABLE_COLUMNS:
             text, sort = _cell(r.get(col), kind)
             cells.append(dict(text=text, sort=sort, num=kind != "s", col=col))
-        rows.append(dict(cells=cells, status_class=_status_class(r.get("status")),
+        by = {c["col"]: c["text"] for c in cells}
+        by["setting"] = str(r.get("config") or "")
+        rows.append(dict(cells=cells, by=by, status_class=_status_class(r.get("status")),
                          ok=r.get("status") == "ok", mobile=bool(r.get("mobile_proxy"))))
     return dict(headers=[dict(col=c, label=lab, num=k != "s") for c, lab, k in TABLE_COLUMNS], rows=rows)
 
@@ -147,6 +149,11 @@ def headline(m: Merged, sp: pd.DataFrame, ex: pd.DataFrame) -> list[dict]:
     return out
 
 
+def gnum(v: Any) -> str:
+    """A published number as printed in the paper (no padding zeros)."""
+    return "" if _missing(v) else f"{float(v):,.4g}"
+
+
 def reference_view(refs: list[dict]) -> list[dict]:
     out = []
     for r in refs:
@@ -158,10 +165,10 @@ def reference_view(refs: list[dict]) -> list[dict]:
                 measured.append(f"{x['status']} on {x['config']}" + (f" ({x['reason']})" if x["reason"] else ""))
         out.append(dict(
             name=r["name"], family=r["family"], dataset=r["dataset"], input_size=r["input_size"],
-            pub_params=fnum(r["pub_params_m"]) + "M" if not _missing(r["pub_params_m"]) else "",
-            pub_macs=fnum(r["pub_macs_g"]) + "G" if not _missing(r["pub_macs_g"]) else "",
-            pub_latency=[f"{fnum(v)} ms ({k})" for k, v in r["pub_latency"].items()],
-            pub_miou=fnum(r["pub_miou"]) if not _missing(r["pub_miou"]) else "", source=r["pub_source"],
+            pub_params=gnum(r["pub_params_m"]) + "M" if not _missing(r["pub_params_m"]) else "",
+            pub_macs=gnum(r["pub_macs_g"]) + "G" if not _missing(r["pub_macs_g"]) else "",
+            pub_latency=[f"{gnum(v)} ms ({k})" for k, v in r["pub_latency"].items()],
+            pub_miou=gnum(r["pub_miou"]), source=r["pub_source"],
             params=fnum(r["params_m"]) + "M" if r["params_m"] is not None else "",
             macs=fnum(r["macs_g"]) + "G" if r["macs_g"] is not None else "",
             params_dev=_dev(r["params_m"], r["pub_params_m"]), macs_dev=_dev(r["macs_g"], r["pub_macs_g"]),
