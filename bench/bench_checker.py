@@ -1,0 +1,279 @@
+"""Benchmark of the regression checker itself (not a test): its error rates on this machine.
+
+    python -m bench.bench_checker            # full: 20 trials (~15-25 min on a quiet 2-core machine)
+    python -m bench.bench_checker --quick    # smoke: 1 trial of a tiny case (about 2 minutes on a busy machine)
+
+What it measures, with `bench.compare.compare_runs` and its defaults (threshold 5%, alpha 0.01):
+- False alarms: per trial, two independent runs of the same unmodified cases (A/A), compared. Target: no false
+  alarm in 20 A/A compares.
+- Detection: per trial and per injected slowdown X in {5, 10, 20}%, a run whose model forward does an EXTRA
+  fp32 matmul (n x n, preallocated output) after the real forward: a real slower code path, sized by measurement
+  so that it costs X% of the case's median latency. Compared against that trial's baseline run. Target: >= 95% of
+  10% slowdowns detected (a 5% slowdown sits on a 5% threshold: expect about half).
+- The achieved slowdown (median over trials of the ratio of medians), since the injected cost is calibrated, not
+  exact; and the spread of the A/A ratios (the noise the threshold must sit above).
+
+How runs are made: every run is a fresh interpreter (`--child` mode of this script) that measures each case through
+the engine's own child code path, `bench.worker.run_case` (backends.prepare, bench.timer.measure, summarize),
+with `models.registry.build_model` wrapped to add the matmul when a slowdown is asked. The engine's runner has no
+hook to alter a model, so this script does the runner's bookkeeping itself (rows + samples -> bench.store run
+folders) and keeps the runner's isolation property (a process per run). Runs of one trial are interleaved
+(baseline, A/A, 5%, 10%, 20%) so that slow machine drift hits them alike.
+
+Output: a Markdown table on stdout and, with --json FILE, every figure as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SLOWDOWNS = (0.05, 0.10, 0.20)
+
+
+# ---------------------------------------------------------------- child side
+
+class _Slowed:
+    """Wraps a model: forward(x) = model(x), then an n x n matmul into a preallocated buffer."""
+
+    @staticmethod
+    def wrap(model, n: int):
+        import torch
+        from torch import nn
+
+        class Slowed(nn.Module):
+            def __init__(self, inner: nn.Module, n: int):
+                super().__init__()
+                self.inner = inner
+                g = torch.Generator().manual_seed(0)
+                self.register_buffer("a", torch.randn(n, n, generator=g))
+                self.register_buffer("out", torch.empty(n, n))
+
+            def forward(self, x):
+                y = self.inner(x)
+                torch.mm(self.a, self.a, out=self.out)
+                return y
+
+        return Slowed(model, n).eval()
+
+
+def _child(spec_path: str, out_path: str) -> int:
+    import torch
+
+    import models.registry as registry
+    from bench import worker
+
+    spec = json.loads(Path(spec_path).read_text())
+    inject = spec.get("inject") or [0] * len(spec["cases"])  # matmul size per case (0: unmodified)
+    current = {"n": 0}
+    orig = registry.build_model
+    registry.build_model = lambda name: _Slowed.wrap(orig(name), current["n"]) if current["n"] > 0 else orig(name)
+    out = {"rows": [], "samples": []}
+    if spec.get("calibrate"):
+        out["calibration"] = _calibrate_in_child(spec)
+    for case, n in zip(spec["cases"], inject):
+        current["n"] = int(n)
+        res = worker.run_case(case)
+        out["rows"].append(res["row"])
+        out["samples"].append(res["samples"])
+    del torch
+    Path(out_path).write_text(json.dumps(out, default=str))
+    return 0
+
+
+def _calibrate_in_child(spec: dict) -> dict:
+    """Median forward latency of each case and, per case, the matmul size n that costs each target fraction of it."""
+    import numpy as np
+    import torch
+
+    from bench.timer import measure
+    from models.registry import build_model, example_input
+
+    torch.set_num_threads(int(spec["threads"]))
+    t = dict(min_time_s=float(spec["min_time_s"]), max_time_s=float(spec["max_time_s"]))
+    fwd = []
+    with torch.inference_mode():
+        for c in spec["cases"]:
+            m = build_model(c["model"])
+            x = example_input(c["model"], c["height"], c["width"], c["batch"])
+            fwd.append(float(np.median(measure(lambda: m(x), **t).samples_ms)))
+
+        def mm_ms(n: int) -> float:
+            a, o = torch.randn(n, n), torch.empty(n, n)
+            return float(np.median(measure(lambda: torch.mm(a, a, out=o), **t).samples_ms))
+
+        sizes: dict = {}
+        for frac in spec["fractions"]:
+            per_case = []
+            for f_ms in fwd:
+                target = frac * f_ms
+                n = 256
+                for _ in range(4):  # cost ~ n^3: rescale, re-measure
+                    n_new = max(8, int(round(n * (target / mm_ms(n)) ** (1 / 3))))
+                    done = abs(n_new - n) <= max(2, n // 50)
+                    n = n_new
+                    if done:
+                        break
+                per_case.append({"n": n, "cost_ms": mm_ms(n), "target_ms": target})
+            sizes[str(frac)] = per_case
+    return {"forward_ms": fwd, "sizes": sizes}
+
+
+# ---------------------------------------------------------------- parent side
+
+def _cases(models: list[str], res: list[int], threads: int, min_time_s: float, max_time_s: float):
+    from bench.cases import expand
+    from bench.envinfo import device_name
+
+    return expand(models, [(r, r) for r in res], [("cpu", device_name("cpu"))], ["eager"], {"cpu": ["fp32"]}, [1],
+                  [threads], min_time_s=min_time_s, max_time_s=max_time_s)
+
+
+def _spawn(spec: dict, workdir: Path, tag: str, timeout_s: float) -> dict:
+    sp, op = workdir / f"{tag}.spec.json", workdir / f"{tag}.out.json"
+    sp.write_text(json.dumps(spec, default=str))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    p = subprocess.run([sys.executable, "-m", "bench.bench_checker", "--child", str(sp), str(op)], env=env,
+                       cwd=str(REPO), capture_output=True, text=True, timeout=timeout_s)
+    if p.returncode != 0 or not op.exists():
+        tail = (p.stderr or "").strip().splitlines()[-3:]
+        raise RuntimeError(f"child {tag} failed (exit {p.returncode}): {' | '.join(tail)}")
+    return json.loads(op.read_text())
+
+
+def _store_run(root: Path, run_id: str, cases, out: dict, meta_extra: dict) -> Path:
+    from bench.envinfo import environment
+    from bench.store import results_frame, samples_frame, write_meta, write_results, write_samples
+
+    rows, srows = [], []
+    for case, row, samples in zip(cases, out["rows"], out["samples"]):
+        full = {**row, **case.row_base(), "run_id": run_id, "case_id": case.case_id}
+        rows.append(full)
+        srows += [{"run_id": run_id, "case_id": case.case_id, "iter": j, "latency_ms": v}
+                  for j, v in enumerate(samples)]
+    d = root / run_id
+    write_results(d, results_frame(rows))
+    write_samples(d, samples_frame(srows))
+    write_meta(d, {"run_id": run_id, "env": _ENV.setdefault("env", environment([])), **meta_extra})
+    return d
+
+
+_ENV: dict = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_checker", description=__doc__.split("\n")[0])
+    ap.add_argument("--child", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="smoke test: 1 trial of one small case, short timing")
+    ap.add_argument("--trials", type=int, default=None, help="A/A compares and compares per slowdown (default 20)")
+    ap.add_argument("--models", default="block:msla,evit-b0:msla", help="cases' models (default %(default)s)")
+    ap.add_argument("--res", default="512", help="square resolutions, comma list (default 512)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    ap.add_argument("--min-time", type=float, default=None, help="min timed seconds per case (default 1.0)")
+    ap.add_argument("--max-time", type=float, default=None, help="max timed seconds per case (default 4.0)")
+    ap.add_argument("--threshold", type=float, default=0.05)
+    ap.add_argument("--alpha", type=float, default=0.01)
+    ap.add_argument("--keep", metavar="DIR", help="keep the run folders here (default: a temporary folder)")
+    ap.add_argument("--json", metavar="FILE", help="write every figure as JSON")
+    a = ap.parse_args(argv)
+    if a.child:
+        return _child(*a.child)
+
+    import numpy as np
+
+    from bench.compare import compare_runs
+    from bench.store import load_run
+
+    trials = a.trials or (1 if a.quick else 20)
+    models = ["block:msla"] if a.quick and a.models == ap.get_default("models") else a.models.split(",")
+    res = [int(r) for r in (("256" if a.quick and a.res == "512" else a.res).split(","))]
+    min_t = a.min_time if a.min_time is not None else (0.3 if a.quick else 1.0)
+    max_t = a.max_time if a.max_time is not None else (1.0 if a.quick else 4.0)
+    cases = _cases(models, res, a.threads, min_t, max_t)
+    specs = [c.to_spec() for c in cases]
+    root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench-checker-"))
+    root.mkdir(parents=True, exist_ok=True)
+    work = root / "_specs"
+    work.mkdir(exist_ok=True)
+    for s in specs:
+        s["extra"] = {"workdir": str(work)}
+    timeout = 120 + 10 * len(cases) * (max_t + 5)
+    t0 = time.perf_counter()
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+
+    log(f"calibrating the injected matmul on {len(cases)} case(s) ...")
+    cal = _spawn({"cases": specs, "calibrate": True, "fractions": list(SLOWDOWNS), "threads": a.threads,
+                  "min_time_s": min_t, "max_time_s": max_t}, work, "calibrate", timeout)["calibration"]
+    sizes = {float(k): v for k, v in cal["sizes"].items()}
+    for f, per_case in sizes.items():
+        for c, v, fwd in zip(cases, per_case, cal["forward_ms"]):
+            log(f"  +{f:.0%} {c.label()}: matmul n={v['n']} costs {v['cost_ms']:.3f} ms of a {fwd:.3f} ms forward")
+
+    aa, det = [], {f: [] for f in SLOWDOWNS}
+    for t in range(trials):
+        none = [0] * len(cases)
+        runs = {"base": none, "aa": none, **{f"slow{f}": [v["n"] for v in sizes[f]] for f in SLOWDOWNS}}
+        dirs = {}
+        for tag, ns in runs.items():
+            out = _spawn({"cases": specs, "inject": ns}, work, f"t{t}-{tag}", timeout)
+            dirs[tag] = _store_run(root, f"t{t:02d}-{tag}", cases, out, {"inject_matmul_n": ns})
+        base = load_run(dirs["base"])
+        df = compare_runs(base, load_run(dirs["aa"]), threshold=a.threshold, alpha=a.alpha)
+        aa.append({"alarm": bool(df["regression"].any()), "ratios": df["ratio"].tolist(),
+                   "verdicts": df["verdict"].tolist()})
+        for f in SLOWDOWNS:
+            d = compare_runs(base, load_run(dirs[f"slow{f}"]), threshold=a.threshold, alpha=a.alpha)
+            det[f].append({"detected_cases": int((d["verdict"] == "slower").sum()), "cases": len(d),
+                           "ratios": d["ratio"].tolist(), "verdicts": d["verdict"].tolist()})
+        log(f"trial {t + 1}/{trials}: A/A {'ALARM' if aa[-1]['alarm'] else 'clean'}; "
+            + ", ".join(f"{f:.0%} {det[f][-1]['detected_cases']}/{det[f][-1]['cases']}" for f in SLOWDOWNS)
+            + f" ({time.perf_counter() - t0:.0f} s)")
+
+    aa_ratios = np.array([r for x in aa for r in x["ratios"]], dtype=float)
+    summary = {
+        "trials": trials, "cases": [c.label() for c in cases], "threshold": a.threshold, "alpha": a.alpha,
+        "calibration": cal, "wall_s": round(time.perf_counter() - t0, 1),
+        "aa": {"false_alarm_runs": sum(x["alarm"] for x in aa), "compares": trials,
+               "false_alarm_cases": int(sum(v == "slower" for x in aa for v in x["verdicts"])),
+               "case_compares": int(aa_ratios.size),
+               "ratio_median": float(np.median(aa_ratios)) if aa_ratios.size else math.nan,
+               "max_abs_log_ratio": float(np.max(np.abs(np.log(aa_ratios)))) if aa_ratios.size else math.nan},
+        "detection": {},
+    }
+    for f in SLOWDOWNS:
+        rs = np.array([r for x in det[f] for r in x["ratios"]], dtype=float)
+        n_det = sum(x["detected_cases"] for x in det[f])
+        n_all = sum(x["cases"] for x in det[f])
+        summary["detection"][f"{f:.2f}"] = {"detected": n_det, "case_compares": n_all,
+                                            "rate": n_det / n_all if n_all else math.nan,
+                                            "achieved_ratio_median": float(np.median(rs)) if rs.size else math.nan}
+
+    s = summary
+    print(f"### Checker error rates ({trials} trials, {len(cases)} case(s): {', '.join(s['cases'])}; "
+          f"threshold {a.threshold:.0%}, alpha {a.alpha})\n")
+    print("| experiment | achieved slowdown (median ratio) | flagged | rate |")
+    print("|---|---:|---:|---:|")
+    print(f"| A/A (no change) | {s['aa']['ratio_median']:.3f} | {s['aa']['false_alarm_runs']}/{trials} runs, "
+          f"{s['aa']['false_alarm_cases']}/{s['aa']['case_compares']} cases | "
+          f"{s['aa']['false_alarm_runs'] / trials:.0%} false alarms |")
+    for f in SLOWDOWNS:
+        d = s["detection"][f"{f:.2f}"]
+        print(f"| +{f:.0%} injected matmul | {d['achieved_ratio_median']:.3f} | {d['detected']}/{d['case_compares']}"
+              f" cases | {d['rate']:.0%} detected |")
+    print(f"\nA/A noise: max |ratio - 1| = {math.expm1(s['aa']['max_abs_log_ratio']):.1%}; wall {s['wall_s']:.0f} s; "
+          f"runs in {root}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
