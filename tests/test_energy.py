@@ -1,0 +1,100 @@
+import math
+import sys
+import types
+
+import pytest
+import torch
+
+from bench import energy, gpuinfo
+from bench.energy import EnergyMeter, EnergyReading, available, energy_columns, make_meter, \
+    parse_tegrastats_vdd_in_mw
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def test_cpu_is_unavailable_with_reason():
+    ok, reason = available("cpu")
+    assert ok is False
+    assert reason.startswith("NVML not available:") and "cpu" in reason
+    meter, reason = make_meter("cpu")
+    assert meter is None and reason.startswith("NVML not available:")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the no-CUDA path; this machine has CUDA")
+def test_cuda_without_gpu_is_unavailable():
+    ok, reason = available("cuda:0")
+    assert not ok and reason.startswith("NVML not available:")
+    with pytest.raises(RuntimeError, match="NVML not available"):
+        EnergyMeter(0)
+    info = gpuinfo.gpu_info("cuda")
+    assert info["available"] is False and "CUDA not available" in info["reason"]
+
+
+def test_columns_from_reading():
+    r = EnergyReading(energy_j=12.0, elapsed_s=4.0, source="nvml")
+    assert r.mean_power_w == 3.0
+    assert energy_columns(r, images=6) == {"energy_j_per_image": 2.0, "mean_power_w": 3.0}
+    cols = energy_columns(None, images=6)
+    assert math.isnan(cols["energy_j_per_image"]) and math.isnan(cols["mean_power_w"])
+    cols = energy_columns(EnergyReading(None, 1.0, "nvml", "why"), images=3)
+    assert math.isnan(cols["energy_j_per_image"])
+
+
+def test_tegrastats_parsing():
+    line = ("RAM 2481/7620MB (lfb 1x4MB) CPU [3%@1420,1%@1420] GR3D_FREQ 0% VDD_IN 5123mW/4980mW "
+            "VDD_CPU_GPU_CV 480mW/478mW VDD_SOC 1440mW/1437mW")
+    assert parse_tegrastats_vdd_in_mw(line) == 5123.0
+    assert parse_tegrastats_vdd_in_mw("RAM 1/2MB CPU [1%@100]") is None
+
+
+class _FakeNVML(types.ModuleType):
+    """A stand-in for pynvml: counts millijoules; can pretend to be a pre-Volta GPU."""
+
+    class NVMLError(Exception):
+        pass
+
+    class NVMLError_NotSupported(NVMLError):
+        pass
+
+    def __init__(self, supported=True):
+        super().__init__("pynvml")
+        self.supported = supported
+        self.mj = 1_000_000
+        self.NVMLError_NotSupported.__bases__ = (self.NVMLError,)
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        if not self.supported:
+            raise self.NVMLError_NotSupported("Not Supported")
+        self.mj += 2500  # 2.5 J per read
+        return self.mj
+
+
+def _patch(monkeypatch, fake):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpuinfo, "nvml_import", lambda: fake)
+    monkeypatch.setattr(gpuinfo, "nvml_handle", lambda pynvml, idx: (object(), "uuid"))
+
+
+def test_nvml_path_with_fake_counter(monkeypatch):
+    fake = _FakeNVML()
+    _patch(monkeypatch, fake)
+    assert available("cuda:0") == (True, "")
+    m = EnergyMeter("cuda:0")
+    m.start()
+    r = m.stop()
+    assert r.source == "nvml" and r.energy_j == pytest.approx(2.5)
+    assert any("short_window" in n for n in r.notes)
+    with pytest.raises(RuntimeError, match="before start"):
+        m.stop()
+
+
+def test_pre_volta_not_supported(monkeypatch):
+    _patch(monkeypatch, _FakeNVML(supported=False))
+    ok, reason = available(0)
+    assert not ok and "not supported" in reason and reason.startswith("NVML not available:")
