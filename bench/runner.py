@@ -141,6 +141,7 @@ class ForkServer(_Isolation):
         self.proc: subprocess.Popen | None = None
         self._buf = b""
         self._ready = False
+        self._busy = False
         self._log = None
         self.start_s = 0.0
 
@@ -191,6 +192,7 @@ class ForkServer(_Isolation):
         t0 = time.perf_counter()
         out = Outcome(result=None)
         assert self.proc is not None and self.proc.stdin is not None
+        self._busy = True
         try:
             self.proc.stdin.write((json.dumps({"spec": str(spec_path), "result": str(result_path),
                                                "stderr": str(err_path)}) + "\n").encode())
@@ -209,6 +211,7 @@ class ForkServer(_Isolation):
                 done = self._read(60.0)
             if done is None:
                 raise WorkerDied("worker server did not reap a killed child")
+            self._busy = False
         except (WorkerDied, BrokenPipeError, OSError) as e:
             self.close()
             out.wall_s = time.perf_counter() - t0
@@ -223,6 +226,8 @@ class ForkServer(_Isolation):
 
     def close(self) -> None:
         if self.proc is not None:
+            if self._busy:  # interrupted mid-case: the server is waiting on the child; its death kills the child
+                self.proc.kill()
             try:
                 if self.proc.poll() is None:
                     self.proc.stdin.write(b'{"quit": true}\n')
@@ -236,7 +241,7 @@ class ForkServer(_Isolation):
                 except Exception:
                     pass
             self.proc = None
-            self._ready = False
+            self._ready = self._busy = False
         if getattr(self, "_log", None):
             self._log.close()
             self._log = None
@@ -350,7 +355,9 @@ class Runner:
                                fold=case.folded)
         if r:
             return "unsupported", r
-        if "softmax" in case.variant:
+        from bench.memory import materialises_scores
+
+        if "softmax" in case.variant and materialises_scores(case.device_type, case.backend, case.precision):
             key = (case.model, case.height, case.width, case.batch, case.precision, case.device)
             if key not in self._fit:
                 from bench.memory import fit_reason
@@ -401,11 +408,11 @@ class Runner:
         workdir = Path(tempfile.mkdtemp(prefix=f"densebench-{st.run_id}-"))
         iso = make_isolation(workdir, self.isolation_kind)
         st.meta["isolation"] = iso.name
-        if isinstance(iso, ForkServer) and todo:
+        to_spawn = [c for c in todo if not self._static(c)]
+        if isinstance(iso, ForkServer) and to_spawn:
             iso.launch()  # imports torch in the background while the parent counts MACs below
-            for case in todo:
-                if not self._static(case):
-                    self._macs_of(case)
+            for case in to_spawn:
+                self._macs_of(case)
         fault = os.environ.get(FAULT_ENV)
         try:
             for i, case in enumerate(todo):

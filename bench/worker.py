@@ -207,7 +207,7 @@ def _measure(spec: dict, row: dict, samples: list, stage: _Stage) -> None:
         _inject(fault, device)
 
     # numerics reference: eager fp32 on the same device and input (the identity for plain eager fp32)
-    plain = backend == "eager" and precision == "fp32" and not spec.get("folded")
+    plain = backend == "eager" and precision == "fp32" and not spec.get("folded") and not spec.get("channels_last")
     y_ref = None
     if not plain:
         stage("reference")

@@ -77,3 +77,24 @@ def test_resume_after_kill(tmp_path):
     assert set(s["case_id"]) == ok_ids
     assert not s.duplicated(["case_id", "iter"]).any()
     assert list(res.columns) == list(COLUMN_NAMES)
+
+
+def test_rows_decided_before_any_child(tmp_path):
+    """Skipped (would not fit / absent device) and unsupported cases are rows with reasons, no child started."""
+    from bench.cases import expand
+    from bench.runner import RunState, Runner
+
+    cases = expand(["block:softmax", "block:msla"], [(16384, 16384)], [("cpu", "test-cpu"), ("cuda:3", "absent")],
+                   ["eager"], {"cpu": ["fp32", "tf32"], "cuda": ["fp16"]}, [1], [1])
+    cases = [c for c in cases if not (c.model == "block:msla" and c.precision == "fp32" and c.device == "cpu")]
+    state = RunState(run_dir=tmp_path / "run", meta={"run_id": "t", "host": "h", "cases": []})
+    state.run_dir.mkdir()
+    Runner(state, cases, allow_missing={"cuda:3"}, calibrate=False).run()
+    res = load_run(state.run_dir).results.set_index("model")
+    got = {(r.Index, r.device, r.precision): (r.status, r.reason) for r in res.itertuples()}
+    st, why = got[("block:softmax", "cpu", "fp32")]
+    assert st == "skipped" and "would not fit" in why and "GiB" in why
+    assert got[("block:softmax", "cpu", "tf32")][0] == "unsupported"
+    assert got[("block:msla", "cpu", "tf32")][0] == "unsupported"
+    assert all(v[0] == "skipped" and "not present" in v[1] for k, v in got.items() if k[1] == "cuda:3")
+    assert state.meta.get("worker_server_start_s", 0) == 0  # the fork server was never started
