@@ -148,7 +148,9 @@ def crafted_run(tmp: Path) -> Path:
             rows.append(_row(run_id, host, model, mixer, "model", dev, 1, s, s))
     rows.append(_row(run_id, host, f"evil{XSS_IMG}", "msla", "model", dev, 1, 512, 512, status="error",
                      reason=f"RuntimeError: {XSS_SCRIPT} {XSS_IMG} </script><script>alert(2)</script>"))
-    meta = dict(run_id=run_id, host=host, note=f"{XSS_SCRIPT}{XSS_IMG}", gpu={"clocks": XSS_IMG})
+    # the run id from meta.json goes into the page title and the JSON block read by the table script
+    meta = dict(run_id=f"crafted</script><script>alert(3)</script><!--", host=host, note=f"{XSS_SCRIPT}{XSS_IMG}",
+                gpu={"clocks": XSS_IMG})
     return write_fixture_run(tmp / run_id, rows, meta)
 
 
@@ -275,7 +277,10 @@ def test_xss_is_escaped_everywhere(tmp_path):
     scripts = [a for t, a in c.tags if t == "script"]
     assert len(scripts) == 2  # our JSON block and our inline script only
     assert not [a for t, a in c.tags if t == "img" and not a.get("src", "").startswith("data:image/png")]
-    assert "alert(" not in "".join(c.script_text)
+    json_block, inline = c.script_text[0], "".join(c.script_text[1:])
+    assert "<" not in json_block and json.loads(json_block)["runs"] == [
+        "crafted</script><script>alert(3)</script><!--"]  # data, intact, inert
+    assert "alert(" not in inline
     assert XSS_SCRIPT not in page and "<img src=x" not in page
     assert htmllib.escape(XSS_SCRIPT) in page
     for t, a in c.tags:
@@ -309,6 +314,20 @@ def test_single_case_and_failures_render(tmp_path):
     assert "no case finished ok" in page2 and "CUDA out of memory" in page2
     assert "No meta.json" in page2
     assert not list((tmp_path / "bad_figures").glob("*.png"))
+
+
+def test_rows_with_missing_fields_still_render(tmp_path):
+    """A results.csv from another tool: only the columns load_run requires, blanks and odd values."""
+    d = tmp_path / "foreign"
+    d.mkdir()
+    pd.DataFrame({"model": ["a:msla", "a:softmax", None, "b"], "status": ["ok", None, "ok", "ok"],
+                  "latency_ms_median": [1.0, 2.0, float("nan"), 0.0]}).to_csv(d / "results.csv", index=False)
+    out = write_report([d], tmp_path / "f.html")
+    page = htmllib.unescape(out.read_text())
+    assert "no status recorded" in page and "Cases not ok" in page
+    empty = write_fixture_run(tmp_path / "empty", [], meta=dict(run_id="empty"))
+    page = htmllib.unescape(write_report([empty], tmp_path / "e.html").read_text())
+    assert "the runs have no rows at all" in page and "figure failed" not in page
 
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):

@@ -69,9 +69,9 @@ def merge_runs(runs: list[Run]) -> Merged:
     notes: list[str] = []
     frames, sframes = [], []
     for order, run in enumerate(runs):
+        if not isinstance(run.meta, dict):
+            run.meta = {}
         r = run.results.copy()
-        if r["run_id"].isna().all():
-            r["run_id"] = run.run_id
         r["run_id"] = r["run_id"].fillna(run.run_id).astype("string")
         r["_run_order"] = order
         frames.append(r)
@@ -83,6 +83,13 @@ def merge_runs(runs: list[Run]) -> Merged:
             sframes.append(s)
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(results):
+        # rows written by other tools or older versions may lack fields: make every comparison below safe
+        for col, fill in (("model", "?"), ("variant", ""), ("level", ""), ("device_name", "unknown device"),
+                          ("backend", "?"), ("precision", "?"), ("reason", "")):
+            results[col] = results[col].fillna(fill)
+        no_status = results["status"].isna()
+        results["status"] = results["status"].fillna("unknown")
+        results.loc[no_status & (results["reason"] == ""), "reason"] = "no status recorded"
         results["config"] = [config_label(r) for r in results.to_dict("records")]
         results["mobile_proxy"] = [is_mobile_proxy(r) for r in results.to_dict("records")]
         results["pixels"] = (results["height"].astype("float64") * results["width"].astype("float64"))
@@ -91,7 +98,7 @@ def merge_runs(runs: list[Run]) -> Merged:
         results["base"] = [_base_name(m) for m in results["model"]]
     if len(results):
         lat = results["latency_ms_median"].astype("float64")
-        ok = results[(results["status"] == "ok").fillna(False) & np.isfinite(lat) & (lat > 0)].copy()
+        ok = results[(results["status"] == "ok") & np.isfinite(lat) & (lat > 0)].copy()
     else:
         ok = results
     if len(ok):
@@ -103,7 +110,9 @@ def merge_runs(runs: list[Run]) -> Merged:
         ok = ok[~dup].copy()
     samples = pd.concat(sframes, ignore_index=True) if sframes else pd.DataFrame(
         columns=["run_id", "case_id", "iter", "latency_ms"])
-    if len(samples) and len(results):
+    if not len(results):
+        samples = samples.iloc[0:0]
+    elif len(samples):
         keep = ["run_id", "case_id", "model", "variant", "config", "resolution", "megapixels", "status"]
         samples = samples.merge(results[keep], on=["run_id", "case_id"], how="inner")
     return Merged(runs=runs, results=results, samples=samples, ok=ok, notes=notes)
@@ -357,6 +366,11 @@ def _flatten(d: Any, prefix: str = "") -> list[tuple[str, str]]:
 
 
 CLOCK_WORDS = ("clock", "power", "governor", "freq", "turbo", "boost", "persistence", "pstate", "thermal")
+# meta.json entries worth a line of their own (the rest is in the collapsed full listing)
+FACT_WORDS = ("command", "git.", "env.torch", "env.python", "cpu_model", "gpus", "gpu.", "cuda", "driver",
+              "calibration", "load_avg", "isolation", "min_time", "max_time", "timeout", "status", "wall_s",
+              "ram_total")
+MAX_META = 400
 
 
 def methodology(m: Merged) -> dict:
@@ -377,15 +391,20 @@ def methodology(m: Merged) -> dict:
     threads = sorted({int(t) for t in res["threads"].dropna()}) if len(res) else []
     runs = []
     for run in m.runs:
-        flat = _flatten(run.meta)
+        flat = _flatten({k: v for k, v in run.meta.items() if k != "cases"})  # cases: the table has them
         clocks = [(k, v) for k, v in flat if any(w in k.lower() for w in CLOCK_WORDS)]
+        facts = [(k, v) for k, v in flat if any(w in k.lower() for w in FACT_WORDS)
+                 and not any(w in k.lower() for w in CLOCK_WORDS + ("torch_parallel",))
+                 and (not k.startswith("calibration") or k.endswith(("gmacs_per_s", "kernel")))][:40]
+        if len(flat) > MAX_META:
+            flat = flat[:MAX_META] + [("…", f"{len(flat) - MAX_META} more entries in meta.json")]
         r = run.results
         runs.append(dict(
             run_id=run.run_id, path=str(run.path),
             hosts=sorted({str(h) for h in r["host"].dropna()}) if len(r) else [],
             devices=sorted({str(h) for h in r["device_name"].dropna()}) if len(r) else [],
             n_cases=len(r), n_ok=int((r["status"] == "ok").sum()) if len(r) else 0,
-            n_samples=len(run.samples), meta=flat, clocks=clocks,
+            n_samples=len(run.samples), meta=flat, clocks=clocks, facts=facts,
             started=_s(run.meta.get("started_at") or (r["started_at"].dropna().min() if len(r) else "")),
         ))
     return dict(
