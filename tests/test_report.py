@@ -240,6 +240,17 @@ def test_headline_speedups_and_exponents(merged_report):
     assert 0.5 < lin["exponent"] < 1.05 and np.isfinite(lin["se"]) and lin["ci_low"] < lin["exponent"] < lin["ci_high"]
 
 
+def test_same_device_on_two_hosts_is_kept_apart(tmp_path):
+    rows = {h: [_row(h, h, f"block:{mx}", mx, "block", "Fixture H100 (GPU)", 0, s, s) for mx in ("msla", "softmax")
+                for s in (512, 1024)] for h in ("box-a", "box-b")}
+    runs = [write_fixture_run(tmp_path / h, r, meta=dict(run_id=h), samples=False) for h, r in rows.items()]
+    m = rdata.merge_runs([load_run(p) for p in runs])
+    assert len(m.ok) == 8 and not m.notes  # nothing deduplicated away
+    assert m.ok["config"].nunique() == 2 and all(" @ box-" in c for c in m.ok["config"])
+    sp, _ = rdata.speedups(m)
+    assert len(sp) == 4 and (sp["ci_method"] == "bounds").all()  # no samples: the CI from the medians' CIs
+
+
 def test_fit_exponent_exact_and_noisy():
     px = np.array([1e5, 1e6, 4e6, 1.6e7])
     f = rdata.fit_exponent(px, 3e-4 * px ** 2)

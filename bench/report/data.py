@@ -15,7 +15,9 @@ import pandas as pd
 from bench.store import Run, load_run
 
 # Rows are matched on these to compute a speedup (same device, setting and size; only the mixer differs).
-MATCH = ("level", "height", "width", "device_name", "backend", "precision", "batch", "threads", "channels_last",
+# device_key is device_name, plus the host where two merged hosts report the same device name (two boxes with the
+# same CPU model are measured apart, not paired).
+MATCH = ("level", "height", "width", "device_key", "backend", "precision", "batch", "threads", "channels_last",
          "folded")
 # A "config": everything that identifies a measurement setting apart from the model and the resolution.
 CONFIG = ("device_name", "backend", "precision", "batch", "threads", "channels_last", "folded")
@@ -48,7 +50,7 @@ def config_label(row: dict | pd.Series) -> str:
     def g(k, default=""):
         v = row.get(k, default)
         return default if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
-    parts = [str(g("device_name", "?") or "?"), str(g("backend", "?")), str(g("precision", "?")),
+    parts = [str(g("device_key", "") or g("device_name", "?") or "?"), str(g("backend", "?")), str(g("precision", "?")),
              f"b{int(g('batch', 0) or 0)}"]
     threads = int(g("threads", 0) or 0)
     if threads:
@@ -90,6 +92,10 @@ def merge_runs(runs: list[Run]) -> Merged:
         no_status = results["status"].isna()
         results["status"] = results["status"].fillna("unknown")
         results.loc[no_status & (results["reason"] == ""), "reason"] = "no status recorded"
+        host = results["host"].fillna("").astype(str)
+        hosts_per_dev = host.groupby(results["device_name"]).transform("nunique")
+        results["device_key"] = np.where(hosts_per_dev > 1, results["device_name"].astype(str) + " @ " + host,
+                                         results["device_name"].astype(str))
         results["config"] = [config_label(r) for r in results.to_dict("records")]
         results["mobile_proxy"] = [is_mobile_proxy(r) for r in results.to_dict("records")]
         results["pixels"] = (results["height"].astype("float64") * results["width"].astype("float64"))
@@ -194,7 +200,8 @@ def speedups(m: Merged) -> tuple[pd.DataFrame, list[str]]:
             bs = sample_index.get((str(b_row["run_id"]), str(b_row["case_id"])))
             sp = float(b_row["latency_ms_median"]) / float(t_row["latency_ms_median"])
             lo, hi, how = _ratio_ci(ts, bs, t_row, b_row)
-            rows.append(dict(config=t_row["config"], device_name=r["device_name"], mobile_proxy=t_row["mobile_proxy"],
+            rows.append(dict(config=t_row["config"], device_name=t_row["device_name"],
+                             mobile_proxy=t_row["mobile_proxy"],
                              base=r["base"], level=r["level"], resolution=t_row["resolution"],
                              height=int(r["height"]), width=int(r["width"]), megapixels=t_row["megapixels"],
                              baseline=baseline, speedup=sp, ci_low=lo, ci_high=hi, ci_method=how,
