@@ -23,8 +23,10 @@ def calibrate(device: str, precision: str, threads: int, seconds: float = 0.6) -
     if dev_type == "cpu" and threads > 0:
         torch.set_num_threads(threads)
     if dev_type == "cuda":
+        from bench.backends import set_fp32_math
+
         torch.cuda.set_device(torch.device(device))
-        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        set_fp32_math("cuda", precision)  # TF32 only for tf32 (the same switches as the cases)
     n = SIZES.get(dev_type, 1024)
     dtype = getattr(torch, dtype_name)
     g = torch.Generator().manual_seed(0)

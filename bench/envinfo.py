@@ -55,7 +55,9 @@ def usable_cpus() -> int:
 
 
 def cuda_env() -> dict[str, str]:
-    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    """For the children: CUDA order = NVML order; torch's availability checks through NVML, which does not
+    initialise the CUDA driver (a driver initialised in the fork server would break CUDA in every forked child)."""
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
 
 
 def _nvml():

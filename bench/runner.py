@@ -143,6 +143,7 @@ class ForkServer(_Isolation):
         self._ready = False
         self._busy = False
         self._log = None
+        self.cuda_touched = False
         self.start_s = 0.0
 
     def launch(self) -> None:
@@ -167,6 +168,7 @@ class ForkServer(_Isolation):
             self.close()
             raise WorkerDied(f"worker server did not start ({_tail(self.workdir / 'server.stderr')})")
         self._ready = True
+        self.cuda_touched = bool(msg.get("cuda_touched"))
         self.start_s = time.perf_counter() - self._t0
 
     def _read(self, timeout_s: float | None) -> dict | None:
@@ -339,6 +341,7 @@ class Runner:
         self.calibrate = calibrate
         self._macs: dict = {}
         self._fit: dict = {}
+        self._spawner: Spawner | None = None
         self.overheads: list[float] = []  # child wall time minus its own measuring time (per ok case)
 
     def pending(self) -> list[Case]:
@@ -392,7 +395,7 @@ class Runner:
         if key not in cal:
             spec = {"kind": "calibrate", "device": case.device, "precision": case.precision,
                     "threads": case.threads}
-            out = iso.run(spec, CALIBRATION_TIMEOUT_S)
+            out = self._isolation_for(iso, case).run(spec, CALIBRATION_TIMEOUT_S)
             res = (out.result or {}).get("calibration")
             cal[key] = res if res else {"error": (out.result or {}).get("error") or
                                         ("timeout" if out.timed_out else f"exit {out.exit_code} signal {out.signal}")}
@@ -432,7 +435,7 @@ class Runner:
                     if fault:
                         case.extra["fault"] = fault
                     t0 = time.perf_counter()
-                    out = iso.run(case.to_spec(), case.timeout_s)
+                    out = self._isolation_for(iso, case).run(case.to_spec(), case.timeout_s)
                     row, samples = classify(out, case.timeout_s)
                     if out.result and row.get("status") == "ok":
                         self._note_overhead(out, samples)
@@ -458,6 +461,19 @@ class Runner:
             st.meta["per_case_overhead_s"] = {"median": sorted(self.overheads)[len(self.overheads) // 2],
                                               "max": max(self.overheads), "n": len(self.overheads)}
         return st
+
+    def _isolation_for(self, iso: _Isolation, case: Case) -> _Isolation:
+        """The fork server, except for CUDA cases when the server process has loaded the CUDA driver (children
+        forked after that cannot use CUDA): those get a fresh interpreter each."""
+        if case.device_type == "cuda" and isinstance(iso, ForkServer):
+            iso.start()
+            if iso.cuda_touched:
+                if self._spawner is None:
+                    self._spawner = Spawner(iso.workdir)
+                    self.state.meta["isolation_cuda"] = "spawn (the fork server had loaded the CUDA driver)"
+                    self.log("fork server loaded the CUDA driver: CUDA cases run in fresh interpreters")
+                return self._spawner
+        return iso
 
     def _note_overhead(self, out: Outcome, samples: list[float]) -> None:
         """Child wall time not spent in the timer: fork + imports left + build + prepare + numerics + result write."""

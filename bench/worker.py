@@ -384,12 +384,21 @@ def _child(msg: dict) -> None:
         os._exit(code)
 
 
+def _cuda_touched() -> bool:
+    """Whether the CUDA driver library is loaded in this process (then forked children must not use CUDA)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return any("libcuda.so" in line for line in f)
+    except OSError:
+        return False
+
+
 def serve() -> int:
     _set_pdeathsig()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C goes to the whole group
     preload()
     out = sys.stdout
-    out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    out.write(json.dumps({"ready": True, "pid": os.getpid(), "cuda_touched": _cuda_touched()}) + "\n")
     out.flush()
     for line in sys.stdin:
         line = line.strip()

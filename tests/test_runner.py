@@ -98,3 +98,20 @@ def test_rows_decided_before_any_child(tmp_path):
     assert got[("block:msla", "cpu", "tf32")][0] == "unsupported"
     assert all(v[0] == "skipped" and "not present" in v[1] for k, v in got.items() if k[1] == "cuda:3")
     assert state.meta.get("worker_server_start_s", 0) == 0  # the fork server was never started
+
+
+def test_cuda_cases_leave_a_server_that_loaded_cuda(tmp_path):
+    """Children forked after the CUDA driver is loaded cannot use CUDA: such cases get a fresh interpreter."""
+    from bench.cases import expand
+    from bench.runner import ForkServer, RunState, Runner, Spawner
+
+    fs = ForkServer(tmp_path)
+    fs.start = lambda: None  # no process: only the routing is under test
+    cpu, cuda = expand(["block:msla"], [(64, 64)], [("cpu", "C"), ("cuda:0", "G")], ["eager"],
+                       {"cpu": ["fp32"], "cuda": ["fp16"]}, [1], [1])
+    runner = Runner(RunState(run_dir=tmp_path, meta={"run_id": "t"}), [])
+    assert runner._isolation_for(fs, cuda) is fs and runner._isolation_for(fs, cpu) is fs
+    fs.cuda_touched = True
+    assert isinstance(runner._isolation_for(fs, cuda), Spawner)
+    assert runner._isolation_for(fs, cpu) is fs
+    assert "spawn" in runner.state.meta["isolation_cuda"]
