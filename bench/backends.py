@@ -40,6 +40,8 @@ import importlib.metadata
 import io
 import json
 import pathlib
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -358,7 +360,8 @@ def _prepare_onnxruntime(model, x, device, precision, info, options, workdir: pa
     if device.type == "cuda" and precision == "fp16":
         model, x = model.half(), x.half()
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "model.onnx"
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="ort-", dir=workdir))  # private: cases may share a workdir
+    path = tmp / "model.onnx"
     t0 = time.perf_counter()
     # Export from the CPU copy of the model would move weights twice; export on the device as it is.
     with torch.inference_mode():
@@ -386,7 +389,7 @@ def _prepare_onnxruntime(model, x, device, precision, info, options, workdir: pa
                 providers.append((p, {"device_id": idx, "use_tf32": int(precision == "tf32"),
                                       "cudnn_conv_algo_search": "EXHAUSTIVE"}))
             elif p == "TensorrtExecutionProvider":
-                cache = workdir / "ort_trt_cache"
+                cache = tmp / "ort_trt_cache"
                 providers.append((p, {"device_id": idx, "trt_fp16_enable": precision == "fp16",
                                       "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
                                       "trt_timing_cache_enable": True}))
@@ -436,6 +439,11 @@ def _prepare_onnxruntime(model, x, device, precision, info, options, workdir: pa
         _sync(device)
         info["trt_ep_first_run_s"] = round(time.perf_counter() - t2, 3)
         build += info["trt_ep_first_run_s"]
+    info["onnx_bytes"] = path.stat().st_size
+    if options.get("keep_onnx"):
+        info["onnx_path"] = str(path)
+    else:  # the session holds the model in memory; the file and engine cache are not needed any more
+        shutil.rmtree(tmp, ignore_errors=True)
     return fn, build
 
 
@@ -556,7 +564,9 @@ def prepare(model: nn.Module, example: torch.Tensor, *, backend: str, device: to
     """Build the backend's runner for one case. Raises Unsupported(reason) for combinations that cannot run.
 
     `options` (all optional): compile_mode, max_autotune (compile); cudagraph_warmup; opset, ort_providers,
-    onnx_exporter ("dynamo" | "torchscript") (onnxruntime); tensorrt_kwargs (merged over tensorrt_compile_kwargs); cast_model (eager: cast weights).
+    onnx_exporter ("dynamo" | "torchscript"), keep_onnx (onnxruntime); tensorrt_kwargs (merged over
+    tensorrt_compile_kwargs); cast_model (eager: cast weights); compile_backend ("inductor"; "eager"/"aot_eager"
+    trace only).
     """
     device = torch.device(device)
     options = dict(options or {})

@@ -104,7 +104,7 @@ def test_onnxruntime_cpu(name, tmp_path):
     assert info["providers"] == ["CPUExecutionProvider"] and info["opset"] == backends.ONNX_OPSET
     assert info["onnxruntime"] and info["intra_op_threads"] == torch.get_num_threads()
     assert p.build_s == pytest.approx(info["export_s"] + info["session_s"], abs=2e-3)
-    assert (tmp_path / "model.onnx").stat().st_size > 10_000
+    assert info["onnx_bytes"] > 10_000 and not list(tmp_path.iterdir())  # private temp folder removed
 
 
 # --- options ---------------------------------------------------------------------------------------------------
@@ -300,3 +300,23 @@ def test_tensorrt_cuda(precision, tmp_path):
     p = prepare(model, x, backend="tensorrt", device="cuda", precision=precision, workdir=tmp_path)
     _check(p, ref, precision)
     assert p.info["torch_tensorrt"] == backends.tensorrt_version()
+
+
+# --- the GPU self-check script -----------------------------------------------------------------------------------
+
+def test_gpu_selfcheck_plan():
+    from bench.gpu_selfcheck import VARIANTS as SC_VARIANTS, plan
+    cases = plan([512, 1024, 2048], quick=False)
+    assert {(m, r) for m, r, b, p in cases if b == "eager" and p == "fp16"} == \
+        {(m, r) for m in SC_VARIANTS for r in (512, 1024, 2048)}
+    assert {b for _, _, b, _ in cases} == set(BACKENDS)
+    assert {p for _, _, _, p in cases} == set(PRECISIONS)
+    assert all(r == 1024 for _, r, b, _ in cases if b != "eager")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the no-CUDA path; this machine has CUDA")
+def test_gpu_selfcheck_without_cuda_exits_cleanly(capsys):
+    from bench.gpu_selfcheck import main
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "CUDA not available" in out and "nothing to check" in out

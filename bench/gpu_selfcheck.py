@@ -1,0 +1,129 @@
+"""GPU self-check: run the CUDA paths once, in a few minutes, and print a compact table.
+
+    python -m bench.gpu_selfcheck [--quick] [--res 512,1024,2048] [--budget-s 300] [--out results.csv]
+
+What it runs, in this one process through the engine's own case function (bench.worker.run_case: build,
+reference, prepare, CUDA-event timing, CUDA memory, numerics against eager fp32, NVML energy):
+- the four variants (evit-b1:msla, :softmax, :relu-linear, :large-kernel) at each resolution, eager fp16;
+- at the middle resolution, msla and softmax with eager fp32 / tf32 / bf16, compile fp16, cudagraphs fp16;
+- onnxruntime and tensorrt fp16 once each (an `unsupported` row with its reason where not installed: e.g.
+  torch-tensorrt cannot be carried to the lent GPU machine).
+Then prints GPU metadata (bench.gpuinfo), NVML energy availability, and one line per case: status, median ms,
+peak CUDA memory, rel_err / numerics_ok, build_s, J/image, reason. Cases stop being started after --budget-s.
+Without CUDA it prints why and exits 0 without running anything.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import sys
+import time
+
+VARIANTS = ("evit-b1:msla", "evit-b1:softmax", "evit-b1:relu-linear", "evit-b1:large-kernel")
+
+
+def plan(resolutions: list[int], quick: bool) -> list[tuple[str, int, str, str]]:
+    """(model, resolution, backend, precision) in run order."""
+    mid = resolutions[len(resolutions) // 2]
+    cases = [(m, r, "eager", "fp16") for r in resolutions for m in VARIANTS]
+    pair = ("evit-b1:msla",) if quick else ("evit-b1:msla", "evit-b1:softmax")
+    for m in pair:
+        for backend, prec in (("eager", "fp32"), ("eager", "tf32"), ("eager", "bf16"), ("cudagraphs", "fp16"),
+                              ("compile", "fp16")):
+            cases.append((m, mid, backend, prec))
+    cases.append(("evit-b1:msla", mid, "onnxruntime", "fp16"))
+    cases.append(("evit-b1:msla", mid, "tensorrt", "fp16"))
+    return cases
+
+
+def _fmt(v, spec: str) -> str:
+    try:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        return format(v, spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu_selfcheck", description=__doc__.splitlines()[0])
+    ap.add_argument("--res", default="512,1024,2048", help="square resolutions (default 512,1024,2048)")
+    ap.add_argument("--device", default="cuda:0")
+    ap.add_argument("--quick", action="store_true", help="fewer cases (msla only at the middle resolution)")
+    ap.add_argument("--budget-s", type=float, default=300.0, help="start no case after this many seconds")
+    ap.add_argument("--min-time", type=float, default=0.3, help="timing window per case, seconds (min)")
+    ap.add_argument("--max-time", type=float, default=1.0, help="timing window per case, seconds (cap)")
+    ap.add_argument("--out", default="", help="also write the rows as CSV here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from bench import backends, energy, gpuinfo
+
+    if not torch.cuda.is_available():
+        print(f"gpu_selfcheck: {gpuinfo.gpu_info('cuda')['reason']}; nothing to check on this machine.")
+        return 0
+    try:
+        resolutions = [int(r) for r in args.res.split(",") if r.strip()]
+    except ValueError:
+        print(f"gpu_selfcheck: --res takes comma-separated integers, got {args.res!r}", file=sys.stderr)
+        return 2
+
+    from bench.worker import run_case
+    from models.registry import get_model_info
+
+    dev = args.device
+    g = gpuinfo.gpu_info(dev)
+    print("GPU:", json.dumps({k: g.get(k) for k in (
+        "name", "capability", "sm_count", "total_memory_mb", "driver_version", "cuda_driver_version", "cuda_runtime",
+        "cudnn", "torch", "sm_clock_mhz", "sm_clock_max_mhz", "mem_clock_max_mhz", "power_limit_w", "pstate",
+        "persistence_mode", "mig_mode", "nvml_match", "nvml_error") if k in g}))
+    ok, reason = energy.available(dev)
+    print("NVML energy:", "available" if ok else reason)
+    print("torch-tensorrt:", backends.tensorrt_version() or "not installed",
+          "| onnxruntime CUDA:", backends.unsupported_reason("onnxruntime", "cuda", "fp16") or "available")
+    sys.stdout.flush()
+
+    cases = plan(resolutions, args.quick)
+    head = (f"{'model':22s} {'res':>5s} {'backend':11s} {'prec':4s} {'status':11s} {'median_ms':>9s} "
+            f"{'peak_MB':>8s} {'rel_err':>8s} {'ok':>3s} {'build_s':>7s} {'J/img':>7s} {'W':>6s}  reason")
+    print(f"\n{g.get('name')}  ({dev})\n{head}\n{'-' * len(head)}", flush=True)
+    rows = []
+    t_start = time.perf_counter()
+    for model, res, backend, prec in cases:
+        if time.perf_counter() - t_start > args.budget_s:
+            print(f"(budget of {args.budget_s:.0f} s spent: {len(cases) - len(rows)} cases not started)")
+            break
+        info = get_model_info(model)
+        spec = {"model": model, "family": info.family, "variant": info.mixer, "level": "model", "device": dev,
+                "device_name": g.get("name"), "backend": backend, "precision": prec, "batch": 1, "threads": 0,
+                "height": res, "width": res, "tokens": info.tokens(res, res), "channels_last": False,
+                "folded": False, "seed": 0, "min_time_s": args.min_time, "max_time_s": args.max_time, "macs": 0,
+                "extra": {"workdir": "/tmp", "min_samples": 10}}
+        t0 = time.perf_counter()
+        row = run_case(spec)["row"]
+        row["wall_s"] = time.perf_counter() - t0
+        rows.append(row)
+        ok_s = {True: "yes", False: "NO"}.get(row.get("numerics_ok"), "-")
+        print(f"{model:22s} {res:5d} {backend:11s} {prec:4s} {row['status']:11s} "
+              f"{_fmt(row.get('latency_ms_median'), '9.2f')} {_fmt(row.get('peak_mem_mb'), '8.0f')} "
+              f"{_fmt(row.get('rel_err'), '8.1e')} {ok_s:>3s} {_fmt(row.get('build_s'), '7.1f')} "
+              f"{_fmt(row.get('energy_j_per_image'), '7.3f')} {_fmt(row.get('mean_power_w'), '6.0f')}  "
+              f"{(row.get('reason') or '')[:110]}", flush=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+    n_ok = sum(r["status"] == "ok" for r in rows)
+    bad = [r for r in rows if r["status"] == "ok" and r.get("numerics_ok") is False]
+    print(f"\n{n_ok}/{len(rows)} ok, {len(bad)} numerics mismatches, {time.perf_counter() - t_start:.0f} s")
+    if args.out:
+        import pandas as pd
+        pd.DataFrame(rows).to_csv(args.out, index=False)
+        print("rows written to", args.out)
+    errors = [r for r in rows if r["status"] == "error"]
+    return 1 if errors or bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
