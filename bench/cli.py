@@ -100,7 +100,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                                                         "redoing finished cases; the matrix is the run's own")
     o.add_argument("--allow-missing", action="store_true",
                    help="record cases on devices that are not present as 'skipped' instead of exiting with 2")
-    o.add_argument("--baseline", metavar="RUN", help="after the run, compare it against this run (run compare)")
+    o.add_argument("--baseline", metavar="RUN", help="after the run, compare it against this run (a run id in OUT, a "
+                   "run folder or a results file) as `compare` does; exit 1 on a regression")
     o.add_argument("--no-report", action="store_true", help="do not write the HTML report")
     o.add_argument("--no-calibrate", action="store_true", help="skip the matmul calibration (no frac_of_peak)")
     o.add_argument("-v", "--verbose", action="store_true", help="one line per case on stderr")
@@ -140,7 +141,7 @@ def _devices(text: str, allow_missing: bool) -> tuple[list[tuple[str, str]], set
                 raise UsageError(f"--devices: {d} is not present ({why}); accepted here: {accepted} "
                                  "(or --allow-missing to record it as skipped)")
             missing.add(d)
-            out.append((d, f"{d} (absent)"))
+            out.append((d, "absent"))
             continue
         out.append((d, device_name(d)))
     return list(dict.fromkeys(out)), missing
@@ -273,6 +274,14 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
         if not state.meta.get("cases"):
             raise UsageError(f"--resume: {run_dir}/meta.json has no case list (not a run of this engine)")
         _writable_dir(run_dir)
+        given = [o for o, v, default in (("--models", a.models, None), ("--level", a.level, "both"),
+                                          ("--res", a.res, "512,1024,2048"), ("--devices", a.devices, "cpu"),
+                                          ("--batch", a.batch, "1"), ("--precision", a.precision, None),
+                                          ("--threads", a.threads, None), ("--backends", a.backends, "eager"),
+                                          ("--quick", a.quick, False)) if v != default]
+        if given:
+            print(f"{PROG}: note: {', '.join(given)} ignored with --resume (the run's own matrix is finished)",
+                  file=sys.stderr)
         cases = [Case.from_spec(c) for c in state.meta["cases"]]
         missing = set(state.meta.get("config", {}).get("missing_devices", []))
         state.meta.setdefault("resumed", []).append({"at": now_iso(), "command": argv})
@@ -280,8 +289,12 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
     else:
         p = plan(a)
         _writable_dir(out)
-        if a.baseline and not Path(a.baseline).exists():
-            raise UsageError(f"--baseline: {a.baseline} does not exist; accepted: a run folder or results file")
+        if a.baseline:
+            if not Path(a.baseline).exists() and (out / a.baseline).is_dir():
+                a.baseline = str(out / a.baseline)
+            if not Path(a.baseline).exists():
+                raise UsageError(f"--baseline: {a.baseline} does not exist; accepted: a run id in {out}/, a run "
+                                 "folder or a results file")
         cases, missing = p["cases"], p["missing"]
         calibrate = p["config"]["calibrate"]
         run_id = _new_run_id(out)
