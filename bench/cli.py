@@ -104,6 +104,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    "run folder or a results file) as `compare` does; exit 1 on a regression")
     o.add_argument("--no-report", action="store_true", help="do not write the HTML report")
     o.add_argument("--no-calibrate", action="store_true", help="skip the matmul calibration (no frac_of_peak)")
+    o.add_argument("--list", action="store_true", help="print the cases of the matrix and exit (nothing measured)")
     o.add_argument("-v", "--verbose", action="store_true", help="one line per case on stderr")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
@@ -288,6 +289,11 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
         calibrate = state.meta.get("config", {}).get("calibrate", True)
     else:
         p = plan(a)
+        if a.list:
+            for c in p["cases"]:
+                print(c.case_id)
+            print(f"{len(p['cases'])} cases", file=sys.stderr)
+            return 0
         _writable_dir(out)
         if a.baseline:
             if not Path(a.baseline).exists() and (out / a.baseline).is_dir():
@@ -452,3 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `run_bench.py --list | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0

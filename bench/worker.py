@@ -327,6 +327,7 @@ def run_case_file(spec_path: str, result_path: str) -> int:
     """Read a spec, run it (a case, or a calibration when spec["kind"] == "calibrate"), write the result."""
     _TIMES.clear()
     _TIMES["t0"] = time.perf_counter()
+    _prefer_oom_kill()
     with open(spec_path) as f:
         spec = json.load(f)
     stage = _Stage(result_path)
@@ -341,6 +342,16 @@ def run_case_file(spec_path: str, result_path: str) -> int:
     out["child"] = {"pid": os.getpid(), "stage": stage.name, **_TIMES}
     _atomic_json(result_path, out)
     return 0
+
+
+def _prefer_oom_kill() -> None:
+    """Make this child the kernel OOM killer's first choice, so a case that outgrows RAM dies (-> status oom)
+    instead of the runner or another process on the machine."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------------------------

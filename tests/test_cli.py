@@ -114,3 +114,10 @@ def test_quick_end_to_end(tmp_path):
     assert meta["started_at"] <= meta["ended_at"]
     # the report, next to the results folder
     assert (tmp_path / "reports" / f"{run_dir.name}.html").exists() or "report: failed" in r.stderr
+
+
+def test_list_prints_the_default_matrix(tmp_path, capsys):
+    assert main(["--list", "--res", "512,1024,2048", "--out", str(tmp_path / "r")]) == 0
+    ids = capsys.readouterr().out.splitlines()
+    assert len(ids) == 24 and len(set(ids)) == 24  # 4 variants + 4 blocks, 3 resolutions
+    assert ids[0].startswith("evit-b1:msla|model|512x512|") and not (tmp_path / "r").exists()
