@@ -348,6 +348,9 @@ def _export_onnx(model: nn.Module, x: torch.Tensor, path: pathlib.Path, opset: i
     return f"torch.onnx.export(dynamo={exporter == 'dynamo'})"
 
 
+_ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+
+
 def _ort_element_type(dtype: torch.dtype):
     import numpy as np
     return {torch.float32: np.float32, torch.float16: np.float16}[dtype]
@@ -363,8 +366,7 @@ def _prepare_onnxruntime(model, x, device, precision, info, options, workdir: pa
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="ort-", dir=workdir))  # private: cases may share a workdir
     path = tmp / "model.onnx"
     t0 = time.perf_counter()
-    # Export from the CPU copy of the model would move weights twice; export on the device as it is.
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: torch.export traces the model
         exporter = _export_onnx(model, x, path, opset, options.get("onnx_exporter", "dynamo"))
     export_s = time.perf_counter() - t0
 
@@ -420,14 +422,16 @@ def _prepare_onnxruntime(model, x, device, precision, info, options, workdir: pa
         if not all(isinstance(d, int) for d in shape):
             with torch.inference_mode():
                 shape = tuple(model(x).shape)
-        y = torch.empty(tuple(shape), dtype=x.dtype, device=device)
+        out_dtype = _ORT_TYPES.get(out_meta.type, x.dtype)
+        y = torch.empty(tuple(shape), dtype=out_dtype, device=device)
         x_c = x.contiguous()
         torch.cuda.synchronize(device)  # the input written on torch's stream is complete before ORT reads it
         binding = sess.io_binding()
-        et = _ort_element_type(x.dtype)
-        binding.bind_input(in_name, "cuda", idx, et, tuple(x_c.shape), x_c.data_ptr())
-        binding.bind_output(out_meta.name, "cuda", idx, et, tuple(y.shape), y.data_ptr())
-        info["io"] = "IO binding to torch CUDA buffers: device compute only, no host transfers in the latency"
+        binding.bind_input(in_name, "cuda", idx, _ort_element_type(x_c.dtype), tuple(x_c.shape), x_c.data_ptr())
+        binding.bind_output(out_meta.name, "cuda", idx, _ort_element_type(out_dtype), tuple(y.shape), y.data_ptr())
+        info["io"] = ("IO binding to torch CUDA buffers: no host transfers in the latency; ORT runs on its own "
+                      "stream and Run() returns after synchronising it, so CUDA events on torch's stream "
+                      "measure the blocking Run (host overhead included)")
 
         def fn() -> torch.Tensor:
             sess.run_with_iobinding(binding)  # ORT synchronises its stream at the end of run (default)
@@ -543,13 +547,16 @@ def _prepare_tensorrt(model, x, device, precision, info, options, workdir):
                  "fp32_island": tensorrt_island_note(version, precision)})
     info.update(jetson_info())
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    # no_grad rather than inference_mode: torch.export (inside torch_tensorrt.compile) traces the model and
+    # inference-mode tensors are not meant to enter an exported graph.
+    with torch.no_grad():
         trt_mod = torch_tensorrt.compile(model, ir="dynamo", inputs=[x], **kwargs)
+        trt_mod(x)  # deserialisation / lazy engine init happen on the first call: count them as build
     _sync(device)
     build = time.perf_counter() - t0
 
     def fn() -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.no_grad():
             return trt_mod(x)
 
     return fn, build
@@ -574,10 +581,19 @@ def prepare(model: nn.Module, example: torch.Tensor, *, backend: str, device: to
     if reason:
         raise Unsupported(reason)
     if device.type == "cuda":
+        if device.index is None:  # "cuda" -> the current device, with its index (set_device needs one)
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
+            raise Unsupported(f"no CUDA device {device}: {torch.cuda.device_count()} visible")
         torch.cuda.set_device(device)
     workdir = pathlib.Path(workdir)
     info = _base_info(backend, device, precision, channels_last, fold)
     info.update(set_fp32_math(device.type, precision))
+    if device.type == "cuda":
+        # Fixed shapes: let cuDNN pick the fastest conv algorithm (autotuned in the first calls, which the
+        # engine's warm-up and cudagraphs' side-stream warm-up absorb), as deployments do.
+        torch.backends.cudnn.benchmark = bool(options.get("cudnn_benchmark", True))
+        info["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     t0 = time.perf_counter()
     model, x = _to_device(model, example, device, channels_last, fold)
     info["to_device_s"] = round(time.perf_counter() - t0, 4)

@@ -60,7 +60,9 @@ def _cuda_index(device: Any) -> int:
     d = torch.device(device)
     if d.type != "cuda":
         raise ValueError(f"energy is measured on CUDA devices; got {d}")
-    return d.index if d.index is not None else 0
+    if d.index is not None:
+        return d.index
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
 
 
 def available(device: Any = 0) -> tuple[bool, str]:
@@ -249,6 +251,10 @@ class TegraPowerMeter:
         span = s[-1][0] - s[0][0]
         e *= dt / span if span > 0 else 1.0  # scale the sampled span to the window
         return EnergyReading(e, dt, self.source or "jetson", "", ["board power (VDD_IN), includes CPU and DRAM"])
+
+    def close(self) -> None:  # same interface as EnergyMeter
+        if self._thread is not None and self._thread.is_alive():
+            self.stop()
 
 
 def make_meter(device: Any) -> tuple[Any | None, str]:

@@ -3,7 +3,7 @@ version -> kwargs table; CUDA/TensorRT tests skip with a reason where absent.
 
 Cost control (2 shared cores): per variant, `compile` is checked with dynamo's capture only (compile_backend
 "eager": the graph capture, guards and autocast tracing are ours to get right); the full inductor path (C++
-codegen, ~20 s) runs once on the msla block, and for all variants only with DENSEBENCH_SLOW=1 (~2-5 min each).
+codegen, ~20 s) runs once on the msla block, and for all variants only with DENSEBENCH_SLOW_TESTS=1 (~2-5 min each).
 ONNX export: the dynamo exporter (default, ~15 s) once on msla, the TorchScript exporter for the other variants.
 """
 import json
@@ -22,7 +22,7 @@ from models.registry import build_model, example_input, list_models
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRT = backends.tensorrt_version() is not None
-SLOW = os.environ.get("DENSEBENCH_SLOW") == "1"
+SLOW = os.environ.get("DENSEBENCH_SLOW_TESTS") == "1"
 VARIANTS = ("evit-b0:msla", "evit-b0:relu-linear", "evit-b0:softmax", "evit-b0:large-kernel")
 RES = 64
 
@@ -84,7 +84,7 @@ def test_compile_cpu_inductor_block_bf16(tmp_path):
     assert num["rel_err"] > 1e-6  # autocast was traced into the graph: bf16 moved the output
 
 
-@pytest.mark.skipif(not SLOW, reason="inductor compile of a whole model takes minutes on 2 cores; DENSEBENCH_SLOW=1")
+@pytest.mark.skipif(not SLOW, reason="inductor compile of a model takes minutes on 2 cores; DENSEBENCH_SLOW_TESTS=1")
 @pytest.mark.parametrize("name", VARIANTS)
 def test_compile_cpu_inductor_models(name, tmp_path):
     model, x, ref = _case(name)

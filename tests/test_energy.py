@@ -98,3 +98,39 @@ def test_pre_volta_not_supported(monkeypatch):
     _patch(monkeypatch, _FakeNVML(supported=False))
     ok, reason = available(0)
     assert not ok and "not supported" in reason and reason.startswith("NVML not available:")
+
+
+def test_jetson_tegrastats_meter_with_fake_tool(monkeypatch, tmp_path):
+    # A stand-in tegrastats printing a constant 5 W board input power every 50 ms.
+    exe = tmp_path / "tegrastats"
+    exe.write_text("#!/bin/sh\nwhile true; do echo 'RAM 1/2MB VDD_IN 5000mW/5000mW VDD_SOC 900mW/900mW'; "
+                   "sleep 0.05; done\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    monkeypatch.setattr(gpuinfo, "is_jetson", lambda: True)
+    monkeypatch.setattr(gpuinfo, "_has_module", lambda name: False)
+    assert energy.TegraPowerMeter.available() == (True, "")
+    meter, reason = make_meter("cuda:0") if not HAS_CUDA else (energy.TegraPowerMeter(), "")
+    assert isinstance(meter, energy.TegraPowerMeter) and reason == ""
+    meter.start()
+    __import__("time").sleep(0.6)
+    r = meter.stop()
+    meter.close()
+    assert r.source == "tegrastats:VDD_IN" and r.energy_j is not None, r
+    assert r.mean_power_w == pytest.approx(5.0, rel=0.05)
+
+
+def test_jetson_power_mode_from_nvpmodel(monkeypatch, tmp_path):
+    exe = tmp_path / "nvpmodel"
+    exe.write_text("#!/bin/sh\necho 'NVPM WARN: patching'\necho 'NV Power Mode: MAXN'\necho 0\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    assert gpuinfo.nvpmodel_mode() == "MAXN (0)"
+    monkeypatch.setattr(gpuinfo, "is_jetson", lambda: True)
+    info = gpuinfo.jetson_info()
+    assert info["jetson"] is True and info["power_mode"] == "MAXN (0)"
+
+
+def test_cpu_metadata():
+    assert isinstance(gpuinfo.device_name("cpu"), str) and gpuinfo.device_name("cpu")
+    assert all(isinstance(v, bool) for v in gpuinfo.cpu_isa().values())
