@@ -54,11 +54,18 @@ def _meta_model(name: str) -> nn.Module:
 
 
 def count_macs(name: str, height: int | None = None, width: int | None = None, batch: int = 1) -> int:
-    """MACs of registry model `name` for a batch of images of height x width (default: its own input size)."""
+    """MACs of registry model `name` for a batch of images of height x width (default: its own input size).
+
+    Every model here processes the images of a batch independently, so MACs are counted once per resolution
+    (the counter is slow: it runs Python meta kernels) and multiplied by the batch.
+    """
     info = get_model_info(name)
-    height = height or info.input_size[0]
-    width = width or info.input_size[1]
-    x = torch.empty(input_shape(name, height, width, batch), device="meta")
+    return batch * _macs_per_image(name, height or info.input_size[0], width or info.input_size[1])
+
+
+@lru_cache(maxsize=None)
+def _macs_per_image(name: str, height: int, width: int) -> int:
+    x = torch.empty(input_shape(name, height, width, 1), device="meta")
     return count_model_macs(_meta_model(name), x)
 
 

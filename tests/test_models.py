@@ -212,3 +212,11 @@ def test_published_latencies_are_labelled():
     pub = get_model_info("efficientvit-seg-b1-cityscapes").published
     assert pub.latency_ms and all("Jetson" in k for k in pub.latency_ms)
     assert math.isclose(pub.latency_ms["Jetson AGX Orin, TensorRT fp16"], 24.3)
+
+
+def test_macs_are_linear_in_batch():
+    from models.complexity import count_model_macs
+    with torch.device("meta"):
+        m = build_model("segnext-t-ade20k")  # NMF matmuls are per image too
+    x3 = torch.empty(3, 3, 128, 128, device="meta")
+    assert count_macs("segnext-t-ade20k", 128, 128, batch=3) == count_model_macs(m, x3)
