@@ -170,22 +170,17 @@ def unsupported_reason(backend: str, device_type: str, precision: str, *, channe
 def set_fp32_math(device_type: str, precision: str) -> dict:
     """Set CUDA's TF32 switches for this precision: on for tf32, off otherwise. Returns what was set.
 
-    Uses the fp32_precision API where torch has it (2.9+), else the legacy allow_tf32 flags: the two must not
-    be mixed (torch raises when one reads legacy flags after the new API set them). Process-wide: the engine runs
-    one case per process.
+    Uses the legacy `allow_tf32` flags on purpose. torch 2.9+ also has the `fp32_precision` API, but the two must
+    not be mixed, and after the new API is used the legacy getters (and torch.get_float32_matmul_precision(),
+    which inductor's max-autotune reads) raise in torch 2.14; after the legacy setters every getter, old and new,
+    is consistent. Process-wide: the engine runs one case per process.
     """
     if device_type != "cuda":
         return {}
     tf32 = precision == "tf32"
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        v = "tf32" if tf32 else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = v
-        torch.backends.cudnn.conv.fp32_precision = v
-        torch.backends.cudnn.rnn.fp32_precision = v
-        return {"fp32_precision": v}
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
-    return {"allow_tf32": tf32}
+    return {"allow_tf32": tf32, "float32_matmul_precision": torch.get_float32_matmul_precision()}
 
 
 def autocast_context(device_type: str, precision: str, cache_enabled: bool | None = None):

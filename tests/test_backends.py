@@ -130,19 +130,22 @@ def test_fold_eager_or_reason(tmp_path):
     _check(p, ref, "fp32")
 
 
-def test_set_fp32_math_uses_one_api_only():
-    # Mixing torch's legacy allow_tf32 flags and the fp32_precision API raises on read: set and read one API.
+def test_set_fp32_math_keeps_every_getter_consistent():
+    # Mixing torch's legacy allow_tf32 flags and the fp32_precision API makes getters raise (inductor reads
+    # both kinds): after set_fp32_math every getter must answer, and agree.
     assert backends.set_fp32_math("cpu", "fp32") == {}
     try:
         s = backends.set_fp32_math("cuda", "tf32")
-        if "fp32_precision" in s:
+        assert s == {"allow_tf32": True, "float32_matmul_precision": "high"}
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
             assert torch.backends.cuda.matmul.fp32_precision == "tf32"
             assert torch.backends.cudnn.conv.fp32_precision == "tf32"
         s = backends.set_fp32_math("cuda", "fp32")
-        if "fp32_precision" in s:
-            assert s["fp32_precision"] == "ieee" and torch.backends.cuda.matmul.fp32_precision == "ieee"
-        else:
-            assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert s == {"allow_tf32": False, "float32_matmul_precision": "highest"}
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+            assert torch.backends.cuda.matmul.fp32_precision == "ieee"
     finally:
         backends.set_fp32_math("cuda", "fp32")
 
