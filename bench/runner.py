@@ -416,6 +416,12 @@ class Runner:
             iso.launch()  # imports torch in the background while the parent counts MACs below
             for case in to_spawn:
                 self._macs_of(case)
+        if self.progress and hasattr(self.progress, "set_estimates"):
+            if self.calibrate:  # calibrate every device setting up front: the ETA below needs the rates
+                for case in to_spawn:
+                    self._peak(iso, case)
+            static_ids = {c.case_id for c in todo} - {c.case_id for c in to_spawn}
+            self.progress.set_estimates([0.05 if c.case_id in static_ids else self.estimate_s(c) for c in todo])
         fault = os.environ.get(FAULT_ENV)
         try:
             for i, case in enumerate(todo):
@@ -461,6 +467,16 @@ class Runner:
             st.meta["per_case_overhead_s"] = {"median": sorted(self.overheads)[len(self.overheads) // 2],
                                               "max": max(self.overheads), "n": len(self.overheads)}
         return st
+
+    def estimate_s(self, case: Case) -> float:
+        """Rough wall time of a case for the ETA: overhead + first call + warm-up + sampling, with one call's time
+        guessed from its MACs at 30% of the device's calibrated rate (10 GMAC/s when unknown)."""
+        rate = (self.state.meta.get("calibration", {}).get(calibration_key(case)) or {}).get("gmacs_per_s") or 10.0
+        macs = self._macs.get((case.model, case.height, case.width, case.batch)) or 1e9
+        call = macs / (0.3 * rate * 1e9)
+        warm = max(2 * call, min(0.3 * case.max_time_s, 10 * call))
+        sampling = max(call, min(case.max_time_s, max(case.min_time_s, 30 * call)))
+        return 0.3 + call + warm + sampling
 
     def _isolation_for(self, iso: _Isolation, case: Case) -> _Isolation:
         """The fork server, except for CUDA cases when the server process has loaded the CUDA driver (children
