@@ -349,7 +349,8 @@ class Runner:
         return [c for c in self.cases if c.case_id not in done]
 
     # -- pre-child decisions ------------------------------------------------------------------------------------
-    def _static(self, case: Case) -> tuple[str, str] | None:
+    def _static(self, case: Case, fit: bool = True) -> tuple[str, str] | None:
+        """(status, reason) decided without a child: absent device, unsupported combination, would not fit."""
         if case.device in self.missing:
             return "skipped", f"device {case.device} is not present on this machine (--allow-missing)"
         from bench.backends import unsupported_reason
@@ -358,22 +359,22 @@ class Runner:
                                fold=case.folded)
         if r:
             return "unsupported", r
-        from bench.memory import materialises_scores
+        return self._fit_check(case) if fit else None
 
-        if "softmax" in case.variant and materialises_scores(case.device_type, case.backend, case.precision):
-            key = (case.model, case.height, case.width, case.batch, case.precision, case.device)
-            if key not in self._fit:
-                from bench.memory import fit_reason
+    def _fit_check(self, case: Case) -> tuple[str, str] | None:
+        from bench.memory import fit_reason, materialises_scores
 
-                try:
-                    self._fit[key] = fit_reason(case.model, case.height, case.width, case.batch, case.precision,
-                                                free_memory_bytes(case.device))
-                except Exception as e:  # an estimate must never stop the run
-                    self.log(f"memory estimate failed for {case.label()}: {type(e).__name__}: {e}")
-                    self._fit[key] = None
-            if self._fit[key]:
-                return "skipped", self._fit[key]
-        return None
+        if "softmax" not in case.variant or not materialises_scores(case.device_type, case.backend, case.precision):
+            return None
+        key = (case.model, case.height, case.width, case.batch, case.precision, case.device)
+        if key not in self._fit:
+            try:
+                self._fit[key] = fit_reason(case.model, case.height, case.width, case.batch, case.precision,
+                                            free_memory_bytes(case.device))
+            except Exception as e:  # an estimate must never stop the run
+                self.log(f"memory estimate failed for {case.label()}: {type(e).__name__}: {e}")
+                self._fit[key] = None
+        return ("skipped", self._fit[key]) if self._fit[key] else None
 
     def _macs_of(self, case: Case) -> int | None:
         key = (case.model, case.height, case.width, case.batch)
@@ -411,19 +412,20 @@ class Runner:
         workdir = Path(tempfile.mkdtemp(prefix=f"densebench-{st.run_id}-"))
         iso = make_isolation(workdir, self.isolation_kind)
         st.meta["isolation"] = iso.name
-        to_spawn = [c for c in todo if not self._static(c)]
-        if isinstance(iso, ForkServer) and to_spawn:
-            iso.launch()  # imports torch in the background while the parent counts MACs below
-            for case in to_spawn:
-                self._macs_of(case)
-        if self.progress and hasattr(self.progress, "set_estimates"):
-            if self.calibrate:  # calibrate every device setting up front: the ETA below needs the rates
-                for case in to_spawn:
-                    self._peak(iso, case)
-            static_ids = {c.case_id for c in todo} - {c.case_id for c in to_spawn}
-            self.progress.set_estimates([0.05 if c.case_id in static_ids else self.estimate_s(c) for c in todo])
         fault = os.environ.get(FAULT_ENV)
         try:
+            to_spawn = [c for c in todo if not self._static(c, fit=False)]
+            if isinstance(iso, ForkServer) and to_spawn:
+                iso.launch()  # imports torch in the background while the parent traces the models below
+            to_spawn = [c for c in to_spawn if not self._fit_check(c)]
+            for case in to_spawn:
+                self._macs_of(case)
+            if self.progress and hasattr(self.progress, "set_estimates"):
+                if self.calibrate:  # calibrate every device setting up front: the ETA below needs the rates
+                    for case in to_spawn:
+                        self._peak(iso, case)
+                spawn_ids = {c.case_id for c in to_spawn}
+                self.progress.set_estimates([self.estimate_s(c) if c.case_id in spawn_ids else 0.05 for c in todo])
             for i, case in enumerate(todo):
                 if self.progress:
                     self.progress(case, i, len(todo))
