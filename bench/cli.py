@@ -92,8 +92,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="wall-clock limit per case, child start to result (default 600); then status 'timeout'")
     t.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
     t.add_argument("--quick", action="store_true",
-                   help="seconds-long smoke run: evit-b1 msla and softmax (+ blocks) at 128x128, 1 thread, short budgets; "
-                        "explicit --models/--res/--devices still apply")
+                   help="seconds-long smoke run: evit-b1 msla and softmax (+ blocks) at 128x128, 1 thread, short "
+                        "budgets; explicit --models/--res/--devices still apply")
     o = p.add_argument_group("output")
     o.add_argument("--out", default="results", metavar="DIR", help="folder of run folders (default results/)")
     o.add_argument("--resume", metavar="RUN_ID", help="finish the run OUT/RUN_ID (or a run folder path) without "
@@ -360,8 +360,6 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
     state.meta["wall_s"] = round(state.meta.get("wall_s", 0) + time.perf_counter() - t0, 2)
     state.save()
 
-    import pandas as pd
-
     from bench import store
 
     res = store.results_frame(state.rows)
@@ -385,7 +383,6 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
         from bench.compare import run_compare
 
         rc = max(rc, run_compare(a.baseline, state.run_dir))
-    del pd
     return rc
 
 

@@ -111,7 +111,8 @@ def gpus() -> tuple[dict, ...]:
                             ("mem_clock_max_mhz", lambda: nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_MEM)),
                             ("sm_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
                             ("power_limit_w", lambda: nv.nvmlDeviceGetPowerManagementLimit(h) / 1000),
-                            ("compute_capability", lambda: ".".join(map(str, nv.nvmlDeviceGetCudaComputeCapability(h)))),
+                            ("compute_capability",
+                             lambda: ".".join(map(str, nv.nvmlDeviceGetCudaComputeCapability(h)))),
                             ("pci_bus_id", lambda: _s(nv.nvmlDeviceGetPciInfo(h).busId))):
                 try:
                     d[key] = fn()

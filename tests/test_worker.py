@@ -3,7 +3,6 @@
 The faults are injected with the documented test-only DENSEBENCH_FAULT (passed in the case spec by the runner);
 the status classification is the engine's own (bench.worker.run_case and bench.runner.classify).
 """
-import os
 import signal
 
 import pytest
