@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import signal
 import sys
@@ -96,6 +97,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "budgets; explicit --models/--res/--devices still apply")
     o = p.add_argument_group("output")
     o.add_argument("--out", default="results", metavar="DIR", help="folder of run folders (default results/)")
+    o.add_argument("--run-id", metavar="NAME", help="name of the new run folder OUT/NAME (letters, digits, . _ -; "
+                   "must not exist yet); default: date-time-random")
     o.add_argument("--resume", metavar="RUN_ID", help="finish the run OUT/RUN_ID (or a run folder path) without "
                                                         "redoing finished cases; the matrix is the run's own")
     o.add_argument("--allow-missing", action="store_true",
@@ -313,6 +316,13 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
             print(f"{len(p['cases'])} cases", file=sys.stderr)
             return 0
         _writable_dir(out)
+        if a.run_id is not None:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", a.run_id):
+                raise UsageError(f"--run-id: {a.run_id!r} is not accepted; accepted: letters, digits, '.', '_', '-' "
+                                 "(starting with a letter or digit, at most 100)")
+            if (out / a.run_id).exists():
+                raise UsageError(f"--run-id: {out / a.run_id} already exists; accepted: a new name (or --resume "
+                                 f"{a.run_id} to finish that run)")
         if a.baseline:
             if not Path(a.baseline).exists() and (out / a.baseline).is_dir():
                 a.baseline = str(out / a.baseline)
@@ -321,7 +331,7 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
                                  "folder or a results file")
         cases, missing = p["cases"], p["missing"]
         calibrate = p["config"]["calibrate"]
-        run_id = _new_run_id(out)
+        run_id = a.run_id or _new_run_id(out)
         run_dir = out / run_id
         env = environment([sys.executable, PROG, *argv])
         meta = {"run_id": run_id, "started_at": now_iso(), "host": env["host"], "env": env, "config": p["config"],

@@ -121,3 +121,13 @@ def test_list_prints_the_default_matrix(tmp_path, capsys):
     ids = capsys.readouterr().out.splitlines()
     assert len(ids) == 24 and len(set(ids)) == 24  # 4 variants + 4 blocks, 3 resolutions
     assert ids[0].startswith("evit-b1:msla|model|512x512|") and not (tmp_path / "r").exists()
+
+
+def test_run_id_is_validated(tmp_path, capsys):
+    out = tmp_path / "results"
+    (out / "taken").mkdir(parents=True)
+    assert main(["--run-id", "taken", "--out", str(out)]) == 2
+    _one_line_error(capsys.readouterr().err, "already exists")
+    assert main(["--run-id", "../escape", "--out", str(out)]) == 2
+    _one_line_error(capsys.readouterr().err, "--run-id", "accepted")
+    assert sorted(p.name for p in out.iterdir()) == ["taken"]
