@@ -414,33 +414,25 @@ def cmd_models(argv: list[str]) -> int:
             h, w = parse_resolution(a.res)
         except CaseError as e:
             raise UsageError(str(e)) from None
-    try:
-        from models.zoo import zoo_frame
+    from models.registry import FAMILIES, list_models
+    from models.zoo import format_zoo_table, zoo_frame
 
-        df = zoo_frame(height=h, width=w)
-    except ImportError:
-        import pandas as pd
+    if a.family and a.family not in FAMILIES:
+        raise UsageError(f"--family: {a.family!r} is not accepted; accepted: {', '.join(FAMILIES)}")
+    names = list_models(a.family or None)
+    if h is not None:
+        from models.registry import check_resolution
 
-        from models.registry import get_model_info, list_models
-
-        df = pd.DataFrame([{"name": n, "family": (i := get_model_info(n)).family, "mixer": i.mixer,
-                            "dataset": i.dataset, "input_size": f"{i.input_size[0]}x{i.input_size[1]}"}
-                           for n in list_models()])
-    if a.family:
-        col = "family" if "family" in df.columns else None
-        if col is None or a.family not in set(df[col]):
-            raise UsageError(f"--family: {a.family!r} is not accepted; accepted: "
-                             f"{', '.join(sorted(set(df[col]))) if col else 'none'}")
-        df = df[df[col] == a.family]
+        bad = [r for r in (check_resolution(n, h, w) for n in names) if r]
+        if bad:
+            raise UsageError(f"--res: {bad[0]} (accepted: multiples of each model's size_multiple, e.g. 512, 1024x2048)")
+    df = zoo_frame(height=h, width=w, names=names)
     if a.format == "csv":
         sys.stdout.write(df.to_csv(index=False))
     elif a.format == "json":
         sys.stdout.write(df.to_json(orient="records", indent=1) + "\n")
     else:
-        import pandas as pd
-
-        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
-            print(df.to_string(index=False))
+        print(format_zoo_table(df))
     return 0
 
 

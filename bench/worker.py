@@ -295,13 +295,12 @@ def _energy(fn, device: str, batch: int, median_ms: float, info: dict) -> dict:
 
     from bench import energy
 
-    ok, reason = energy.available(device)
-    if not ok:
+    meter, reason = energy.make_meter(device)  # NVML on desktop/server GPUs, board rails on a Jetson
+    if meter is None:
         info["energy"] = reason
         return energy.energy_columns(None, 0)
     iters = max(3, math.ceil(1200.0 / max(median_ms, 1e-3)))
     iters = min(iters, 100_000)
-    meter = energy.EnergyMeter(device)
     try:
         torch.cuda.synchronize()
         meter.start()
