@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnstats import randomise_bn
 from models.complexity import count_model_macs
 from models.mixers import (MSCA, LargeKernelAttention, MultiScaleLinearAttention, ReLULinearAttention,
                            SoftmaxAttention, build_mixer, relu_linear_attention)
@@ -59,15 +60,6 @@ def copy_litemla_weights(ours: nn.Module, timm_mla: nn.Module) -> None:
     assert not missing and not unexpected
 
 
-def _randomise_bn(module: nn.Module, g: torch.Generator) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-
-
 @pytest.mark.parametrize("channels,dim,hw", [(64, 16, (8, 8)), (128, 16, (16, 24)), (96, 32, (4, 4)),
                                              (64, 16, (1, 3))])
 @pytest.mark.parametrize("scales", [(5,), ()])
@@ -79,7 +71,7 @@ def test_msla_and_relu_linear_equal_timm_litemla(channels, dim, hw, scales):
     ref = efficientvit_mit.LiteMLA(channels, channels, dim=dim, scales=scales, eps=1e-5).eval()
     ours = (MultiScaleLinearAttention(channels, dim, scales=scales, eps=1e-5) if scales
             else ReLULinearAttention(channels, dim, eps=1e-5)).eval()
-    _randomise_bn(ref, g)
+    randomise_bn(ref, g)
     copy_litemla_weights(ours, ref)
     x = torch.randn(2, channels, *hw, generator=g)
     with torch.no_grad():
@@ -180,3 +172,15 @@ def test_every_mixer_has_the_common_constructor_and_shape():
             assert m(x).shape == x.shape
     with pytest.raises(ValueError, match="valid: softmax, large-kernel, relu-linear, msla"):
         build_mixer("linear", 64)
+
+
+def test_softmax_mixer_takes_the_flash_kernel_on_cpu():
+    """The fair softmax baseline: with the math path excluded, the forward must still run (flash kernel). With
+    strided q/k/v (head dim not contiguous) SDPA silently falls back to the math path: N^2 memory, several x slower."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    x = torch.randn(1, 64, 16, 16)
+    for sr_ratio in (1, 2):
+        m = SoftmaxAttention(64, 16, sr_ratio=sr_ratio).eval()
+        with torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            assert m(x).shape == x.shape

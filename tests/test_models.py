@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from bnstats import randomise_bn
 from models import build_model, check_resolution, example_input, get_model_info, list_models, resolve_models
 from models.complexity import count_macs, params_of
 from models.deploy import count_unfolded_bn, fold_conv_bn, to_deploy
@@ -173,24 +174,13 @@ def test_linear_attention_models_finite_under_bf16_autocast_at_1024x2048(name):
     assert ((y.float() - ref).norm() / ref.norm()).item() < 0.1
 
 
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-    return model
-
-
 DEPLOY_CASES = [f"evit-b0:{m}" for m in MIXERS] + [f"block:{m}" for m in MIXERS] + [
     "efficientvit-seg-l1-ade20k", "segformer-b0-ade20k", "segnext-t-ade20k"]
 
 
 @pytest.mark.parametrize("name", DEPLOY_CASES)
 def test_deployment_form_computes_the_same_function(name):
-    model = _randomise_bn(build_model(name))
+    model = randomise_bn(build_model(name), torch.Generator().manual_seed(0))
     h, w = _small_res(name)
     x = example_input(name, h, w)
     deployed = to_deploy(model, channels_last=True, fold=True)
