@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from bench.gpuinfo import cuda_index
+
 SHORT_WINDOW_S = 1.0
 
 
@@ -54,15 +56,6 @@ def energy_columns(reading: EnergyReading | None, images: int) -> dict:
     return {"energy_j_per_image": reading.energy_j / images, "mean_power_w": reading.mean_power_w}
 
 
-def _cuda_index(device: Any) -> int:
-    if isinstance(device, int):
-        return device
-    d = torch.device(device)
-    if d.type != "cuda":
-        raise ValueError(f"energy is measured on CUDA devices; got {d}")
-    if d.index is not None:
-        return d.index
-    return torch.cuda.current_device() if torch.cuda.is_available() else 0
 
 
 def available(device: Any = 0) -> tuple[bool, str]:
@@ -71,7 +64,7 @@ def available(device: Any = 0) -> tuple[bool, str]:
     `device` is a torch CUDA index, "cuda", "cuda:N" or a torch.device; "cpu" gives (False, reason).
     """
     try:
-        idx = _cuda_index(device)
+        idx = cuda_index(device)
     except ValueError:
         return False, f"NVML not available: energy is measured on NVIDIA GPUs, not on {torch.device(device).type}"
     if not torch.cuda.is_available():
@@ -111,7 +104,7 @@ class EnergyMeter:
             raise RuntimeError(reason)
         from bench.gpuinfo import nvml_handle, nvml_import
         self._nvml = nvml_import()
-        self._handle, self.match = nvml_handle(self._nvml, _cuda_index(device_index))
+        self._handle, self.match = nvml_handle(self._nvml, cuda_index(device_index))
         self._e0: int | None = None
         self._t0 = 0.0
 

@@ -22,13 +22,16 @@ from typing import Any
 import torch
 
 
-def _device_index(device: Any) -> int:
+def cuda_index(device: Any) -> int:
+    """The index of a CUDA device given as int, "cuda", "cuda:N" or torch.device (plain "cuda": the current one)."""
     if isinstance(device, int):
         return device
     d = torch.device(device)
     if d.type != "cuda":
         raise ValueError(f"not a CUDA device: {d}")
-    return d.index if d.index is not None else torch.cuda.current_device()
+    if d.index is not None:
+        return d.index
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
 
 
 def nvml_import():
@@ -170,7 +173,7 @@ def gpu_info(device: Any = "cuda") -> dict:
     """Metadata of one CUDA device; {"available": False, "reason": ...} without CUDA."""
     if not torch.cuda.is_available():
         return {"available": False, "reason": "CUDA not available: " + _no_cuda_reason()}
-    idx = _device_index(device)
+    idx = cuda_index(device)
     if idx >= torch.cuda.device_count():
         return {"available": False, "reason": f"no CUDA device {idx}: {torch.cuda.device_count()} visible"}
     p = torch.cuda.get_device_properties(idx)
@@ -214,7 +217,7 @@ def device_name(device: Any) -> str:
     """A short name for the device_name column: the GPU name, or the CPU model."""
     d = torch.device(device)
     if d.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(_device_index(d))
+        return torch.cuda.get_device_name(cuda_index(d))
     return cpu_model()
 
 

@@ -33,3 +33,17 @@ class Residual(nn.Module):
 
     def forward(self, x):
         return x + self.fn(x)
+
+
+class FeaturePyramid(nn.Module):
+    """Base of an encoder made of `self.stages` (an nn.ModuleList) run in sequence: returns every stage's output,
+    the multi-stride features a segmentation decoder reads."""
+
+    stages: nn.ModuleList
+
+    def forward(self, x):
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats

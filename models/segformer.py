@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import ConvNormAct
+from models.layers import ConvNormAct, FeaturePyramid
 from models.registry import ModelInfo, Published, register_model
 
 __all__ = ["SegFormer", "MixVisionTransformer", "SegFormerHead", "segformer", "SEGFORMER_CFGS"]
@@ -129,7 +129,7 @@ class MiTStage(nn.Module):
         return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
 
-class MixVisionTransformer(nn.Module):
+class MixVisionTransformer(FeaturePyramid):
     """MiT encoder: four stages at strides 4, 8, 16, 32 (patch 7x7/4, then 3x3/2); returns all four maps."""
 
     def __init__(self, dims: tuple[int, ...], depths: tuple[int, ...], num_heads: tuple[int, ...] = (1, 2, 5, 8),
@@ -143,13 +143,6 @@ class MixVisionTransformer(nn.Module):
             stages.append(MiTStage(prev, dim, depth, heads, sr, mlp_ratio, patch, stride, ln_eps, fused_attn))
             prev = dim
         self.stages = nn.ModuleList(stages)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        return feats
 
 
 class SegFormerHead(nn.Module):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layers import FeaturePyramid
 from models.mixers import MSCA
 from models.registry import ModelInfo, Published, register_model
 
@@ -114,7 +115,7 @@ class MSCANStage(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class MSCAN(nn.Module):
+class MSCAN(FeaturePyramid):
     """MSCAN encoder: stages at strides 4, 8, 16, 32; returns all four maps."""
 
     def __init__(self, dims: tuple[int, ...], depths: tuple[int, ...], mlp_ratios: tuple[int, ...] = (8, 8, 4, 4),
@@ -125,13 +126,6 @@ class MSCAN(nn.Module):
             down = StemConv(in_chans, dim) if i == 0 else OverlapPatchEmbed(dims[i - 1], dim)
             stages.append(MSCANStage(down, dim, depth, ratio))
         self.stages = nn.ModuleList(stages)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        return feats
 
 
 class NMF2D(nn.Module):
