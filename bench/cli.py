@@ -89,6 +89,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--max-time", type=float, default=None, metavar="S",
                    help="sampling time cap per case in seconds (default 5); a case stops earlier once the CI of "
                         "its median is within +-1%%")
+    t.add_argument("--repeats", type=int, default=None, metavar="R",
+                   help="measure each case in R separate processes, interleaved (pass 1 of every case, then pass "
+                        "2, ...), sharing its time budget; the row pools their samples and its CI includes how far "
+                        "the processes disagree (default 1; see docs/METHODOLOGY.md for when it pays)")
     t.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="wall-clock limit per case, child start to result (default 600); then status 'timeout'")
     t.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
@@ -208,6 +212,9 @@ def plan(a: argparse.Namespace) -> dict:
             raise UsageError(f"{name}: {v} is not accepted; accepted: a positive number of seconds")
     if min_t > max_t:
         raise UsageError(f"--min-time {min_t} is above --max-time {max_t}; accepted: min-time <= max-time")
+    repeats = 1 if a.repeats is None else a.repeats
+    if not 1 <= repeats <= 100:
+        raise UsageError(f"--repeats: {repeats} is not accepted; accepted: an integer from 1 to 100")
     cases = expand(models, resolutions, devices, backs, precisions, batches, threads, channels_last=a.channels_last,
                    fold=a.fold, seed=a.seed, min_time_s=min_t, max_time_s=max_t, timeout_s=timeout)
     config = {"models": models, "level": a.level, "resolutions": [f"{h}x{w}" for h, w in resolutions],
@@ -216,7 +223,7 @@ def plan(a: argparse.Namespace) -> dict:
               "threads_default": (("1 (--quick)" if a.quick else "min(physical cores, usable cpus)")
                                   if not a.threads else None),
               "channels_last": a.channels_last, "fold": a.fold, "seed": a.seed, "min_time_s": min_t,
-              "max_time_s": max_t, "timeout_s": timeout, "quick": a.quick,
+              "max_time_s": max_t, "timeout_s": timeout, "quick": a.quick, "repeats": repeats,
               "calibrate": not a.no_calibrate}
     return {"config": config, "cases": cases, "missing": missing}
 
@@ -300,7 +307,8 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
                                           ("--res", a.res, "512,1024,2048"), ("--devices", a.devices, "cpu"),
                                           ("--batch", a.batch, "1"), ("--precision", a.precision, None),
                                           ("--threads", a.threads, None), ("--backends", a.backends, "eager"),
-                                          ("--quick", a.quick, False)) if v != default]
+                                          ("--quick", a.quick, False), ("--repeats", a.repeats, None))
+                 if v != default]
         if given:
             print(f"{PROG}: note: {', '.join(given)} ignored with --resume (the run's own matrix is finished)",
                   file=sys.stderr)
@@ -308,6 +316,7 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
         missing = set(state.meta.get("config", {}).get("missing_devices", []))
         state.meta.setdefault("resumed", []).append({"at": now_iso(), "command": argv})
         calibrate = state.meta.get("config", {}).get("calibrate", True)
+        repeats = int(state.meta.get("config", {}).get("repeats") or 1)
     else:
         p = plan(a)
         if a.list:
@@ -331,6 +340,7 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
                                  "folder or a results file")
         cases, missing = p["cases"], p["missing"]
         calibrate = p["config"]["calibrate"]
+        repeats = p["config"]["repeats"]
         run_id = a.run_id or _new_run_id(out)
         run_dir = out / run_id
         env = environment([sys.executable, PROG, *argv])
@@ -349,7 +359,8 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
 
     progress = _Progress(enabled=not a.quiet and sys.stderr.isatty())
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if a.verbose else None
-    runner = Runner(state, cases, allow_missing=missing, progress=progress, log=log, calibrate=calibrate)
+    runner = Runner(state, cases, allow_missing=missing, progress=progress, log=log, calibrate=calibrate,
+                    repeats=repeats)
     old = signal.signal(signal.SIGTERM, _sigterm)
     t0 = time.perf_counter()
     try:

@@ -8,7 +8,10 @@ name, backend, precision, batch, threads, channels_last, folded); raw samples (s
 rows on `case_id`. A case present in one run only is `new` or `missing`; a case not `ok` in either run is `failed`.
 
 Verdict rule (both runs ok). With r = median(current) / median(baseline), [lo, hi] the (1 - alpha) percentile
-bootstrap CI of r (raw samples of both runs resampled independently) and p the two-sided Mann-Whitney U p-value:
+bootstrap CI of r (raw samples of both runs resampled independently; when both runs measured the case in two or
+more processes (`--repeats`), the two-level bootstrap that resamples processes and then samples within them,
+`basis` = "repeats", so the CI includes how far separate processes disagree) and p the two-sided Mann-Whitney U
+p-value of the pooled samples:
 
     slower     if r > 1 + threshold       and p < alpha and lo > 1
     faster     if r < 1 / (1 + threshold) and p < alpha and hi < 1
@@ -51,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from bench.schema import IDENTITY
-from bench.stats import bootstrap_ratio_ci, mann_whitney_p
+from bench.stats import bootstrap_ratio_ci, hierarchical_ratio_ci, mann_whitney_p
 from bench.store import Run, RunFormatError, load_run
 
 VERDICTS = ("slower", "faster", "unchanged", "new", "missing", "failed")
@@ -115,15 +118,18 @@ def _key(df: pd.DataFrame) -> pd.Series:
     return key
 
 
-def _samples_by_case(run: Run) -> dict[str, np.ndarray]:
+def _samples_by_case(run: Run) -> dict[str, list[np.ndarray]]:
+    """case_id -> the case's samples, one array per process (one array for runs without --repeats)."""
     s = run.samples
     if s is None or len(s) == 0:
         return {}
     missing = [c for c in ("case_id", "latency_ms") if c not in s.columns]
     if missing:
         raise RunFormatError(f"{run.path}/samples.parquet: missing columns {', '.join(missing)}")
-    s = s.sort_values([c for c in ("case_id", "iter") if c in s.columns])
-    return {str(k): g["latency_ms"].to_numpy(dtype=np.float64) for k, g in s.groupby("case_id", sort=False)}
+    s = s.assign(repeat=s["repeat"].fillna(0) if "repeat" in s.columns else 0)
+    s = s.sort_values([c for c in ("case_id", "repeat", "iter") if c in s.columns])
+    return {str(k): [r["latency_ms"].to_numpy(dtype=np.float64) for _, r in g.groupby("repeat", sort=True)]
+            for k, g in s.groupby("case_id", sort=False)}
 
 
 def _rates(df: pd.DataFrame) -> dict[str, float]:
@@ -169,7 +175,7 @@ def compare_runs(baseline: Run, current: Run, threshold: float = 0.05, alpha: fl
     Columns: the IDENTITY columns, case_id, verdict, regression (bool), ratio (current / baseline median),
     ci_low/ci_high ((1 - alpha) CI of the ratio), p_value, base_median_ms, cur_median_ms, base_n, cur_n,
     base_status, cur_status, scale (factor applied to the current run by --normalize, 1.0 otherwise),
-    basis ("samples", "summary" or ""), note. Rows are sorted regressions first, then by ratio descending.
+    basis ("samples", "repeats", "summary" or ""), note. Rows are sorted regressions first, then by ratio descending.
     `df.attrs` holds threshold, alpha, normalize, env_mismatch (list of lines), baseline/current run ids and paths.
     """
     if not threshold >= 0 or not 0 < alpha < 1:
@@ -222,14 +228,20 @@ def compare_runs(baseline: Run, current: Run, threshold: float = 0.05, alpha: fl
                 else:
                     notes.append("no calibration rate: not normalised")
             row["scale"] = scale
-            a = bs.get(str(br["case_id"]))
-            x = cs.get(str(cr["case_id"]))
+            ga = bs.get(str(br["case_id"])) or []
+            gx = [g * scale for g in cs.get(str(cr["case_id"])) or []]
+            a = np.concatenate(ga) if ga else None
+            x = np.concatenate(gx) if gx else None
             bmed, cmed = _f(br["latency_ms_median"]), _f(cr["latency_ms_median"]) * scale
             if a is not None and x is not None and len(a) >= 2 and len(x) >= 2:
-                x = x * scale
-                r, lo, hi = bootstrap_ratio_ci(a, x, np.median, conf=conf, n_boot=n_boot, seed=seed + i)
+                if len(ga) >= 2 and len(gx) >= 2:  # processes disagree more than samples: resample both levels
+                    r, lo, hi = hierarchical_ratio_ci(ga, gx, np.median, conf=conf, n_boot=n_boot, seed=seed + i)
+                    row["basis"] = "repeats"
+                else:
+                    r, lo, hi = bootstrap_ratio_ci(a, x, np.median, conf=conf, n_boot=n_boot, seed=seed + i)
+                    row["basis"] = "samples"
                 p = mann_whitney_p(a, x)
-                row.update(basis="samples", base_median_ms=float(np.median(a)), cur_median_ms=float(np.median(x)))
+                row.update(base_median_ms=float(np.median(a)), cur_median_ms=float(np.median(x)))
             else:
                 r = cmed / bmed if bmed > 0 else np.nan
                 blo, bhi = _f(br["latency_ms_ci_low"]), _f(br["latency_ms_ci_high"])

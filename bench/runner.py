@@ -341,8 +341,11 @@ class Runner:
 
     def __init__(self, state: RunState, cases: list[Case], *, allow_missing: set[str] | None = None,
                  progress=None, log: Callable[[str], None] | None = None, isolation: str | None = None,
-                 calibrate: bool = True):
+                 calibrate: bool = True, repeats: int = 1):
+        if repeats < 1:
+            raise ValueError("repeats must be >= 1")
         self.state = state
+        self.repeats = repeats
         self.cases = cases
         self.missing = allow_missing or set()
         self.progress = progress
@@ -354,9 +357,19 @@ class Runner:
         self._spawner: Spawner | None = None
         self.overheads: list[float] = []  # child wall time minus its own measuring time (per ok case)
 
+    def _processes_done(self, row: dict | None) -> int:
+        """Processes already measured for a case with this row (0: no row); a failed case counts as complete."""
+        if row is None:
+            return 0
+        if row.get("status") != "ok":
+            return self.repeats
+        r = row.get("repeats")
+        return 1 if r is None or _isna(r) else int(r)
+
     def pending(self) -> list[Case]:
-        done = self.state.done_ids()
-        return [c for c in self.cases if c.case_id not in done]
+        """Cases without a row, or ok with fewer processes than --repeats asks (a resumed run)."""
+        rows = {r["case_id"]: r for r in self.state.rows if r.get("case_id")}
+        return [c for c in self.cases if self._processes_done(rows.get(c.case_id)) < self.repeats]
 
     # -- pre-child decisions ------------------------------------------------------------------------------------
     def _static(self, case: Case, fit: bool = True) -> tuple[str, str] | None:
@@ -431,46 +444,26 @@ class Runner:
             to_spawn = [c for c in to_spawn if not self._fit_check(c)]
             for case in to_spawn:
                 self._macs_of(case)
+            R = self.repeats
+            rows_at = {r["case_id"]: i for i, r in enumerate(st.rows) if r.get("case_id")}
+            done = {c.case_id: self._processes_done(st.rows[rows_at[c.case_id]] if c.case_id in rows_at else None)
+                    for c in todo}
+            # pass p runs process p of every case that has fewer than p + 1: slow drift spreads over all cases
+            schedule = [(p, c) for p in range(R) for c in todo if done[c.case_id] <= p]
             if self.progress and hasattr(self.progress, "set_estimates"):
                 if self.calibrate:  # calibrate every device setting up front: the ETA below needs the rates
                     for case in to_spawn:
                         self._peak(iso, case)
-                spawn_ids = {c.case_id for c in to_spawn}
-                self.progress.set_estimates([self.estimate_s(c) if c.case_id in spawn_ids else 0.05 for c in todo])
-            for i, case in enumerate(todo):
+                per = {c.case_id: self.estimate_s(c, R) for c in to_spawn}
+                self.progress.set_estimates([per.get(c.case_id, 0.05) for _, c in schedule])
+            procs: dict[str, list[dict]] = {}  # per-process rows of this session, for pooling
+            for i, (rep, case) in enumerate(schedule):
+                at = rows_at.get(case.case_id)
+                if rep > 0 and at is not None and st.rows[at].get("status") != "ok":
+                    continue  # failed or decided statically in an earlier pass: the case is complete
                 if self.progress:
-                    self.progress(case, i, len(todo))
-                started = now_iso()
-                t0 = time.perf_counter()
-                samples: list[float] = []
-                static = self._static(case)
-                if static:
-                    row = {"status": static[0], "reason": static[1]}
-                else:
-                    case.macs = self._macs_of(case)
-                    case.extra = dict(case.extra)
-                    case.extra["device_peak_gmacs_per_s"] = self._peak(iso, case)
-                    case.extra["workdir"] = str(workdir)
-                    if fault:
-                        case.extra["fault"] = fault
-                    t0 = time.perf_counter()
-                    out = self._isolation_for(iso, case).run(case.to_spec(), case.timeout_s)
-                    row, samples = classify(out, case.timeout_s)
-                    if out.result and row.get("status") == "ok":
-                        self._note_overhead(out, samples)
-                full = case.row_base()
-                full.update({k: v for k, v in row.items() if v is not None})
-                full.update({"run_id": st.run_id, "case_id": case.case_id, "host": st.meta.get("host"),
-                             "started_at": started, "wall_s": time.perf_counter() - t0})
-                for k, v in case.row_base().items():  # identity is the parent's, whatever the child said
-                    full[k] = v
-                st.rows.append(full)
-                st.samples.extend({"run_id": st.run_id, "case_id": case.case_id, "iter": j, "latency_ms": v}
-                                  for j, v in enumerate(samples))
-                st.meta["cases_done"] = len(st.rows)
-                st.meta["updated_at"] = now_iso()
-                st.save()
-                self.log(_line(full))
+                    self.progress(case, i, len(schedule))
+                self._run_one(iso, case, rep, rows_at, procs, workdir, fault)
         finally:
             iso.close()
             if isinstance(iso, ForkServer):
@@ -481,14 +474,84 @@ class Runner:
                                               "max": max(self.overheads), "n": len(self.overheads)}
         return st
 
-    def estimate_s(self, case: Case) -> float:
-        """Rough wall time of a case for the ETA: overhead + first call + warm-up + sampling, with one call's time
-        guessed from its MACs at 30% of the device's calibrated rate (10 GMAC/s when unknown)."""
+    def _run_one(self, iso: _Isolation, case: Case, rep: int, rows_at: dict, procs: dict, workdir: Path,
+                 fault: str | None) -> None:
+        """Process number `rep` of a case: run it (or decide it statically), pool, store the row and save."""
+        from bench import repeats as rp
+
+        st = self.state
+        R = self.repeats
+        started = now_iso()
+        t0 = time.perf_counter()
+        samples: list[float] = []
+        static = self._static(case) if rep == 0 else None
+        if static:
+            row = {"status": static[0], "reason": static[1]}
+        else:
+            case.macs = self._macs_of(case)
+            case.extra = dict(case.extra)
+            case.extra["device_peak_gmacs_per_s"] = self._peak(iso, case)
+            case.extra["workdir"] = str(workdir)
+            if fault:
+                case.extra["fault"] = fault
+            spec = case.to_spec()
+            if R > 1:  # the case's time budget is shared by its processes
+                spec["min_time_s"] = case.min_time_s / R
+                spec["max_time_s"] = case.max_time_s / R
+            t0 = time.perf_counter()
+            out = self._isolation_for(iso, case).run(spec, case.timeout_s)
+            row, samples = classify(out, case.timeout_s)
+            if out.result and row.get("status") == "ok":
+                self._note_overhead(out, samples)
+        full = case.row_base()
+        full.update({k: v for k, v in row.items() if v is not None})
+        full.update({"run_id": st.run_id, "case_id": case.case_id, "host": st.meta.get("host"),
+                     "started_at": started, "wall_s": time.perf_counter() - t0})
+        for k, v in case.row_base().items():  # identity is the parent's, whatever the child said
+            full[k] = v
+        prev = st.rows[rows_at[case.case_id]] if case.case_id in rows_at else None
+        st.samples.extend({"run_id": st.run_id, "case_id": case.case_id, "repeat": rep, "iter": j, "latency_ms": v}
+                          for j, v in enumerate(samples))
+        if full.get("status") != "ok":
+            full = rp.failed(full, rep, R)
+        else:
+            mine = procs.setdefault(case.case_id, [prev] if prev is not None and prev.get("status") == "ok" else [])
+            mine.append(full)
+            groups = self._groups(case.case_id)
+            full = rp.pool_rows(mine, groups) if len(mine) > 1 else {**full, "repeats": 1,
+                                                                      "latency_ms_repeat_cv": float("nan")}
+            if prev is not None:
+                full["started_at"] = prev.get("started_at") or started
+                full["wall_s"] = float(prev.get("wall_s") or 0.0) + float(full.get("wall_s") or 0.0)
+        if prev is not None:
+            st.rows[rows_at[case.case_id]] = full
+        else:
+            rows_at[case.case_id] = len(st.rows)
+            st.rows.append(full)
+        st.meta["cases_done"] = sum(1 for r in st.rows if self._processes_done(r) >= R)
+        st.meta["updated_at"] = now_iso()
+        st.save()
+        self.log(_line(full))
+
+    def _groups(self, case_id: str) -> list[list[float]]:
+        """The samples of a case, one list per process, in process order."""
+        by: dict[int, list[float]] = {}
+        for s in self.state.samples:
+            if s.get("case_id") == case_id:
+                r = s.get("repeat")
+                by.setdefault(0 if r is None or _isna(r) else int(r), []).append(float(s["latency_ms"]))
+        return [by[k] for k in sorted(by)]
+
+    def estimate_s(self, case: Case, repeats: int = 1) -> float:
+        """Rough wall time of one process of a case for the ETA: overhead + first call + warm-up + sampling (its
+        share of the budget with `repeats` processes), with one call's time guessed from its MACs at 30% of the
+        device's calibrated rate (10 GMAC/s when unknown)."""
         rate = (self.state.meta.get("calibration", {}).get(calibration_key(case)) or {}).get("gmacs_per_s") or 10.0
         macs = self._macs.get((case.model, case.height, case.width, case.batch)) or 1e9
         call = macs / (0.3 * rate * 1e9)
-        warm = max(2 * call, min(0.3 * case.max_time_s, 10 * call))
-        sampling = max(call, min(case.max_time_s, max(case.min_time_s, 30 * call)))
+        lo, hi = case.min_time_s / repeats, case.max_time_s / repeats
+        warm = max(2 * call, min(max(0.5, 0.3 * hi), 10 * call))
+        sampling = max(call, min(hi, max(lo, 30 * call / repeats)))
         return 0.3 + call + warm + sampling
 
     def _isolation_for(self, iso: _Isolation, case: Case) -> _Isolation:

@@ -63,9 +63,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("latency_ms_p95", "float64", ""),
     Column("latency_ms_p99", "float64", ""),
     Column("latency_ms_iqr", "float64", ""),
-    Column("latency_ms_ci_low", "float64", "95% CI of the median, binomial order statistics"),
+    Column("latency_ms_ci_low", "float64", "95% CI of the median: binomial order statistics (one process) or "
+                                           "the two-level bootstrap over processes and samples (--repeats)"),
     Column("latency_ms_ci_high", "float64", ""),
-    Column("converged", "bool", "CI of the median within the target before the time cap"),
+    Column("converged", "bool", "CI of the median within the target before the time cap (in every process)"),
+    Column("repeats", "int64", "processes the case was measured in (--repeats); latency columns pool their samples"),
+    Column("latency_ms_repeat_cv", "float64", "CV (%) of the per-process medians; nan with one process"),
     Column("throughput_ips", "float64", "images per second = batch / median latency"),
     # memory
     Column("peak_mem_mb", "float64", "CUDA peak allocated, or CPU peak RSS above the child's baseline"),
@@ -95,7 +98,8 @@ COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 
 # Raw samples: one row per timed iteration.
 SAMPLE_COLUMNS = (Column("run_id", "string", ""), Column("case_id", "string", ""),
-                  Column("iter", "int64", "0-based index of the timed iteration"),
+                  Column("repeat", "int64", "0-based index of the process that took the sample (--repeats)"),
+                  Column("iter", "int64", "0-based index of the timed iteration within its process"),
                   Column("latency_ms", "float64", "latency of one iteration (one batch)"))
 
 

@@ -72,8 +72,10 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def samples_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    df = pd.DataFrame(list(rows), columns=[c.name for c in SAMPLE_COLUMNS])
-    return df.astype({"run_id": "string", "case_id": "string", "iter": "int64", "latency_ms": "float64"})
+    rows = [r if "repeat" in r else {**r, "repeat": 0} for r in rows]
+    df = pd.DataFrame(rows, columns=[c.name for c in SAMPLE_COLUMNS])
+    return df.astype({"run_id": "string", "case_id": "string", "repeat": "int64", "iter": "int64",
+                      "latency_ms": "float64"})
 
 
 def write_results(run_dir: Path, results: pd.DataFrame) -> None:

@@ -166,7 +166,7 @@ def _measure(spec: dict, row: dict, samples: list, stage: _Stage) -> None:
     from bench import backends
     from bench.memory import MB, PeakRSS, rss_bytes
     from bench.numerics import evaluate
-    from bench.stats import summarize
+    from bench.repeats import latency_fields
     from bench.timer import measure
     from models.complexity import count_macs, count_params
     from models.registry import build_model, example_input
@@ -259,17 +259,9 @@ def _measure(spec: dict, row: dict, samples: list, stage: _Stage) -> None:
 
     _TIMES["timing_s"] = res.total_s
     samples.extend(float(v) for v in res.samples_ms)
-    s = summarize(res.samples_ms)
-    row.update({"n": s["n"], "warmup_iters": res.warmup_iters, "first_call_ms": res.first_call_ms,
+    row.update({"warmup_iters": res.warmup_iters, "first_call_ms": res.first_call_ms,
                 "converged": bool(res.converged)})
-    for k in ("median", "mean", "std", "min", "max", "p90", "p95", "p99", "iqr", "ci_low", "ci_high"):
-        row[f"latency_ms_{k}"] = s[k]
-    med_s = s["median"] / 1e3
-    row["throughput_ips"] = spec["batch"] / med_s if med_s > 0 else _nan()
-    row["gmacs_per_s"] = row["macs"] / med_s / 1e9 if med_s > 0 and row.get("macs") else _nan()
-    peak_rate = extra.get("device_peak_gmacs_per_s")
-    row["device_peak_gmacs_per_s"] = peak_rate if peak_rate else _nan()
-    row["frac_of_peak"] = row["gmacs_per_s"] / peak_rate if peak_rate else _nan()
+    row.update(latency_fields(res.samples_ms, spec["batch"], row.get("macs"), extra.get("device_peak_gmacs_per_s")))
 
     # numerics
     stage("numerics")
@@ -282,7 +274,7 @@ def _measure(spec: dict, row: dict, samples: list, stage: _Stage) -> None:
     # energy (NVIDIA): a window of >= ~1 s of iterations after timing
     if dev_type == "cuda":
         stage("energy")
-        row.update(_energy(fn, device, spec["batch"], s["median"], info_extra))
+        row.update(_energy(fn, device, spec["batch"], row["latency_ms_median"], info_extra))
     else:
         row["energy_j_per_image"] = row["mean_power_w"] = _nan()
         info_extra["energy"] = "not measured: NVML energy is for NVIDIA GPUs"

@@ -1,0 +1,86 @@
+"""One case measured in several processes (`--repeats R`): the row that pools them.
+
+Why: on a shared machine the medians of separate processes of the same case differ by far more than each
+process's own CI says (docs/METHODOLOGY.md: 2-13% CV between processes on the 2-vCPU development VM), because a
+process's samples share its memory layout, thread placement and the machine's state during those seconds. The
+runner therefore measures each case in R child processes, interleaved round-robin over the cases (pass 1 of every
+case, then pass 2, ...), so that slow drift of the machine is spread over all cases instead of hitting some; each
+process gets 1/R of the case's time budget.
+
+The pooled row: latency columns from all samples together (`latency_fields`), the CI of the median from the
+two-level bootstrap over processes and samples (`bench.stats.hierarchical_ci`), the
+spread of the per-process medians as `latency_ms_repeat_cv`, `repeats` = processes measured, peak memory the
+largest of the processes, first call and warm-up from the first process, converged only if every process
+converged. A process that fails makes the whole case that failure (status and reason, "repeat k of R: ...");
+the samples already taken stay in samples.parquet.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bench.stats import hierarchical_ci, repeat_cv, summarize
+
+LATENCY_KEYS = ("median", "mean", "std", "min", "max", "p90", "p95", "p99", "iqr", "ci_low", "ci_high")
+MAX_OF = ("peak_mem_mb", "peak_mem_reserved_mb", "activations_mem_mb", "rel_err")
+
+
+def latency_fields(samples_ms, batch: int, macs: int | None, peak_gmacs_per_s: float | None) -> dict:
+    """The latency, throughput and efficiency columns of a row from its raw samples (milliseconds)."""
+    s = summarize(samples_ms)
+    row = {"n": s["n"]}
+    for k in LATENCY_KEYS:
+        row[f"latency_ms_{k}"] = s[k]
+    med_s = s["median"] / 1e3
+    ok = med_s > 0 and math.isfinite(med_s)
+    row["throughput_ips"] = batch / med_s if ok else float("nan")
+    row["gmacs_per_s"] = macs / med_s / 1e9 if ok and macs else float("nan")
+    row["device_peak_gmacs_per_s"] = peak_gmacs_per_s if peak_gmacs_per_s else float("nan")
+    row["frac_of_peak"] = row["gmacs_per_s"] / peak_gmacs_per_s if peak_gmacs_per_s else float("nan")
+    return row
+
+
+def pool_rows(rows: list[dict], groups: list[list[float]]) -> dict:
+    """Merge the rows of the processes of one case (all status ok, in process order) and their samples."""
+    if not rows:
+        raise ValueError("pool_rows: no rows")
+    out = dict(rows[0])
+    out["repeats"] = len(rows)
+    if len(rows) == 1:
+        out["latency_ms_repeat_cv"] = float("nan")
+        return out
+    pooled = np.concatenate([np.asarray(g, dtype=np.float64) for g in groups]) if groups else np.array([])
+    out.update(latency_fields(pooled, int(out.get("batch") or 1), out.get("macs"),
+                              _f(out.get("device_peak_gmacs_per_s"))))
+    lo, hi = hierarchical_ci(groups, np.median, conf=0.95, n_boot=1000, seed=0)
+    if math.isfinite(lo) and math.isfinite(hi):
+        out["latency_ms_ci_low"], out["latency_ms_ci_high"] = lo, hi
+    out["latency_ms_repeat_cv"] = repeat_cv(groups)
+    out["converged"] = all(bool(r.get("converged")) for r in rows)
+    for k in MAX_OF:
+        vals = [_f(r.get(k)) for r in rows]
+        vals = [v for v in vals if math.isfinite(v)]
+        if vals:
+            out[k] = max(vals)
+    if "numerics_ok" in out:
+        out["numerics_ok"] = all(bool(r.get("numerics_ok")) for r in rows if r.get("numerics_ok") is not None)
+    return out
+
+
+def failed(row: dict, repeat: int, repeats_asked: int) -> dict:
+    """The row of a case whose process number `repeat` (0-based) did not end ok."""
+    out = dict(row)
+    if repeats_asked > 1:
+        out["reason"] = f"repeat {repeat + 1} of {repeats_asked}: {row.get('reason') or row.get('status')}"
+        out["repeats"] = repeat + 1
+    else:
+        out["repeats"] = 1
+    return out
+
+
+def _f(x) -> float:
+    try:
+        return float(x) if x is not None else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
