@@ -11,7 +11,8 @@ Verdict rule (both runs ok). With r = median(current) / median(baseline), [lo, h
 bootstrap CI of r (raw samples of both runs resampled independently; when both runs measured the case in two or
 more processes (`--repeats`), the two-level bootstrap that resamples processes and then samples within them,
 `basis` = "repeats", so the CI includes how far separate processes disagree) and p the two-sided Mann-Whitney U
-p-value of the pooled samples:
+p-value of the raw samples (with "repeats": Welch's t-test on the log medians of the processes, since the process
+and not the sample is then the unit of replication; with 2-3 processes per side it only passes large changes):
 
     slower     if r > 1 + threshold       and p < alpha and lo > 1
     faster     if r < 1 / (1 + threshold) and p < alpha and hi < 1
@@ -54,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from bench.schema import IDENTITY
-from bench.stats import bootstrap_ratio_ci, hierarchical_ratio_ci, mann_whitney_p
+from bench.stats import bootstrap_ratio_ci, hierarchical_ratio_ci, mann_whitney_p, process_welch_p
 from bench.store import Run, RunFormatError, load_run
 
 VERDICTS = ("slower", "faster", "unchanged", "new", "missing", "failed")
@@ -236,11 +237,12 @@ def compare_runs(baseline: Run, current: Run, threshold: float = 0.05, alpha: fl
             if a is not None and x is not None and len(a) >= 2 and len(x) >= 2:
                 if len(ga) >= 2 and len(gx) >= 2:  # processes disagree more than samples: resample both levels
                     r, lo, hi = hierarchical_ratio_ci(ga, gx, np.median, conf=conf, n_boot=n_boot, seed=seed + i)
+                    p = process_welch_p(ga, gx)
                     row["basis"] = "repeats"
                 else:
                     r, lo, hi = bootstrap_ratio_ci(a, x, np.median, conf=conf, n_boot=n_boot, seed=seed + i)
+                    p = mann_whitney_p(a, x)
                     row["basis"] = "samples"
-                p = mann_whitney_p(a, x)
                 row.update(base_median_ms=float(np.median(a)), cur_median_ms=float(np.median(x)))
             else:
                 r = cmed / bmed if bmed > 0 else np.nan

@@ -42,12 +42,13 @@ def latency_fields(samples_ms, batch: int, macs: int | None, peak_gmacs_per_s: f
 
 
 def pool_rows(rows: list[dict], groups: list[list[float]]) -> dict:
-    """Merge the rows of the processes of one case (all status ok, in process order) and their samples."""
+    """Merge the rows of the processes of one case (all status ok, in process order) and their samples, one list
+    per process. `rows` may start with an already pooled row (a resumed run); `repeats` counts the sample groups."""
     if not rows:
         raise ValueError("pool_rows: no rows")
     out = dict(rows[0])
-    out["repeats"] = len(rows)
-    if len(rows) == 1:
+    out["repeats"] = max(1, len(groups))
+    if len(groups) <= 1:
         out["latency_ms_repeat_cv"] = float("nan")
         return out
     pooled = np.concatenate([np.asarray(g, dtype=np.float64) for g in groups]) if groups else np.array([])

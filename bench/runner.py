@@ -8,8 +8,9 @@
   `unsupported` rows, absent devices (--allow-missing) and cases whose attention scores alone would not fit in the
   device's available memory become `skipped` rows, with the reason.
 - After every case results.parquet/.csv, samples.parquet and meta.json are rewritten atomically (bench.store),
-  so killing the run at any moment leaves a valid partial run; `resume_run` finishes it, skipping every case whose
-  case_id already has a row.
+  so killing the run at any moment leaves a valid partial run; `--resume` finishes it, skipping every case whose
+  case_id already has a complete row (with --repeats R: R processes, or a failure).
+- `--repeats R`: pass p runs process p of every case (bench.repeats pools them into the case's one row).
 """
 from __future__ import annotations
 
@@ -300,9 +301,6 @@ class RunState:
     @property
     def run_id(self) -> str:
         return self.meta["run_id"]
-
-    def done_ids(self) -> set[str]:
-        return {r["case_id"] for r in self.rows if r.get("case_id")}
 
     def save(self, results_only: bool = False) -> None:
         from bench import store

@@ -185,3 +185,21 @@ def hierarchical_ratio_ci(a_groups, b_groups, stat: Callable = np.median, conf: 
     tail = (1.0 - conf) / 2.0 * 100.0
     lo, hi = np.percentile(reps, [tail, 100.0 - tail])
     return ratio, float(lo), float(hi)
+
+
+def process_welch_p(a_groups, b_groups) -> float:
+    """Two-sided Welch t-test p-value on the log medians of the processes of two runs (`scipy.stats.ttest_ind`).
+
+    The unit of replication is the process, not the sample: a rank test on pooled samples treats thousands of
+    correlated samples as independent and calls a 3% difference between two groups of processes "significant"
+    when the processes themselves disagree by 5%. nan with fewer than two processes on either side; 1.0 when all
+    process medians are equal.
+    """
+    la = np.log([np.median(g) for g in _groups(a_groups)])
+    lb = np.log([np.median(g) for g in _groups(b_groups)])
+    if la.size < 2 or lb.size < 2:
+        return float("nan")
+    if np.ptp(np.concatenate([la, lb])) == 0:
+        return 1.0
+    p = _st.ttest_ind(lb, la, equal_var=False).pvalue
+    return float(p) if np.isfinite(p) else 1.0

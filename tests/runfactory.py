@@ -14,7 +14,11 @@ ENV = {"cpu_model": CPU, "torch_version": "2.14.1", "threads": 1, "python": "3.1
 
 
 def case(model: str, h: int = 512, w: int = 512, samples=None, status: str = "ok", rate: float | None = 100.0,
-         **extra) -> dict:
+         groups=None, **extra) -> dict:
+    """A result row (and its samples). `groups`: one sample array per process instead of `samples` (--repeats)."""
+    if groups is not None:
+        samples = np.concatenate(groups)
+        extra.setdefault("repeats", len(groups))
     row = dict(model=model, level="block" if model.startswith("block:") else "model", height=h, width=w,
                device="cpu", device_name=CPU, backend="eager", precision="fp32", batch=1, threads=1,
                channels_last=False, folded=False, status=status, reason="" if status == "ok" else "boom",
@@ -24,7 +28,7 @@ def case(model: str, h: int = 512, w: int = 512, samples=None, status: str = "ok
     if status == "ok" and samples is not None:
         s = summarize(samples)
         row.update(n=s["n"], **{f"latency_ms_{k}": s[k] for k in s if k != "n"})
-    row["_samples"] = samples
+    row["_samples"] = samples if groups is None else [np.asarray(g) for g in groups]
     return row
 
 
@@ -43,7 +47,9 @@ def _rows(name, cases, with_samples):
         c["run_id"] = name
         rows.append(c)
         if with_samples and s is not None and c["status"] == "ok":
-            srows += [dict(run_id=name, case_id=c["case_id"], iter=i, latency_ms=float(v)) for i, v in enumerate(s)]
+            groups = s if isinstance(s, list) else [s]
+            srows += [dict(run_id=name, case_id=c["case_id"], repeat=r, iter=i, latency_ms=float(v))
+                      for r, g in enumerate(groups) for i, v in enumerate(g)]
     return rows, srows
 
 

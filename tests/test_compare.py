@@ -83,6 +83,39 @@ def test_heavy_tailed_noise_no_false_alarm(tmp_path):
     assert alarms == 0
 
 
+def _procs(seed, k=3, n=150, median=10.0, between=0.06, factor=1.0):
+    """k processes whose medians differ by ~`between` (lognormal sd), each with tight within-process noise."""
+    rng = np.random.default_rng(seed)
+    return [noise(seed * 10 + j, n=n, median=median * factor * float(np.exp(rng.normal(0, between))), cv=0.01)
+            for j in range(k)]
+
+
+def test_repeats_widen_the_ci_by_the_process_spread(tmp_path):
+    """Runs with --repeats: the process-level bootstrap keeps A/A runs whose processes disagree by ~6% from being
+    called slower, where pooling the samples as if independent calls many of them; a real 30% slowdown is still
+    found."""
+    flat_alarms = hier_alarms = 0
+    for t in range(12):
+        a, b = _procs(100 + t), _procs(200 + t)
+        hier = compare_runs(build_run("a", [case("m", groups=a)]), build_run("b", [case("m", groups=b)]), n_boot=300)
+        flat = compare_runs(build_run("a", [case("m", samples=np.concatenate(a))]),
+                            build_run("b", [case("m", samples=np.concatenate(b))]), n_boot=300)
+        assert hier.iloc[0]["basis"] == "repeats" and flat.iloc[0]["basis"] == "samples"
+        hier_alarms += int(hier["verdict"].iloc[0] != "unchanged")
+        flat_alarms += int(flat["verdict"].iloc[0] != "unchanged")
+    assert hier_alarms == 0 and flat_alarms >= 3
+    slow = compare_runs(build_run("a", [case("m", groups=_procs(1, between=0.02))]),
+                        build_run("b", [case("m", groups=_procs(2, between=0.02, factor=1.3))]), n_boot=300)
+    r = slow.iloc[0]
+    assert r["verdict"] == "slower" and r["basis"] == "repeats" and r["ci_low"] > 1.1
+
+
+def test_repeats_on_one_side_only_fall_back_to_samples(tmp_path):
+    df = _cmp(tmp_path, [case("m", groups=_procs(5))], [case("m", samples=noise(6))])
+    assert df.iloc[0]["basis"] == "samples"
+    assert load_run(tmp_path / "base").samples.groupby("repeat").size().tolist() == [150, 150, 150]
+
+
 def test_new_missing_failed(tmp_path):
     base = [case("a", samples=noise(1)), case("gone", samples=noise(2)), case("broke", samples=noise(3)),
             case("wasbad", status="error"), case("unsup", samples=noise(4))]

@@ -116,3 +116,50 @@ def test_cuda_cases_leave_a_server_that_loaded_cuda(tmp_path):
     assert isinstance(runner._isolation_for(fs, cuda), Spawner)
     assert runner._isolation_for(fs, cpu) is fs
     assert "spawn" in runner.state.meta["isolation_cuda"]
+
+
+def test_repeats_pool_processes_and_resume_adds_the_missing_ones(tmp_path):
+    import numpy as np
+
+    from bench.store import write_results, write_samples
+
+    out = tmp_path / "results"
+    r = subprocess.run(BASE + ["--res", "64", "--repeats", "3", "--out", str(out), "--run-id", "rep"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    run_dir = out / "rep"
+    run = load_run(run_dir)
+    res, s = run.results.set_index("case_id"), run.samples
+    assert len(res) == 2 and (res["status"] == "ok").all() and (res["repeats"] == 3).all()
+    assert json.loads((run_dir / "meta.json").read_text())["config"]["repeats"] == 3
+    assert not s.duplicated(["case_id", "repeat", "iter"]).any()
+    for cid, row in res.iterrows():
+        mine = s[s["case_id"] == cid]
+        assert sorted(mine["repeat"].unique()) == [0, 1, 2]
+        assert row["n"] == len(mine)
+        assert row["latency_ms_median"] == np.median(mine["latency_ms"])
+        assert row["latency_ms_ci_low"] <= row["latency_ms_median"] <= row["latency_ms_ci_high"]
+        meds = mine.groupby("repeat")["latency_ms"].median()
+        assert row["latency_ms_repeat_cv"] == meds.std(ddof=1) / meds.mean() * 100
+
+    # a run killed after the second pass: one case has two processes stored, the other three
+    cut = res.index[0]
+    rows = run.results.copy()
+    rows.loc[rows["case_id"] == cut, "repeats"] = 2
+    write_results(run_dir, rows)
+    write_samples(run_dir, s[~((s["case_id"] == cut) & (s["repeat"] == 2))].reset_index(drop=True))
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["status"] = "interrupted"
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    r = subprocess.run([sys.executable, str(REPO / "run_bench.py"), "--resume", "rep", "--out", str(out), "-q",
+                        "--no-report"], cwd=REPO, capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, r.stderr
+    final = load_run(run_dir)
+    fres, fs = final.results.set_index("case_id"), final.samples
+    other = res.index[1]
+    assert fres.loc[other, "wall_s"] == res.loc[other, "wall_s"]  # complete case untouched
+    assert (fs[fs["case_id"] == other]["latency_ms"].to_numpy() == s[s["case_id"] == other]["latency_ms"]).all()
+    assert fres.loc[cut, "repeats"] == 3 and fres.loc[cut, "wall_s"] > res.loc[cut, "wall_s"] * 0.5
+    assert sorted(fs[fs["case_id"] == cut]["repeat"].unique()) == [0, 1, 2]
+    assert fres.loc[cut, "n"] == (fs["case_id"] == cut).sum()
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "complete"

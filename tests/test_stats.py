@@ -75,3 +75,67 @@ def test_mann_whitney_matches_scipy():
     assert mann_whitney_p(a, b) == pytest.approx(st.mannwhitneyu(a, b, alternative="two-sided").pvalue)
     assert mann_whitney_p([1.0, 1.0], [1.0, 1.0]) == 1.0
     assert np.isnan(mann_whitney_p([], [1.0]))
+
+
+def test_repeat_cv_matches_numpy():
+    from bench.stats import repeat_cv
+
+    rng = np.random.default_rng(0)
+    groups = [rng.normal(m, 1.0, 101) for m in (100.0, 110.0, 95.0)]
+    meds = np.array([np.median(g) for g in groups])
+    assert repeat_cv(groups) == pytest.approx(meds.std(ddof=1) / meds.mean() * 100)
+    assert np.isnan(repeat_cv(groups[:1])) and np.isnan(repeat_cv([[], [1.0]]))
+
+
+def _processes(rng, center, k=3, n=200, between=0.05, within=0.01):
+    """k processes of n samples: each process has its own offset (lognormal, sd `between`), samples +-`within`."""
+    return [center * np.exp(rng.normal(0, between)) * rng.lognormal(0, within, n) for _ in range(k)]
+
+
+def test_hierarchical_ci_accounts_for_process_spread():
+    """A/A where processes disagree by ~5%: resampling samples alone excludes 1 most of the time (false alarms);
+    resampling processes then samples keeps 1 inside at about the nominal rate."""
+    from bench.stats import hierarchical_ratio_ci
+
+    rng = np.random.default_rng(7)
+    flat_excl = hier_excl = 0
+    trials = 40
+    for t in range(trials):
+        a, b = _processes(rng, 10.0), _processes(rng, 10.0)
+        _, lo, hi = bootstrap_ratio_ci(np.concatenate(a), np.concatenate(b), n_boot=300, seed=t)
+        flat_excl += not (lo <= 1.0 <= hi)
+        _, lo, hi = hierarchical_ratio_ci(a, b, n_boot=300, seed=t)
+        hier_excl += not (lo <= 1.0 <= hi)
+    assert flat_excl / trials > 0.5
+    assert hier_excl / trials <= 0.15
+
+
+def test_hierarchical_ci_detects_a_real_shift_and_reduces_to_one_level():
+    from bench.stats import hierarchical_ci, hierarchical_ratio_ci
+
+    rng = np.random.default_rng(3)
+    a = _processes(rng, 10.0, k=4, between=0.01)
+    b = _processes(rng, 13.0, k=4, between=0.01)
+    r, lo, hi = hierarchical_ratio_ci(a, b, n_boot=500, seed=0)
+    assert r == pytest.approx(np.median(np.concatenate(b)) / np.median(np.concatenate(a)))
+    assert 1.0 < lo <= r <= hi and r == pytest.approx(1.3, rel=0.05)
+    # one process: the two-level bootstrap is the ordinary bootstrap of the median; its CI is close to the
+    # order-statistic CI of the median
+    x = rng.lognormal(0, 0.05, 400) * 10
+    lo, hi = hierarchical_ci([x], n_boot=2000, seed=1)
+    olo, ohi = median_ci(x)
+    assert lo == pytest.approx(olo, rel=0.01) and hi == pytest.approx(ohi, rel=0.01)
+    # seeded, and nan without samples
+    assert hierarchical_ci(a, n_boot=200, seed=5) == hierarchical_ci(a, n_boot=200, seed=5)
+    assert all(np.isnan(v) for v in hierarchical_ci([[], []]))
+
+
+def test_process_welch_p_matches_scipy_on_log_medians():
+    from bench.stats import process_welch_p
+
+    rng = np.random.default_rng(2)
+    a = [rng.normal(m, 0.1, 51) for m in (10.0, 10.4, 9.8)]
+    b = [rng.normal(m, 0.1, 51) for m in (11.0, 11.5, 10.9, 11.2)]
+    want = st.ttest_ind(np.log([np.median(g) for g in b]), np.log([np.median(g) for g in a]), equal_var=False)
+    assert process_welch_p(a, b) == pytest.approx(want.pvalue)
+    assert np.isnan(process_welch_p(a[:1], b)) and process_welch_p([[1.0], [1.0]], [[1.0], [1.0]]) == 1.0
