@@ -2,6 +2,7 @@
 
     python -m bench.bench_engine            # full: the default CPU matrix twice (~20 min on a 2-core machine)
     python -m bench.bench_engine --quick    # smoke: a tiny matrix twice (about a minute)
+    python -m bench.bench_engine --repeats 3  # the same with each case in 3 interleaved processes
 
 Prints:
 - A/A reproducibility: the same matrix run twice, back to back; per case the ratio of medians B/A; the fraction of
@@ -41,6 +42,8 @@ def _run(args: list[str], out: Path, env: dict | None = None) -> tuple[Path, flo
 
 
 def _aa(a_dir: Path, b_dir: Path) -> dict:
+    import pandas as pd
+
     from bench.store import load_run
 
     a = load_run(a_dir).results
@@ -50,8 +53,15 @@ def _aa(a_dir: Path, b_dir: Path) -> dict:
     common = a.index.intersection(b.index)
     ratio = (b[common] / a[common]).astype(float)
     within = float(((ratio - 1).abs() <= 0.02).mean()) if len(ratio) else float("nan")
+    from bench.compare import compare_runs
+
+    verdicts = compare_runs(load_run(a_dir), load_run(b_dir))["verdict"].value_counts().to_dict()
+    cv = pd.concat([load_run(d).results["latency_ms_repeat_cv"] for d in (a_dir, b_dir)]).dropna()
     return {"cases": int(len(ratio)), "within_2pct": within, "ratio_min": float(ratio.min()),
             "ratio_median": float(ratio.median()), "ratio_max": float(ratio.max()),
+            "compare_verdicts": {str(k): int(v) for k, v in verdicts.items()},
+            "repeat_cv_median_pct": float(cv.median()) if len(cv) else None,
+            "repeat_cv_max_pct": float(cv.max()) if len(cv) else None,
             "per_case": {k: round(float(v), 4) for k, v in ratio.items()}}
 
 
@@ -97,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny matrix (smoke check of this script)")
     p.add_argument("--out", default=None, help="folder for the two runs (default: a temporary folder)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--repeats", type=int, default=1, help="run_bench.py --repeats for both runs (default 1)")
     a = p.parse_args(argv)
-    args = QUICK if a.quick else FULL
+    args = (QUICK if a.quick else FULL) + (["--repeats", str(a.repeats)] if a.repeats > 1 else [])
     from bench.timer import timer_overhead_ns
 
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="densebench-engine-"))
@@ -117,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  wall time of the matrix: A {wall_a:.1f} s, B {wall_b:.1f} s (whole command, startup included)")
     print(f"  A/A: {aa['cases']} cases; within +-2%: {aa['within_2pct']:.0%}; ratio B/A min {aa['ratio_min']:.3f} "
           f"median {aa['ratio_median']:.3f} max {aa['ratio_max']:.3f}")
+    print(f"  A/A through `compare` (threshold 5%, alpha 0.01): {aa['compare_verdicts']}")
+    if aa["repeat_cv_median_pct"] is not None:
+        print(f"  spread of process medians within a case (--repeats): CV median {aa['repeat_cv_median_pct']:.1f}%, "
+              f"max {aa['repeat_cv_max_pct']:.1f}%")
     print(f"  timer overhead: {figures['timer_overhead_ns']:.0f} ns per sample (empty callable)")
     for k in ("A", "B"):
         o = figures["overhead_in_runs"][k]
