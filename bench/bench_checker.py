@@ -13,12 +13,14 @@ What it measures, with `bench.compare.compare_runs` and its defaults (threshold 
 - The achieved slowdown (median over trials of the ratio of medians), since the injected cost is calibrated, not
   exact; and the spread of the A/A ratios (the noise the threshold must sit above).
 
-How runs are made: every run is a fresh interpreter (`--child` mode of this script) that measures each case through
-the engine's own child code path, `bench.worker.run_case` (backends.prepare, bench.timer.measure, summarize),
-with `models.registry.build_model` wrapped to add the matmul when a slowdown is asked. The engine's runner has no
-hook to alter a model, so this script does the runner's bookkeeping itself (rows + samples -> bench.store run
-folders) and keeps the runner's isolation property (a process per run). Runs of one trial are interleaved
-(baseline, A/A, 5%, 10%, 20%) so that slow machine drift hits them alike.
+How runs are made: every run is made of fresh interpreters (`--child` mode of this script, with the runner's
+child environment) that measure each case through the engine's own child code path, `bench.worker.run_case`
+(backends.prepare, bench.timer.measure), with `models.registry.build_model` wrapped to add the matmul when a
+slowdown is asked. The engine's runner has no hook to alter a model, so this script does the runner's bookkeeping
+itself (rows + samples -> bench.store run folders, processes pooled by bench.repeats as the runner pools them).
+With `--repeats R` each run is R processes sharing the time budget, and the processes of one trial are
+interleaved (process 1 of baseline, A/A, 5%, 10%, 20%, then process 2, ...) so that slow machine drift hits the
+runs alike; `compare` then judges them on the process level (basis "repeats").
 
 Output: a Markdown table on stdout and, with --json FILE, every figure as JSON.
 """
@@ -139,8 +141,9 @@ def _cases(models: list[str], res: list[int], threads: int, min_time_s: float, m
 def _spawn(spec: dict, workdir: Path, tag: str, timeout_s: float) -> dict:
     sp, op = workdir / f"{tag}.spec.json", workdir / f"{tag}.out.json"
     sp.write_text(json.dumps(spec, default=str))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    from bench.runner import _child_env
+
+    env = _child_env()  # the runner's child environment: PYTHONPATH and the malloc settings (bench.runner)
     p = subprocess.run([sys.executable, "-m", "bench.bench_checker", "--child", str(sp), str(op)], env=env,
                        cwd=str(REPO), capture_output=True, text=True, timeout=timeout_s)
     if p.returncode != 0 or not op.exists():
@@ -149,16 +152,21 @@ def _spawn(spec: dict, workdir: Path, tag: str, timeout_s: float) -> dict:
     return json.loads(op.read_text())
 
 
-def _store_run(root: Path, run_id: str, cases, out: dict, meta_extra: dict) -> Path:
+def _store_run(root: Path, run_id: str, cases, outs: list[dict], meta_extra: dict) -> Path:
+    """A run folder from the outputs of the run's processes (one per repeat), pooled as the runner pools them."""
     from bench.envinfo import environment
+    from bench.repeats import failed, pool_rows
     from bench.store import results_frame, samples_frame, write_meta, write_results, write_samples
 
     rows, srows = [], []
-    for case, row, samples in zip(cases, out["rows"], out["samples"]):
-        full = {**row, **case.row_base(), "run_id": run_id, "case_id": case.case_id}
-        rows.append(full)
-        srows += [{"run_id": run_id, "case_id": case.case_id, "iter": j, "latency_ms": v}
-                  for j, v in enumerate(samples)]
+    for i, case in enumerate(cases):
+        per = [o["rows"][i] for o in outs]
+        groups = [o["samples"][i] for o in outs]
+        bad = next((k for k, r in enumerate(per) if r.get("status") != "ok"), None)
+        row = failed(per[bad], bad, len(outs)) if bad is not None else pool_rows(per, groups)
+        rows.append({**row, **case.row_base(), "run_id": run_id, "case_id": case.case_id})
+        srows += [{"run_id": run_id, "case_id": case.case_id, "repeat": r, "iter": j, "latency_ms": v}
+                  for r, g in enumerate(groups) for j, v in enumerate(g)]
     d = root / run_id
     write_results(d, results_frame(rows))
     write_samples(d, samples_frame(srows))
@@ -179,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     ap.add_argument("--min-time", type=float, default=None, help="min timed seconds per case (default 1.0)")
     ap.add_argument("--max-time", type=float, default=None, help="max timed seconds per case (default 4.0)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="processes per run, interleaved across the trial's runs, sharing the time budget "
+                         "(run_bench.py --repeats; default 1)")
     ap.add_argument("--threshold", type=float, default=0.05)
     ap.add_argument("--alpha", type=float, default=0.01)
     ap.add_argument("--keep", metavar="DIR", help="keep the run folders here (default: a temporary folder)")
@@ -203,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     work = root / "_specs"
     work.mkdir(exist_ok=True)
+    R = max(1, a.repeats)
     for s in specs:
         s["extra"] = {"workdir": str(work)}
+    run_specs = [dict(s, min_time_s=s["min_time_s"] / R, max_time_s=s["max_time_s"] / R) for s in specs]
     timeout = 120 + 10 * len(cases) * (max_t + 5)
     t0 = time.perf_counter()
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
@@ -221,10 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     for t in range(trials):
         none = [0] * len(cases)
         runs = {"base": none, "aa": none, **{f"slow{f}": [v["n"] for v in sizes[f]] for f in SLOWDOWNS}}
-        dirs = {}
-        for tag, ns in runs.items():
-            out = _spawn({"cases": specs, "inject": ns}, work, f"t{t}-{tag}", timeout)
-            dirs[tag] = _store_run(root, f"t{t:02d}-{tag}", cases, out, {"inject_matmul_n": ns})
+        outs: dict[str, list[dict]] = {tag: [] for tag in runs}
+        for rep in range(R):  # process rep of every run of the trial, then the next: drift hits all runs alike
+            for tag, ns in runs.items():
+                outs[tag].append(_spawn({"cases": run_specs, "inject": ns}, work, f"t{t}-{tag}-r{rep}", timeout))
+        dirs = {tag: _store_run(root, f"t{t:02d}-{tag}", cases, outs[tag], {"inject_matmul_n": ns, "repeats": R})
+                for tag, ns in runs.items()}
         base = load_run(dirs["base"])
         df = compare_runs(base, load_run(dirs["aa"]), threshold=a.threshold, alpha=a.alpha)
         aa.append({"alarm": bool(df["regression"].any()), "ratios": df["ratio"].tolist(),
@@ -240,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     aa_ratios = np.array([r for x in aa for r in x["ratios"]], dtype=float)
     summary = {
         "trials": trials, "cases": [c.label() for c in cases], "threshold": a.threshold, "alpha": a.alpha,
+        "repeats": R,
         "calibration": cal, "wall_s": round(time.perf_counter() - t0, 1),
         "aa": {"false_alarm_runs": sum(x["alarm"] for x in aa), "compares": trials,
                "false_alarm_cases": int(sum(v == "slower" for x in aa for v in x["verdicts"])),
@@ -258,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = summary
     print(f"### Checker error rates ({trials} trials, {len(cases)} case(s): {', '.join(s['cases'])}; "
-          f"threshold {a.threshold:.0%}, alpha {a.alpha})\n")
+          f"{R} process(es) per run; threshold {a.threshold:.0%}, alpha {a.alpha})\n")
     print("| experiment | achieved slowdown (median ratio) | flagged | rate |")
     print("|---|---:|---:|---:|")
     print(f"| A/A (no change) | {s['aa']['ratio_median']:.3f} | {s['aa']['false_alarm_runs']}/{trials} runs, "
