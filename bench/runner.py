@@ -353,6 +353,7 @@ class Runner:
         self._macs: dict = {}
         self._fit: dict = {}
         self._spawner: Spawner | None = None
+        self._groups: dict[str, dict[int, list[float]]] | None = None
         self.overheads: list[float] = []  # child wall time minus its own measuring time (per ok case)
 
     def _processes_done(self, row: dict | None) -> int:
@@ -508,14 +509,17 @@ class Runner:
         for k, v in case.row_base().items():  # identity is the parent's, whatever the child said
             full[k] = v
         prev = st.rows[rows_at[case.case_id]] if case.case_id in rows_at else None
+        by_rep = self._groups_of(case.case_id)  # indexed before this process's samples join the run's
         st.samples.extend({"run_id": st.run_id, "case_id": case.case_id, "repeat": rep, "iter": j, "latency_ms": v}
                           for j, v in enumerate(samples))
+        if samples:
+            by_rep.setdefault(rep, []).extend(float(v) for v in samples)
         if full.get("status") != "ok":
             full = rp.failed(full, rep, R)
         else:
             mine = procs.setdefault(case.case_id, [prev] if prev is not None and prev.get("status") == "ok" else [])
             mine.append(full)
-            groups = self._groups(case.case_id)
+            groups = [g for _, g in sorted(by_rep.items())]
             full = rp.pool_rows(mine, groups) if len(mine) > 1 else {**full, "repeats": 1,
                                                                       "latency_ms_repeat_cv": float("nan")}
             if prev is not None:
@@ -531,14 +535,15 @@ class Runner:
         st.save()
         self.log(_line(full))
 
-    def _groups(self, case_id: str) -> list[list[float]]:
-        """The samples of a case, one list per process, in process order."""
-        by: dict[int, list[float]] = {}
-        for s in self.state.samples:
-            if s.get("case_id") == case_id:
+    def _groups_of(self, case_id: str) -> dict[int, list[float]]:
+        """repeat -> samples of a case (indexed from the run's samples once, then kept up to date)."""
+        if self._groups is None:
+            self._groups = {}
+            for s in self.state.samples:
                 r = s.get("repeat")
-                by.setdefault(0 if r is None or _isna(r) else int(r), []).append(float(s["latency_ms"]))
-        return [by[k] for k in sorted(by)]
+                self._groups.setdefault(str(s.get("case_id")), {}).setdefault(
+                    0 if r is None or _isna(r) else int(r), []).append(float(s["latency_ms"]))
+        return self._groups.setdefault(case_id, {})
 
     def estimate_s(self, case: Case, repeats: int = 1) -> float:
         """Rough wall time of one process of a case for the ETA: overhead + first call + warm-up + sampling (its

@@ -384,9 +384,10 @@ def _quick_run_available() -> str | None:
 @pytest.mark.slow
 @pytest.mark.skipif(_quick_run_available() is not None, reason=str(_quick_run_available()))
 def test_report_of_a_real_quick_run(tmp_path):
-    """End to end: `run_bench.py --quick` measures real cases and writes its report through write_report."""
+    """End to end: `run_bench.py --quick --repeats 2` measures real cases in two processes each and writes its
+    report through write_report (speedup CIs from the bootstrap over processes)."""
     res = tmp_path / "results"
-    cmd = [sys.executable, str(ROOT / "run_bench.py"), "--quick", "--out", str(res), "-q"]
+    cmd = [sys.executable, str(ROOT / "run_bench.py"), "--quick", "--repeats", "2", "--out", str(res), "-q"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     runs = sorted(d for d in res.iterdir() if (d / "results.parquet").exists())
@@ -400,6 +401,8 @@ def test_report_of_a_real_quick_run(tmp_path):
     c = _parse(page)
     assert all(a["src"].startswith("data:image/png;base64,") for t, a in c.tags if t == "img")
     assert "figure failed" not in page
+    assert (run.results.loc[run.results["status"] == "ok", "repeats"] == 2).all()
+    assert "Processes per case</dt><dd>2 " in page
     # the CLI subcommand answers bad input with exit 2 and one line
     bad = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "report", str(tmp_path / "nope")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -140,14 +140,20 @@ def _base_name(model: Any) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # speedups
 
-def _ratio_ci(target_samples: np.ndarray | None, base_samples: np.ndarray | None, t_row, b_row):
-    """CI of base/target median latency: bootstrap on raw samples when both exist, else the conservative
-    interval from the two medians' CIs (base_low/target_high, base_high/target_low)."""
+def _ratio_ci(target_groups: list[np.ndarray] | None, base_groups: list[np.ndarray] | None, t_row, b_row):
+    """CI of base/target median latency: bootstrap on raw samples when both exist (over processes and samples
+    when both cases were measured in several processes, --repeats), else the conservative interval from the two
+    medians' CIs (base_low/target_high, base_high/target_low)."""
+    target_samples = np.concatenate(target_groups) if target_groups else None
+    base_samples = np.concatenate(base_groups) if base_groups else None
     if target_samples is not None and base_samples is not None and len(target_samples) >= 2 \
             and len(base_samples) >= 2:
         try:
-            from bench.stats import bootstrap_ratio_ci
-            _, lo, hi = bootstrap_ratio_ci(target_samples, base_samples, n_boot=1000, seed=0)
+            from bench.stats import bootstrap_ratio_ci, hierarchical_ratio_ci
+            if len(target_groups) >= 2 and len(base_groups) >= 2:
+                _, lo, hi = hierarchical_ratio_ci(target_groups, base_groups, n_boot=1000, seed=0)
+            else:
+                _, lo, hi = bootstrap_ratio_ci(target_samples, base_samples, n_boot=1000, seed=0)
             if np.isfinite(lo) and np.isfinite(hi):
                 return lo, hi, "bootstrap"
         except Exception:  # stats module missing or changed: fall back to the interval bound below
@@ -224,10 +230,14 @@ def _s(v) -> str:
     return "" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
-def _sample_index(samples: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
+def _sample_index(samples: pd.DataFrame) -> dict[tuple[str, str], list[np.ndarray]]:
+    """(run_id, case_id) -> the case's samples, one array per process (--repeats; one array without)."""
     if not len(samples):
         return {}
-    return {(str(k[0]), str(k[1])): g["latency_ms"].to_numpy(dtype="float64")
+    if "repeat" not in samples.columns:
+        samples = samples.assign(repeat=0)
+    return {(str(k[0]), str(k[1])): [r["latency_ms"].to_numpy(dtype="float64")
+                                     for _, r in g.groupby(g["repeat"].fillna(0), sort=True)]
             for k, g in samples.groupby(["run_id", "case_id"], sort=False)}
 
 
@@ -415,7 +425,7 @@ def methodology(m: Merged) -> dict:
             started=_s(run.meta.get("started_at") or (r["started_at"].dropna().min() if len(r) else "")),
         ))
     return dict(
-        warmup=rng("warmup_iters"), samples=rng("n"),
+        warmup=rng("warmup_iters"), samples=rng("n"), repeats=rng("repeats"), repeat_cv=rng("latency_ms_repeat_cv"),
         converged=(f"{int(conv.sum())} of {len(conv)} ok cases reached the CI target" if len(conv) else
                    "not recorded"),
         threads=", ".join(map(str, threads)) if threads else "not recorded",
