@@ -2,6 +2,8 @@
 
     python -m bench.bench_checker            # full: 20 trials (~15-25 min on a quiet 2-core machine)
     python -m bench.bench_checker --quick    # smoke: 1 trial of a tiny case (about 2 minutes on a busy machine)
+    python -m bench.bench_checker --keep DIR --repeats 3   # keep the runs ...
+    python -m bench.bench_checker --analyze DIR --threshold 0.1 --alpha 0.05   # ... and re-judge them
 
 What it measures, with `bench.compare.compare_runs` and its defaults (threshold 5%, alpha 0.01):
 - False alarms: per trial, two independent runs of the same unmodified cases (A/A), compared. Target: no false
@@ -177,6 +179,30 @@ def _store_run(root: Path, run_id: str, cases, outs: list[dict], meta_extra: dic
 _ENV: dict = {}
 
 
+def judge_trial(root: Path, t: int, threshold: float, alpha: float) -> tuple[dict, dict]:
+    """Compare trial t's stored runs (tNN-base against tNN-aa and each tNN-slowX): the A/A entry and, per slowdown,
+    the detection entry."""
+    from bench.compare import compare_runs
+    from bench.store import load_run
+
+    base = load_run(root / f"t{t:02d}-base")
+    df = compare_runs(base, load_run(root / f"t{t:02d}-aa"), threshold=threshold, alpha=alpha)
+    aa = {"alarm": bool(df["regression"].any()), "ratios": df["ratio"].tolist(), "verdicts": df["verdict"].tolist()}
+    det = {}
+    for f in SLOWDOWNS:
+        d = compare_runs(base, load_run(root / f"t{t:02d}-slow{f}"), threshold=threshold, alpha=alpha)
+        det[f] = {"detected_cases": int((d["verdict"] == "slower").sum()), "cases": len(d),
+                  "ratios": d["ratio"].tolist(), "verdicts": d["verdict"].tolist()}
+    return aa, det
+
+
+def stored_trials(root: Path) -> list[int]:
+    """Trial numbers whose five run folders are all in root (a --keep folder of an earlier run)."""
+    tags = ["base", "aa", *(f"slow{f}" for f in SLOWDOWNS)]
+    found = sorted({int(p.name[1:3]) for p in root.glob("t[0-9][0-9]-base")})
+    return [t for t in found if all((root / f"t{t:02d}-{tag}" / "results.parquet").exists() for tag in tags)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_checker", description=__doc__.split("\n")[0])
     ap.add_argument("--child", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
@@ -194,14 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=0.01)
     ap.add_argument("--keep", metavar="DIR", help="keep the run folders here (default: a temporary folder)")
     ap.add_argument("--json", metavar="FILE", help="write every figure as JSON")
+    ap.add_argument("--analyze", metavar="DIR",
+                    help="measure nothing: re-judge the trials stored in DIR (a --keep folder) with --threshold and "
+                         "--alpha, e.g. to see the trade-off between false alarms and detection on the same runs")
     a = ap.parse_args(argv)
     if a.child:
         return _child(*a.child)
-
-    import numpy as np
-
-    from bench.compare import compare_runs
-    from bench.store import load_run
+    if a.analyze:
+        return _analyze(Path(a.analyze), a.threshold, a.alpha, a.json)
 
     trials = a.trials or (1 if a.quick else 20)
     models = ["block:msla"] if a.quick and a.models == ap.get_default("models") else a.models.split(",")
@@ -240,54 +266,78 @@ def main(argv: list[str] | None = None) -> int:
                 outs[tag].append(_spawn({"cases": run_specs, "inject": ns}, work, f"t{t}-{tag}-r{rep}", timeout))
         dirs = {tag: _store_run(root, f"t{t:02d}-{tag}", cases, outs[tag], {"inject_matmul_n": ns, "repeats": R})
                 for tag, ns in runs.items()}
-        base = load_run(dirs["base"])
-        df = compare_runs(base, load_run(dirs["aa"]), threshold=a.threshold, alpha=a.alpha)
-        aa.append({"alarm": bool(df["regression"].any()), "ratios": df["ratio"].tolist(),
-                   "verdicts": df["verdict"].tolist()})
+        del dirs  # written under root as tNN-<tag>, which judge_trial reads back
+        aa_t, det_t = judge_trial(root, t, a.threshold, a.alpha)
+        aa.append(aa_t)
         for f in SLOWDOWNS:
-            d = compare_runs(base, load_run(dirs[f"slow{f}"]), threshold=a.threshold, alpha=a.alpha)
-            det[f].append({"detected_cases": int((d["verdict"] == "slower").sum()), "cases": len(d),
-                           "ratios": d["ratio"].tolist(), "verdicts": d["verdict"].tolist()})
+            det[f].append(det_t[f])
         log(f"trial {t + 1}/{trials}: A/A {'ALARM' if aa[-1]['alarm'] else 'clean'}; "
             + ", ".join(f"{f:.0%} {det[f][-1]['detected_cases']}/{det[f][-1]['cases']}" for f in SLOWDOWNS)
             + f" ({time.perf_counter() - t0:.0f} s)")
 
+    summary = _summary(aa, det, trials)
+    summary.update({"cases": [c.label() for c in cases], "threshold": a.threshold, "alpha": a.alpha, "repeats": R,
+                    "calibration": cal, "wall_s": round(time.perf_counter() - t0, 1)})
+    _print(summary, f"{trials} trials, {len(cases)} case(s): {', '.join(summary['cases'])}; {R} process(es) per "
+                    f"run; threshold {a.threshold:.0%}, alpha {a.alpha}")
+    print(f"\nA/A noise: max |ratio - 1| = {math.expm1(summary['aa']['max_abs_log_ratio']):.1%}; wall "
+          f"{summary['wall_s']:.0f} s; runs in {root}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _summary(aa: list[dict], det: dict, trials: int) -> dict:
+    import numpy as np
+
     aa_ratios = np.array([r for x in aa for r in x["ratios"]], dtype=float)
-    summary = {
-        "trials": trials, "cases": [c.label() for c in cases], "threshold": a.threshold, "alpha": a.alpha,
-        "repeats": R,
-        "calibration": cal, "wall_s": round(time.perf_counter() - t0, 1),
-        "aa": {"false_alarm_runs": sum(x["alarm"] for x in aa), "compares": trials,
-               "false_alarm_cases": int(sum(v == "slower" for x in aa for v in x["verdicts"])),
-               "case_compares": int(aa_ratios.size),
-               "ratio_median": float(np.median(aa_ratios)) if aa_ratios.size else math.nan,
-               "max_abs_log_ratio": float(np.max(np.abs(np.log(aa_ratios)))) if aa_ratios.size else math.nan},
-        "detection": {},
-    }
+    out = {"trials": trials,
+           "aa": {"false_alarm_runs": sum(x["alarm"] for x in aa), "compares": trials,
+                  "false_alarm_cases": int(sum(v == "slower" for x in aa for v in x["verdicts"])),
+                  "case_compares": int(aa_ratios.size),
+                  "ratio_median": float(np.median(aa_ratios)) if aa_ratios.size else math.nan,
+                  "max_abs_log_ratio": float(np.max(np.abs(np.log(aa_ratios)))) if aa_ratios.size else math.nan},
+           "detection": {}}
     for f in SLOWDOWNS:
         rs = np.array([r for x in det[f] for r in x["ratios"]], dtype=float)
         n_det = sum(x["detected_cases"] for x in det[f])
         n_all = sum(x["cases"] for x in det[f])
-        summary["detection"][f"{f:.2f}"] = {"detected": n_det, "case_compares": n_all,
-                                            "rate": n_det / n_all if n_all else math.nan,
-                                            "achieved_ratio_median": float(np.median(rs)) if rs.size else math.nan}
+        out["detection"][f"{f:.2f}"] = {"detected": n_det, "case_compares": n_all,
+                                        "rate": n_det / n_all if n_all else math.nan,
+                                        "achieved_ratio_median": float(np.median(rs)) if rs.size else math.nan}
+    return out
 
-    s = summary
-    print(f"### Checker error rates ({trials} trials, {len(cases)} case(s): {', '.join(s['cases'])}; "
-          f"{R} process(es) per run; threshold {a.threshold:.0%}, alpha {a.alpha})\n")
+
+def _print(s: dict, title: str) -> None:
+    trials = s["trials"]
+    print(f"### Checker error rates ({title})\n")
     print("| experiment | achieved slowdown (median ratio) | flagged | rate |")
     print("|---|---:|---:|---:|")
     print(f"| A/A (no change) | {s['aa']['ratio_median']:.3f} | {s['aa']['false_alarm_runs']}/{trials} runs, "
           f"{s['aa']['false_alarm_cases']}/{s['aa']['case_compares']} cases | "
-          f"{s['aa']['false_alarm_runs'] / trials:.0%} false alarms |")
+          f"{s['aa']['false_alarm_runs'] / max(trials, 1):.0%} false alarms |")
     for f in SLOWDOWNS:
         d = s["detection"][f"{f:.2f}"]
         print(f"| +{f:.0%} injected matmul | {d['achieved_ratio_median']:.3f} | {d['detected']}/{d['case_compares']}"
               f" cases | {d['rate']:.0%} detected |")
-    print(f"\nA/A noise: max |ratio - 1| = {math.expm1(s['aa']['max_abs_log_ratio']):.1%}; wall {s['wall_s']:.0f} s; "
-          f"runs in {root}")
-    if a.json:
-        Path(a.json).write_text(json.dumps(summary, indent=2, default=str))
+
+
+def _analyze(root: Path, threshold: float, alpha: float, json_path: str | None) -> int:
+    trials = stored_trials(root)
+    if not trials:
+        print(f"bench_checker: --analyze: no complete trial (tNN-base, tNN-aa, tNN-slow...) in {root}", file=sys.stderr)
+        return 2
+    aa, det = [], {f: [] for f in SLOWDOWNS}
+    for t in trials:
+        aa_t, det_t = judge_trial(root, t, threshold, alpha)
+        aa.append(aa_t)
+        for f in SLOWDOWNS:
+            det[f].append(det_t[f])
+    summary = _summary(aa, det, len(trials))
+    summary.update({"threshold": threshold, "alpha": alpha, "analyzed": str(root)})
+    _print(summary, f"{len(trials)} stored trials re-judged from {root}; threshold {threshold:.0%}, alpha {alpha}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(summary, indent=2, default=str))
     return 0
 
 
