@@ -389,8 +389,10 @@ def to_markdown(df: pd.DataFrame) -> str:
             out.append("| " + " | ".join(_md_cell(c) for c in r) + " |")
         out.append("")
     out.append(f"Verdict rule: slower/faster when the ratio of medians is beyond {a.get('threshold', 0):.1%}, "
-               f"the Mann-Whitney p < {a.get('alpha')} and the {1 - a.get('alpha', 0.01):.0%} bootstrap CI "
-               "of the ratio excludes 1.")
+               f"the p-value < {a.get('alpha')} and the {1 - a.get('alpha', 0.01):.0%} bootstrap CI "
+               "of the ratio excludes 1. p: Mann-Whitney on the samples; for cases measured in several processes "
+               "in both runs (--repeats), Welch's t on the log process medians, with the CI bootstrapped over "
+               "processes then samples.")
     return "\n".join(out) + "\n"
 
 
