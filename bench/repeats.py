@@ -20,9 +20,8 @@ import math
 
 import numpy as np
 
-from bench.stats import hierarchical_ci, repeat_cv, summarize
+from bench.stats import SUMMARY_KEYS, hierarchical_ci, repeat_cv, summarize
 
-LATENCY_KEYS = ("median", "mean", "std", "min", "max", "p90", "p95", "p99", "iqr", "ci_low", "ci_high")
 MAX_OF = ("peak_mem_mb", "peak_mem_reserved_mb", "activations_mem_mb", "rel_err")
 
 
@@ -30,7 +29,7 @@ def latency_fields(samples_ms, batch: int, macs: int | None, peak_gmacs_per_s: f
     """The latency, throughput and efficiency columns of a row from its raw samples (milliseconds)."""
     s = summarize(samples_ms)
     row = {"n": s["n"]}
-    for k in LATENCY_KEYS:
+    for k in SUMMARY_KEYS[1:]:  # all but n
         row[f"latency_ms_{k}"] = s[k]
     med_s = s["median"] / 1e3
     ok = med_s > 0 and math.isfinite(med_s)
@@ -51,7 +50,7 @@ def pool_rows(rows: list[dict], groups: list[list[float]]) -> dict:
     if len(groups) <= 1:
         out["latency_ms_repeat_cv"] = float("nan")
         return out
-    pooled = np.concatenate([np.asarray(g, dtype=np.float64) for g in groups]) if groups else np.array([])
+    pooled = np.concatenate([np.asarray(g, dtype=np.float64) for g in groups])
     out.update(latency_fields(pooled, int(out.get("batch") or 1), out.get("macs"),
                               _f(out.get("device_peak_gmacs_per_s"))))
     lo, hi = hierarchical_ci(groups, np.median, conf=0.95, n_boot=1000, seed=0)

@@ -127,7 +127,7 @@ def repeat_cv(groups) -> float:
     `groups`: one array of samples per process. Sample standard deviation (ddof=1) of the group medians over their
     mean, in percent; nan with fewer than two non-empty groups.
     """
-    meds = np.array([np.median(g) for g in (_clean(g) for g in groups) if g.size])
+    meds = np.array([np.median(g) for g in _groups(groups)])
     if meds.size < 2 or meds.mean() <= 0:
         return float("nan")
     return float(meds.std(ddof=1) / meds.mean() * 100.0)
@@ -135,6 +135,12 @@ def repeat_cv(groups) -> float:
 
 def _groups(groups) -> list[np.ndarray]:
     return [g for g in (_clean(g) for g in groups) if g.size]
+
+
+def _percentile_ci(replicates: np.ndarray, conf: float) -> tuple[float, float]:
+    tail = (1.0 - conf) / 2.0 * 100.0
+    lo, hi = np.percentile(replicates, [tail, 100.0 - tail])
+    return float(lo), float(hi)
 
 
 def _hier_replicates(groups: list[np.ndarray], stat: Callable, n_boot: int, rng) -> np.ndarray:
@@ -154,10 +160,7 @@ def hierarchical_ci(groups, stat: Callable = np.median, conf: float = 0.95, n_bo
     g = _groups(groups)
     if not g:
         return float("nan"), float("nan")
-    reps = _hier_replicates(g, stat, n_boot, np.random.default_rng(seed))
-    tail = (1.0 - conf) / 2.0 * 100.0
-    lo, hi = np.percentile(reps, [tail, 100.0 - tail])
-    return float(lo), float(hi)
+    return _percentile_ci(_hier_replicates(g, stat, n_boot, np.random.default_rng(seed)), conf)
 
 
 def hierarchical_ratio_ci(a_groups, b_groups, stat: Callable = np.median, conf: float = 0.95, n_boot: int = 2000,
@@ -181,10 +184,8 @@ def hierarchical_ratio_ci(a_groups, b_groups, stat: Callable = np.median, conf: 
     if pa.size < 2 or pb.size < 2:
         return ratio, float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    reps = _hier_replicates(gb, stat, n_boot, rng) / _hier_replicates(ga, stat, n_boot, rng)
-    tail = (1.0 - conf) / 2.0 * 100.0
-    lo, hi = np.percentile(reps, [tail, 100.0 - tail])
-    return ratio, float(lo), float(hi)
+    lo, hi = _percentile_ci(_hier_replicates(gb, stat, n_boot, rng) / _hier_replicates(ga, stat, n_boot, rng), conf)
+    return ratio, lo, hi
 
 
 def process_welch_p(a_groups, b_groups) -> float:
