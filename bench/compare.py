@@ -55,8 +55,8 @@ import numpy as np
 import pandas as pd
 
 from bench.schema import IDENTITY
-from bench.stats import bootstrap_ratio_ci, hierarchical_ratio_ci, mann_whitney_p, process_welch_p
-from bench.store import Run, RunFormatError, load_run
+from bench.stats import mann_whitney_p, process_welch_p, ratio_ci
+from bench.store import Run, RunFormatError, load_run, samples_by_process
 
 VERDICTS = ("slower", "faster", "unchanged", "new", "missing", "failed")
 REGRESSION_STATUSES = ("oom", "timeout", "error")
@@ -127,10 +127,7 @@ def _samples_by_case(run: Run) -> dict[str, list[np.ndarray]]:
     missing = [c for c in ("case_id", "latency_ms") if c not in s.columns]
     if missing:
         raise RunFormatError(f"{run.path}/samples.parquet: missing columns {', '.join(missing)}")
-    s = s.assign(repeat=s["repeat"].fillna(0) if "repeat" in s.columns else 0)
-    s = s.sort_values([c for c in ("case_id", "repeat", "iter") if c in s.columns])
-    return {str(k): [r["latency_ms"].to_numpy(dtype=np.float64) for _, r in g.groupby("repeat", sort=True)]
-            for k, g in s.groupby("case_id", sort=False)}
+    return {k[0]: v for k, v in samples_by_process(s, ["case_id"]).items()}
 
 
 def _rates(df: pd.DataFrame) -> dict[str, float]:
@@ -235,14 +232,10 @@ def compare_runs(baseline: Run, current: Run, threshold: float = 0.05, alpha: fl
             x = np.concatenate(gx) if gx else None
             bmed, cmed = _f(br["latency_ms_median"]), _f(cr["latency_ms_median"]) * scale
             if a is not None and x is not None and len(a) >= 2 and len(x) >= 2:
-                if len(ga) >= 2 and len(gx) >= 2:  # processes disagree more than samples: resample both levels
-                    r, lo, hi = hierarchical_ratio_ci(ga, gx, np.median, conf=conf, n_boot=n_boot, seed=seed + i)
-                    p = process_welch_p(ga, gx)
-                    row["basis"] = "repeats"
-                else:
-                    r, lo, hi = bootstrap_ratio_ci(a, x, np.median, conf=conf, n_boot=n_boot, seed=seed + i)
-                    p = mann_whitney_p(a, x)
-                    row["basis"] = "samples"
+                # processes in both runs: resample both levels, test on the process medians
+                r, lo, hi, two_level = ratio_ci(ga, gx, np.median, conf=conf, n_boot=n_boot, seed=seed + i)
+                p = process_welch_p(ga, gx) if two_level else mann_whitney_p(a, x)
+                row["basis"] = "repeats" if two_level else "samples"
                 row.update(base_median_ms=float(np.median(a)), cur_median_ms=float(np.median(x)))
             else:
                 r = cmed / bmed if bmed > 0 else np.nan

@@ -188,6 +188,19 @@ def hierarchical_ratio_ci(a_groups, b_groups, stat: Callable = np.median, conf: 
     return ratio, lo, hi
 
 
+def ratio_ci(a_groups, b_groups, stat: Callable = np.median, conf: float = 0.95, n_boot: int = 2000,
+             seed: int | None = 0) -> tuple[float, float, float, bool]:
+    """(ratio, lo, hi, two_level) of stat(b) / stat(a) for samples given per process: the two-level bootstrap when
+    both sides have two or more processes (`hierarchical_ratio_ci`), else the one-level bootstrap of the pooled
+    samples (`bootstrap_ratio_ci`)."""
+    ga, gb = _groups(a_groups), _groups(b_groups)
+    if len(ga) >= 2 and len(gb) >= 2:
+        return (*hierarchical_ratio_ci(ga, gb, stat, conf=conf, n_boot=n_boot, seed=seed), True)
+    a = np.concatenate(ga) if ga else np.array([])
+    b = np.concatenate(gb) if gb else np.array([])
+    return (*bootstrap_ratio_ci(a, b, stat, conf=conf, n_boot=n_boot, seed=seed), False)
+
+
 def process_welch_p(a_groups, b_groups) -> float:
     """Two-sided Welch t-test p-value on the log medians of the processes of two runs (`scipy.stats.ttest_ind`).
 

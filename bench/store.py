@@ -78,6 +78,18 @@ def samples_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
                       "latency_ms": "float64"})
 
 
+def samples_by_process(samples: pd.DataFrame, by: list[str]) -> dict[tuple, list]:
+    """Raw samples grouped for statistics: key (values of `by`) -> one float64 array per process, in process and
+    iteration order. Runs written before --repeats existed have no `repeat` column: one process each."""
+    if samples is None or not len(samples):
+        return {}
+    s = samples.assign(repeat=samples["repeat"].fillna(0) if "repeat" in samples.columns else 0)
+    s = s.sort_values([c for c in (*by, "repeat", "iter") if c in s.columns], kind="stable")
+    return {tuple(str(v) for v in (k if isinstance(k, tuple) else (k,))):
+            [r["latency_ms"].to_numpy(dtype="float64") for _, r in g.groupby("repeat", sort=True)]
+            for k, g in s.groupby(by if len(by) > 1 else by[0], sort=False)}
+
+
 def write_results(run_dir: Path, results: pd.DataFrame) -> None:
     _atomic_write(run_dir / RESULTS, lambda p: results.to_parquet(p, index=False))
     _atomic_write(run_dir / RESULTS_CSV, lambda p: results.to_csv(p, index=False))

@@ -149,11 +149,8 @@ def _ratio_ci(target_groups: list[np.ndarray] | None, base_groups: list[np.ndarr
     if target_samples is not None and base_samples is not None and len(target_samples) >= 2 \
             and len(base_samples) >= 2:
         try:
-            from bench.stats import bootstrap_ratio_ci, hierarchical_ratio_ci
-            if len(target_groups) >= 2 and len(base_groups) >= 2:
-                _, lo, hi = hierarchical_ratio_ci(target_groups, base_groups, n_boot=1000, seed=0)
-            else:
-                _, lo, hi = bootstrap_ratio_ci(target_samples, base_samples, n_boot=1000, seed=0)
+            from bench.stats import ratio_ci
+            _, lo, hi, _ = ratio_ci(target_groups, base_groups, n_boot=1000, seed=0)
             if np.isfinite(lo) and np.isfinite(hi):
                 return lo, hi, "bootstrap"
         except Exception:  # stats module missing or changed: fall back to the interval bound below
@@ -232,13 +229,9 @@ def _s(v) -> str:
 
 def _sample_index(samples: pd.DataFrame) -> dict[tuple[str, str], list[np.ndarray]]:
     """(run_id, case_id) -> the case's samples, one array per process (--repeats; one array without)."""
-    if not len(samples):
-        return {}
-    if "repeat" not in samples.columns:
-        samples = samples.assign(repeat=0)
-    return {(str(k[0]), str(k[1])): [r["latency_ms"].to_numpy(dtype="float64")
-                                     for _, r in g.groupby(g["repeat"].fillna(0), sort=True)]
-            for k, g in samples.groupby(["run_id", "case_id"], sort=False)}
+    from bench.store import samples_by_process
+
+    return samples_by_process(samples, ["run_id", "case_id"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
