@@ -1,27 +1,91 @@
-"""The case matrix: model x resolution x device x backend x precision x batch x threads (+ layout flags).
+"""The case matrix, and the one place a case is named.
 
-A `Case` is a plain dataclass that travels to the child process as JSON (`to_spec` / `from_spec`). Its identity
-columns match `bench.schema.IDENTITY`, so `case_id` (= `schema.case_key`) is what `--resume` and `compare` match on.
-Nothing here imports torch or pandas.
+A case is model x resolution x device x backend x precision x batch x threads (+ layout flags). `Case` is frozen:
+the runner derives the per-process version of a case with `dataclasses.replace`, never by mutation. It crosses the
+process boundary as JSON (`to_spec` / `from_spec`, which checks every field's type), so the child works with the
+same typed record as the parent.
+
+Naming: `IDENTITY` are the columns that identify a case (two rows with equal identity measure the same thing:
+`--resume`, `compare` and the report match on them); `SETTING` is the device setting part of it (everything but
+the model and the resolution: one curve of a plot, one gate group). `case_key` (stable id, the `case_id` column),
+`case_label` and `setting_label` (human labels) are the only formatters of a case; every table, log line and
+report uses them. Nothing here imports torch or pandas.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
-from bench.schema import case_key
-
-VARIANT_MIXERS = ("msla", "relu-linear", "softmax", "large-kernel")
-DEFAULT_MODELS = tuple(f"evit-b1:{m}" for m in VARIANT_MIXERS)
+# device_name rather than device, so that cuda:0 on two hosts with different GPUs is not silently compared
+IDENTITY = ("model", "level", "height", "width", "device_name", "backend", "precision", "batch", "threads",
+            "channels_last", "folded")
+SETTING = ("device_name", "backend", "precision", "batch", "threads", "channels_last", "folded")
 LEVELS = ("model", "block", "both")
+DEFAULT_MODELS = ("evit-b1:msla", "evit-b1:relu-linear", "evit-b1:softmax", "evit-b1:large-kernel")
 
 
 class CaseError(ValueError):
     """Bad matrix input; the message is one line for users."""
 
 
-@dataclass
+# ---------------------------------------------------------------------------------------------------------------
+# formatting a case: key and labels
+
+
+def _value(row: Mapping[str, Any], key: str) -> Any:
+    """row[key] with pandas' missing values (None, NaN, NA) as None, without importing pandas."""
+    v = row.get(key) if hasattr(row, "get") else None
+    if v is None or (isinstance(v, float) and math.isnan(v)) or type(v).__name__ in ("NAType", "NaTType"):
+        return None
+    return v
+
+
+def _int(row: Mapping[str, Any], key: str) -> int | None:
+    v = _value(row, key)
+    return None if v is None else int(v)
+
+
+def _layout(row: Mapping[str, Any]) -> str:
+    return ("+cl" if _value(row, "channels_last") else "") + ("+fold" if _value(row, "folded") else "")
+
+
+def _res(row: Mapping[str, Any]) -> str:
+    h, w = _int(row, "height"), _int(row, "width")
+    return f"{'?' if h is None else h}x{'?' if w is None else w}"
+
+
+def case_key(row: Mapping[str, Any]) -> str:
+    """The stable, human-readable id of a case (the `case_id` column) from its identity columns."""
+    return (f"{row['model']}|{row['level']}|{_res(row)}|{row['device_name']}|{row['backend']}{_layout(row)}|"
+            f"{row['precision']}|b{_int(row, 'batch')}|t{_int(row, 'threads')}")
+
+
+def setting_label(row: Mapping[str, Any], device: str | None = "device_name") -> str:
+    """'<device> eager+cl fp32 b1 t2': a device setting (threads omitted where 0, i.e. CUDA). `device` names the
+    column that names the device (device_name, device, or a report's device_key); None leaves it out."""
+    parts = [str(_value(row, device) or "?")] if device else []
+    parts += [f"{_value(row, 'backend') or '?'}{_layout(row)}", str(_value(row, "precision") or "?")]
+    batch, threads = _int(row, "batch"), _int(row, "threads")
+    if batch is not None:
+        parts.append(f"b{batch}")
+    if threads:
+        parts.append(f"t{threads}")
+    return " ".join(parts)
+
+
+def case_label(row: Mapping[str, Any], device: str | None = None) -> str:
+    """'evit-b1:msla 512x512 eager fp32 b1 t2': model, resolution and setting (device left out by default,
+    since tables show it in a column of its own)."""
+    return f"{_value(row, 'model') or '?'} {_res(row)} {setting_label(row, device)}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the case record
+
+
+@dataclass(frozen=True)
 class Case:
     model: str
     family: str
@@ -42,8 +106,9 @@ class Case:
     min_time_s: float = 0.5
     max_time_s: float = 5.0
     timeout_s: float = 600.0
-    macs: int | None = None  # filled by the runner (meta-device count, cached across cases)
-    extra: dict = field(default_factory=dict)  # calibration, workdir, fault injection... (not identity)
+    macs: int | None = None  # meta-device count, filled by the runner
+    # per-process settings, not identity: calibrated peak, workdir, fault injection, min_samples
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def device_type(self) -> str:
@@ -53,38 +118,56 @@ class Case:
     def case_id(self) -> str:
         return case_key(self.identity())
 
-    def identity(self) -> dict:
-        return {"model": self.model, "level": self.level, "height": self.height, "width": self.width,
-                "device_name": self.device_name, "backend": self.backend, "precision": self.precision,
-                "batch": self.batch, "threads": self.threads, "channels_last": self.channels_last,
-                "folded": self.folded}
+    def identity(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in IDENTITY}
 
     def label(self) -> str:
-        """Short human label for the progress bar."""
-        lay = ("+cl" if self.channels_last else "") + ("+fold" if self.folded else "")
-        thr = f" t{self.threads}" if self.device_type == "cpu" else ""
-        return (f"{self.model} {self.height}x{self.width} {self.device}{thr} {self.backend}{lay} "
-                f"{self.precision} b{self.batch}")
+        """Progress-bar label: the case with its device as asked (cpu, cuda:0)."""
+        return case_label(self.as_row(), device="device")
 
-    def row_base(self) -> dict:
-        """The descriptive columns of this case's results row."""
-        d = {k: getattr(self, k) for k in ("model", "family", "variant", "level", "device", "device_name", "backend",
-                                           "precision", "batch", "threads", "height", "width", "tokens",
-                                           "channels_last", "seed")}
-        d["folded"] = self.folded
-        d["case_id"] = self.case_id
+    def as_row(self) -> dict[str, Any]:
+        """The descriptive columns of this case's results row (the parent's word on identity)."""
+        keys = ("model", "family", "variant", "level", "device", "device_name", "backend", "precision", "batch",
+                "threads", "height", "width", "tokens", "channels_last", "folded", "seed")
+        row = {k: getattr(self, k) for k in keys}
+        row["case_id"] = self.case_id
         if self.macs is not None:
-            d["macs"] = self.macs
-        return d
+            row["macs"] = self.macs
+        return row
 
-    def to_spec(self) -> dict:
-        return asdict(self)
+    def to_spec(self) -> dict[str, Any]:
+        spec = asdict(self)
+        spec["extra"] = dict(self.extra)
+        return spec
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "Case":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in spec.items() if k in names})
+    def from_spec(cls, spec: Mapping[str, Any]) -> "Case":
+        """The case from its JSON form; unknown keys are ignored, a wrongly typed field raises CaseError."""
+        known = {f.name: f for f in fields(cls)}
+        kw = {k: v for k, v in spec.items() if k in known}
+        for name, value in kw.items():
+            kw[name] = _coerce(name, str(known[name].type), value)
+        try:
+            return cls(**kw)
+        except TypeError as e:
+            raise CaseError(f"case spec: {e}") from None
 
+
+def _coerce(name: str, type_name: str, value: Any) -> Any:
+    if value is None and "None" in type_name:
+        return None
+    want = {"str": str, "int": int, "float": float, "bool": bool}.get(type_name.split(" ")[0].split("|")[0])
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is not None and not (isinstance(value, want) and (want is not int or not isinstance(value, bool))):
+        raise CaseError(f"case spec: {name} = {value!r} is not {want.__name__}")
+    if type_name.startswith("Mapping") and not isinstance(value, Mapping):
+        raise CaseError(f"case spec: {name} = {value!r} is not a mapping")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parsing matrix options
 
 _RES = re.compile(r"^\s*(-?\d+)\s*(?:[xX*]\s*(-?\d+)\s*)?$")
 
@@ -121,6 +204,10 @@ def parse_ints(text: str, what: str, minimum: int = 1) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# the matrix
+
+
 def select_models(specs: Iterable[str] | None, level: str) -> list[str]:
     """Registry names for --models/--level.
 
@@ -140,8 +227,7 @@ def select_models(specs: Iterable[str] | None, level: str) -> list[str]:
     out: list[str] = []
     for n in names:
         info = get_model_info(n)
-        is_block = info.family == "block"
-        if is_block:
+        if info.family == "block":
             if level in ("block", "both"):
                 out.append(n)
             continue
@@ -166,28 +252,21 @@ def expand(models: list[str], resolutions: list[tuple[int, int]], devices: list[
     """
     from models.registry import get_model_info
 
-    cases: list[Case] = []
+    cases: dict[str, Case] = {}
     for dev, dev_name in devices:
         dtype = dev.split(":")[0]
-        thr_list = threads if dtype == "cpu" else [0]
-        for thr in thr_list:
+        for thr in (threads if dtype == "cpu" else [0]):
             for backend in backends:
                 for prec in precisions[dtype]:
                     for batch in batches:
                         for h, w in resolutions:
                             for name in models:
                                 info = get_model_info(name)
-                                cases.append(Case(
-                                    model=name, family=info.family, variant=info.mixer,
-                                    level="block" if info.family == "block" else "model", device=dev,
-                                    device_name=dev_name, backend=backend, precision=prec, batch=batch,
-                                    threads=thr, height=h, width=w, tokens=info.tokens(h, w),
-                                    channels_last=channels_last, folded=fold, seed=seed, min_time_s=min_time_s,
-                                    max_time_s=max_time_s, timeout_s=timeout_s))
-    seen: set[str] = set()
-    out = []
-    for c in cases:
-        if c.case_id not in seen:
-            seen.add(c.case_id)
-            out.append(c)
-    return out
+                                c = Case(model=name, family=info.family, variant=info.mixer,
+                                         level="block" if info.family == "block" else "model", device=dev,
+                                         device_name=dev_name, backend=backend, precision=prec, batch=batch,
+                                         threads=thr, height=h, width=w, tokens=info.tokens(h, w),
+                                         channels_last=channels_last, folded=fold, seed=seed,
+                                         min_time_s=min_time_s, max_time_s=max_time_s, timeout_s=timeout_s)
+                                cases.setdefault(c.case_id, c)
+    return list(cases.values())

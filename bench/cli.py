@@ -293,8 +293,8 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
         if not (run_dir / "meta.json").is_file():
             raise UsageError(f"--resume: no run {a.resume!r} in {out}/ (expected {run_dir}/meta.json); accepted: a "
                              f"run id from {out}/ or a run folder path")
-        from bench.runner import load_state
-        from bench.store import RunFormatError
+        from bench.results.lifecycle import open_run as load_state
+        from bench.results.store import RunFormatError
 
         try:
             state = load_state(run_dir)
@@ -346,7 +346,7 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
         env = environment([sys.executable, PROG, *argv])
         meta = {"run_id": run_id, "started_at": now_iso(), "host": env["host"], "env": env, "config": p["config"],
                 "cases": [c.to_spec() for c in cases], "calibration": {}, "status": "created"}
-        from bench.runner import RunState
+        from bench.results.lifecycle import RunState
 
         try:
             run_dir.mkdir(parents=True)
@@ -381,17 +381,17 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
     state.meta["wall_s"] = round(state.meta.get("wall_s", 0) + time.perf_counter() - t0, 2)
     state.save()
 
-    from bench import store
+    from bench.results import store
 
     res = store.results_frame(state.rows)
     if not a.quiet:
-        from bench.summary import format_summary
+        from bench.analysis.summary import format_summary
 
         print(format_summary(res))
     print(f"results: {state.run_dir}")
     if not a.no_report:
         try:
-            from bench.report import write_report
+            from bench.analysis.report import write_report
 
             html = write_report([state.run_dir], Path(a.out).parent / "reports" / f"{state.run_id}.html")
             print(f"report: {html}")
@@ -401,7 +401,7 @@ def cmd_run(a: argparse.Namespace, argv: list[str]) -> int:
             print(f"report: failed ({type(e).__name__}: {e})".splitlines()[0], file=sys.stderr)
     rc = 1 if (res["status"] == "error").any() else 0
     if a.baseline:
-        from bench.compare import run_compare
+        from bench.analysis.compare import run_compare
 
         rc = max(rc, run_compare(a.baseline, state.run_dir))
     return rc
@@ -448,9 +448,9 @@ def cmd_models(argv: list[str]) -> int:
 
 
 def _delegate(cmd: str, argv: list[str]) -> int:
-    mods = {"report": ("bench.report", "add_report_arguments", "cmd_report"),
-            "compare": ("bench.compare", "add_compare_arguments", "cmd_compare"),
-            "check": ("bench.gates", "add_check_arguments", "cmd_check")}
+    mods = {"report": ("bench.analysis.report", "add_report_arguments", "cmd_report"),
+            "compare": ("bench.analysis.compare", "add_compare_arguments", "cmd_compare"),
+            "check": ("bench.analysis.gates", "add_check_arguments", "cmd_check")}
     mod_name, add_name, cmd_name = mods[cmd]
     try:
         import importlib

@@ -12,12 +12,6 @@ SCHEMA_VERSION = 1
 # Status of a case. Every case becomes exactly one row with one of these.
 STATUSES = ("ok", "oom", "timeout", "error", "unsupported", "skipped")
 
-# Columns that identify a case: two rows with equal identity measure the same thing (used by --resume and by
-# compare, which matches cases across runs on these; device_name rather than device so that cuda:0 on two hosts
-# with different GPUs is not silently compared).
-IDENTITY = ("model", "level", "height", "width", "device_name", "backend", "precision", "batch", "threads",
-            "channels_last", "folded")
-
 
 @dataclass(frozen=True)
 class Column:
@@ -29,7 +23,7 @@ class Column:
 COLUMNS: tuple[Column, ...] = (
     # identity and description of the case
     Column("run_id", "string", "run folder name"),
-    Column("case_id", "string", "stable key of the case within and across runs (see case_key)"),
+    Column("case_id", "string", "stable key of the case within and across runs (bench.cases.case_key)"),
     Column("model", "string", "registry name, e.g. evit-b1:msla"),
     Column("family", "string", "registry family: evit-variant, efficientvit, segformer, segnext, block"),
     Column("variant", "string", "token mixer: msla, relu-linear, softmax, large-kernel, softmax-sr"),
@@ -101,11 +95,3 @@ SAMPLE_COLUMNS = (Column("run_id", "string", ""), Column("case_id", "string", ""
                   Column("repeat", "int64", "0-based index of the process that took the sample (--repeats)"),
                   Column("iter", "int64", "0-based index of the timed iteration within its process"),
                   Column("latency_ms", "float64", "latency of one iteration (one batch)"))
-
-
-def case_key(row: dict) -> str:
-    """A stable, human-readable id of a case from its identity columns."""
-    fl = "+cl" if row.get("channels_last") else ""
-    fl += "+fold" if row.get("folded") else ""
-    return (f"{row['model']}|{row['level']}|{int(row['height'])}x{int(row['width'])}|{row['device_name']}|"
-            f"{row['backend']}{fl}|{row['precision']}|b{int(row['batch'])}|t{int(row['threads'])}")

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.schema import case_key
+from bench.cases import case_key
 from bench.stats import summarize
-from bench.store import Run, results_frame, samples_frame, write_meta, write_results, write_samples
+from bench.results.store import Run, results_frame, samples_frame, write_meta, write_results, write_samples
 
 CPU = "Test CPU @ 2.0GHz"
 ENV = {"cpu_model": CPU, "torch_version": "2.14.1", "threads": 1, "python": "3.11.7"}

@@ -17,7 +17,7 @@ from torch import nn
 from bench import backends
 from bench.backends import (BACKENDS, PRECISIONS, Prepared, Unsupported, prepare, reference_output,
                             tensorrt_api, tensorrt_compile_kwargs, tensorrt_model_dtype, unsupported_reason)
-from bench.numerics import TOLERANCES, evaluate
+from bench.measure.numerics import TOLERANCES, evaluate
 from models.registry import build_model, example_input, list_models
 
 HAS_CUDA = torch.cuda.is_available()
@@ -308,7 +308,7 @@ def test_tensorrt_cuda(precision, tmp_path):
 # --- the GPU self-check script -----------------------------------------------------------------------------------
 
 def test_gpu_selfcheck_plan():
-    from bench.gpu_selfcheck import VARIANTS as SC_VARIANTS, plan
+    from tools.gpu_selfcheck import VARIANTS as SC_VARIANTS, plan
     cases = plan([512, 1024, 2048], quick=False)
     assert {(m, r) for m, r, b, p in cases if b == "eager" and p == "fp16"} == \
         {(m, r) for m in SC_VARIANTS for r in (512, 1024, 2048)}
@@ -319,7 +319,7 @@ def test_gpu_selfcheck_plan():
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the no-CUDA path; this machine has CUDA")
 def test_gpu_selfcheck_without_cuda_exits_cleanly(capsys):
-    from bench.gpu_selfcheck import main
+    from tools.gpu_selfcheck import main
     assert main([]) == 0
     out = capsys.readouterr().out
     assert "CUDA not available" in out and "nothing to check" in out

@@ -1,4 +1,4 @@
-"""The checker benchmark's re-judging of stored trials (`python -m bench.bench_checker --analyze DIR`)."""
+"""The checker benchmark's re-judging of stored trials (`python -m tools.bench_checker --analyze DIR`)."""
 import json
 import sys
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))  # works with or without tests/__init__.py
 from runfactory import case, make_run, noise  # noqa: E402
 
-from bench import bench_checker  # noqa: E402
+from tools import bench_checker  # noqa: E402
 
 
 def _trial(root: Path, t: int, slow_factor: float) -> None:

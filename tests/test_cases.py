@@ -2,7 +2,7 @@
 import pytest
 
 from bench.cases import Case, CaseError, expand, parse_ints, parse_resolution, select_models
-from bench.schema import IDENTITY, case_key
+from bench.cases import IDENTITY, case_key
 
 
 @pytest.mark.parametrize("text,hw", [("512", (512, 512)), ("1024x2048", (1024, 2048)), (" 64X128 ", (64, 128))])
@@ -49,7 +49,7 @@ def test_expand_matrix_and_keys():
     assert c.tokens == (1024 // 16) * (2048 // 16)
     # the key is the schema's, computed from the identity columns only
     assert set(c.identity()) == set(IDENTITY)
-    assert c.case_id == case_key(c.row_base())
+    assert c.case_id == case_key(c.as_row())
     # travels as JSON-able spec and back
     assert Case.from_spec(c.to_spec()) == c
 

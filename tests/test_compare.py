@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.compare import (add_compare_arguments, cmd_compare, compare_runs, format_table, run_compare,
+from bench.analysis.compare import (add_compare_arguments, cmd_compare, compare_runs, format_table, run_compare,
                            to_json_dict, to_markdown)
-from bench import compare
-from bench.store import load_run
+from bench.analysis import compare
+from bench.results.store import load_run
 sys.path.insert(0, str(Path(__file__).parent))  # works with or without tests/__init__.py
 from runfactory import ENV, build_run, case, make_run, noise  # noqa: E402
 

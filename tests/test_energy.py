@@ -5,8 +5,9 @@ import types
 import pytest
 import torch
 
-from bench import energy, gpuinfo
-from bench.energy import EnergyMeter, EnergyReading, available, energy_columns, make_meter, \
+from bench import gpuinfo
+from bench.measure import energy
+from bench.measure.energy import EnergyMeter, EnergyReading, available, energy_columns, make_meter, \
     parse_tegrastats_vdd_in_mw
 
 HAS_CUDA = torch.cuda.is_available()

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.gates import (DEFAULT_GATES, GateConfigError, add_check_arguments, cmd_check, evaluate_gates,
+from bench.analysis.gates import (DEFAULT_GATES, GateConfigError, add_check_arguments, cmd_check, evaluate_gates,
                          load_gates, matrix_for)
-from bench.store import load_run
+from bench.results.store import load_run
 
 sys.path.insert(0, str(Path(__file__).parent))  # works with or without tests/__init__.py
 from runfactory import case, make_run, noise  # noqa: E402
@@ -97,7 +97,7 @@ def test_gates_per_group_and_device_filter(tmp_path):
      "number"),
 ])
 def test_invalid_gates(tmp_path, bad, msg):
-    from bench.gates import validate_gates
+    from bench.analysis.gates import validate_gates
     with pytest.raises(GateConfigError, match=msg):
         validate_gates([bad])
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from bench.numerics import TOLERANCES, evaluate, numerics_ok, relative_error, tolerance
+from bench.measure.numerics import TOLERANCES, evaluate, numerics_ok, relative_error, tolerance
 
 
 def test_relative_error_known_value():
@@ -55,7 +55,7 @@ def test_tolerances_ordered_and_thresholds():
 
 
 def test_tolerances_cover_measurements_with_margin():
-    from bench.numerics import MEASURED_CPU
+    from bench.measure.numerics import MEASURED_CPU
     for p, d in MEASURED_CPU.items():
         worst = max(d.values())
         assert 5 * worst < TOLERANCES[p] < 0.1, (p, worst)

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.report import add_report_arguments, cmd_report, default_out, write_report
-from bench.report import data as rdata
-from bench.report.html import md_escape, safe_json
-from bench.schema import case_key
-from bench.store import load_run, results_frame, samples_frame, write_meta, write_results, write_samples
+from bench.analysis.report import add_report_arguments, cmd_report, default_out, write_report
+from bench.analysis.report import data as rdata
+from bench.analysis.report.html import md_escape, safe_json
+from bench.cases import case_key
+from bench.results.store import load_run, results_frame, samples_frame, write_meta, write_results, write_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 XSS_SCRIPT = "<script>alert(1)</script>"

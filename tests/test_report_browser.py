@@ -155,7 +155,7 @@ def test_report_in_chromium(browser, tmp_path_factory):
 def test_crafted_names_inject_nothing(browser, tmp_path):
     from test_report import crafted_run
 
-    from bench.report import write_report
+    from bench.analysis.report import write_report
 
     out = write_report([crafted_run(tmp_path)], tmp_path / "crafted.html")
     d = browser

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.schema import COLUMN_NAMES, case_key
-from bench.store import load_run
+from bench.cases import case_key
+from bench.schema import COLUMN_NAMES
+from bench.results.store import load_run
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = [sys.executable, str(REPO / "run_bench.py"), "--models", "block:msla,block:relu-linear", "--level", "block",
@@ -82,7 +83,8 @@ def test_resume_after_kill(tmp_path):
 def test_rows_decided_before_any_child(tmp_path):
     """Skipped (would not fit / absent device) and unsupported cases are rows with reasons, no child started."""
     from bench.cases import expand
-    from bench.runner import RunState, Runner
+    from bench.results.lifecycle import RunState
+    from bench.runner import Runner
 
     # onnxruntime: an ONNX export (opset 18) materialises the N^2 scores (eager SDPA would take the flash kernel)
     cases = expand(["block:softmax", "block:msla"], [(16384, 16384)], [("cpu", "test-cpu"), ("cuda:3", "absent")],
@@ -104,7 +106,9 @@ def test_rows_decided_before_any_child(tmp_path):
 def test_cuda_cases_leave_a_server_that_loaded_cuda(tmp_path):
     """Children forked after the CUDA driver is loaded cannot use CUDA: such cases get a fresh interpreter."""
     from bench.cases import expand
-    from bench.runner import ForkServer, RunState, Runner, Spawner
+    from bench.launch.isolation import ForkServer, Spawner
+    from bench.results.lifecycle import RunState
+    from bench.runner import Runner
 
     fs = ForkServer(tmp_path)
     fs.start = lambda: None  # no process: only the routing is under test
@@ -121,7 +125,7 @@ def test_cuda_cases_leave_a_server_that_loaded_cuda(tmp_path):
 def test_repeats_pool_processes_and_resume_adds_the_missing_ones(tmp_path):
     import numpy as np
 
-    from bench.store import write_results, write_samples
+    from bench.results.store import write_results, write_samples
 
     out = tmp_path / "results"
     r = subprocess.run(BASE + ["--res", "64", "--repeats", "3", "--out", str(out), "--run-id", "rep"], cwd=REPO,

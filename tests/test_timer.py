@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.timer import WARMUP_MIN_ITERS, TimingResult, measure, timer_overhead_ns
+from bench.measure.timer import WARMUP_MIN_ITERS, TimingResult, measure, timer_overhead_ns
 
 
 def test_matmul_converges_with_min_samples_and_raw_samples():

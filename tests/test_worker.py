@@ -1,14 +1,15 @@
 """Children that crash, hang, run out of memory or fail: each becomes a row with the right status.
 
 The faults are injected with the documented test-only DENSEBENCH_FAULT (passed in the case spec by the runner);
-the status classification is the engine's own (bench.worker.run_case and bench.runner.classify).
+the status classification is the engine's own (bench.measure.child.run_case and bench.launch.outcome.classify).
 """
 import signal
 
 import pytest
 
 from bench.cases import Case
-from bench.runner import ForkServer, Spawner, classify
+from bench.launch.isolation import ForkServer, Spawner
+from bench.launch.outcome import classify
 
 
 def _spec(fault=None, model="block:msla", res=64, **kw):

@@ -28,7 +28,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator  # noqa: E402
 
-from bench.report.data import Merged  # noqa: E402
+from bench.analysis.report.data import Merged  # noqa: E402
 
 DPI = 100
 MAX_FACETS = 9

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.store import Run, load_run
+from bench.results.store import Run, load_run
 
 # Rows are matched on these to compute a speedup (same device, setting and size; only the mixer differs).
 # device_key is device_name, plus the host where two merged hosts report the same device name (two boxes with the
@@ -229,7 +229,7 @@ def _s(v) -> str:
 
 def _sample_index(samples: pd.DataFrame) -> dict[tuple[str, str], list[np.ndarray]]:
     """(run_id, case_id) -> the case's samples, one array per process (--repeats; one array without)."""
-    from bench.store import samples_by_process
+    from bench.results.store import samples_by_process
 
     return samples_by_process(samples, ["run_id", "case_id"])
 

@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from bench.store import RunFormatError
+from bench.results.store import RunFormatError
 
 __all__ = ["write_report", "add_report_arguments", "cmd_report", "default_out"]
 
@@ -37,7 +37,7 @@ def default_out(run_dirs: list[Path], reports_dir: Path = Path("reports")) -> Pa
 def write_report(run_dirs: list[Path], out_html: Path) -> Path:
     """Write the HTML report of `run_dirs` to `out_html`, the Markdown summary to <stem>.md and the figures to
     <stem>_figures/. Raises RunFormatError for a run that cannot be read. Returns out_html."""
-    from bench.report import data, html, plots
+    from bench.analysis.report import data, html, plots
 
     if not run_dirs:
         raise RunFormatError("no runs given")
@@ -118,6 +118,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.analysis.report", description=__doc__.splitlines()[0])
     add_report_arguments(p)
     return cmd_report(p.parse_args(argv))

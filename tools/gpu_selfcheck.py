@@ -1,8 +1,8 @@
 """GPU self-check: run the CUDA paths once, in a few minutes, and print a compact table.
 
-    python -m bench.gpu_selfcheck [--quick] [--res 512,1024,2048] [--budget-s 300] [--out results.csv]
+    python -m tools.gpu_selfcheck [--quick] [--res 512,1024,2048] [--budget-s 300] [--out results.csv]
 
-What it runs, in this one process through the engine's own case function (bench.worker.run_case: build,
+What it runs, in this one process through the engine's own case function (bench.measure.child.run_case: build,
 reference, prepare, CUDA-event timing, CUDA memory, numerics against eager fp32, NVML energy):
 - the four variants (evit-b1:msla, :softmax, :relu-linear, :large-kernel) at each resolution, eager fp16;
 - at the middle resolution, msla and softmax with eager fp32 / tf32 / bf16, compile fp16, cudagraphs fp16;
@@ -48,7 +48,7 @@ def _fmt(v, spec: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.gpu_selfcheck", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.gpu_selfcheck", description=__doc__.splitlines()[0])
     ap.add_argument("--res", default="512,1024,2048", help="square resolutions (default 512,1024,2048)")
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--quick", action="store_true", help="fewer cases (msla only at the middle resolution)")
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from bench import backends, energy, gpuinfo
+    from bench import backends, gpuinfo
+    from bench.measure import energy
 
     if not torch.cuda.is_available():
         print(f"gpu_selfcheck: {gpuinfo.gpu_info('cuda')['reason']}; nothing to check on this machine.")
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_selfcheck: --res takes comma-separated integers, got {args.res!r}", file=sys.stderr)
         return 2
 
-    from bench.worker import run_case
+    from bench.measure.child import run_case
     from models.registry import get_model_info
 
     dev = args.device

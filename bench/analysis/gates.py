@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.store import Run, RunFormatError, load_run
+from bench.results.store import Run, RunFormatError, load_run
 
 DEFAULT_GATES = Path(__file__).with_name("gates.toml")
 KINDS = ("speedup", "scaling_exponent")
@@ -308,7 +308,8 @@ def run_gate_matrix(gates: list[dict], devices: list[str], out_dir: Path, *, thr
     """Measure the cases the gates need with the engine (bench.runner) into a new run folder; returns it."""
     from bench.cases import expand
     from bench.envinfo import device_name, environment, now_iso
-    from bench.runner import RunState, Runner
+    from bench.results.lifecycle import RunState
+    from bench.runner import Runner
 
     dev_pairs = [(d, device_name(d)) for d in devices]
     triples = matrix_for(gates, sorted({d.split(":")[0] for d in devices}))
@@ -391,7 +392,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = add_check_arguments(argparse.ArgumentParser(prog="python -m bench.gates"))
+    p = add_check_arguments(argparse.ArgumentParser(prog="python -m bench.analysis.gates"))
     return cmd_check(p.parse_args(argv))
 
 

@@ -15,7 +15,7 @@ def calibrate(device: str, precision: str, threads: int, seconds: float = 0.6) -
     """Median-of-calls GMAC/s of an n x n @ n x n matmul (n from SIZES); TF32 only when precision is tf32."""
     import torch
 
-    from bench.timer import measure
+    from bench.measure.timer import measure
 
     dtype_name = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(precision,
                                                                                                    "float32")

@@ -5,8 +5,8 @@ The two are interleaved (A, B, A, B, ... rounds of a fixed time each) so that ma
 the ratio of their medians is reported with a bootstrap CI over the raw samples. Both get the same input, the
 same threads, and the same head (ours, with timm's features fed to it). Run:
 
-    python -m bench.bench_models                 # 512x512 and 1024x2048, 2 threads
-    python -m bench.bench_models --res 512 --rounds 4 --round-time 1
+    python -m tools.bench_models                 # 512x512 and 1024x2048, 2 threads
+    python -m tools.bench_models --res 512 --rounds 4 --round-time 1
 """
 from __future__ import annotations
 

@@ -1,45 +1,18 @@
 """The child side of a case: build, prepare, time, measure memory/energy/numerics, write one result file.
 
-Two ways to get a child (bench.runner picks; both end in `run_case_file`):
-
-- fork server (default on Linux): `python -m bench.worker --serve` imports torch, the models and the measuring
-  modules ONCE, then forks a fresh child per case on request. The server itself never runs a tensor op, so no
-  thread pool or CUDA context is inherited: each case starts clean, and its overhead is the fork plus the model
-  build (well under a second) instead of a torch import (several seconds on a busy machine).
-- spawn (`DENSEBENCH_ISOLATION=spawn`, or where fork is missing): `python -m bench.worker --case SPEC --result OUT`,
-  a fresh interpreter per case.
-
-Protocol of the server (one JSON object per line): the parent sends {"spec": path, "result": path, "stderr": path};
-the server answers {"pid": N} when the child is forked and {"pid": N, "exit": code, "signal": sig, "maxrss_kb": k}
-when it has ended. The parent enforces the timeout by killing the pid. The child writes `result` atomically (a
-JSON object {"row": {...}, "samples": [...]}) and a `result + ".stage"` file naming the step it is in, so that a
-timeout or a crash can say where it happened.
-
-Test-only fault injection: the parent copies env DENSEBENCH_FAULT into the spec (extra.fault):
-  crash  -> os.abort() in the child (SIGABRT: status error)
-  hang   -> sleep forever (status timeout)
-  oom    -> on CPU: cap the child's address space (RLIMIT_AS) then allocate past it, which raises torch's real
-            allocator error; on CUDA: allocate more than the device has (torch.OutOfMemoryError); status oom
-  error  -> raise RuntimeError (status error)
-  sigkill-> the child SIGKILLs itself, as the kernel's OOM killer would (status oom, decided by the parent)
-  kind@PATTERN applies it only to cases whose model matches the fnmatch PATTERN (e.g. crash@block:*).
-Do not set it outside tests.
-
 This module imports no pandas (the child does not need it); torch & co. are imported by `preload()`.
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import os
-import signal
 import sys
 import time
 import traceback
 
-FAULT_ENV = "DENSEBENCH_FAULT"
-FAULTS = ("crash", "hang", "oom", "error", "sigkill")
+from bench.launch.faults import fault_for, inject
+
 _TIMES: dict = {}  # child-side phase times, reported to the parent for the per-case overhead figure
 
 
@@ -48,11 +21,11 @@ def preload() -> None:
     import torch  # noqa: F401
 
     import bench.backends  # noqa: F401
-    import bench.energy  # noqa: F401
-    import bench.memory  # noqa: F401
-    import bench.numerics  # noqa: F401
+    import bench.measure.energy  # noqa: F401
+    import bench.measure.memory  # noqa: F401
+    import bench.measure.numerics  # noqa: F401
     import bench.stats  # noqa: F401
-    import bench.timer  # noqa: F401
+    import bench.measure.timer  # noqa: F401
     import models  # noqa: F401
     import models.complexity  # noqa: F401
 
@@ -90,42 +63,6 @@ class _Stage:
                 pass
 
 
-def _fault_for(spec: dict) -> str | None:
-    f = (spec.get("extra") or {}).get("fault")
-    if not f:
-        return None
-    kind, _, pat = str(f).partition("@")
-    if pat and not fnmatch.fnmatchcase(spec["model"], pat):
-        return None
-    return kind
-
-
-def _inject(kind: str, device: str) -> None:
-    import torch
-
-    if kind == "crash":
-        sys.stderr.flush()
-        os.abort()
-    if kind == "hang":
-        while True:
-            time.sleep(3600)
-    if kind == "sigkill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "error":
-        raise RuntimeError("injected error (DENSEBENCH_FAULT=error)")
-    if kind == "oom":
-        if device.startswith("cuda"):
-            total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-            torch.empty(int(total * 2), dtype=torch.uint8, device=device)
-        else:
-            from bench.memory import limit_address_space
-
-            limit_address_space(256 * 2**20)
-            torch.empty(2**36, dtype=torch.uint8)  # 64 GiB past a 256 MiB allowance: the allocator's real error
-        raise RuntimeError("injected oom did not fail (unexpected)")
-    raise ValueError(f"{FAULT_ENV}: unknown fault {kind!r}; valid: {', '.join(FAULTS)}")
-
-
 def _nan() -> float:
     return float("nan")
 
@@ -142,7 +79,7 @@ def run_case(spec: dict, stage: _Stage | None = None) -> dict:
         _measure(spec, row, samples, stage)
         row["status"], row["reason"] = "ok", ""
     except BaseException as e:  # noqa: BLE001 - every failure becomes a row
-        from bench.memory import is_oom_error
+        from bench.measure.memory import is_oom_error
 
         try:
             from bench.backends import Unsupported
@@ -164,10 +101,10 @@ def _measure(spec: dict, row: dict, samples: list, stage: _Stage) -> None:
     import torch
 
     from bench import backends
-    from bench.memory import MB, PeakRSS, rss_bytes
-    from bench.numerics import evaluate
-    from bench.repeats import latency_fields
-    from bench.timer import measure
+    from bench.measure.memory import MB, PeakRSS, rss_bytes
+    from bench.measure.numerics import evaluate
+    from bench.results.repeats import latency_fields
+    from bench.measure.timer import measure
     from models.complexity import count_macs, count_params
     from models.registry import build_model, example_input
 
@@ -183,7 +120,7 @@ def _measure(spec: dict, row: dict, samples: list, stage: _Stage) -> None:
     torch.manual_seed(seed)
     info_extra: dict = {"torch_threads": torch.get_num_threads(), "pid": os.getpid()}
 
-    fault = _fault_for(spec)
+    fault = fault_for(spec)
     precision, backend = spec["precision"], spec["backend"]
     reason = backends.unsupported_reason(backend, dev_type, precision, channels_last=bool(spec.get("channels_last")),
                                          fold=bool(spec.get("folded")))
@@ -204,7 +141,7 @@ def _measure(spec: dict, row: dict, samples: list, stage: _Stage) -> None:
 
     if fault:
         stage(f"fault:{fault}")
-        _inject(fault, device)
+        inject(fault, device)
 
     # numerics reference: eager fp32 on the same device and input (the identity for plain eager fp32)
     plain = backend == "eager" and precision == "fp32" and not spec.get("folded") and not spec.get("channels_last")
@@ -285,7 +222,7 @@ def _measure(spec: dict, row: dict, samples: list, stage: _Stage) -> None:
 def _energy(fn, device: str, batch: int, median_ms: float, info: dict) -> dict:
     import torch
 
-    from bench import energy
+    from bench.measure import energy
 
     meter, reason = energy.make_meter(device)  # NVML on desktop/server GPUs, board rails on a Jetson
     if meter is None:
@@ -308,7 +245,7 @@ def _energy(fn, device: str, batch: int, median_ms: float, info: dict) -> dict:
 
 
 def run_calibration(spec: dict) -> dict:
-    from bench.calibrate import calibrate
+    from bench.measure.calibrate import calibrate
 
     return {"calibration": calibrate(spec["device"], spec["precision"], int(spec.get("threads") or 0),
                                      float(spec.get("seconds", 0.6)))}
@@ -344,100 +281,3 @@ def _prefer_oom_kill() -> None:
     except OSError:
         pass
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# fork server
-
-def _set_pdeathsig() -> None:
-    """Die (SIGKILL) when the parent dies, so a killed run leaves no orphan measuring in the background."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def _child(msg: dict) -> None:
-    """In the forked child: fresh signal handlers, own stdio, run, exit without running the server's cleanup."""
-    code = 1
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _set_pdeathsig()
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        err = os.open(msg["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if msg.get("stderr") else 2
-        os.dup2(err, 2)
-        os.dup2(err, 1)  # a stray print must not corrupt the protocol on the server's stdout
-        sys.stdout = sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-        code = run_case_file(msg["spec"], msg["result"])
-    except BaseException:  # noqa: BLE001
-        try:
-            traceback.print_exc()
-        except Exception:
-            pass
-    finally:
-        try:
-            sys.stderr.flush()
-        except Exception:
-            pass
-        os._exit(code)
-
-
-def _cuda_touched() -> bool:
-    """Whether the CUDA driver library is loaded in this process (then forked children must not use CUDA)."""
-    try:
-        with open("/proc/self/maps") as f:
-            return any("libcuda.so" in line for line in f)
-    except OSError:
-        return False
-
-
-def serve() -> int:
-    _set_pdeathsig()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C goes to the whole group
-    preload()
-    out = sys.stdout
-    out.write(json.dumps({"ready": True, "pid": os.getpid(), "cuda_touched": _cuda_touched()}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        line = line.strip()
-        if not line:
-            continue
-        msg = json.loads(line)
-        if msg.get("quit"):
-            break
-        pid = os.fork()
-        if pid == 0:
-            _child(msg)
-        out.write(json.dumps({"pid": pid}) + "\n")
-        out.flush()
-        _, status, ru = os.wait4(pid, 0)
-        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -sig
-        out.write(json.dumps({"pid": pid, "exit": code, "signal": sig, "maxrss_kb": ru.ru_maxrss}) + "\n")
-        out.flush()
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__.split("\n\n")[0])
-    p.add_argument("--serve", action="store_true", help="fork server (the runner's default)")
-    p.add_argument("--case", metavar="SPEC_JSON", help="run one case spec (spawn mode)")
-    p.add_argument("--result", metavar="OUT_JSON", help="where to write the case's result")
-    a = p.parse_args(argv)
-    if a.serve:
-        return serve()
-    if not (a.case and a.result):
-        p.error("need --serve, or --case and --result")
-    _set_pdeathsig()
-    preload()
-    return run_case_file(a.case, a.result)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,7 +6,7 @@ overflow of linear attention's normaliser that broke upstream TensorRT deploymen
 never ok.
 
 Tolerances (upper bounds on rel_err per precision) and why. Measured on this project's CPU (torch 2.14.1,
-seeded default initialisation, batch 1; `python -m bench.numerics` re-measures):
+seeded default initialisation, batch 1; `python -m bench.measure.numerics` re-measures):
 
 | model (res)                  | bf16 autocast | fp16 autocast |
 |------------------------------|---------------|---------------|

@@ -1,8 +1,8 @@
 """Benchmarks of the engine itself (not tests): the figures quoted in the docs.
 
-    python -m bench.bench_engine            # full: the default CPU matrix twice (~20 min on a 2-core machine)
-    python -m bench.bench_engine --quick    # smoke: a tiny matrix twice (about a minute)
-    python -m bench.bench_engine --repeats 3  # the same with each case in 3 interleaved processes
+    python -m tools.bench_engine            # full: the default CPU matrix twice (~20 min on a 2-core machine)
+    python -m tools.bench_engine --quick    # smoke: a tiny matrix twice (about a minute)
+    python -m tools.bench_engine --repeats 3  # the same with each case in 3 interleaved processes
 
 Prints:
 - A/A reproducibility: the same matrix run twice, back to back; per case the ratio of medians B/A; the fraction of
@@ -44,7 +44,7 @@ def _run(args: list[str], out: Path, env: dict | None = None) -> tuple[Path, flo
 def _aa(a_dir: Path, b_dir: Path) -> dict:
     import pandas as pd
 
-    from bench.store import load_run
+    from bench.results.store import load_run
 
     a = load_run(a_dir).results
     b = load_run(b_dir).results
@@ -53,7 +53,7 @@ def _aa(a_dir: Path, b_dir: Path) -> dict:
     common = a.index.intersection(b.index)
     ratio = (b[common] / a[common]).astype(float)
     within = float(((ratio - 1).abs() <= 0.02).mean()) if len(ratio) else float("nan")
-    from bench.compare import compare_runs
+    from bench.analysis.compare import compare_runs
 
     verdicts = compare_runs(load_run(a_dir), load_run(b_dir))["verdict"].value_counts().to_dict()
     cv = pd.concat([load_run(d).results["latency_ms_repeat_cv"] for d in (a_dir, b_dir)]).dropna()
@@ -74,7 +74,8 @@ def _overhead(run_dir: Path) -> dict:
 def _spawn_overhead(quick: bool) -> dict:
     """Per-case overhead of the two isolation modes on one small case, measured directly."""
     from bench.cases import Case
-    from bench.runner import ForkServer, Spawner, classify
+    from bench.launch.isolation import ForkServer, Spawner
+    from bench.launch.outcome import classify
 
     case = Case(model="block:msla", family="block", variant="msla", level="block", device="cpu", device_name="cpu",
                 backend="eager", precision="fp32", batch=1, threads=1, height=128, width=128, tokens=64,
@@ -103,14 +104,14 @@ def _spawn_overhead(quick: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_engine", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.bench_engine", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny matrix (smoke check of this script)")
     p.add_argument("--out", default=None, help="folder for the two runs (default: a temporary folder)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--repeats", type=int, default=1, help="run_bench.py --repeats for both runs (default 1)")
     a = p.parse_args(argv)
     args = (QUICK if a.quick else FULL) + (["--repeats", str(a.repeats)] if a.repeats > 1 else [])
-    from bench.timer import timer_overhead_ns
+    from bench.measure.timer import timer_overhead_ns
 
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="densebench-engine-"))
     figures: dict = {"matrix": " ".join(args), "load_avg_before": list(os.getloadavg())}

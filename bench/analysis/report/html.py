@@ -11,11 +11,11 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from bench.report.data import MOBILE_PROXY, Merged
-from bench.report.plots import Figure
+from bench.analysis.report.data import MOBILE_PROXY, Merged
+from bench.analysis.report.plots import Figure
 from bench.schema import STATUSES
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 # The case table: (column, header, kind). kind: "s" text, "n" number (with decimals), "i" integer, "b" bool.
 TABLE_COLUMNS = (

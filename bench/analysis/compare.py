@@ -3,7 +3,7 @@
     python run_bench.py compare BASELINE CURRENT [--threshold 0.05] [--alpha 0.01] [--normalize]
                                                  [--markdown FILE] [--json FILE]
 
-Matching. Cases are matched on the identity columns `bench.schema.IDENTITY` (model, level, resolution, device
+Matching. Cases are matched on the identity columns `bench.cases.IDENTITY` (model, level, resolution, device
 name, backend, precision, batch, threads, channels_last, folded); raw samples (samples.parquet) are matched to result
 rows on `case_id`. A case present in one run only is `new` or `missing`; a case not `ok` in either run is `failed`.
 
@@ -54,9 +54,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.schema import IDENTITY
+from bench.cases import IDENTITY
 from bench.stats import mann_whitney_p, process_welch_p, ratio_ci
-from bench.store import Run, RunFormatError, load_run, samples_by_process
+from bench.results.store import Run, RunFormatError, load_run, samples_by_process
 
 VERDICTS = ("slower", "faster", "unchanged", "new", "missing", "failed")
 REGRESSION_STATUSES = ("oom", "timeout", "error")
@@ -470,7 +470,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = add_compare_arguments(argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n")[0]))
+    p = add_compare_arguments(argparse.ArgumentParser(prog="python -m bench.analysis.compare", description=__doc__.split("\n")[0]))
     return cmd_compare(p.parse_args(argv))
 
 

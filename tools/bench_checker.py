@@ -1,9 +1,9 @@
 """Benchmark of the regression checker itself (not a test): its error rates on this machine.
 
-    python -m bench.bench_checker            # full: 20 trials (~15-25 min on a quiet 2-core machine)
-    python -m bench.bench_checker --quick    # smoke: 1 trial of a tiny case (about 2 minutes on a busy machine)
-    python -m bench.bench_checker --keep DIR --repeats 3   # keep the runs ...
-    python -m bench.bench_checker --analyze DIR --threshold 0.1 --alpha 0.05   # ... and re-judge them
+    python -m tools.bench_checker            # full: 20 trials (~15-25 min on a quiet 2-core machine)
+    python -m tools.bench_checker --quick    # smoke: 1 trial of a tiny case (about 2 minutes on a busy machine)
+    python -m tools.bench_checker --keep DIR --repeats 3   # keep the runs ...
+    python -m tools.bench_checker --analyze DIR --threshold 0.1 --alpha 0.05   # ... and re-judge them
 
 What it measures, with `bench.compare.compare_runs` and its defaults (threshold 5%, alpha 0.01):
 - False alarms: per trial, two independent runs of the same unmodified cases (A/A), compared. Target: no false
@@ -16,7 +16,7 @@ What it measures, with `bench.compare.compare_runs` and its defaults (threshold 
   exact; and the spread of the A/A ratios (the noise the threshold must sit above).
 
 How runs are made: every run is made of fresh interpreters (`--child` mode of this script, with the runner's
-child environment) that measure each case through the engine's own child code path, `bench.worker.run_case`
+child environment) that measure each case through the engine's own child code path, `bench.measure.child.run_case`
 (backends.prepare, bench.timer.measure), with `models.registry.build_model` wrapped to add the matmul when a
 slowdown is asked. The engine's runner has no hook to alter a model, so this script does the runner's bookkeeping
 itself (rows + samples -> bench.store run folders, processes pooled by bench.repeats as the runner pools them).
@@ -72,7 +72,7 @@ def _child(spec_path: str, out_path: str) -> int:
     import torch
 
     import models.registry as registry
-    from bench import worker
+    from bench.measure import child as worker
 
     spec = json.loads(Path(spec_path).read_text())
     inject = spec.get("inject") or [0] * len(spec["cases"])  # matmul size per case (0: unmodified)
@@ -97,7 +97,7 @@ def _calibrate_in_child(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from bench.timer import measure
+    from bench.measure.timer import measure
     from models.registry import build_model, example_input
 
     torch.set_num_threads(int(spec["threads"]))
@@ -143,7 +143,7 @@ def _cases(models: list[str], res: list[int], threads: int, min_time_s: float, m
 def _spawn(spec: dict, workdir: Path, tag: str, timeout_s: float) -> dict:
     sp, op = workdir / f"{tag}.spec.json", workdir / f"{tag}.out.json"
     sp.write_text(json.dumps(spec, default=str))
-    from bench.runner import _child_env
+    from bench.launch.childenv import child_env as _child_env
 
     env = _child_env()  # the runner's child environment: PYTHONPATH and the malloc settings (bench.runner)
     p = subprocess.run([sys.executable, "-m", "bench.bench_checker", "--child", str(sp), str(op)], env=env,
@@ -157,8 +157,8 @@ def _spawn(spec: dict, workdir: Path, tag: str, timeout_s: float) -> dict:
 def _store_run(root: Path, run_id: str, cases, outs: list[dict], meta_extra: dict) -> Path:
     """A run folder from the outputs of the run's processes (one per repeat), pooled as the runner pools them."""
     from bench.envinfo import environment
-    from bench.repeats import failed, pool_rows
-    from bench.store import results_frame, samples_frame, write_meta, write_results, write_samples
+    from bench.results.repeats import failed, pool_rows
+    from bench.results.store import results_frame, samples_frame, write_meta, write_results, write_samples
 
     rows, srows = [], []
     for i, case in enumerate(cases):
@@ -166,7 +166,7 @@ def _store_run(root: Path, run_id: str, cases, outs: list[dict], meta_extra: dic
         groups = [o["samples"][i] for o in outs]
         bad = next((k for k, r in enumerate(per) if r.get("status") != "ok"), None)
         row = failed(per[bad], bad, len(outs)) if bad is not None else pool_rows(per, groups)
-        rows.append({**row, **case.row_base(), "run_id": run_id, "case_id": case.case_id})
+        rows.append({**row, **case.as_row(), "run_id": run_id, "case_id": case.case_id})
         srows += [{"run_id": run_id, "case_id": case.case_id, "repeat": r, "iter": j, "latency_ms": v}
                   for r, g in enumerate(groups) for j, v in enumerate(g)]
     d = root / run_id
@@ -182,8 +182,8 @@ _ENV: dict = {}
 def judge_trial(root: Path, t: int, threshold: float, alpha: float) -> tuple[dict, dict]:
     """Compare trial t's stored runs (tNN-base against tNN-aa and each tNN-slowX): the A/A entry and, per slowdown,
     the detection entry."""
-    from bench.compare import compare_runs
-    from bench.store import load_run
+    from bench.analysis.compare import compare_runs
+    from bench.results.store import load_run
 
     base = load_run(root / f"t{t:02d}-base")
     df = compare_runs(base, load_run(root / f"t{t:02d}-aa"), threshold=threshold, alpha=alpha)
@@ -204,7 +204,7 @@ def stored_trials(root: Path) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.bench_checker", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_checker", description=__doc__.split("\n")[0])
     ap.add_argument("--child", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 trial of one small case, short timing")
     ap.add_argument("--trials", type=int, default=None, help="A/A compares and compares per slowdown (default 20)")

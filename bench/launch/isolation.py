@@ -1,0 +1,237 @@
+"""How a child process is started and watched: a fork server (default) or a fresh interpreter per case.
+
+- `ForkServer`: one `python -m bench.launch.worker --serve` per run imports torch and the models once, then
+  forks a fresh child per case (see bench.launch.worker); per-case overhead is a fork, not an interpreter start.
+- `Spawner`: a fresh `python -m bench.launch.worker --case` per case (`DENSEBENCH_ISOLATION=spawn`).
+Both return an `Outcome`; `bench.launch.outcome.classify` turns it into the row's status.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.launch.childenv import REPO, child_env
+
+ISOLATION_ENV = "DENSEBENCH_ISOLATION"
+ISOLATIONS = ("fork", "spawn")
+
+
+@dataclass
+class Outcome:
+    result: dict | None
+    exit_code: int | None = None
+    signal: int = 0
+    timed_out: bool = False
+    killed_by_us: bool = False
+    stage: str = ""
+    stderr_tail: str = ""
+    wall_s: float = 0.0
+    maxrss_kb: int | None = None
+
+
+def _tail(path: Path, n: int = 400) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1][-n:] if lines else ""
+
+
+class _Isolation:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.count = 0
+
+    def _paths(self, spec: dict) -> tuple[Path, Path, Path]:
+        self.count += 1
+        base = self.workdir / f"case{self.count:05d}"
+        spec_path, result_path, err_path = base.with_suffix(".spec.json"), base.with_suffix(".result.json"), \
+            base.with_suffix(".stderr")
+        spec_path.write_text(json.dumps(spec, default=str))
+        for p in (result_path, Path(f"{result_path}.stage")):
+            if p.exists():
+                p.unlink()
+        return spec_path, result_path, err_path
+
+    @staticmethod
+    def _finish(out: Outcome, result_path: Path, err_path: Path) -> Outcome:
+        try:
+            out.result = json.loads(result_path.read_text())
+        except (OSError, ValueError):
+            out.result = None
+        try:
+            out.stage = Path(f"{result_path}.stage").read_text().strip()
+        except OSError:
+            out.stage = ""
+        out.stderr_tail = _tail(err_path)
+        return out
+
+    def run(self, spec: dict, timeout_s: float) -> Outcome:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class Spawner(_Isolation):
+    """A fresh `python -m bench.launch.worker --case` per case (the interpreter and torch import are paid every time)."""
+
+    name = "spawn"
+
+    def run(self, spec: dict, timeout_s: float) -> Outcome:
+        spec_path, result_path, err_path = self._paths(spec)
+        t0 = time.perf_counter()
+        with open(err_path, "w") as err:
+            p = subprocess.Popen([sys.executable, "-m", "bench.launch.worker", "--case", str(spec_path), "--result",
+                                  str(result_path)], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                 env=child_env(), cwd=str(REPO))
+            out = Outcome(result=None)
+            try:
+                rc = p.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                rc = p.wait()
+                out.timed_out = out.killed_by_us = True
+        out.wall_s = time.perf_counter() - t0
+        out.exit_code = rc if rc >= 0 else None
+        out.signal = -rc if rc < 0 else 0
+        return self._finish(out, result_path, err_path)
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+class ForkServer(_Isolation):
+    """One `python -m bench.launch.worker --serve` per run; it forks a fresh child per case (see bench.launch.worker)."""
+
+    name = "fork"
+
+    def __init__(self, workdir: Path, start_timeout_s: float = 300.0):
+        super().__init__(workdir)
+        self.start_timeout_s = start_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self._buf = b""
+        self._ready = False
+        self._busy = False
+        self._log = None
+        self.cuda_touched = False
+        self.start_s = 0.0
+
+    def launch(self) -> None:
+        """Start the server without waiting for it (it imports torch while the parent does other work)."""
+        self._t0 = time.perf_counter()
+        self._log = open(self.workdir / "server.stderr", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.launch.worker", "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._log, env=child_env(), cwd=str(REPO))
+        self._buf = b""
+        self._ready = False
+
+    def start(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.launch()
+        if self._ready:
+            return
+        try:
+            msg = self._read(self.start_timeout_s)
+        except WorkerDied:
+            msg = None
+        if not msg or not msg.get("ready"):
+            self.close()
+            raise WorkerDied(f"worker server did not start ({_tail(self.workdir / 'server.stderr')})")
+        self._ready = True
+        self.cuda_touched = bool(msg.get("cuda_touched"))
+        self.start_s = time.perf_counter() - self._t0
+
+    def _read(self, timeout_s: float | None) -> dict | None:
+        """Next JSON line from the server; None on timeout; WorkerDied on EOF."""
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while b"\n" not in self._buf:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            r, _, _ = select.select([fd], [], [], wait)
+            if not r:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise WorkerDied("worker server exited")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, spec: dict, timeout_s: float) -> Outcome:
+        self.start()
+        spec_path, result_path, err_path = self._paths(spec)
+        t0 = time.perf_counter()
+        out = Outcome(result=None)
+        assert self.proc is not None and self.proc.stdin is not None
+        self._busy = True
+        try:
+            self.proc.stdin.write((json.dumps({"spec": str(spec_path), "result": str(result_path),
+                                               "stderr": str(err_path)}) + "\n").encode())
+            self.proc.stdin.flush()
+            started = self._read(60.0)
+            if started is None:
+                raise WorkerDied("worker server did not fork a child within 60 s")
+            pid = int(started["pid"])
+            done = self._read(timeout_s)
+            if done is None:
+                out.timed_out = out.killed_by_us = True
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                done = self._read(60.0)
+            if done is None:
+                raise WorkerDied("worker server did not reap a killed child")
+            self._busy = False
+        except (WorkerDied, BrokenPipeError, OSError) as e:
+            self.close()
+            out.wall_s = time.perf_counter() - t0
+            out.exit_code = None
+            out.stderr_tail = f"worker server failed: {e}"
+            return self._finish(out, result_path, err_path) if out.result else out
+        out.wall_s = time.perf_counter() - t0
+        out.signal = int(done.get("signal") or 0)
+        out.exit_code = None if out.signal else int(done.get("exit", 0))
+        out.maxrss_kb = done.get("maxrss_kb")
+        return self._finish(out, result_path, err_path)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            if self._busy:  # interrupted mid-case: the server is waiting on the child; its death kills the child
+                self.proc.kill()
+            try:
+                if self.proc.poll() is None:
+                    self.proc.stdin.write(b'{"quit": true}\n')
+                    self.proc.stdin.flush()
+                    self.proc.stdin.close()
+                    self.proc.wait(timeout=5)
+            except Exception:
+                try:
+                    self.proc.kill()
+                    self.proc.wait(timeout=5)
+                except Exception:
+                    pass
+            self.proc = None
+            self._ready = self._busy = False
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None
+
+
+def make_isolation(workdir: Path, kind: str | None = None) -> _Isolation:
+    kind = kind or os.environ.get(ISOLATION_ENV) or ("fork" if hasattr(os, "fork") else "spawn")
+    if kind not in ("fork", "spawn"):
+        raise ValueError(f"{ISOLATION_ENV}: {kind!r}; valid: fork, spawn")
+    return ForkServer(workdir) if kind == "fork" else Spawner(workdir)
+

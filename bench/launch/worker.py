@@ -1,0 +1,121 @@
+"""The worker process: a fork server (default) or one case per interpreter; both end in
+`bench.measure.child.run_case_file`.
+
+- fork server: `python -m bench.launch.worker --serve` imports torch, the models and the measuring modules ONCE
+  (`bench.measure.child.preload`), then forks a fresh child per case on request. The server itself never runs a
+  tensor op, so no thread pool or CUDA context is inherited: each case starts clean, and its overhead is the fork
+  plus the model build (well under a second) instead of a torch import (several seconds on a busy machine).
+- spawn (`DENSEBENCH_ISOLATION=spawn`, or where fork is missing): `python -m bench.launch.worker --case SPEC
+  --result OUT`, a fresh interpreter per case.
+
+Protocol of the server (one JSON object per line): the parent sends {"spec": path, "result": path, "stderr": path};
+the server answers {"pid": N} when the child is forked and {"pid": N, "exit": code, "signal": sig, "maxrss_kb": k}
+when it has ended. The parent enforces the timeout by killing the pid. The child writes `result` atomically (a
+JSON object {"row": {...}, "samples": [...]}) and a `result + ".stage"` file naming the step it is in, so that a
+timeout or a crash can say where it happened.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+
+from bench.measure.child import preload, run_case_file
+
+
+def _set_pdeathsig() -> None:
+    """Die (SIGKILL) when the parent dies, so a killed run leaves no orphan measuring in the background."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _child(msg: dict) -> None:
+    """In the forked child: fresh signal handlers, own stdio, run, exit without running the server's cleanup."""
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _set_pdeathsig()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        err = os.open(msg["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if msg.get("stderr") else 2
+        os.dup2(err, 2)
+        os.dup2(err, 1)  # a stray print must not corrupt the protocol on the server's stdout
+        sys.stdout = sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+        code = run_case_file(msg["spec"], msg["result"])
+    except BaseException:  # noqa: BLE001
+        try:
+            traceback.print_exc()
+        except Exception:
+            pass
+    finally:
+        try:
+            sys.stderr.flush()
+        except Exception:
+            pass
+        os._exit(code)
+
+
+def _cuda_touched() -> bool:
+    """Whether the CUDA driver library is loaded in this process (then forked children must not use CUDA)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return any("libcuda.so" in line for line in f)
+    except OSError:
+        return False
+
+
+def serve() -> int:
+    _set_pdeathsig()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C goes to the whole group
+    preload()
+    out = sys.stdout
+    out.write(json.dumps({"ready": True, "pid": os.getpid(), "cuda_touched": _cuda_touched()}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        msg = json.loads(line)
+        if msg.get("quit"):
+            break
+        pid = os.fork()
+        if pid == 0:
+            _child(msg)
+        out.write(json.dumps({"pid": pid}) + "\n")
+        out.flush()
+        _, status, ru = os.wait4(pid, 0)
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -sig
+        out.write(json.dumps({"pid": pid, "exit": code, "signal": sig, "maxrss_kb": ru.ru_maxrss}) + "\n")
+        out.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.launch.worker", description=__doc__.split("\n\n")[0])
+    p.add_argument("--serve", action="store_true", help="fork server (the runner's default)")
+    p.add_argument("--case", metavar="SPEC_JSON", help="run one case spec (spawn mode)")
+    p.add_argument("--result", metavar="OUT_JSON", help="where to write the case's result")
+    a = p.parse_args(argv)
+    if a.serve:
+        return serve()
+    if not (a.case and a.result):
+        p.error("need --serve, or --case and --result")
+    _set_pdeathsig()
+    preload()
+    return run_case_file(a.case, a.result)
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
