@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
+from bench.files import atomic_write
 from bench.schema import COLUMNS, COLUMN_NAMES, SAMPLE_COLUMNS, SCHEMA_VERSION
 
 RESULTS = "results.parquet"
@@ -37,19 +37,6 @@ class Run:
     @property
     def run_id(self) -> str:
         return str(self.meta.get("run_id") or self.path.name)
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -91,12 +78,12 @@ def samples_by_process(samples: pd.DataFrame, by: list[str]) -> dict[tuple, list
 
 
 def write_results(run_dir: Path, results: pd.DataFrame) -> None:
-    _atomic_write(run_dir / RESULTS, lambda p: results.to_parquet(p, index=False))
-    _atomic_write(run_dir / RESULTS_CSV, lambda p: results.to_csv(p, index=False))
+    atomic_write(run_dir / RESULTS, lambda p: results.to_parquet(p, index=False))
+    atomic_write(run_dir / RESULTS_CSV, lambda p: results.to_csv(p, index=False))
 
 
 def write_samples(run_dir: Path, samples: pd.DataFrame) -> None:
-    _atomic_write(run_dir / SAMPLES, lambda p: samples.to_parquet(p, index=False))
+    atomic_write(run_dir / SAMPLES, lambda p: samples.to_parquet(p, index=False))
 
 
 def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
@@ -106,7 +93,7 @@ def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
         with open(p, "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True, default=str)
 
-    _atomic_write(run_dir / META, write)
+    atomic_write(run_dir / META, write)
 
 
 def load_run(path: str | os.PathLike) -> Run:
