@@ -1,5 +1,25 @@
-"""densebench's engine: cases, isolated workers, timing, statistics, results store, reports and gates.
+"""densebench's engine: cases -> runner -> launch -> backends -> measure -> results -> analysis.
 
-Modules are imported lazily by whoever needs them (the per-case child imports only torch, the models and the
-measuring modules, never pandas), so keep this file free of imports.
+The Python API (bench.api) is re-exported here lazily: `import bench` imports nothing heavy, since the per-case
+child imports only torch, the models and the measuring modules, never pandas.
+
+    bench.run(models=..., res=..., devices=..., backends=..., ...) -> Run (.results, .samples, .meta, .path)
+    bench.resume(path) -> Run;  bench.load_run(path) -> Run
+    bench.compare(a, b) -> DataFrame;  bench.report(runs, path) -> Path
 """
+from __future__ import annotations
+
+from typing import Any
+
+_API = ("run", "resume", "load_run", "compare", "report", "Run", "RunInterrupted")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from bench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'bench' has no attribute {name!r}")
+
+
+__all__ = list(_API)

@@ -17,10 +17,10 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from bench.cases import Case, case_label
-from bench.envinfo import free_memory_bytes, now_iso
+from bench.env import free_memory_bytes, now_iso
 from bench.launch.childenv import MALLOC_ENV, child_env
 from bench.launch.faults import FAULT_ENV
 from bench.launch.isolation import ForkServer, Spawner, _Isolation, make_isolation
@@ -44,7 +44,7 @@ class Runner:
 
     def __init__(self, state: RunState, cases: list[Case], *, allow_missing: set[str] | None = None,
                  progress=None, log: Callable[[str], None] | None = None, isolation: str | None = None,
-                 calibrate: bool = True, repeats: int = 1):
+                 calibrate: bool = True, repeats: int = 1, child_env: Mapping[str, str] | None = None):
         if repeats < 1:
             raise ValueError("repeats must be >= 1")
         self.state = state
@@ -55,7 +55,9 @@ class Runner:
         self.log = log or (lambda s: None)
         self.isolation_kind = isolation
         self.calibrate = calibrate
+        self.child_env = dict(child_env or {})  # e.g. DENSEBENCH_MODELS_FROM: the children import users' models
         self._macs: dict = {}
+        self._model_reason: dict = {}
         self._fit: dict = {}
         self._spawner: Spawner | None = None
         self._groups: dict[str, dict[int, list[float]]] | None = None
@@ -80,6 +82,9 @@ class Runner:
         """(status, reason) decided without a child: absent device, unsupported combination, would not fit."""
         if case.device in self.missing:
             return "skipped", f"device {case.device} is not present on this machine (--allow-missing)"
+        bad_model = self._model_check(case)
+        if bad_model:
+            return "error", bad_model
         from bench.backends import unsupported_reason
 
         r = unsupported_reason(case.backend, case.device_type, case.precision, channels_last=case.channels_last,
@@ -87,6 +92,16 @@ class Runner:
         if r:
             return "unsupported", r
         return self._fit_check(case) if fit else None
+
+    def _model_check(self, case: Case) -> str | None:
+        """Why the model cannot be measured at all (its builder raises, returns no Module, or its output is not a
+        dense map), from one meta-device forward; users' models are the ones this catches."""
+        key = (case.model, case.height, case.width, case.batch)
+        if key not in self._model_reason:
+            from models.registry import check_model
+
+            self._model_reason[key] = check_model(case.model, case.height, case.width, case.batch)
+        return self._model_reason[key]
 
     def _fit_check(self, case: Case) -> tuple[str, str] | None:
         from bench.measure.memory import fit_reason, materialises_scores
@@ -137,7 +152,7 @@ class Runner:
         st.meta["status"] = "running"
         st.save(results_only=True)
         workdir = Path(tempfile.mkdtemp(prefix=f"densebench-{st.run_id}-"))
-        iso = make_isolation(workdir, self.isolation_kind)
+        iso = make_isolation(workdir, self.isolation_kind, env=self.child_env)
         st.meta["isolation"] = iso.name
         st.meta["malloc_env"] = {k: child_env()[k] for k in MALLOC_ENV}
         fault = os.environ.get(FAULT_ENV)
@@ -181,10 +196,7 @@ class Runner:
     def _run_one(self, iso: _Isolation, case: Case, rep: int, rows_at: dict, procs: dict, workdir: Path,
                  fault: str | None) -> None:
         """Process number `rep` of a case: run it (or decide it statically), pool, store the row and save."""
-        from bench.results import repeats as rp
-
         st = self.state
-        R = self.repeats
         started = now_iso()
         t0 = time.perf_counter()
         samples: list[float] = []
@@ -198,12 +210,22 @@ class Runner:
             row, samples = classify(out, case.timeout_s)
             if out.result and row.get("status") == "ok":
                 self._note_overhead(out, samples)
-        full = case.as_row()
-        full.update({k: v for k, v in row.items() if v is not None})
-        full.update({"run_id": st.run_id, "case_id": case.case_id, "host": st.meta.get("host"),
-                     "started_at": started, "wall_s": time.perf_counter() - t0})
-        for k, v in case.as_row().items():  # identity is the parent's, whatever the child said
-            full[k] = v
+        full = {**case.as_row(), **{k: v for k, v in row.items() if v is not None},
+                "run_id": st.run_id, "host": st.meta.get("host"), "started_at": started,
+                "wall_s": time.perf_counter() - t0}
+        full.update(case.as_row())  # identity is the parent's, whatever the child said
+        self._store(case, rep, full, samples, rows_at, procs)
+        st.meta["cases_done"] = sum(1 for r in st.rows if self._processes_done(r) >= self.repeats)
+        st.meta["updated_at"] = now_iso()
+        st.save()
+        self.log(_line(st.rows[rows_at[case.case_id]]))
+
+    def _store(self, case: Case, rep: int, full: dict, samples: list[float], rows_at: dict, procs: dict) -> None:
+        """Add one process's row and samples to the run: its samples join the case's, its row is pooled with the
+        case's earlier processes (or makes the case that failure)."""
+        from bench.results import repeats as rp
+
+        st = self.state
         prev = st.rows[rows_at[case.case_id]] if case.case_id in rows_at else None
         by_rep = self._groups_of(case.case_id)  # indexed before this process's samples join the run's
         st.samples.extend({"run_id": st.run_id, "case_id": case.case_id, "repeat": rep, "iter": j, "latency_ms": v}
@@ -211,7 +233,7 @@ class Runner:
         if samples:
             by_rep.setdefault(rep, []).extend(float(v) for v in samples)
         if full.get("status") != "ok":
-            full = rp.failed(full, rep, R)
+            full = rp.failed(full, rep, self.repeats)
         else:
             mine = procs.setdefault(case.case_id, [prev] if prev is not None and prev.get("status") == "ok" else [])
             mine.append(full)
@@ -219,17 +241,13 @@ class Runner:
             full = rp.pool_rows(mine, groups) if len(mine) > 1 else {**full, "repeats": 1,
                                                                       "latency_ms_repeat_cv": float("nan")}
             if prev is not None:
-                full["started_at"] = prev.get("started_at") or started
+                full["started_at"] = prev.get("started_at") or full["started_at"]
                 full["wall_s"] = float(prev.get("wall_s") or 0.0) + float(full.get("wall_s") or 0.0)
         if prev is not None:
             st.rows[rows_at[case.case_id]] = full
         else:
             rows_at[case.case_id] = len(st.rows)
             st.rows.append(full)
-        st.meta["cases_done"] = sum(1 for r in st.rows if self._processes_done(r) >= R)
-        st.meta["updated_at"] = now_iso()
-        st.save()
-        self.log(_line(full))
 
     def _process_case(self, iso: _Isolation, case: Case, workdir: Path, fault: str | None) -> Case:
         """The case as one of its processes runs it: MACs, calibrated peak, workdir, fault, and its share of the
@@ -270,7 +288,7 @@ class Runner:
             iso.start()
             if iso.cuda_touched:
                 if self._spawner is None:
-                    self._spawner = Spawner(iso.workdir)
+                    self._spawner = Spawner(iso.workdir, env=self.child_env)
                     self.state.meta["isolation_cuda"] = "spawn (the fork server had loaded the CUDA driver)"
                     self.log("fork server loaded the CUDA driver: CUDA cases run in fresh interpreters")
                 return self._spawner

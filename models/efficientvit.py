@@ -16,7 +16,7 @@ from torch import nn
 
 from models.layers import ActLayer, ConvNormAct, Residual
 from models.mixers import build_mixer
-from models.registry import MIXERS, ModelInfo, Published, register_model
+from models.registry import Published, register_model
 
 # ----------------------------------------------------------------------------------------------------------------
 # Local blocks
@@ -81,10 +81,6 @@ def local_block(kind: str, in_ch: int, out_ch: int, stride: int, expand: float, 
     if kind == "ds":
         return DSConv(in_ch, out_ch, stride, act, bn_eps)
     return _LOCAL[kind](in_ch, out_ch, stride, expand, act, bn_eps, fewer_norm)
-
-
-def maybe_residual(block: nn.Module, residual: bool) -> nn.Module:
-    return Residual(block) if residual else block
 
 
 class EfficientViTBlock(nn.Module):
@@ -229,8 +225,6 @@ BACKBONES: dict[str, BackboneCfg] = {
        for name, depths in (("l1", (1, 1, 1, 6, 6)), ("l2", (1, 2, 2, 8, 8)))},
 }
 
-CITYSCAPES, ADE20K = ("cityscapes", 19, (1024, 2048)), ("ade20k", 150, (512, 512))
-
 HEADS: dict[tuple[str, str], HeadCfg] = {
     ("b0", "cityscapes"): HeadCfg(32, 1, 19, 4),
     ("b1", "cityscapes"): HeadCfg(64, 3, 19, 4),
@@ -245,18 +239,6 @@ HEADS: dict[tuple[str, str], HeadCfg] = {
     ("l2", "ade20k"): HeadCfg(128, 3, 150, 8, middle="fmb", expand=4),
 }
 
-_ORIN, _NANO = "Jetson AGX Orin, TensorRT fp16", "Jetson Nano, TensorRT fp16"
-_SRC = "EfficientViT (ICCV 2023), Table: semantic segmentation"
-PUBLISHED: dict[tuple[str, str], Published] = {
-    ("b0", "cityscapes"): Published(0.7, 4.4, {_ORIN: 9.9, _NANO: 275}, 75.7, _SRC),
-    ("b1", "cityscapes"): Published(4.8, 25, {_ORIN: 24.3, _NANO: 819}, 80.5, _SRC),
-    ("b2", "cityscapes"): Published(15, 74, {_ORIN: 46.5, _NANO: 1676}, 82.1, _SRC),
-    ("b3", "cityscapes"): Published(40, 179, {_ORIN: 81.8, _NANO: 3192}, 83.0, _SRC),
-    ("b1", "ade20k"): Published(4.8, 3.1, {_ORIN: 4.0, _NANO: 110}, 42.8, _SRC),
-    ("b2", "ade20k"): Published(15, 9.1, {_ORIN: 7.3, _NANO: 212}, 45.9, _SRC),
-    ("b3", "ade20k"): Published(39, 22, {_ORIN: 12.5, _NANO: 411}, 49.0, _SRC),
-}
-
 BLOCK_CHANNELS, BLOCK_HEAD_DIM, BLOCK_STRIDE = 128, 16, 16  # EfficientViT-B1 stage 3
 
 
@@ -268,32 +250,84 @@ def mixer_block(mixer: str) -> MixerBlock:
     return MixerBlock(mixer, BLOCK_CHANNELS, BLOCK_HEAD_DIM)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Registered models
+
+# EfficientViT-Seg as published: name -> (size, dataset)
+EFFICIENTVIT_SEG: dict[str, tuple[str, str]] = {
+    "efficientvit-seg-b0-cityscapes": ("b0", "cityscapes"),
+    "efficientvit-seg-b1-cityscapes": ("b1", "cityscapes"),
+    "efficientvit-seg-b1-ade20k": ("b1", "ade20k"),
+    "efficientvit-seg-b2-cityscapes": ("b2", "cityscapes"),
+    "efficientvit-seg-b2-ade20k": ("b2", "ade20k"),
+    "efficientvit-seg-b3-cityscapes": ("b3", "cityscapes"),
+    "efficientvit-seg-b3-ade20k": ("b3", "ade20k"),
+    "efficientvit-seg-l1-cityscapes": ("l1", "cityscapes"),
+    "efficientvit-seg-l1-ade20k": ("l1", "ade20k"),
+    "efficientvit-seg-l2-cityscapes": ("l2", "cityscapes"),
+    "efficientvit-seg-l2-ade20k": ("l2", "ade20k"),
+}
+
+# The mixer variants: EfficientViT-Seg-BX (Cityscapes head) with another token mixer in stages 3-4.
+# name -> (size, mixer); each size lists the mixers in models.mixers.MIXERS order.
+EVIT_VARIANTS: dict[str, tuple[str, str]] = {
+    "evit-b0:softmax": ("b0", "softmax"),
+    "evit-b0:large-kernel": ("b0", "large-kernel"),
+    "evit-b0:relu-linear": ("b0", "relu-linear"),
+    "evit-b0:msla": ("b0", "msla"),
+    "evit-b1:softmax": ("b1", "softmax"),
+    "evit-b1:large-kernel": ("b1", "large-kernel"),
+    "evit-b1:relu-linear": ("b1", "relu-linear"),
+    "evit-b1:msla": ("b1", "msla"),
+    "evit-b2:softmax": ("b2", "softmax"),
+    "evit-b2:large-kernel": ("b2", "large-kernel"),
+    "evit-b2:relu-linear": ("b2", "relu-linear"),
+    "evit-b2:msla": ("b2", "msla"),
+    "evit-b3:softmax": ("b3", "softmax"),
+    "evit-b3:large-kernel": ("b3", "large-kernel"),
+    "evit-b3:relu-linear": ("b3", "relu-linear"),
+    "evit-b3:msla": ("b3", "msla"),
+}
+
+# One mixer alone, the unit of the block-level benchmark: name -> mixer
+MIXER_BLOCKS: dict[str, str] = {
+    "block:softmax": "softmax",
+    "block:large-kernel": "large-kernel",
+    "block:relu-linear": "relu-linear",
+    "block:msla": "msla",
+}
+
+_ORIN, _NANO = "Jetson AGX Orin, TensorRT fp16", "Jetson Nano, TensorRT fp16"
+_SRC = "EfficientViT (ICCV 2023), Table: semantic segmentation"
+PUBLISHED: dict[str, Published] = {
+    "efficientvit-seg-b0-cityscapes": Published(0.7, 4.4, {_ORIN: 9.9, _NANO: 275}, 75.7, _SRC),
+    "efficientvit-seg-b1-cityscapes": Published(4.8, 25, {_ORIN: 24.3, _NANO: 819}, 80.5, _SRC),
+    "efficientvit-seg-b2-cityscapes": Published(15, 74, {_ORIN: 46.5, _NANO: 1676}, 82.1, _SRC),
+    "efficientvit-seg-b3-cityscapes": Published(40, 179, {_ORIN: 81.8, _NANO: 3192}, 83.0, _SRC),
+    "efficientvit-seg-b1-ade20k": Published(4.8, 3.1, {_ORIN: 4.0, _NANO: 110}, 42.8, _SRC),
+    "efficientvit-seg-b2-ade20k": Published(15, 9.1, {_ORIN: 7.3, _NANO: 212}, 45.9, _SRC),
+    "efficientvit-seg-b3-ade20k": Published(39, 22, {_ORIN: 12.5, _NANO: 411}, 49.0, _SRC),
+}
+
+
 def _register() -> None:
-    datasets = {"cityscapes": CITYSCAPES, "ade20k": ADE20K}
-    for (size, dataset), head in HEADS.items():
-        _, classes, input_size = datasets[dataset]
-        token_stride = 32 if size.startswith("l") else 16
-        register_model(ModelInfo(
-            name=f"efficientvit-seg-{size}-{dataset}", family="efficientvit", mixer="msla",
-            builder=partial(efficientvit_seg, size, dataset), dataset=dataset, input_size=input_size,
-            num_classes=classes, out_stride=8, size_multiple=32, token_stride=token_stride,
-            published=PUBLISHED.get((size, dataset)),
-            description=f"EfficientViT-Seg-{size.upper()} with its {dataset} head, as published"))
-    for size in ("b0", "b1", "b2", "b3"):
-        for mixer in MIXERS:
-            register_model(ModelInfo(
-                name=f"evit-{size}:{mixer}", family="evit-variant", mixer=mixer,
-                builder=partial(efficientvit_seg, size, "cityscapes", mixer), dataset="cityscapes",
-                input_size=CITYSCAPES[2], num_classes=19, out_stride=8, size_multiple=32, token_stride=16,
-                description=f"EfficientViT-Seg-{size.upper()} macro architecture with {mixer} token mixers "
-                            f"in stages 3-4"))
-    for mixer in MIXERS:
-        register_model(ModelInfo(
-            name=f"block:{mixer}", family="block", mixer=mixer, builder=partial(mixer_block, mixer),
-            input_size=(1024, 2048), num_classes=0, out_stride=BLOCK_STRIDE, in_channels=BLOCK_CHANNELS,
-            input_stride=BLOCK_STRIDE, size_multiple=BLOCK_STRIDE, token_stride=BLOCK_STRIDE,
-            description=f"one residual {mixer} mixer at EfficientViT-B1 stage-3 width {BLOCK_CHANNELS}, "
-                        f"head dim {BLOCK_HEAD_DIM}, fed the stride-{BLOCK_STRIDE} map of the image"))
+    for name, (size, dataset) in EFFICIENTVIT_SEG.items():
+        register_model(name, family="efficientvit", mixer="msla", dataset=dataset, out_stride=8, size_multiple=32,
+                       token_stride=32 if size.startswith("l") else 16, published=PUBLISHED.get(name),
+                       description=f"EfficientViT-Seg-{size.upper()} with its {dataset} head, as published",
+                       )(partial(efficientvit_seg, size, dataset))
+    for name, (size, mixer) in EVIT_VARIANTS.items():
+        register_model(name, family="evit-variant", mixer=mixer, dataset="cityscapes", out_stride=8,
+                       size_multiple=32, token_stride=16,
+                       description=f"EfficientViT-Seg-{size.upper()} macro architecture with {mixer} token mixers "
+                                   f"in stages 3-4")(partial(efficientvit_seg, size, "cityscapes", mixer))
+    for name, mixer in MIXER_BLOCKS.items():
+        register_model(name, family="block", mixer=mixer, input_size=(1024, 2048), num_classes=0,
+                       out_stride=BLOCK_STRIDE, in_channels=BLOCK_CHANNELS, input_stride=BLOCK_STRIDE,
+                       size_multiple=BLOCK_STRIDE, token_stride=BLOCK_STRIDE,
+                       description=f"one residual {mixer} mixer at EfficientViT-B1 stage-3 width {BLOCK_CHANNELS}, "
+                                   f"head dim {BLOCK_HEAD_DIM}, fed the stride-{BLOCK_STRIDE} map of the image",
+                       )(partial(mixer_block, mixer))
 
 
 _register()

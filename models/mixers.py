@@ -5,7 +5,7 @@ They share one constructor shape, `Mixer(channels, head_dim, **options)`, and on
 mixing and nothing else:
 
 - `SoftmaxAttention`: multi-head softmax attention over all H*W tokens. Global, quadratic in tokens.
-  With `sr_ratio > 1` it is SegFormer's spatial-reduction form (K, V from an RxR stride-R conv + LayerNorm).
+  (SegFormer's spatial-reduction form is `models.segformer.SpatialReductionAttention`.)
 - `LargeKernelAttention`: SegNeXt's multi-scale convolutional attention (5x5 depthwise + strip pairs 7/11/21,
   1x1, gating). Local but large receptive field.
 - `ReLULinearAttention`: ReLU linear attention, linear in tokens through associativity.
@@ -24,9 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.layers import ConvNormAct
-
-MIXER_NAMES = ("softmax", "large-kernel", "relu-linear", "msla")
-
 
 def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     # autocast has no meta device (MAC counting builds models there); there is nothing to switch off.
@@ -108,38 +105,18 @@ class MultiScaleLinearAttention(nn.Module):
 
 
 class SoftmaxAttention(nn.Module):
-    """Multi-head softmax attention over all tokens: qkv 1x1, softmax(QK^T/sqrt(h))V, proj 1x1 + BN.
+    """Multi-head softmax attention over all tokens: qkv 1x1, softmax(QK^T/sqrt(h))V, proj 1x1 + BN."""
 
-    With sr_ratio R > 1, keys and values come from an RxR stride-R conv + LayerNorm of the input (SegFormer's
-    efficient self-attention), which divides the quadratic term by R^2.
-    """
-
-    def __init__(self, channels: int, head_dim: int = 16, sr_ratio: int = 1) -> None:
+    def __init__(self, channels: int, head_dim: int = 16) -> None:
         super().__init__()
-        self.head_dim, self.sr_ratio = head_dim, sr_ratio
-        heads = channels // head_dim
-        total = heads * head_dim
-        if sr_ratio > 1:
-            self.q = nn.Conv2d(channels, total, 1, bias=False)
-            self.sr = nn.Conv2d(channels, channels, sr_ratio, sr_ratio)
-            self.sr_norm = nn.LayerNorm(channels)
-            self.kv = nn.Conv2d(channels, 2 * total, 1, bias=False)
-        else:
-            self.qkv = nn.Conv2d(channels, 3 * total, 1, bias=False)
+        self.head_dim = head_dim
+        total = channels // head_dim * head_dim
+        self.qkv = nn.Conv2d(channels, 3 * total, 1, bias=False)
         self.proj = ConvNormAct(total, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, hgt, wid = x.shape
-        h = self.head_dim
-        if self.sr_ratio > 1:
-            q = self.q(x).reshape(b, -1, h, hgt * wid).transpose(-1, -2)
-            r = self.sr(x)
-            r = self.sr_norm(r.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(r.shape)
-            kv = self.kv(r)
-            kv = kv.reshape(b, -1, 2 * h, kv.shape[-2] * kv.shape[-1]).transpose(-1, -2)
-            k, v = kv.chunk(2, dim=-1)
-        else:
-            q, k, v = _split_heads(self.qkv(x), h)
+        _, _, hgt, wid = x.shape
+        q, k, v = _split_heads(self.qkv(x), self.head_dim)
         # Head dim last and contiguous: without it SDPA on the CPU silently takes the math path, which holds the
         # N x N scores in memory and is several times slower than the flash kernel (the fair softmax baseline).
         out = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
@@ -184,16 +161,17 @@ class LargeKernelAttention(nn.Module):
         return self.proj(self.msca(self.act(self.proj_1(x))))
 
 
-_MIXERS: dict[str, type[nn.Module]] = {
+_MIXER_CLASSES: dict[str, type[nn.Module]] = {
     "softmax": SoftmaxAttention,
     "large-kernel": LargeKernelAttention,
     "relu-linear": ReLULinearAttention,
     "msla": MultiScaleLinearAttention,
 }
+MIXERS = tuple(_MIXER_CLASSES)  # the mixer names; the registry lists each model's variants in this order
 
 
 def build_mixer(name: str, channels: int, head_dim: int = 16, **options) -> nn.Module:
-    """A token mixer by name (one of MIXER_NAMES) with the common constructor shape."""
-    if name not in _MIXERS:
-        raise ValueError(f"unknown mixer {name!r}; valid: {', '.join(MIXER_NAMES)}")
-    return _MIXERS[name](channels, head_dim, **options)
+    """A token mixer by name (one of MIXERS) with the common constructor shape."""
+    if name not in _MIXER_CLASSES:
+        raise ValueError(f"unknown mixer {name!r}; valid: {', '.join(MIXERS)}")
+    return _MIXER_CLASSES[name](channels, head_dim, **options)

@@ -1,23 +1,47 @@
 """The model registry: name -> builder + metadata.
 
-Everything the engine, the report and the CLI know about a model comes from its `ModelInfo`, so a new model is
-one `register_model` call in its own model file.
+Everything the engine, the report and the CLI know about a model comes from its `ModelInfo`. Built-in and users'
+models are registered the same way, by decorating a builder (no arguments -> nn.Module):
+
+    @register_model("my-net")
+    def my_net() -> nn.Module: ...
+
+The built-in model files apply the same decorator to the rows of their config tables. What a user leaves out has a
+default that needs no knowledge of the model: the family "user", any resolution, and the classes and output stride
+read off one meta-device forward the first time they are asked for (so listing the zoo builds nothing).
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import cached_property
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
 
-MIXERS = ("msla", "relu-linear", "softmax", "large-kernel")
-FAMILIES = ("evit-variant", "block", "efficientvit", "segformer", "segnext")
+FAMILIES = ("evit-variant", "block", "efficientvit", "segformer", "segnext", "user")
+# dataset -> (classes, input size): a model made for a dataset has its classes and is shown at its resolution
+DATASETS: dict[str, tuple[int, tuple[int, int]]] = {"ade20k": (150, (512, 512)), "cityscapes": (19, (1024, 2048))}
+
+Builder = TypeVar("Builder", bound=Callable[[], nn.Module])
 
 
 class UnknownModelError(ValueError):
     """Raised for a name that is not in the registry; the message lists what is."""
+
+
+class DuplicateModelError(ValueError):
+    """Raised when a second builder is registered under a name already taken."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model {name!r} registered twice")
+        self.name = name
+
+
+class ModelCheckError(ValueError):
+    """A model that cannot be measured as a dense predictor; the message is the one-line reason."""
 
 
 @dataclass(frozen=True)
@@ -37,20 +61,38 @@ class Published:
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """One registered model, made by `register_model` (which holds the defaults).
+
+    `num_classes` and `out_stride` are the declared values where given, else read off one meta-device forward at
+    `input_size` on first use: a user's model need not state them, and nothing is built until they are needed.
+    """
     name: str
+    builder: Callable[[], nn.Module]
     family: str
     mixer: str
-    builder: Callable[[], nn.Module]
-    dataset: str | None = None
-    input_size: tuple[int, int] = (512, 512)
-    num_classes: int = 0
-    out_stride: int = 8
-    in_channels: int = 3
-    input_stride: int = 1  # blocks are fed the stride-16 map of the image: (B, C, H // 16, W // 16)
-    size_multiple: int = 32  # H and W must be multiples of this
-    token_stride: int = 16  # stride of the first attention stage: tokens = H * W / token_stride**2
-    published: Published | None = None
-    description: str = ""
+    dataset: str | None
+    input_size: tuple[int, int]  # the model's own resolution: display and published figures only
+    in_channels: int
+    input_stride: int  # blocks are fed the stride-16 map of the image: (B, C, H // 16, W // 16)
+    size_multiple: int  # H and W must be multiples of this
+    token_stride: int  # stride of the first attention stage: tokens = H * W / token_stride**2
+    published: Published | None
+    description: str
+    declared_classes: int | None  # 0: the output is a feature map, not logits (blocks)
+    declared_stride: int | None
+
+    @cached_property
+    def _probed(self) -> tuple[int, int]:
+        return dense_output(self, *self.input_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self._probed[0] if self.declared_classes is None else self.declared_classes
+
+    @property
+    def out_stride(self) -> int:
+        """Stride of the output relative to the image (not to the model's input, for blocks)."""
+        return self._probed[1] if self.declared_stride is None else self.declared_stride
 
     def tokens(self, height: int, width: int) -> int:
         return (height // self.token_stride) * (width // self.token_stride)
@@ -59,11 +101,49 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(info: ModelInfo) -> ModelInfo:
-    if info.name in _REGISTRY:
-        raise ValueError(f"model {info.name!r} registered twice")
-    _REGISTRY[info.name] = info
-    return info
+def register_model(name: str, *, family: str = "user", mixer: str = "custom", dataset: str | None = None,
+                   input_size: tuple[int, int] | None = None, num_classes: int | None = None,
+                   out_stride: int | None = None, in_channels: int = 3, input_stride: int = 1,
+                   size_multiple: int = 1, token_stride: int = 16, published: Published | None = None,
+                   description: str = "") -> Callable[[Builder], Builder]:
+    """Decorator registering a builder under `name`; returns the builder unchanged.
+
+    A dataset of DATASETS gives the default classes and input size; otherwise classes and output stride are
+    read off the model when first needed and input_size (512, 512) is for display only: runs use their own --res.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_model takes the model's name first, e.g. @register_model('my-net'); got {name!r}")
+    if family not in FAMILIES:
+        raise ValueError(f"model {name!r}: family {family!r} is not accepted; accepted: {', '.join(FAMILIES)}")
+    ds_classes, ds_size = DATASETS.get(dataset or "", (None, (512, 512)))
+
+    def register(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise DuplicateModelError(name)
+        _REGISTRY[name] = ModelInfo(
+            name=name, builder=builder, family=family, mixer=mixer, dataset=dataset,
+            input_size=tuple(input_size or ds_size), in_channels=in_channels, input_stride=input_stride,
+            size_multiple=size_multiple, token_stride=token_stride, published=published, description=description,
+            declared_classes=ds_classes if num_classes is None else num_classes, declared_stride=out_stride)
+        return builder
+
+    return register
+
+
+@contextlib.contextmanager
+def registering() -> Iterator[list[str]]:
+    """Collects the names registered inside the block (filled when it ends). If the block raises, they are
+    unregistered again, so that a source that fails half-way through its import leaves no model behind."""
+    _ensure_loaded()
+    before = set(_REGISTRY)
+    added: list[str] = []
+    try:
+        yield added
+    except BaseException:
+        for n in [n for n in _REGISTRY if n not in before]:
+            del _REGISTRY[n]
+        raise
+    added.extend(n for n in _REGISTRY if n not in before)
 
 
 def _ensure_loaded() -> None:
@@ -134,3 +214,54 @@ def example_input(name: str, height: int, width: int, batch: int = 1, device: st
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(input_shape(name, height, width, batch), generator=g, dtype=torch.float32)
     return x.to(device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checking a model: one forward on the meta device (shapes only: no memory, no arithmetic)
+
+
+def error_line(e: BaseException) -> str:
+    """'ValueError: first line of the message': an exception as one line of a user-facing reason."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def dense_output(info: ModelInfo, height: int, width: int, batch: int = 1) -> tuple[int, int]:
+    """(channels, stride to the image) of one meta-device forward at height x width; ModelCheckError if the
+    builder or the forward raises, or the output is not one dense (B, C, H / s, W / s) map."""
+    try:
+        with torch.device("meta"):
+            model = info.builder()
+    except Exception as e:
+        raise ModelCheckError(f"builder of {info.name!r} raised {error_line(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelCheckError(f"builder of {info.name!r} returned {type(model).__name__}, not an nn.Module")
+    s = info.input_stride
+    x = torch.empty(batch, info.in_channels, height // s, width // s, device="meta")
+    try:
+        with torch.no_grad():
+            y = model.eval()(x)
+    except Exception as e:
+        raise ModelCheckError(f"forward of {info.name!r} at {height}x{width} (meta device) raised "
+                              f"{error_line(e)}") from None
+    what = f"{y.dim()}-D tensor {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+    stride = height // y.shape[-2] if isinstance(y, torch.Tensor) and y.dim() == 4 and y.shape[-2] else 0
+    if not stride or y.shape[0] != batch or (y.shape[-2] * stride, y.shape[-1] * stride) != (height, width):
+        raise ModelCheckError(f"output of {info.name!r} at {height}x{width} (batch {batch}) is a {what}, not dense: "
+                              f"accepted: one (B, C, H/s, W/s) tensor, s an integer stride")
+    return y.shape[1], stride
+
+
+def check_model(name: str, height: int, width: int, batch: int = 1) -> str | None:
+    """None if `name` builds and maps a batch of height x width images to a dense map of its declared classes and
+    stride, else the one-line reason. Meant for users' models, before a child process is spent on them."""
+    info = get_model_info(name)
+    try:
+        classes, stride = dense_output(info, height, width, batch)
+    except ModelCheckError as e:
+        return str(e)
+    if info.declared_stride is not None and stride != info.declared_stride:
+        return f"{name!r} declares output stride {info.declared_stride} but outputs stride {stride} at {height}x{width}"
+    if info.declared_classes and classes != info.declared_classes:
+        return f"{name!r} declares {info.declared_classes} classes but outputs {classes} channels"
+    return None

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.layers import ConvNormAct, FeaturePyramid
-from models.registry import ModelInfo, Published, register_model
+from models.registry import DATASETS, Published, register_model
 
 __all__ = ["SegFormer", "MixVisionTransformer", "SegFormerHead", "segformer", "SEGFORMER_CFGS"]
 
@@ -201,29 +201,38 @@ def segformer(variant: str, num_classes: int, **kwargs) -> SegFormer:
     return SegFormer(num_classes=num_classes, **cfg).eval()
 
 
-# Published params (once per model) and MACs (per dataset resolution): docs/published-numbers (SegFormer paper,
-# EfficientViT paper; Orin latency read off the EfficientViT chart, Cityscapes 1024x2048).
-_PUBLISHED: dict[tuple[str, str], Published] = {
-    ("b0", "ade20k"): Published(params_m=3.8, macs_g=8.4, source="SegFormer paper / EfficientViT paper"),
-    ("b0", "cityscapes"): Published(
-        counted_as="segformer-b0-ade20k", note="published params and MACs were counted with the 150-class head",
-        params_m=3.8, macs_g=125.5, source="SegFormer paper / EfficientViT paper",
-        latency_ms={"Jetson AGX Orin, Cityscapes 1024x2048 (read off chart, approx.)": 107.0}),
-    ("b1", "ade20k"): Published(params_m=13.7, macs_g=15.9, source="SegFormer paper / EfficientViT paper"),
-    ("b1", "cityscapes"): Published(
-        counted_as="segformer-b1-ade20k", note="published params and MACs were counted with the 150-class head",
-        params_m=13.7, macs_g=243.7, source="SegFormer paper / EfficientViT paper",
-        latency_ms={"Jetson AGX Orin, Cityscapes 1024x2048 (read off chart, approx.)": 146.0}),
+# Registered models: name -> (variant, dataset)
+SEGFORMER_MODELS: dict[str, tuple[str, str]] = {
+    "segformer-b0-ade20k": ("b0", "ade20k"),
+    "segformer-b0-cityscapes": ("b0", "cityscapes"),
+    "segformer-b1-ade20k": ("b1", "ade20k"),
+    "segformer-b1-cityscapes": ("b1", "cityscapes"),
+    "segformer-b2-ade20k": ("b2", "ade20k"),
+    "segformer-b2-cityscapes": ("b2", "cityscapes"),
 }
 
-_DATASETS = {"ade20k": (150, (512, 512)), "cityscapes": (19, (1024, 2048))}
+# Published params (once per model) and MACs (per dataset resolution): docs/published-numbers (SegFormer paper,
+# EfficientViT paper; Orin latency read off the EfficientViT chart, Cityscapes 1024x2048).
+_SRC = "SegFormer paper / EfficientViT paper"
+_HEAD150 = "published params and MACs were counted with the 150-class head"
+_ORIN = "Jetson AGX Orin, Cityscapes 1024x2048 (read off chart, approx.)"
+_PUBLISHED: dict[str, Published] = {
+    "segformer-b0-ade20k": Published(params_m=3.8, macs_g=8.4, source=_SRC),
+    "segformer-b0-cityscapes": Published(counted_as="segformer-b0-ade20k", note=_HEAD150, params_m=3.8,
+                                         macs_g=125.5, source=_SRC, latency_ms={_ORIN: 107.0}),
+    "segformer-b1-ade20k": Published(params_m=13.7, macs_g=15.9, source=_SRC),
+    "segformer-b1-cityscapes": Published(counted_as="segformer-b1-ade20k", note=_HEAD150, params_m=13.7,
+                                         macs_g=243.7, source=_SRC, latency_ms={_ORIN: 146.0}),
+}
 
-for _v in SEGFORMER_CFGS:
-    for _ds, (_classes, _size) in _DATASETS.items():
-        register_model(ModelInfo(
-            name=f"segformer-{_v}-{_ds}", family="segformer", mixer="softmax-sr", dataset=_ds,
-            input_size=_size, num_classes=_classes, out_stride=4, in_channels=3, input_stride=1,
-            size_multiple=32, token_stride=4, published=_PUBLISHED.get((_v, _ds)),
-            builder=functools.partial(segformer, _v, num_classes=_classes),
-            description=f"SegFormer-{_v.upper()} (MiT-{_v.upper()} + all-MLP decoder, softmax attention with "
-                        f"spatial reduction 8/4/2/1), {_ds} head, logits at stride 4"))
+
+def _register() -> None:
+    for name, (variant, dataset) in SEGFORMER_MODELS.items():
+        register_model(name, family="segformer", mixer="softmax-sr", dataset=dataset, out_stride=4,
+                       size_multiple=32, token_stride=4, published=_PUBLISHED.get(name),
+                       description=f"SegFormer-{variant.upper()} (MiT-{variant.upper()} + all-MLP decoder, softmax "
+                                   f"attention with spatial reduction 8/4/2/1), {dataset} head, logits at stride 4",
+                       )(functools.partial(segformer, variant, num_classes=DATASETS[dataset][0]))
+
+
+_register()

@@ -26,7 +26,7 @@ from torch import nn
 
 from models.layers import FeaturePyramid
 from models.mixers import MSCA
-from models.registry import ModelInfo, Published, register_model
+from models.registry import DATASETS, Published, register_model
 
 __all__ = ["SegNeXt", "MSCAN", "LightHamHead", "NMF2D", "segnext", "SEGNEXT_CFGS"]
 
@@ -233,23 +233,34 @@ def segnext(variant: str, num_classes: int, **kwargs) -> SegNeXt:
     return SegNeXt(num_classes=num_classes, **cfg).eval()
 
 
-_SRC = "SegNeXt paper / EfficientViT paper"
-_ORIN = "Jetson AGX Orin, Cityscapes 1024x2048 (read off chart, approx.)"
-_PUBLISHED: dict[tuple[str, str], Published] = {
-    ("t", "ade20k"): Published(params_m=4.3, macs_g=6.6, source=_SRC),
-    ("t", "cityscapes"): Published(params_m=4.3, macs_g=50.5, latency_ms={_ORIN: 93.0}, source=_SRC),
-    ("s", "ade20k"): Published(params_m=13.9, macs_g=15.9, source=_SRC),
-    ("s", "cityscapes"): Published(params_m=13.9, macs_g=124.6, latency_ms={_ORIN: 127.0}, source=_SRC),
+# Registered models: name -> (variant, dataset)
+SEGNEXT_MODELS: dict[str, tuple[str, str]] = {
+    "segnext-t-ade20k": ("t", "ade20k"),
+    "segnext-t-cityscapes": ("t", "cityscapes"),
+    "segnext-s-ade20k": ("s", "ade20k"),
+    "segnext-s-cityscapes": ("s", "cityscapes"),
+    "segnext-b-ade20k": ("b", "ade20k"),
+    "segnext-b-cityscapes": ("b", "cityscapes"),
 }
 
-_DATASETS = {"ade20k": (150, (512, 512)), "cityscapes": (19, (1024, 2048))}
+_SRC = "SegNeXt paper / EfficientViT paper"
+_ORIN = "Jetson AGX Orin, Cityscapes 1024x2048 (read off chart, approx.)"
+_PUBLISHED: dict[str, Published] = {
+    "segnext-t-ade20k": Published(params_m=4.3, macs_g=6.6, source=_SRC),
+    "segnext-t-cityscapes": Published(params_m=4.3, macs_g=50.5, latency_ms={_ORIN: 93.0}, source=_SRC),
+    "segnext-s-ade20k": Published(params_m=13.9, macs_g=15.9, source=_SRC),
+    "segnext-s-cityscapes": Published(params_m=13.9, macs_g=124.6, latency_ms={_ORIN: 127.0}, source=_SRC),
+}
 
-for _v in SEGNEXT_CFGS:
-    for _ds, (_classes, _size) in _DATASETS.items():
-        register_model(ModelInfo(
-            name=f"segnext-{_v}-{_ds}", family="segnext", mixer="large-kernel", dataset=_ds,
-            input_size=_size, num_classes=_classes, out_stride=8, in_channels=3, input_stride=1,
-            size_multiple=32, token_stride=4, published=_PUBLISHED.get((_v, _ds)),
-            builder=functools.partial(segnext, _v, num_classes=_classes),
-            description=f"SegNeXt-{_v.upper()} (MSCAN-{_v.upper()}: large-kernel conv attention 5/7/11/21 + "
-                        f"LightHamHead with NMF, fixed seeded basis), {_ds} head, logits at stride 8"))
+
+def _register() -> None:
+    for name, (variant, dataset) in SEGNEXT_MODELS.items():
+        register_model(name, family="segnext", mixer="large-kernel", dataset=dataset, out_stride=8,
+                       size_multiple=32, token_stride=4, published=_PUBLISHED.get(name),
+                       description=f"SegNeXt-{variant.upper()} (MSCAN-{variant.upper()}: large-kernel conv attention "
+                                   f"5/7/11/21 + LightHamHead with NMF, fixed seeded basis), {dataset} head, logits "
+                                   f"at stride 8",
+                       )(functools.partial(segnext, variant, num_classes=DATASETS[dataset][0]))
+
+
+_register()

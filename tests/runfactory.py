@@ -1,4 +1,7 @@
-"""Synthetic run folders for the compare and gates tests (real files written through bench.store)."""
+"""Synthetic run folders for the compare, gates and report tests (real files written through bench.store).
+
+compare and gates build their rows with `case`; the report's fixtures (`cpu_run`, `gpu_run`, `crafted_run`) are
+whole runs of a synthetic latency model, shared by the report tests and the browser test."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -70,3 +73,132 @@ def noise(seed: int, n: int = 300, median: float = 10.0, cv: float = 0.02) -> np
     k = max(1, n // 50)
     x[rng.choice(n, k, replace=False)] *= rng.uniform(1.2, 3.0, k)
     return x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the report's fixtures
+
+XSS_SCRIPT = "<script>alert(1)</script>"
+XSS_IMG = '"><img src=x onerror=alert(1)>'
+
+SIZE = {"evit-b0": 1.0, "evit-b1": 2.2, "block": 0.15}
+# latency(ms) = overhead + lin * MP + quad * MP^2 at size 1 on the reference device
+MIXER = {"msla": (2.0, 40.0, 0.0), "relu-linear": (2.0, 36.0, 0.0), "softmax": (2.0, 25.0, 30.0),
+         "large-kernel": (2.0, 95.0, 0.0)}
+DEVICES = {  # name -> (device, speed factor, peak GMAC/s)
+    "Fixture Xeon 8480 (CPU)": ("cpu", 1.0, 900.0),
+    "Fixture H100 (GPU)": ("cuda:0", 0.015, 400_000.0),
+}
+
+
+def report_row(run_id: str, host: str, model: str, variant: str, level: str, dev_name: str, threads: int, h: int,
+               w: int, batch: int = 1, status: str = "ok", reason: str = "", backend: str = "eager",
+               precision: str = "fp32", lat: float | None = None, seed: int = 0) -> dict:
+    """A result row of the report fixtures: latency from the synthetic model of MIXER, SIZE and DEVICES."""
+    device, factor, peak = DEVICES.get(dev_name, ("cpu", 1.0, 900.0))
+    base = model.split(":")[0]
+    mp = h * w / 1e6
+    o, lin, quad = MIXER.get(variant, (2.0, 40.0, 0.0))
+    tf = 1.0 if threads in (0, 1) else 0.6
+    size = SIZE.get(base, 1.0)
+    median = lat if lat is not None else (o + (lin * mp + quad * mp * mp) * size) * factor * tf * batch ** 0.7
+    macs = int(4.0e9 * SIZE.get(base, 1.0) * mp * batch * (1.3 if variant == "softmax" else 1.0))
+    r = dict(run_id=run_id, model=model, family="block" if level == "block" else "evit-variant", variant=variant,
+             level=level, device=device, device_name=dev_name, backend=backend, precision=precision, batch=batch,
+             threads=threads, height=h, width=w, tokens=h * w // 256, channels_last=False, folded=False,
+             params=int(1e6 * SIZE.get(base, 1.0)), macs=macs, status=status, reason=reason, host=host, seed=seed,
+             started_at="2025-11-27T07:00:00Z", wall_s=3.0, warmup_iters=10)
+    r["case_id"] = case_key(r)
+    if status == "ok":
+        n = 40
+        r.update(n=n, latency_ms_median=median, latency_ms_mean=median * 1.01, latency_ms_std=median * 0.02,
+                 latency_ms_min=median * 0.97, latency_ms_max=median * 1.1, latency_ms_p90=median * 1.03,
+                 latency_ms_p95=median * 1.04, latency_ms_p99=median * 1.08, latency_ms_iqr=median * 0.02,
+                 latency_ms_ci_low=median * 0.99, latency_ms_ci_high=median * 1.012, converged=True,
+                 throughput_ips=1000.0 * batch / median, peak_mem_mb=50 + 300 * mp * SIZE.get(base, 1.0)
+                 * (1 + (mp * 4 if variant == "softmax" else 0)), first_call_ms=median * 3,
+                 gmacs_per_s=macs / 1e9 / (median / 1e3), device_peak_gmacs_per_s=peak,
+                 frac_of_peak=macs / 1e9 / (median / 1e3) / peak, rel_err=1e-6, numerics_ok=True, build_s=0.0)
+    return r
+
+
+def _report_samples(rows: list[dict], rng: np.random.Generator) -> list[dict]:
+    out = []
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        x = r["latency_ms_median"] * rng.lognormal(0.0, 0.02, r["n"])
+        x[rng.integers(0, r["n"])] *= 1.3  # one outlier
+        out += [dict(run_id=r["run_id"], case_id=r["case_id"], iter=i, latency_ms=float(v)) for i, v in enumerate(x)]
+    return out
+
+
+def write_fixture_run(run_dir: Path, rows: list[dict], meta: dict | None = None, samples: bool = True,
+                      seed: int = 0) -> Path:
+    write_results(run_dir, results_frame(rows))
+    if samples:
+        write_samples(run_dir, samples_frame(_report_samples(rows, np.random.default_rng(seed))))
+    if meta is not None:
+        write_meta(run_dir, meta)
+    return run_dir
+
+
+def cpu_run(tmp: Path, run_id: str = "fixture-cpu", host: str = "cpu-box", extra: list[dict] | None = None) -> Path:
+    """A CPU box: 1 thread (mobile proxy) and 2 threads; softmax times out at 2048 on 1 thread."""
+    rows = []
+    for threads in (1, 2):
+        for base, level in (("evit-b0", "model"), ("evit-b1", "model"), ("block", "block")):
+            for mixer in MIXER:
+                for s in (512, 1024, 2048):
+                    model = f"{base}:{mixer}"
+                    if mixer == "softmax" and s == 2048 and threads == 1 and level == "model":
+                        rows.append(report_row(run_id, host, model, mixer, level, "Fixture Xeon 8480 (CPU)", threads, s, s,
+                                         status="timeout", reason="case exceeded its 120 s timeout"))
+                        continue
+                    rows.append(report_row(run_id, host, model, mixer, level, "Fixture Xeon 8480 (CPU)", threads, s, s))
+    rows.append(report_row(run_id, host, "evit-b0:msla", "msla", "model", "Fixture Xeon 8480 (CPU)", 2, 512, 512,
+                     backend="tensorrt", status="unsupported", reason="tensorrt needs a CUDA device"))
+    rows += extra or []
+    meta = dict(run_id=run_id, host=host, started_at="2025-11-27T07:00:00Z", python="3.11.2", torch="2.5.1",
+                cpu=dict(model="Fixture Xeon 8480", cores=2, governor="performance", freq_mhz=2000),
+                argv=["run_bench.py", "--devices", "cpu", "--res", "512,1024,2048"])
+    return write_fixture_run(tmp / run_id, rows, meta, seed=1)
+
+
+def gpu_run(tmp: Path, run_id: str = "fixture-gpu", host: str = "gpu-box") -> Path:
+    rows = []
+    for base, level in (("evit-b0", "model"), ("evit-b1", "model"), ("block", "block")):
+        for mixer in MIXER:
+            for s in (512, 1024, 2048):
+                model = f"{base}:{mixer}"
+                if mixer == "softmax" and s == 2048 and base == "evit-b1":
+                    rows.append(report_row(run_id, host, model, mixer, level, "Fixture H100 (GPU)", 0, s, s,
+                                     status="oom", reason="CUDA out of memory. Tried to allocate 12.00 GiB"))
+                    continue
+                rows.append(report_row(run_id, host, model, mixer, level, "Fixture H100 (GPU)", 0, s, s))
+    for b in (2, 4, 8):
+        for mixer in ("msla", "softmax"):
+            rows.append(report_row(run_id, host, f"evit-b0:{mixer}", mixer, "model", "Fixture H100 (GPU)", 0, 1024, 1024,
+                             batch=b))
+    meta = dict(run_id=run_id, host=host, started_at="2025-11-27T08:00:00Z", torch="2.5.1", cuda="12.4",
+                gpu=dict(name="Fixture H100", driver="550.54", clocks=dict(sm_mhz=1980, mem_mhz=2619),
+                         power_limit_w=700, persistence_mode=True))
+    return write_fixture_run(tmp / run_id, rows, meta, seed=2)
+
+
+def crafted_run(tmp: Path) -> Path:
+    """Every text field a user or a machine controls carries markup."""
+    run_id = "fixture-crafted"
+    host = f"host{XSS_IMG}"
+    dev = f"CPU {XSS_SCRIPT}"
+    rows = []
+    for s in (512, 1024):
+        for mixer in ("msla", "softmax"):
+            model = f"{XSS_SCRIPT}:{mixer}" if mixer == "msla" else f"{XSS_SCRIPT}:softmax"
+            rows.append(report_row(run_id, host, model, mixer, "model", dev, 1, s, s))
+    rows.append(report_row(run_id, host, f"evil{XSS_IMG}", "msla", "model", dev, 1, 512, 512, status="error",
+                     reason=f"RuntimeError: {XSS_SCRIPT} {XSS_IMG} </script><script>alert(2)</script>"))
+    # the run id from meta.json goes into the page title and the JSON block read by the table script
+    meta = dict(run_id=f"crafted</script><script>alert(3)</script><!--", host=host, note=f"{XSS_SCRIPT}{XSS_IMG}",
+                gpu={"clocks": XSS_IMG})
+    return write_fixture_run(tmp / run_id, rows, meta)

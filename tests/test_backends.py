@@ -9,12 +9,15 @@ ONNX export: the dynamo exporter (default, ~15 s) once on msla, the TorchScript 
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
 from bench import backends
+from bench.backends import trt
 from bench.backends import (BACKENDS, PRECISIONS, Prepared, Unsupported, prepare, reference_output,
                             tensorrt_api, tensorrt_compile_kwargs, tensorrt_model_dtype, unsupported_reason)
 from bench.measure.numerics import TOLERANCES, evaluate
@@ -29,6 +32,16 @@ RES = 64
 
 def test_variants_registered():
     assert set(VARIANTS) <= set(list_models())
+
+
+def test_registry_order_and_lazy_extras():
+    # The order is the CLI's and the report's; the optional extras load only when their backend is used.
+    assert BACKENDS == ("eager", "compile", "cudagraphs", "onnxruntime", "tensorrt")
+    code = ("import sys, bench.backends; "
+            "print(sorted(m for m in ('onnxruntime', 'torch_tensorrt', 'tensorrt') if m in sys.modules))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert out.strip() == "[]"
 
 
 def _case(name, res=RES):
@@ -118,16 +131,12 @@ def test_channels_last_eager(tmp_path):
     assert w.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_fold_eager_or_reason(tmp_path):
+def test_fold_eager(tmp_path):
     model, x, ref = _case("evit-b0:large-kernel")
-    reason = backends.fold_available()
-    if reason:
-        assert unsupported_reason("eager", "cpu", "fp32", fold=True) == reason
-        with pytest.raises(Unsupported, match="fold_conv_bn"):
-            prepare(model, x, backend="eager", device="cpu", precision="fp32", fold=True, workdir=tmp_path)
-        return
+    assert unsupported_reason("eager", "cpu", "fp32", fold=True) is None
     p = prepare(model, x, backend="eager", device="cpu", precision="fp32", fold=True, workdir=tmp_path)
     _check(p, ref, "fp32")
+    assert p.info["folded"] is True
 
 
 def test_set_fp32_math_keeps_every_getter_consistent():
@@ -258,15 +267,15 @@ def test_tensorrt_bad_inputs():
 
 def test_tensorrt_not_installed_or_broken(monkeypatch, tmp_path):
     model, x = _tiny()
-    monkeypatch.setattr(backends, "tensorrt_version", lambda: None)
+    monkeypatch.setattr(trt, "tensorrt_version", lambda: None)
     with pytest.raises(Unsupported, match="torch-tensorrt is not installed"):
-        backends._prepare_tensorrt(model, x, torch.device("cpu"), "fp16", {}, {}, tmp_path)
+        trt.prepare(model, x, torch.device("cpu"), "fp16", {}, {}, tmp_path)
     if not HAS_TRT:
-        monkeypatch.setattr(backends, "tensorrt_version", lambda: "2.13.0")
+        monkeypatch.setattr(trt, "tensorrt_version", lambda: "2.13.0")
         with pytest.raises(Unsupported, match="does not import"):
-            backends._prepare_tensorrt(model, x, torch.device("cpu"), "fp16", {}, {}, tmp_path)
+            trt.prepare(model, x, torch.device("cpu"), "fp16", {}, {}, tmp_path)
     if HAS_CUDA:
-        monkeypatch.setattr(backends, "tensorrt_version", lambda: None)
+        monkeypatch.setattr(trt, "tensorrt_version", lambda: None)
         assert "not installed" in unsupported_reason("tensorrt", "cuda", "fp16")
 
 

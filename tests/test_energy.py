@@ -1,11 +1,11 @@
 import math
-import sys
 import types
 
 import pytest
 import torch
 
-from bench import gpuinfo
+from bench import env
+from bench.env import gpu as env_gpu, jetson as env_jetson
 from bench.measure import energy
 from bench.measure.energy import EnergyMeter, EnergyReading, available, energy_columns, make_meter, \
     parse_tegrastats_vdd_in_mw
@@ -27,7 +27,7 @@ def test_cuda_without_gpu_is_unavailable():
     assert not ok and reason.startswith("NVML not available:")
     with pytest.raises(RuntimeError, match="NVML not available"):
         EnergyMeter(0)
-    info = gpuinfo.gpu_info("cuda")
+    info = env.gpu_info("cuda")
     assert info["available"] is False and "CUDA not available" in info["reason"]
 
 
@@ -78,8 +78,8 @@ class _FakeNVML(types.ModuleType):
 
 def _patch(monkeypatch, fake):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(gpuinfo, "nvml_import", lambda: fake)
-    monkeypatch.setattr(gpuinfo, "nvml_handle", lambda pynvml, idx: (object(), "uuid"))
+    monkeypatch.setattr(env_gpu, "nvml_init", lambda: fake)
+    monkeypatch.setattr(env_gpu, "nvml_handle", lambda pynvml, idx: (object(), "uuid"))
 
 
 def test_nvml_path_with_fake_counter(monkeypatch):
@@ -108,8 +108,8 @@ def test_jetson_tegrastats_meter_with_fake_tool(monkeypatch, tmp_path):
                    "sleep 0.05; done\n")
     exe.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
-    monkeypatch.setattr(gpuinfo, "is_jetson", lambda: True)
-    monkeypatch.setattr(gpuinfo, "_has_module", lambda name: False)
+    monkeypatch.setattr(env_jetson, "is_jetson", lambda: True)
+    monkeypatch.setattr(env_jetson, "_has_module", lambda name: False)
     assert energy.TegraPowerMeter.available() == (True, "")
     meter, reason = make_meter("cuda:0") if not HAS_CUDA else (energy.TegraPowerMeter(), "")
     assert isinstance(meter, energy.TegraPowerMeter) and reason == ""
@@ -126,12 +126,50 @@ def test_jetson_power_mode_from_nvpmodel(monkeypatch, tmp_path):
     exe.write_text("#!/bin/sh\necho 'NVPM WARN: patching'\necho 'NV Power Mode: MAXN'\necho 0\n")
     exe.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
-    assert gpuinfo.nvpmodel_mode() == "MAXN (0)"
-    monkeypatch.setattr(gpuinfo, "is_jetson", lambda: True)
-    info = gpuinfo.jetson_info()
+    assert env.nvpmodel_mode() == "MAXN (0)"
+    monkeypatch.setattr(env_jetson, "is_jetson", lambda: True)
+    info = env.jetson_info()
     assert info["jetson"] is True and info["power_mode"] == "MAXN (0)"
 
 
 def test_cpu_metadata():
-    assert isinstance(gpuinfo.device_name("cpu"), str) and gpuinfo.device_name("cpu")
-    assert all(isinstance(v, bool) for v in gpuinfo.cpu_isa().values())
+    assert isinstance(env.device_name("cpu"), str) and env.device_name("cpu")
+    assert all(isinstance(v, bool) for v in env.cpu_isa().values())
+
+
+class _FakeNVMLDevices(_FakeNVML):
+    """Two NVML devices with names and memory: the parent-side readers (no torch, no CUDA init)."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 0, 1, 0
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, h):
+        return f"GPU{h}".encode()
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return types.SimpleNamespace(total=(h + 1) * 2**30, free=(h + 1) * 2**29)
+
+    def nvmlSystemGetDriverVersion(self):
+        return b"999.1"
+
+    def nvmlDeviceGetPowerManagementLimit(self, h):
+        return 300_000
+
+
+def test_parent_side_gpu_facts_come_from_nvml(monkeypatch):
+    monkeypatch.setattr(env_gpu, "nvml_init", lambda: _FakeNVMLDevices())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    env_gpu.gpus.cache_clear()
+    try:
+        (g,) = env.gpus()
+        assert g["index"] == 0 and g["nvml_index"] == 1 and g["name"] == "GPU1" and g["driver"] == "999.1"
+        assert g["memory_total_mb"] == 2048 and g["power_limit_w"] == 300 and "pstate" not in g
+        assert env.device_name("cuda:0") == "GPU1" and env.device_name("cuda") == "GPU1"
+        assert env.free_memory_bytes("cuda:0") == 2**30 and env.free_memory_bytes("cuda:1") is None
+    finally:
+        env_gpu.gpus.cache_clear()

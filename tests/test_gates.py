@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bench.analysis.gates import (DEFAULT_GATES, GateConfigError, add_check_arguments, cmd_check, evaluate_gates,
-                         load_gates, matrix_for)
+                                  load_gates, matrix_for)
 from bench.results.store import load_run
 
 sys.path.insert(0, str(Path(__file__).parent))  # works with or without tests/__init__.py
@@ -145,8 +145,33 @@ def test_cmd_check_measures_a_tiny_matrix_with_the_engine(tmp_path, capsys):
     gates = tmp_path / "tiny.toml"
     gates.write_text('[[gate]]\nname = "tiny"\nkind = "speedup"\nfaster = "block:relu-linear"\n'
                      'slower = "block:softmax"\nheight = 256\nwidth = 256\nmin_ratio = 1.0\n')
+    from bench.commands.check import measure_gates  # the command layer measures; gates only evaluates
+
     rc = cmd_check(_args("--gates", str(gates), "--out", str(tmp_path / "res"), "--min-time", "0.05",
-                         "--max-time", "0.2"))
+                         "--max-time", "0.2"), measure=measure_gates)
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "PASS  tiny" in out and "check run:" in out
+
+
+def test_cmd_check_measures_through_the_injected_measure(tmp_path, capsys):
+    """Without --run, cmd_check evaluates the run the command layer's `measure` made; without one it says so."""
+    made = make_run(tmp_path, "made", [case("block:msla", 1024, 1024, noise(1, median=100)),
+                                       case("block:softmax", 1024, 1024, noise(2, median=5000))])
+    (tmp_path / "sp.toml").write_text('[[gate]]\nname = "sp"\nkind = "speedup"\nfaster = "block:msla"\n'
+                                      'slower = "block:softmax"\nheight = 1024\nwidth = 1024\nmin_ratio = 10.0\n')
+    calls = []
+
+    def measure(gates, devices, out_dir, **timing):
+        calls.append((matrix_for(gates, ["cpu"]), devices, out_dir, timing["threads"], timing["min_time_s"]))
+        return made
+
+    args = _args("--gates", str(tmp_path / "sp.toml"), "--out", str(tmp_path / "res"), "--min-time", "0.05")
+    assert cmd_check(args, measure=measure) == 0
+    assert calls == [([("block:msla", 1024, 1024), ("block:softmax", 1024, 1024)], ["cpu"], tmp_path / "res", 1,
+                      0.05)]
+    out = capsys.readouterr().out
+    assert f"check run: {made}" in out and "PASS  sp" in out
+    assert cmd_check(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("check: error: ") and err.count("\n") == 1 and "--run" in err

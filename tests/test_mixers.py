@@ -80,28 +80,18 @@ def test_msla_and_relu_linear_equal_timm_litemla(channels, dim, hw, scales):
     assert rel < 1e-5, f"seed {seed}: relative error {rel:.2e}"
 
 
-@pytest.mark.parametrize("sr_ratio", [1, 2, 4])
-def test_softmax_equals_naive_softmax_attention(sr_ratio):
+def test_softmax_equals_naive_softmax_attention():
+    # SegFormer's spatial-reduction form is tested in tests/test_segformer.py
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     c, h, hgt, wid = 64, 16, 8, 12
-    mixer = SoftmaxAttention(c, h, sr_ratio=sr_ratio).eval()
+    mixer = SoftmaxAttention(c, h).eval()
     x = torch.randn(2, c, hgt, wid, generator=g)
 
     # The naive form from the module's own weights: softmax(Q K^T / sqrt(h)) V per head, then proj.
-    def heads(t: torch.Tensor) -> torch.Tensor:  # (B, heads*h, n) -> (B, heads, n, h)
-        return t.reshape(2, -1, h, t.shape[-1]).transpose(-1, -2)
-
-    if sr_ratio > 1:
-        q = heads(mixer.q(x).flatten(2))
-        r = mixer.sr(x)
-        r = mixer.sr_norm(r.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(r.shape)
-        kv = mixer.kv(r).flatten(2).reshape(2, -1, 2 * h, r.shape[-2] * r.shape[-1]).transpose(-1, -2)
-        k, v = kv[..., :h], kv[..., h:]
-    else:
-        qkv = mixer.qkv(x).flatten(2).reshape(2, -1, 3 * h, hgt * wid).transpose(-1, -2)
-        q, k, v = qkv[..., :h], qkv[..., h:2 * h], qkv[..., 2 * h:]
+    qkv = mixer.qkv(x).flatten(2).reshape(2, -1, 3 * h, hgt * wid).transpose(-1, -2)
+    q, k, v = qkv[..., :h], qkv[..., h:2 * h], qkv[..., 2 * h:]
     a = torch.softmax((q.double() @ k.double().transpose(-1, -2)) / h ** 0.5, dim=-1)
     out = (a @ v.double()).float().transpose(-1, -2).reshape(2, c, hgt, wid)
     with torch.no_grad():
@@ -150,18 +140,6 @@ def test_mixer_macs_match_reference_formulas(mixer, d, h, hw):
     assert count_model_macs(m, x) == _formula(mixer, hw[0] * hw[1], d, h)
 
 
-def test_softmax_sr_macs_match_reference_formula():
-    d, h, r = 64, 16, 4
-    with torch.device("meta"):
-        m = SoftmaxAttention(d, h, sr_ratio=r).eval()
-    for hgt, wid in [(32, 32), (64, 128)]:
-        n = hgt * wid
-        x = torch.empty(1, d, hgt, wid, device="meta")
-        # q, proj: 2Nd^2; sr conv: N d^2 (R^2 d^2 per reduced token); kv: 2 N d^2 / R^2; attention 2 N^2 d / R^2
-        expected = 3 * n * d * d + 2 * n * d * d // r ** 2 + 2 * n * n * d // r ** 2
-        assert count_model_macs(m, x) == expected
-
-
 def test_every_mixer_has_the_common_constructor_and_shape():
     x = torch.randn(2, 64, 6, 10)
     for name, cls in [("softmax", SoftmaxAttention), ("large-kernel", LargeKernelAttention),
@@ -180,7 +158,6 @@ def test_softmax_mixer_takes_the_flash_kernel_on_cpu():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     x = torch.randn(1, 64, 16, 16)
-    for sr_ratio in (1, 2):
-        m = SoftmaxAttention(64, 16, sr_ratio=sr_ratio).eval()
-        with torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            assert m(x).shape == x.shape
+    m = SoftmaxAttention(64, 16).eval()
+    with torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        assert m(x).shape == x.shape

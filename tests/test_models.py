@@ -11,7 +11,8 @@ from bnstats import randomise_bn
 from models import build_model, check_resolution, example_input, get_model_info, list_models, resolve_models
 from models.complexity import count_macs, params_of
 from models.deploy import count_unfolded_bn, fold_conv_bn, to_deploy
-from models.registry import MIXERS, UnknownModelError
+from models.mixers import MIXERS
+from models.registry import UnknownModelError
 
 
 def within_published(ours: float, published: float, rel: float = 0.02) -> bool:
@@ -140,6 +141,14 @@ def test_registry_errors_and_resolution():
     assert check_resolution("evit-b1:msla", 512, 1024) is None
     assert "multiples of 32" in check_resolution("evit-b1:msla", 500, 1024)
     assert "not positive" in check_resolution("evit-b1:msla", 0, 1024)
+
+
+def test_config_tables_cover_every_size_and_mixer():
+    # the names are literals in the config tables (greppable); a missing or misspelt row fails here
+    assert list_models("evit-variant") == [f"evit-{s}:{m}" for s in ("b0", "b1", "b2", "b3") for m in MIXERS]
+    assert list_models("block") == [f"block:{m}" for m in MIXERS]
+    for name in list_models("evit-variant") + list_models("block"):
+        assert get_model_info(name).mixer == name.split(":")[1]
 
 
 def _small_res(name: str) -> tuple[int, int]:

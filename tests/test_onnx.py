@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models import build_model, example_input, get_model_info, list_models
-from models.onnx_export import DEFAULT_OPSET, export_onnx, onnxruntime_session
+from models.onnx_export import ONNX_OPSET, export_onnx, onnxruntime_session
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -30,7 +30,7 @@ def test_onnx_round_trip(name, tmp_path):
     import onnx
 
     proto = onnx.load(str(path))
-    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == DEFAULT_OPSET
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == ONNX_OPSET
     sess = onnxruntime_session(path)
     (y_ort,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():

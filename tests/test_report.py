@@ -1,7 +1,8 @@
 """Tests of the HTML/Markdown report (bench/report).
 
-The runs here are FIXTURES of the report's inputs: results/samples/meta written with bench.store from rows built
-below (synthetic latencies: linear in pixels for msla, quadratic for softmax), not measurements. One test renders
+The runs here are FIXTURES of the report's inputs (tests/runfactory.py): results/samples/meta written with
+bench.store from synthetic rows (latencies linear in pixels for msla, quadratic for softmax), not
+measurements. One test renders
 a report of a real `run_bench.py --quick` run when the engine is there.
 """
 from __future__ import annotations
@@ -22,136 +23,12 @@ import pytest
 
 from bench.analysis.report import add_report_arguments, cmd_report, default_out, write_report
 from bench.analysis.report import data as rdata
-from bench.analysis.report.html import md_escape, safe_json
-from bench.cases import case_key
-from bench.results.store import load_run, results_frame, samples_frame, write_meta, write_results, write_samples
+from bench.results.store import load_run
+from bench.text import md_escape
 
 ROOT = Path(__file__).resolve().parent.parent
-XSS_SCRIPT = "<script>alert(1)</script>"
-XSS_IMG = '"><img src=x onerror=alert(1)>'
-
-# --------------------------------------------------------------------------------------------------------------
-# fixtures of the report's inputs
-
-SIZE = {"evit-b0": 1.0, "evit-b1": 2.2, "block": 0.15}
-# latency(ms) = overhead + lin * MP + quad * MP^2 at size 1 on the reference device
-MIXER = {"msla": (2.0, 40.0, 0.0), "relu-linear": (2.0, 36.0, 0.0), "softmax": (2.0, 25.0, 30.0),
-         "large-kernel": (2.0, 95.0, 0.0)}
-DEVICES = {  # name -> (device, speed factor, peak GMAC/s)
-    "Fixture Xeon 8480 (CPU)": ("cpu", 1.0, 900.0),
-    "Fixture H100 (GPU)": ("cuda:0", 0.015, 400_000.0),
-}
-
-
-def _row(run_id, host, model, variant, level, dev_name, threads, h, w, batch=1, status="ok", reason="",
-         backend="eager", precision="fp32", lat=None, seed=0):
-    device, factor, peak = DEVICES.get(dev_name, ("cpu", 1.0, 900.0))
-    base = model.split(":")[0]
-    mp = h * w / 1e6
-    o, lin, quad = MIXER.get(variant, (2.0, 40.0, 0.0))
-    tf = 1.0 if threads in (0, 1) else 0.6
-    size = SIZE.get(base, 1.0)
-    median = lat if lat is not None else (o + (lin * mp + quad * mp * mp) * size) * factor * tf * batch ** 0.7
-    macs = int(4.0e9 * SIZE.get(base, 1.0) * mp * batch * (1.3 if variant == "softmax" else 1.0))
-    r = dict(run_id=run_id, model=model, family="block" if level == "block" else "evit-variant", variant=variant,
-             level=level, device=device, device_name=dev_name, backend=backend, precision=precision, batch=batch,
-             threads=threads, height=h, width=w, tokens=h * w // 256, channels_last=False, folded=False,
-             params=int(1e6 * SIZE.get(base, 1.0)), macs=macs, status=status, reason=reason, host=host, seed=seed,
-             started_at="2025-11-27T07:00:00Z", wall_s=3.0, warmup_iters=10)
-    r["case_id"] = case_key(r)
-    if status == "ok":
-        n = 40
-        r.update(n=n, latency_ms_median=median, latency_ms_mean=median * 1.01, latency_ms_std=median * 0.02,
-                 latency_ms_min=median * 0.97, latency_ms_max=median * 1.1, latency_ms_p90=median * 1.03,
-                 latency_ms_p95=median * 1.04, latency_ms_p99=median * 1.08, latency_ms_iqr=median * 0.02,
-                 latency_ms_ci_low=median * 0.99, latency_ms_ci_high=median * 1.012, converged=True,
-                 throughput_ips=1000.0 * batch / median, peak_mem_mb=50 + 300 * mp * SIZE.get(base, 1.0)
-                 * (1 + (mp * 4 if variant == "softmax" else 0)), first_call_ms=median * 3,
-                 gmacs_per_s=macs / 1e9 / (median / 1e3), device_peak_gmacs_per_s=peak,
-                 frac_of_peak=macs / 1e9 / (median / 1e3) / peak, rel_err=1e-6, numerics_ok=True, build_s=0.0)
-    return r
-
-
-def _samples(rows, rng):
-    out = []
-    for r in rows:
-        if r["status"] != "ok":
-            continue
-        x = r["latency_ms_median"] * rng.lognormal(0.0, 0.02, r["n"])
-        x[rng.integers(0, r["n"])] *= 1.3  # one outlier
-        out += [dict(run_id=r["run_id"], case_id=r["case_id"], iter=i, latency_ms=float(v)) for i, v in enumerate(x)]
-    return out
-
-
-def write_fixture_run(run_dir: Path, rows: list[dict], meta: dict | None = None, samples: bool = True,
-                      seed: int = 0) -> Path:
-    write_results(run_dir, results_frame(rows))
-    if samples:
-        write_samples(run_dir, samples_frame(_samples(rows, np.random.default_rng(seed))))
-    if meta is not None:
-        write_meta(run_dir, meta)
-    return run_dir
-
-
-def cpu_run(tmp: Path, run_id: str = "fixture-cpu", host: str = "cpu-box", extra: list[dict] | None = None) -> Path:
-    """A CPU box: 1 thread (mobile proxy) and 2 threads; softmax times out at 2048 on 1 thread."""
-    rows = []
-    for threads in (1, 2):
-        for base, level in (("evit-b0", "model"), ("evit-b1", "model"), ("block", "block")):
-            for mixer in MIXER:
-                for s in (512, 1024, 2048):
-                    model = f"{base}:{mixer}"
-                    if mixer == "softmax" and s == 2048 and threads == 1 and level == "model":
-                        rows.append(_row(run_id, host, model, mixer, level, "Fixture Xeon 8480 (CPU)", threads, s, s,
-                                         status="timeout", reason="case exceeded its 120 s timeout"))
-                        continue
-                    rows.append(_row(run_id, host, model, mixer, level, "Fixture Xeon 8480 (CPU)", threads, s, s))
-    rows.append(_row(run_id, host, "evit-b0:msla", "msla", "model", "Fixture Xeon 8480 (CPU)", 2, 512, 512,
-                     backend="tensorrt", status="unsupported", reason="tensorrt needs a CUDA device"))
-    rows += extra or []
-    meta = dict(run_id=run_id, host=host, started_at="2025-11-27T07:00:00Z", python="3.11.2", torch="2.5.1",
-                cpu=dict(model="Fixture Xeon 8480", cores=2, governor="performance", freq_mhz=2000),
-                argv=["run_bench.py", "--devices", "cpu", "--res", "512,1024,2048"])
-    return write_fixture_run(tmp / run_id, rows, meta, seed=1)
-
-
-def gpu_run(tmp: Path, run_id: str = "fixture-gpu", host: str = "gpu-box") -> Path:
-    rows = []
-    for base, level in (("evit-b0", "model"), ("evit-b1", "model"), ("block", "block")):
-        for mixer in MIXER:
-            for s in (512, 1024, 2048):
-                model = f"{base}:{mixer}"
-                if mixer == "softmax" and s == 2048 and base == "evit-b1":
-                    rows.append(_row(run_id, host, model, mixer, level, "Fixture H100 (GPU)", 0, s, s,
-                                     status="oom", reason="CUDA out of memory. Tried to allocate 12.00 GiB"))
-                    continue
-                rows.append(_row(run_id, host, model, mixer, level, "Fixture H100 (GPU)", 0, s, s))
-    for b in (2, 4, 8):
-        for mixer in ("msla", "softmax"):
-            rows.append(_row(run_id, host, f"evit-b0:{mixer}", mixer, "model", "Fixture H100 (GPU)", 0, 1024, 1024,
-                             batch=b))
-    meta = dict(run_id=run_id, host=host, started_at="2025-11-27T08:00:00Z", torch="2.5.1", cuda="12.4",
-                gpu=dict(name="Fixture H100", driver="550.54", clocks=dict(sm_mhz=1980, mem_mhz=2619),
-                         power_limit_w=700, persistence_mode=True))
-    return write_fixture_run(tmp / run_id, rows, meta, seed=2)
-
-
-def crafted_run(tmp: Path) -> Path:
-    """Every text field a user or a machine controls carries markup."""
-    run_id = "fixture-crafted"
-    host = f"host{XSS_IMG}"
-    dev = f"CPU {XSS_SCRIPT}"
-    rows = []
-    for s in (512, 1024):
-        for mixer in ("msla", "softmax"):
-            model = f"{XSS_SCRIPT}:{mixer}" if mixer == "msla" else f"{XSS_SCRIPT}:softmax"
-            rows.append(_row(run_id, host, model, mixer, "model", dev, 1, s, s))
-    rows.append(_row(run_id, host, f"evil{XSS_IMG}", "msla", "model", dev, 1, 512, 512, status="error",
-                     reason=f"RuntimeError: {XSS_SCRIPT} {XSS_IMG} </script><script>alert(2)</script>"))
-    # the run id from meta.json goes into the page title and the JSON block read by the table script
-    meta = dict(run_id=f"crafted</script><script>alert(3)</script><!--", host=host, note=f"{XSS_SCRIPT}{XSS_IMG}",
-                gpu={"clocks": XSS_IMG})
-    return write_fixture_run(tmp / run_id, rows, meta)
+sys.path.insert(0, str(Path(__file__).parent))  # works with or without tests/__init__.py
+from runfactory import XSS_SCRIPT, cpu_run, crafted_run, gpu_run, report_row, write_fixture_run  # noqa: E402
 
 
 class _Collector(HTMLParser):
@@ -225,7 +102,7 @@ def test_headline_speedups_and_exponents(merged_report):
     sp, notes = rdata.speedups(m)
     # msla vs softmax on the GPU at 1024 for evit-b0, batch 1: exact from the synthetic model
     r = sp[(sp["config"].str.contains("H100")) & (sp["base"] == "evit-b0") & (sp["baseline"] == "softmax")
-           & (sp["resolution"] == "1024x1024") & sp["config"].str.contains("· b1")]
+           & (sp["resolution"] == "1024x1024") & sp["config"].str.endswith(" b1")]
     assert len(r) == 1
     mp = 1024 * 1024 / 1e6
     expect = (2 + 25 * mp + 30 * mp * mp) / (2 + 40 * mp)  # evit-b0: size 1
@@ -241,7 +118,7 @@ def test_headline_speedups_and_exponents(merged_report):
 
 
 def test_same_device_on_two_hosts_is_kept_apart(tmp_path):
-    rows = {h: [_row(h, h, f"block:{mx}", mx, "block", "Fixture H100 (GPU)", 0, s, s) for mx in ("msla", "softmax")
+    rows = {h: [report_row(h, h, f"block:{mx}", mx, "block", "Fixture H100 (GPU)", 0, s, s) for mx in ("msla", "softmax")
                 for s in (512, 1024)] for h in ("box-a", "box-b")}
     runs = [write_fixture_run(tmp_path / h, r, meta=dict(run_id=h), samples=False) for h, r in rows.items()]
     m = rdata.merge_runs([load_run(p) for p in runs])
@@ -303,21 +180,28 @@ def test_xss_is_escaped_everywhere(tmp_path):
         assert "<script" not in t and "<img" not in t, svg
 
 
-def test_safe_json_cannot_close_the_script():
-    s = safe_json({"x": "</script><script>alert(1)</script><!--", "y": "a&b"})
-    assert "</" not in s and "<!--" not in s and "<" not in s
-    assert json.loads(s) == {"x": "</script><script>alert(1)</script><!--", "y": "a&b"}
+def test_table_meta_json_cannot_close_the_script(tmp_path):
+    """The JSON block the table script reads goes through jinja2's |tojson: nothing in a run id can end the
+    <script> element early, open a comment or start an entity, and the data arrive intact."""
+    run_id = "</script><script>alert(1)</script><!-- a&b 'q' \u2028"
+    run = write_fixture_run(tmp_path / "r", [report_row("r", "h", "block:msla", "msla", "block", "Fixture H100 (GPU)", 0,
+                                                  512, 512)], meta=dict(run_id=run_id))
+    page = write_report([run], tmp_path / "r.html").read_text()
+    block = _parse(page).script_text[0]
+    for bad in ("</", "<!--", "<", ">", "&", "'", "\u2028"):
+        assert bad not in block, bad
+    assert json.loads(block)["runs"] == [run_id]
     assert md_escape("a|b <b>x</b>") == "a\\|b &lt;b&gt;x&lt;/b&gt;"
 
 
 def test_single_case_and_failures_render(tmp_path):
-    one = write_fixture_run(tmp_path / "one", [_row("one", "h", "evit-b0:msla", "msla", "model",
+    one = write_fixture_run(tmp_path / "one", [report_row("one", "h", "evit-b0:msla", "msla", "model",
                                                     "Fixture H100 (GPU)", 0, 512, 512)], meta=dict(run_id="one"))
     out = write_report([one], tmp_path / "one.html")
     page = htmllib.unescape(out.read_text())
     assert "no softmax rows: speedup over softmax not available" in page
     assert "single ok case" in page and "Not shown:" in page
-    bad_rows = [_row("bad", "h", "evit-b0:softmax", "softmax", "model", "Fixture H100 (GPU)", 0, 2048, 2048,
+    bad_rows = [report_row("bad", "h", "evit-b0:softmax", "softmax", "model", "Fixture H100 (GPU)", 0, 2048, 2048,
                      status="oom", reason="CUDA out of memory")]
     bad = write_fixture_run(tmp_path / "bad", bad_rows, meta=None, samples=False)
     out2 = write_report([bad], tmp_path / "bad.html")
@@ -357,7 +241,7 @@ def test_cli_default_out(tmp_path, monkeypatch):
     assert default_out([Path("results/a"), Path("results/b")]) == Path("reports/merged-a+b.html")
     long = default_out([Path(f"results/{'x' * 60}{i}") for i in range(3)])
     assert long.name.startswith("merged-") and len(long.name) < 120
-    run = write_fixture_run(tmp_path / "r1", [_row("r1", "h", "block:msla", "msla", "block", "Fixture H100 (GPU)",
+    run = write_fixture_run(tmp_path / "r1", [report_row("r1", "h", "block:msla", "msla", "block", "Fixture H100 (GPU)",
                                                    0, s, s) for s in (512, 1024)], meta=dict(run_id="r1"))
     monkeypatch.chdir(tmp_path)
     p = argparse.ArgumentParser()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the fixture runs of test_report
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the fixture runs (runfactory) and report (test_report)
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"),
                              shutil.which("google-chrome")) if p), None)
@@ -153,7 +153,7 @@ def test_report_in_chromium(browser, tmp_path_factory):
 
 
 def test_crafted_names_inject_nothing(browser, tmp_path):
-    from test_report import crafted_run
+    from runfactory import crafted_run
 
     from bench.analysis.report import write_report
 

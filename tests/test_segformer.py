@@ -16,10 +16,11 @@ import re
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from models.complexity import count_macs, count_model_macs, count_params
 from models.registry import build_model, get_model_info, list_models
-from models.segformer import SEGFORMER_CFGS, segformer
+from models.segformer import SEGFORMER_CFGS, SpatialReductionAttention, segformer
 
 PUBLISHED = {  # (variant, dataset) -> (params M, MACs G at the dataset's resolution)
     ("b0", "ade20k"): (3.8, 8.4), ("b0", "cityscapes"): (3.8, 125.5),
@@ -71,6 +72,53 @@ def test_fused_attention_is_counted_on_meta() -> None:
     assert _meta_macs(fused, 256, 256) == _meta_macs(explicit, 256, 256)
 
 
+# ---------------------------------------------------------------- spatial-reduction attention
+@pytest.mark.parametrize("sr_ratio", [1, 2, 4])
+def test_spatial_reduction_attention_equals_naive_softmax_attention(sr_ratio: int) -> None:
+    """softmax(Q K^T / sqrt(h)) V per head, in float64, from the module's own weights; K, V from the reduced map."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    c, heads, hgt, wid = 64, 4, 8, 12
+    h = c // heads
+    attn = SpatialReductionAttention(c, heads, sr_ratio, ln_eps=1e-6).eval()
+    x = torch.randn(2, hgt * wid, c, generator=g)
+    with torch.no_grad():
+        r = x
+        if sr_ratio > 1:
+            r = attn.norm(attn.sr(x.transpose(1, 2).reshape(2, c, hgt, wid)).flatten(2).transpose(1, 2))
+        q = attn.q(x).reshape(2, -1, heads, h).transpose(1, 2).double()
+        k, v = attn.kv(r).double().reshape(2, -1, 2, heads, h).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-1, -2) / h ** 0.5, dim=-1)
+        ref = attn.proj((a @ v).transpose(1, 2).reshape(2, hgt * wid, c).float())
+        y = attn(x, hgt, wid)
+    assert k.shape[-2] == (hgt // sr_ratio) * (wid // sr_ratio)
+    assert ((y - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_spatial_reduction_attention_macs_match_reference_formula() -> None:
+    d, heads, r = 64, 4, 4
+    with torch.device("meta"):
+        m = SpatialReductionAttention(d, heads, r, ln_eps=1e-6).eval()
+    for hgt, wid in [(32, 32), (64, 128)]:
+        n = hgt * wid
+        x = torch.empty(1, n, d, device="meta")
+        # q, proj: 2Nd^2; sr conv: N d^2 (R^2 d^2 per reduced token); kv: 2 N d^2 / R^2; attention 2 N^2 d / R^2
+        expected = 3 * n * d * d + 2 * n * d * d // r ** 2 + 2 * n * n * d // r ** 2
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            m(x, hgt, wid)
+        assert fc.get_total_flops() // 2 == expected
+
+
+def test_spatial_reduction_attention_takes_the_flash_kernel_on_cpu() -> None:
+    """With the math path excluded the forward must still run: q, k, v reach SDPA with the head dim contiguous."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    m = SpatialReductionAttention(64, 4, 2, ln_eps=1e-6).eval()
+    x = torch.randn(1, 16 * 16, 64)
+    with torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        assert m(x, 16, 16).shape == x.shape
+
+
 # ---------------------------------------------------------------- HuggingFace transformers as the oracle
 @pytest.fixture(scope="module")
 def transformers():
@@ -99,7 +147,6 @@ def test_macs_equal_huggingface_eager(transformers) -> None:
         hf = transformers.SegformerForSemanticSegmentation(cfg).eval()
         ours = segformer("b0", 150)
     x = torch.empty(1, 3, 256, 320, device="meta")
-    from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         hf(pixel_values=x)
     assert count_model_macs(ours, x) == fc.get_total_flops() // 2

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from bench.cases import Case
-from bench.launch.isolation import ForkServer, Spawner
+from bench.launch.isolation import ForkServer, Spawner, make_isolation
 from bench.launch.outcome import classify
 
 
@@ -86,3 +86,51 @@ def test_spawn_isolation_classifies_the_same(tmp_path):
     out = Spawner(tmp_path).run(_spec("crash"), 120)
     row, _ = classify(out, 120)
     assert out.signal == signal.SIGABRT and row["status"] == "error" and "SIGABRT" in row["reason"]
+
+
+def test_unknown_isolation_is_one_line_naming_the_accepted(tmp_path, monkeypatch):
+    monkeypatch.setenv("DENSEBENCH_ISOLATION", "thread")
+    with pytest.raises(ValueError) as e:
+        make_isolation(tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and "'thread'" in msg and "fork" in msg and "spawn" in msg
+
+
+def test_extra_env_is_merged_over_child_env(tmp_path):
+    for iso in (make_isolation(tmp_path, "fork", env={"DENSEBENCH_X": "1"}),
+                make_isolation(tmp_path, "spawn", env={"DENSEBENCH_X": "1", "CUDA_DEVICE_ORDER": "FASTEST_FIRST"})):
+        env = iso._child_env()
+        assert env["DENSEBENCH_X"] == "1" and "PYTHONPATH" in env
+    assert env["CUDA_DEVICE_ORDER"] == "FASTEST_FIRST"  # the caller's value wins
+
+
+_USER_MODEL = '''
+from torch import nn
+from models.registry import register_model
+
+
+@register_model("user-tiny", num_classes=4, out_stride=1)
+def build():
+    return nn.Conv2d(3, 4, 1)
+'''
+
+
+@pytest.mark.parametrize("kind", ["fork", "spawn"])
+def test_user_models_load_in_the_children(tmp_path, kind):
+    src = tmp_path / "tiny_user_model.py"
+    src.write_text(_USER_MODEL)
+    iso = make_isolation(tmp_path, kind, env={"DENSEBENCH_MODELS_FROM": str(src)})
+    try:
+        spec = _spec(res=32)
+        spec.update(model="user-tiny", family="user", variant="custom", level="model")
+        row, samples = classify(iso.run(spec, 120), 120)
+    finally:
+        iso.close()
+    assert row["status"] == "ok", row.get("reason")
+    assert row["params"] == 16 and len(samples) >= 5
+
+
+def test_bad_model_source_says_why(tmp_path):
+    iso = make_isolation(tmp_path, "spawn", env={"DENSEBENCH_MODELS_FROM": str(tmp_path / "missing.py")})
+    row, _ = classify(iso.run(_spec(), 120), 120)
+    assert row["status"] == "error" and "missing.py" in row["reason"], row

@@ -17,9 +17,10 @@ What it measures, with `bench.compare.compare_runs` and its defaults (threshold 
 
 How runs are made: every run is made of fresh interpreters (`--child` mode of this script, with the runner's
 child environment) that measure each case through the engine's own child code path, `bench.measure.child.run_case`
-(backends.prepare, bench.timer.measure), with `models.registry.build_model` wrapped to add the matmul when a
-slowdown is asked. The engine's runner has no hook to alter a model, so this script does the runner's bookkeeping
-itself (rows + samples -> bench.store run folders, processes pooled by bench.repeats as the runner pools them).
+(backends.prepare, bench.measure.timer.measure). A slowed case measures a model registered for it with
+`register_model` (the original followed by the matmul), and its row is stored under the original case's identity.
+The runs are stored through the engine's run lifecycle (bench.results.lifecycle), processes pooled by
+bench.results.repeats as the runner pools them.
 With `--repeats R` each run is R processes sharing the time budget, and the processes of one trial are
 interleaved (process 1 of baseline, A/A, 5%, 10%, 20%, then process 2, ...) so that slow machine drift hits the
 runs alike; `compare` then judges them on the process level (basis "repeats").
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,27 +70,40 @@ class _Slowed:
         return Slowed(model, n).eval()
 
 
-def _child(spec_path: str, out_path: str) -> int:
-    import torch
+def _register_slowed(model: str, n: int) -> str:
+    """`model` followed by an n x n matmul, registered as a model of its own (as a user's model would be), so the
+    engine measures it through its ordinary path; returns its name."""
+    from models.registry import build_model, get_model_info, list_models, register_model
 
-    import models.registry as registry
-    from bench.measure import child as worker
+    name = f"{model}+mm{n}"
+    if name not in list_models():
+        info = get_model_info(model)
+        register_model(name, family=info.family, mixer=info.mixer, input_size=info.input_size,
+                       num_classes=info.declared_classes, out_stride=info.declared_stride,
+                       in_channels=info.in_channels, input_stride=info.input_stride,
+                       size_multiple=info.size_multiple, token_stride=info.token_stride,
+                       description=f"{model} + {n}x{n} matmul (bench_checker's injected slowdown)")(
+            lambda: _Slowed.wrap(build_model(model), n))
+    return name
+
+
+def _child(spec_path: str, out_path: str) -> int:
+    from bench.cases import Case
+    from bench.files import atomic_write_json
+    from bench.measure.child import run_case
 
     spec = json.loads(Path(spec_path).read_text())
     inject = spec.get("inject") or [0] * len(spec["cases"])  # matmul size per case (0: unmodified)
-    current = {"n": 0}
-    orig = registry.build_model
-    registry.build_model = lambda name: _Slowed.wrap(orig(name), current["n"]) if current["n"] > 0 else orig(name)
     out = {"rows": [], "samples": []}
     if spec.get("calibrate"):
         out["calibration"] = _calibrate_in_child(spec)
-    for case, n in zip(spec["cases"], inject):
-        current["n"] = int(n)
-        res = worker.run_case(case)
-        out["rows"].append(res["row"])
+    for case_spec, n in zip(spec["cases"], inject):
+        case = Case.from_spec(case_spec)
+        measured = replace(case, model=_register_slowed(case.model, int(n))) if int(n) > 0 else case
+        res = run_case(measured)
+        out["rows"].append({**res["row"], **case.as_row()})  # stored under the unmodified case's identity
         out["samples"].append(res["samples"])
-    del torch
-    Path(out_path).write_text(json.dumps(out, default=str))
+    atomic_write_json(out_path, out)
     return 0
 
 
@@ -134,7 +149,7 @@ def _calibrate_in_child(spec: dict) -> dict:
 
 def _cases(models: list[str], res: list[int], threads: int, min_time_s: float, max_time_s: float):
     from bench.cases import expand
-    from bench.envinfo import device_name
+    from bench.env import device_name
 
     return expand(models, [(r, r) for r in res], [("cpu", device_name("cpu"))], ["eager"], {"cpu": ["fp32"]}, [1],
                   [threads], min_time_s=min_time_s, max_time_s=max_time_s)
@@ -143,10 +158,10 @@ def _cases(models: list[str], res: list[int], threads: int, min_time_s: float, m
 def _spawn(spec: dict, workdir: Path, tag: str, timeout_s: float) -> dict:
     sp, op = workdir / f"{tag}.spec.json", workdir / f"{tag}.out.json"
     sp.write_text(json.dumps(spec, default=str))
-    from bench.launch.childenv import child_env as _child_env
+    from bench.launch.childenv import child_env
 
-    env = _child_env()  # the runner's child environment: PYTHONPATH and the malloc settings (bench.runner)
-    p = subprocess.run([sys.executable, "-m", "bench.bench_checker", "--child", str(sp), str(op)], env=env,
+    env = child_env()  # the runner's child environment: PYTHONPATH and the malloc settings
+    p = subprocess.run([sys.executable, "-m", "tools.bench_checker", "--child", str(sp), str(op)], env=env,
                        cwd=str(REPO), capture_output=True, text=True, timeout=timeout_s)
     if p.returncode != 0 or not op.exists():
         tail = (p.stderr or "").strip().splitlines()[-3:]
@@ -154,29 +169,24 @@ def _spawn(spec: dict, workdir: Path, tag: str, timeout_s: float) -> dict:
     return json.loads(op.read_text())
 
 
-def _store_run(root: Path, run_id: str, cases, outs: list[dict], meta_extra: dict) -> Path:
-    """A run folder from the outputs of the run's processes (one per repeat), pooled as the runner pools them."""
-    from bench.envinfo import environment
+def _store_run(root: Path, run_id: str, cases, outs: list[dict], config: dict) -> Path:
+    """A run folder from the outputs of the run's processes (one per repeat), pooled as the runner pools them,
+    through the engine's run lifecycle."""
+    from bench.results.lifecycle import create_run
     from bench.results.repeats import failed, pool_rows
-    from bench.results.store import results_frame, samples_frame, write_meta, write_results, write_samples
 
-    rows, srows = [], []
+    state = create_run(root, cases, config, run_id=run_id, kind="checker")
     for i, case in enumerate(cases):
         per = [o["rows"][i] for o in outs]
         groups = [o["samples"][i] for o in outs]
         bad = next((k for k, r in enumerate(per) if r.get("status") != "ok"), None)
         row = failed(per[bad], bad, len(outs)) if bad is not None else pool_rows(per, groups)
-        rows.append({**row, **case.as_row(), "run_id": run_id, "case_id": case.case_id})
-        srows += [{"run_id": run_id, "case_id": case.case_id, "repeat": r, "iter": j, "latency_ms": v}
-                  for r, g in enumerate(groups) for j, v in enumerate(g)]
-    d = root / run_id
-    write_results(d, results_frame(rows))
-    write_samples(d, samples_frame(srows))
-    write_meta(d, {"run_id": run_id, "env": _ENV.setdefault("env", environment([])), **meta_extra})
-    return d
-
-
-_ENV: dict = {}
+        state.rows.append({**row, **case.as_row(), "run_id": run_id})
+        state.samples += [{"run_id": run_id, "case_id": case.case_id, "repeat": r, "iter": j, "latency_ms": v}
+                          for r, g in enumerate(groups) for j, v in enumerate(g)]
+    state.mark("complete")
+    state.save()
+    return state.run_dir
 
 
 def judge_trial(root: Path, t: int, threshold: float, alpha: float) -> tuple[dict, dict]:
@@ -264,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(R):  # process rep of every run of the trial, then the next: drift hits all runs alike
             for tag, ns in runs.items():
                 outs[tag].append(_spawn({"cases": run_specs, "inject": ns}, work, f"t{t}-{tag}-r{rep}", timeout))
-        dirs = {tag: _store_run(root, f"t{t:02d}-{tag}", cases, outs[tag], {"inject_matmul_n": ns, "repeats": R})
+        dirs = {tag: _store_run(root, f"t{t:02d}-{tag}", cases, outs[tag], {"inject_matmul_n": ns, "repeats": R,
+                                                                               "calibrate": False})
                 for tag, ns in runs.items()}
         del dirs  # written under root as tNN-<tag>, which judge_trial reads back
         aa_t, det_t = judge_trial(root, t, a.threshold, a.alpha)

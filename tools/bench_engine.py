@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,13 +74,13 @@ def _overhead(run_dir: Path) -> dict:
 
 def _spawn_overhead(quick: bool) -> dict:
     """Per-case overhead of the two isolation modes on one small case, measured directly."""
-    from bench.cases import Case
+    from bench.cases import expand
     from bench.launch.isolation import ForkServer, Spawner
     from bench.launch.outcome import classify
 
-    case = Case(model="block:msla", family="block", variant="msla", level="block", device="cpu", device_name="cpu",
-                backend="eager", precision="fp32", batch=1, threads=1, height=128, width=128, tokens=64,
-                min_time_s=0.05, max_time_s=0.1, timeout_s=300, macs=1)
+    case = expand(["block:msla"], [(128, 128)], [("cpu", "cpu")], ["eager"], {"cpu": ["fp32"]}, [1], [1],
+                  min_time_s=0.05, max_time_s=0.1, timeout_s=300)[0]
+    case = replace(case, macs=1)  # as from the runner, which counts MACs in the parent: the child does not
     out: dict = {}
     with tempfile.TemporaryDirectory() as d:
         fs = ForkServer(Path(d))

@@ -8,7 +8,7 @@ reference, prepare, CUDA-event timing, CUDA memory, numerics against eager fp32,
 - at the middle resolution, msla and softmax with eager fp32 / tf32 / bf16, compile fp16, cudagraphs fp16;
 - onnxruntime and tensorrt fp16 once each (an `unsupported` row with its reason where not installed: e.g.
   torch-tensorrt cannot be carried to the lent GPU machine).
-Then prints GPU metadata (bench.gpuinfo), NVML energy availability, and one line per case: status, median ms,
+Then prints GPU metadata (bench.env), NVML energy availability, and one line per case: status, median ms,
 peak CUDA memory, rel_err / numerics_ok, build_s, J/image, reason. Cases stop being started after --budget-s.
 Without CUDA it prints why and exits 0 without running anything.
 """
@@ -19,7 +19,9 @@ import gc
 import json
 import math
 import sys
+import tempfile
 import time
+from dataclasses import replace
 
 VARIANTS = ("evit-b1:msla", "evit-b1:softmax", "evit-b1:relu-linear", "evit-b1:large-kernel")
 
@@ -47,6 +49,74 @@ def _fmt(v, spec: str) -> str:
         return str(v)
 
 
+HEAD = ("model", "res", "backend", "prec", "status", "median_ms", "peak_MB", "rel_err", "ok", "build_s", "J/img",
+        "W", "reason")
+
+
+def _cells(row: dict) -> list[str]:
+    ok_s = {True: "yes", False: "NO"}.get(row.get("numerics_ok"), "-")
+    return [row["model"], str(row["height"]), row["backend"], row["precision"], row["status"],
+            _fmt(row.get("latency_ms_median"), ".2f"), _fmt(row.get("peak_mem_mb"), ".0f"),
+            _fmt(row.get("rel_err"), ".1e"), ok_s, _fmt(row.get("build_s"), ".1f"),
+            _fmt(row.get("energy_j_per_image"), ".3f"), _fmt(row.get("mean_power_w"), ".0f"),
+            (row.get("reason") or "")[:110]]
+
+
+def _print_device(dev: str) -> dict:
+    from bench import backends, env
+    from bench.measure import energy
+
+    g = env.gpu_info(dev)
+    print("GPU:", json.dumps({k: g.get(k) for k in (
+        "name", "capability", "sm_count", "total_memory_mb", "driver_version", "cuda_driver_version", "cuda_runtime",
+        "cudnn", "torch", "sm_clock_mhz", "sm_clock_max_mhz", "mem_clock_max_mhz", "power_limit_w", "pstate",
+        "persistence_mode", "mig_mode", "nvml_match", "nvml_error") if k in g}))
+    ok, reason = energy.available(dev)
+    print("NVML energy:", "available" if ok else reason)
+    print("torch-tensorrt:", backends.tensorrt_version() or "not installed",
+          "| onnxruntime CUDA:", backends.unsupported_reason("onnxruntime", "cuda", "fp16") or "available")
+    sys.stdout.flush()
+    return g
+
+
+def _cases(dev: str, dev_name: str, resolutions: list[int], quick: bool, min_time: float, max_time: float):
+    """The plan as engine cases (bench.cases.expand: the one place a case is made)."""
+    from bench.cases import expand
+
+    out = []
+    for model, res, backend, prec in plan(resolutions, quick):
+        case = expand([model], [(res, res)], [(dev, dev_name)], [backend], {"cuda": [prec]}, [1], [0],
+                      min_time_s=min_time, max_time_s=max_time)[0]
+        out.append(replace(case, extra={"workdir": tempfile.gettempdir(), "min_samples": 10}))
+    return out
+
+
+def _run_all(cases, budget_s: float) -> list[dict]:
+    """Each case through the engine's child sequence, one line printed as it finishes; stops after the budget."""
+    import torch
+
+    from bench.measure.child import run_case
+    from bench.text import text_table
+
+    rows: list[dict] = []
+    t_start = time.perf_counter()
+    print(text_table(HEAD, [], right={1, 5, 6, 7, 9, 10, 11}), flush=True)
+    for case in cases:
+        if time.perf_counter() - t_start > budget_s:
+            print(f"(budget of {budget_s:.0f} s spent: {len(cases) - len(rows)} cases not started)")
+            break
+        t0 = time.perf_counter()
+        row = {**case.as_row(), **run_case(case)["row"], "wall_s": 0.0}
+        row["wall_s"] = time.perf_counter() - t0
+        rows.append(row)
+        print("  ".join(_cells(row)), flush=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+    print()
+    print(text_table(HEAD, [_cells(r) for r in rows], right={1, 5, 6, 7, 9, 10, 11}))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.gpu_selfcheck", description=__doc__.splitlines()[0])
     ap.add_argument("--res", default="512,1024,2048", help="square resolutions (default 512,1024,2048)")
@@ -60,64 +130,24 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from bench import backends, gpuinfo
-    from bench.measure import energy
+    from bench import env
 
     if not torch.cuda.is_available():
-        print(f"gpu_selfcheck: {gpuinfo.gpu_info('cuda')['reason']}; nothing to check on this machine.")
+        print(f"gpu_selfcheck: {env.gpu_info('cuda')['reason']}; nothing to check on this machine.")
         return 0
     try:
         resolutions = [int(r) for r in args.res.split(",") if r.strip()]
     except ValueError:
         print(f"gpu_selfcheck: --res takes comma-separated integers, got {args.res!r}", file=sys.stderr)
         return 2
-
-    from bench.measure.child import run_case
-    from models.registry import get_model_info
-
-    dev = args.device
-    g = gpuinfo.gpu_info(dev)
-    print("GPU:", json.dumps({k: g.get(k) for k in (
-        "name", "capability", "sm_count", "total_memory_mb", "driver_version", "cuda_driver_version", "cuda_runtime",
-        "cudnn", "torch", "sm_clock_mhz", "sm_clock_max_mhz", "mem_clock_max_mhz", "power_limit_w", "pstate",
-        "persistence_mode", "mig_mode", "nvml_match", "nvml_error") if k in g}))
-    ok, reason = energy.available(dev)
-    print("NVML energy:", "available" if ok else reason)
-    print("torch-tensorrt:", backends.tensorrt_version() or "not installed",
-          "| onnxruntime CUDA:", backends.unsupported_reason("onnxruntime", "cuda", "fp16") or "available")
-    sys.stdout.flush()
-
-    cases = plan(resolutions, args.quick)
-    head = (f"{'model':22s} {'res':>5s} {'backend':11s} {'prec':4s} {'status':11s} {'median_ms':>9s} "
-            f"{'peak_MB':>8s} {'rel_err':>8s} {'ok':>3s} {'build_s':>7s} {'J/img':>7s} {'W':>6s}  reason")
-    print(f"\n{g.get('name')}  ({dev})\n{head}\n{'-' * len(head)}", flush=True)
-    rows = []
-    t_start = time.perf_counter()
-    for model, res, backend, prec in cases:
-        if time.perf_counter() - t_start > args.budget_s:
-            print(f"(budget of {args.budget_s:.0f} s spent: {len(cases) - len(rows)} cases not started)")
-            break
-        info = get_model_info(model)
-        spec = {"model": model, "family": info.family, "variant": info.mixer, "level": "model", "device": dev,
-                "device_name": g.get("name"), "backend": backend, "precision": prec, "batch": 1, "threads": 0,
-                "height": res, "width": res, "tokens": info.tokens(res, res), "channels_last": False,
-                "folded": False, "seed": 0, "min_time_s": args.min_time, "max_time_s": args.max_time, "macs": 0,
-                "extra": {"workdir": "/tmp", "min_samples": 10}}
-        t0 = time.perf_counter()
-        row = run_case(spec)["row"]
-        row["wall_s"] = time.perf_counter() - t0
-        rows.append(row)
-        ok_s = {True: "yes", False: "NO"}.get(row.get("numerics_ok"), "-")
-        print(f"{model:22s} {res:5d} {backend:11s} {prec:4s} {row['status']:11s} "
-              f"{_fmt(row.get('latency_ms_median'), '9.2f')} {_fmt(row.get('peak_mem_mb'), '8.0f')} "
-              f"{_fmt(row.get('rel_err'), '8.1e')} {ok_s:>3s} {_fmt(row.get('build_s'), '7.1f')} "
-              f"{_fmt(row.get('energy_j_per_image'), '7.3f')} {_fmt(row.get('mean_power_w'), '6.0f')}  "
-              f"{(row.get('reason') or '')[:110]}", flush=True)
-        gc.collect()
-        torch.cuda.empty_cache()
+    g = _print_device(args.device)
+    print(f"\n{g.get('name')}  ({args.device})")
+    t0 = time.perf_counter()
+    cases = _cases(args.device, str(g.get("name")), resolutions, args.quick, args.min_time, args.max_time)
+    rows = _run_all(cases, args.budget_s)
     n_ok = sum(r["status"] == "ok" for r in rows)
     bad = [r for r in rows if r["status"] == "ok" and r.get("numerics_ok") is False]
-    print(f"\n{n_ok}/{len(rows)} ok, {len(bad)} numerics mismatches, {time.perf_counter() - t_start:.0f} s")
+    print(f"\n{n_ok}/{len(rows)} ok, {len(bad)} numerics mismatches, {time.perf_counter() - t0:.0f} s")
     if args.out:
         import pandas as pd
         pd.DataFrame(rows).to_csv(args.out, index=False)
@@ -127,4 +157,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

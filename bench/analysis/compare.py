@@ -54,69 +54,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.cases import IDENTITY
-from bench.stats import mann_whitney_p, process_welch_p, ratio_ci
+from bench.analysis.meta import env_differences
+from bench.analysis.verdict import Context, as_float, compare_case
+from bench.cases import IDENTITY, case_key, case_label
 from bench.results.store import Run, RunFormatError, load_run, samples_by_process
+from bench.text import markdown_table, md_escape, text_table
 
 VERDICTS = ("slower", "faster", "unchanged", "new", "missing", "failed")
-REGRESSION_STATUSES = ("oom", "timeout", "error")
 N_BOOT = 2000
-
-# meta keys that differ between any two runs and say nothing about the environment: a flattened key is volatile
-# when one of its dotted components is in _VOLATILE_KEYS or one of that component's "_"-separated words is in
-# _VOLATILE_WORDS ("ram_available_gb", "started_at", "gpus.0.memory_free_mb"; not "packages.onnxruntime")
-_VOLATILE_WORDS = {"time", "date", "started", "finished", "ended", "created", "updated", "duration", "wall", "pid",
-                   "uptime", "load", "free", "available", "avail", "temp", "temperature", "util", "utilization",
-                   "argv", "args", "command", "cmdline", "git", "cwd", "status", "calibration", "overhead", "seed",
-                   "resume", "resumed", "cases", "done"}
-_VOLATILE_KEYS = {"schema_version", "run_id", "sm_clock_mhz", "pci_bus_id", "nvml_index", "out_dir", "path",
-                  "power_w", "worker_server_start_s", "isolation"}
+COLUMNS = (*IDENTITY, "case_id", "verdict", "regression", "ratio", "ci_low", "ci_high", "p_value", "base_median_ms",
+           "cur_median_ms", "base_n", "cur_n", "base_status", "cur_status", "scale", "basis", "note")
+_ORDER = {"slower": 0, "failed": 1, "missing": 2, "new": 3, "faster": 4, "unchanged": 5}
 
 
-def _volatile(key: str) -> bool:
-    for comp in key.lower().split("."):
-        if comp in _VOLATILE_KEYS or any(w in _VOLATILE_WORDS for w in comp.split("_")):
-            return True
-    return False
+# ---------------------------------------------------------------- matching
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-    elif isinstance(d, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in d):
-        for i, v in enumerate(d):
-            out.update(_flatten(v, f"{prefix}{i}."))
-    else:
-        out[prefix[:-1]] = d
-    return out
-
-
-def env_differences(base_meta: dict, cur_meta: dict) -> list[str]:
-    """Differences between the environments recorded in two meta.json files, as 'key: base -> current' lines.
-
-    Compares `meta["env"]` when present (else the whole meta), flattened, without volatile keys (times, ids, load,
-    free memory, temperatures, command lines, git state). A key present on one side only is reported too.
-    """
-    b = _flatten(base_meta.get("env", base_meta) if isinstance(base_meta.get("env"), dict) else base_meta)
-    c = _flatten(cur_meta.get("env", cur_meta) if isinstance(cur_meta.get("env"), dict) else cur_meta)
-    out = []
-    for k in sorted(set(b) | set(c)):
-        if _volatile(k):
-            continue
-        bv, cv = b.get(k, "<absent>"), c.get(k, "<absent>")
-        if bv != cv:
-            out.append(f"{k}: {bv} -> {cv}")
-    return out
-
-
-def _key(df: pd.DataFrame) -> pd.Series:
-    parts = [df[c].astype("string").fillna("") for c in IDENTITY]
-    key = parts[0]
-    for p in parts[1:]:
-        key = key + "|" + p
-    return key
+def _by_identity(run: Run) -> pd.DataFrame:
+    """The run's rows indexed by case identity (`case_key` of the IDENTITY columns, not the stored case_id, which
+    another version may have spelled differently); the last row of a case wins (a resumed case)."""
+    df = run.results
+    keys = [case_key(r) for r in df[list(IDENTITY)].to_dict("records")]
+    return df.assign(_key=keys).drop_duplicates("_key", keep="last").set_index("_key")
 
 
 def _samples_by_case(run: Run) -> dict[str, list[np.ndarray]]:
@@ -131,7 +90,8 @@ def _samples_by_case(run: Run) -> dict[str, list[np.ndarray]]:
 
 
 def _rates(df: pd.DataFrame) -> dict[str, float]:
-    out = {}
+    """device_name -> the run's median calibration matmul rate on it (for --normalize)."""
+    out: dict[str, float] = {}
     if "device_peak_gmacs_per_s" not in df.columns:
         return out
     for dev, g in df.groupby(df["device_name"].astype("string").fillna("")):
@@ -142,138 +102,35 @@ def _rates(df: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def _f(x) -> float:
-    try:
-        return float(x) if x is not None and not pd.isna(x) else float("nan")
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _is_true(v) -> bool:
-    return v is not None and not pd.isna(v) and bool(v)
-
-
-def _is_false(v) -> bool:
-    return v is not None and not pd.isna(v) and not bool(v)
-
-
-def _judge(r: float, lo: float, hi: float, p: float, threshold: float, alpha: float) -> str:
-    sig_p = True if math.isnan(p) else p < alpha  # no p-value (summary basis): the CI alone decides
-    if r > 1 + threshold and sig_p and lo > 1:
-        return "slower"
-    if r < 1 / (1 + threshold) and sig_p and hi < 1:
-        return "faster"
-    return "unchanged"
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    """Regressions first, then by verdict (slower, failed, missing, new, faster, unchanged), then ratio down."""
+    if not len(df):
+        return df
+    keyed = df.assign(_r=~df["regression"].astype(bool), _o=df["verdict"].map(_ORDER), _x=-df["ratio"].fillna(0))
+    keyed = keyed.sort_values(["_r", "_o", "_x"], kind="stable")
+    return keyed.drop(columns=["_r", "_o", "_x"]).reset_index(drop=True)
 
 
 def compare_runs(baseline: Run, current: Run, threshold: float = 0.05, alpha: float = 0.01,
                  normalize: bool = False, n_boot: int | None = None, seed: int = 0) -> pd.DataFrame:
     """One row per case identity (union of both runs); see the module doc for the verdict rule.
 
-    Columns: the IDENTITY columns, case_id, verdict, regression (bool), ratio (current / baseline median),
-    ci_low/ci_high ((1 - alpha) CI of the ratio), p_value, base_median_ms, cur_median_ms, base_n, cur_n,
-    base_status, cur_status, scale (factor applied to the current run by --normalize, 1.0 otherwise),
-    basis ("samples", "repeats", "summary" or ""), note. Rows are sorted regressions first, then by ratio descending.
-    `df.attrs` holds threshold, alpha, normalize, env_mismatch (list of lines), baseline/current run ids and paths.
+    Columns: COLUMNS (the IDENTITY columns, case_id, verdict, regression (bool), ratio (current / baseline median),
+    ci_low/ci_high ((1 - alpha) CI of the ratio), p_value, base/cur_median_ms, base/cur_n, base/cur_status, scale
+    (factor applied to the current run by --normalize, 1.0 otherwise), basis ("samples", "repeats", "summary" or
+    ""), note). Rows are sorted regressions first, then by ratio descending. `df.attrs` holds threshold, alpha,
+    normalize, env_mismatch (list of lines), baseline/current run ids and paths.
     """
     if not threshold >= 0 or not 0 < alpha < 1:
         raise ValueError("threshold must be >= 0 and alpha in (0, 1)")
-    b = baseline.results.copy()
-    c = current.results.copy()
-    b["_key"], c["_key"] = _key(b), _key(c)
-    b = b.drop_duplicates("_key", keep="last").set_index("_key")
-    c = c.drop_duplicates("_key", keep="last").set_index("_key")
-    bs, cs = _samples_by_case(baseline), _samples_by_case(current)
-    brates, crates = _rates(baseline.results), _rates(current.results)
-    conf = 1 - alpha
-    n_boot = N_BOOT if n_boot is None else n_boot
-    rows = []
+    b, c = _by_identity(baseline), _by_identity(current)
+    rates = (_rates(baseline.results), _rates(current.results)) if normalize else None
+    ctx = Context(threshold, alpha, N_BOOT if n_boot is None else n_boot, _samples_by_case(baseline),
+                  _samples_by_case(current), rates)
     keys = list(b.index) + [k for k in c.index if k not in b.index]
-    for i, k in enumerate(keys):
-        br = b.loc[k] if k in b.index else None
-        cr = c.loc[k] if k in c.index else None
-        src = cr if cr is not None else br
-        row: dict[str, Any] = {col: src[col] for col in IDENTITY}
-        row["case_id"] = src["case_id"]
-        bstat = None if br is None else str(br["status"])
-        cstat = None if cr is None else str(cr["status"])
-        row.update(verdict="unchanged", regression=False, ratio=np.nan, ci_low=np.nan, ci_high=np.nan,
-                   p_value=np.nan, base_median_ms=np.nan if br is None else _f(br["latency_ms_median"]),
-                   cur_median_ms=np.nan if cr is None else _f(cr["latency_ms_median"]),
-                   base_n=pd.NA if br is None else br["n"], cur_n=pd.NA if cr is None else cr["n"],
-                   base_status=bstat, cur_status=cstat, scale=1.0, basis="", note="")
-        if br is None:
-            row.update(verdict="new", note="not in baseline")
-        elif cr is None:
-            row.update(verdict="missing", note="not in current run")
-        elif bstat != "ok" or cstat != "ok":
-            row["verdict"] = "failed"
-            row["regression"] = bstat == "ok" and cstat in REGRESSION_STATUSES
-            side = []
-            if bstat != "ok":
-                side.append(f"baseline {bstat}")
-            if cstat != "ok":
-                reason = "" if pd.isna(cr.get("reason", pd.NA)) else str(cr["reason"])
-                side.append(f"current {cstat}" + (f" ({reason.splitlines()[0][:80]})" if reason else ""))
-            row["note"] = "; ".join(side)
-        else:
-            notes = []
-            scale = 1.0
-            if normalize:
-                dev = str(src["device_name"]) if not pd.isna(src["device_name"]) else ""
-                if dev in brates and dev in crates:
-                    scale = crates[dev] / brates[dev]
-                else:
-                    notes.append("no calibration rate: not normalised")
-            row["scale"] = scale
-            ga = bs.get(str(br["case_id"])) or []
-            gx = [g * scale for g in cs.get(str(cr["case_id"])) or []]
-            a = np.concatenate(ga) if ga else None
-            x = np.concatenate(gx) if gx else None
-            bmed, cmed = _f(br["latency_ms_median"]), _f(cr["latency_ms_median"]) * scale
-            if a is not None and x is not None and len(a) >= 2 and len(x) >= 2:
-                # processes in both runs: resample both levels, test on the process medians
-                r, lo, hi, two_level = ratio_ci(ga, gx, np.median, conf=conf, n_boot=n_boot, seed=seed + i)
-                p = process_welch_p(ga, gx) if two_level else mann_whitney_p(a, x)
-                row["basis"] = "repeats" if two_level else "samples"
-                row.update(base_median_ms=float(np.median(a)), cur_median_ms=float(np.median(x)))
-            else:
-                r = cmed / bmed if bmed > 0 else np.nan
-                blo, bhi = _f(br["latency_ms_ci_low"]), _f(br["latency_ms_ci_high"])
-                clo, chi = _f(cr["latency_ms_ci_low"]) * scale, _f(cr["latency_ms_ci_high"]) * scale
-                lo = clo / bhi if bhi > 0 else np.nan
-                hi = chi / blo if blo > 0 else np.nan
-                if math.isnan(lo) or math.isnan(hi):
-                    lo, hi = r, r
-                    notes.append("no samples or CI: point ratio only")
-                else:
-                    notes.append("no raw samples: 95% CIs of medians")
-                p = np.nan
-                row.update(basis="summary", cur_median_ms=cmed)
-            if math.isnan(r):
-                row["verdict"] = "failed"
-                notes.append("no latency")
-            else:
-                v = _judge(r, lo, hi, p, threshold, alpha)
-                row["verdict"] = v
-                row["regression"] = v == "slower"
-                if v == "unchanged" and abs(math.log(r)) > math.log1p(threshold):
-                    notes.append("beyond threshold but not significant")
-            for side, rr in (("baseline", br), ("current", cr)):
-                if _is_false(rr.get("converged")):
-                    notes.append(f"{side} not converged")
-            row.update(ratio=r, ci_low=lo, ci_high=hi, p_value=p, note="; ".join(notes))
-        rows.append(row)
-
-    cols = list(IDENTITY) + ["case_id", "verdict", "regression", "ratio", "ci_low", "ci_high", "p_value",
-                             "base_median_ms", "cur_median_ms", "base_n", "cur_n", "base_status", "cur_status",
-                             "scale", "basis", "note"]
-    df = pd.DataFrame(rows, columns=cols)
-    if len(df):
-        order = {"slower": 0, "failed": 1, "missing": 2, "new": 3, "faster": 4, "unchanged": 5}
-        df = (df.assign(_r=~df["regression"].astype(bool), _o=df["verdict"].map(order), _x=-df["ratio"].fillna(0))
-              .sort_values(["_r", "_o", "_x"], kind="stable").drop(columns=["_r", "_o", "_x"])
-              .reset_index(drop=True))
+    rows = [compare_case(b.loc[k] if k in b.index else None, c.loc[k] if k in c.index else None, ctx, seed + i)
+            for i, k in enumerate(keys)]
+    df = _sorted(pd.DataFrame(rows, columns=list(COLUMNS)))
     df.attrs.update(threshold=threshold, alpha=alpha, normalize=normalize,
                     env_mismatch=env_differences(baseline.meta, current.meta),
                     baseline=baseline.run_id, current=current.run_id,
@@ -287,33 +144,24 @@ def has_regression(df: pd.DataFrame) -> bool:
 
 # ---------------------------------------------------------------- rendering
 
-def _label(row) -> str:
-    fl = ("+cl" if _is_true(row["channels_last"]) else "") + ("+fold" if _is_true(row["folded"]) else "")
-    h = "?" if pd.isna(row["height"]) else int(row["height"])
-    w = "?" if pd.isna(row["width"]) else int(row["width"])
-    b = "" if pd.isna(row["batch"]) else f" b{int(row['batch'])}"
-    t = "" if pd.isna(row["threads"]) or int(row["threads"]) == 0 else f" t{int(row['threads'])}"
-    return f"{row['model']} {h}x{w} {row['backend']}{fl} {row['precision']}{b}{t}"
-
-
-def _ms(x) -> str:
-    x = _f(x)
+def _ms(x: Any) -> str:
+    x = as_float(x)
     if math.isnan(x):
         return "-"
     return f"{x:.3f}" if x < 10 else f"{x:.2f}" if x < 100 else f"{x:.1f}" if x < 10000 else f"{x:.0f}"
 
 
-def _ratio_str(row) -> str:
-    r = _f(row["ratio"])
+def _ratio_str(row: pd.Series) -> str:
+    r = as_float(row["ratio"])
     if math.isnan(r):
         return "-"
-    lo, hi = _f(row["ci_low"]), _f(row["ci_high"])
+    lo, hi = as_float(row["ci_low"]), as_float(row["ci_high"])
     ci = "" if math.isnan(lo) or math.isnan(hi) else f" [{lo:.3f}, {hi:.3f}]"
     return f"{r:.3f}{ci}"
 
 
-def _p_str(p) -> str:
-    p = _f(p)
+def _p_str(p: Any) -> str:
+    p = as_float(p)
     return "-" if math.isnan(p) else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
@@ -322,7 +170,7 @@ def _table_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     rows = []
     for _, r in df.iterrows():
         verdict = r["verdict"].upper() if r["regression"] else r["verdict"]
-        rows.append([_label(r), str(r["device_name"]), _ms(r["base_median_ms"]), _ms(r["cur_median_ms"]),
+        rows.append([case_label(r), str(r["device_name"]), _ms(r["base_median_ms"]), _ms(r["cur_median_ms"]),
                      _ratio_str(r), _p_str(r["p_value"]), verdict, str(r["note"] or "")])
     return head, rows
 
@@ -345,42 +193,30 @@ def format_table(df: pd.DataFrame) -> str:
     """Compact aligned terminal table with a header line, environment warnings and a summary line."""
     a = df.attrs
     lines = [f"compare {a.get('baseline')} -> {a.get('current')}"]
-    for m in a.get("env_mismatch", []):
-        lines.append(f"  ! environment differs: {m}")
+    lines += [f"  ! environment differs: {m}" for m in a.get("env_mismatch", [])]
     head, rows = _table_rows(df)
     if rows:
-        widths = [max(len(head[j]), *(len(r[j]) for r in rows)) for j in range(len(head))]
-        right = {2, 3}
-        fmt = lambda cells: "  ".join(c.rjust(widths[j]) if j in right else c.ljust(widths[j])
-                                      for j, c in enumerate(cells)).rstrip()
-        lines.append(fmt(head))
-        lines.append("  ".join("-" * w for w in widths))
-        lines.extend(fmt(r) for r in rows)
+        lines.append(text_table(head, rows, right={2, 3}))
     lines.append(_summary_line(df))
     return "\n".join(lines)
 
 
-def _md_cell(s: str) -> str:
-    return s.replace("|", "\\|").replace("\n", " ")
+_ICONS = {"slower": "🔴", "faster": "🟢", "unchanged": "⚪", "new": "🆕", "missing": "❔", "failed": "⚠️"}
 
 
 def to_markdown(df: pd.DataFrame) -> str:
     """Markdown for a CI step summary or a PR comment: summary, environment differences, then the table."""
     a = df.attrs
-    icon = {"slower": "🔴", "faster": "🟢", "unchanged": "⚪", "new": "🆕", "missing": "❔", "failed": "⚠️"}
-    out = [f"### Latency compare: `{a.get('baseline')}` → `{a.get('current')}`", "",
-           f"**{_summary_line(df)}**", ""]
+    out = [f"### Latency compare: {md_escape(a.get('baseline'))} → {md_escape(a.get('current'))}", "",
+           f"**{md_escape(_summary_line(df))}**", ""]
     if a.get("env_mismatch"):
         out += ["Environment differs between the runs:", ""]
-        out += [f"- `{_md_cell(m)}`" for m in a["env_mismatch"]] + [""]
+        out += [f"- {md_escape(m)}" for m in a["env_mismatch"]] + [""]
     head, rows = _table_rows(df)
     if rows:
-        out.append("| " + " | ".join(head) + " |")
-        out.append("|" + "|".join("---:" if j in (2, 3) else "---" for j in range(len(head))) + "|")
-        for r, (_, src) in zip(rows, df.iterrows()):
-            r[6] = f"{icon.get(src['verdict'], '')} {r[6]}"
-            out.append("| " + " | ".join(_md_cell(c) for c in r) + " |")
-        out.append("")
+        for r, verdict in zip(rows, df["verdict"]):
+            r[6] = f"{_ICONS.get(verdict, '')} {r[6]}"
+        out += [markdown_table(head, rows, align="llrr"), ""]
     out.append(f"Verdict rule: slower/faster when the ratio of medians is beyond {a.get('threshold', 0):.1%}, "
                f"the p-value < {a.get('alpha')} and the {1 - a.get('alpha', 0.01):.0%} bootstrap CI "
                "of the ratio excludes 1. p: Mann-Whitney on the samples; for cases measured in several processes "
@@ -389,7 +225,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(out) + "\n"
 
 
-def _jsonable(v):
+def _jsonable(v: Any) -> Any:
     if v is None or v is pd.NA:
         return None
     if isinstance(v, (np.bool_, bool)):
@@ -401,7 +237,7 @@ def _jsonable(v):
     return v
 
 
-def to_json_dict(df: pd.DataFrame) -> dict:
+def to_json_dict(df: pd.DataFrame) -> dict[str, Any]:
     a = df.attrs
     cases = [{k: _jsonable(v) for k, v in rec.items()} for rec in df.astype(object).to_dict("records")]
     return {"baseline": a.get("baseline"), "current": a.get("current"), "baseline_path": a.get("baseline_path"),
@@ -470,7 +306,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = add_compare_arguments(argparse.ArgumentParser(prog="python -m bench.analysis.compare", description=__doc__.split("\n")[0]))
+    p = add_compare_arguments(argparse.ArgumentParser(prog="python -m bench.analysis.compare",
+                                                      description=__doc__.split("\n")[0]))
     return cmd_compare(p.parse_args(argv))
 
 

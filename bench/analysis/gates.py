@@ -3,7 +3,11 @@
     python run_bench.py check                      # run the small matrix the gates need, then evaluate them
     python run_bench.py check --run results/RUN    # evaluate the gates on an existing run (no measuring)
 
-The gates live in `bench/gates.toml` (or `--gates FILE`), one `[[gate]]` table each:
+This module evaluates; it never measures (analysis does not reach back up the pipeline into the runner).
+`matrix_for` says which cases the gates need, and the command layer, which owns the run lifecycle, measures them
+and hands `cmd_check` its `measure` callable.
+
+The gates live in `bench/analysis/gates.toml` (or `--gates FILE`), one `[[gate]]` table each:
 
     [[gate]]
     name = "msla-vs-softmax-1024"
@@ -22,8 +26,9 @@ The gates live in `bench/gates.toml` (or `--gates FILE`), one `[[gate]]` table e
     max_exponent = 1.6                # and/or min_exponent
 
 Optional on every gate: `devices = ["cpu"]` (device types it applies to; default all), `backend`, `precision`,
-`batch`, `threads` (restrict the rows), `description`. A gate is evaluated separately for every group of rows that
-share device_name, backend, precision, batch, threads, channels_last and folded; each group gives one GateResult.
+`batch`, `threads` (restrict the rows), `description`. A gate is evaluated separately for every device setting
+(`bench.cases.SETTING`: device_name, backend, precision, batch, threads, channels_last, folded); each group gives
+one GateResult.
 
 Outcomes. speedup: pass when the ratio >= min_ratio; when the slower model ran out of memory or time while the
 faster one was ok, pass (the claim holds a fortiori); when the faster model is not ok, fail; when a row is absent
@@ -37,20 +42,21 @@ import argparse
 import json
 import math
 import sys
-import time
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import pandas as pd
 
+from bench.cases import SETTING, setting_label
 from bench.results.store import Run, RunFormatError, load_run
+from bench.text import markdown_table
 
 DEFAULT_GATES = Path(__file__).with_name("gates.toml")
 KINDS = ("speedup", "scaling_exponent")
-GROUP = ("device_name", "backend", "precision", "batch", "threads", "channels_last", "folded")
+GROUP = SETTING
 FILTERS = ("backend", "precision", "batch", "threads")
 NOT_FINISHED = ("oom", "timeout")
 
@@ -135,7 +141,7 @@ def load_gates(path: str | Path | None = None) -> list[dict]:
 
 # ---------------------------------------------------------------- evaluation
 
-def _device_type(v) -> str:
+def _device_type(v: Any) -> str:
     return "" if v is None or pd.isna(v) else str(v).split(":")[0]
 
 
@@ -148,29 +154,16 @@ def _rows_for(df: pd.DataFrame, gate: dict) -> pd.DataFrame:
     return df
 
 
-def _groups(df: pd.DataFrame):
+def _groups(df: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
+    """(label, rows) of every device setting in df, in a stable order."""
     if df.empty:
-        return []
-    keyed = df.assign(_g=[" ".join(str(v) for v in t) for t in df[list(GROUP)].astype("string").fillna("")
-                                                                    .itertuples(index=False)])
-    return [(g, sub.drop(columns="_g")) for g, sub in keyed.groupby("_g", sort=True)]
+        return
+    keys = [" ".join(str(v) for v in t) for t in df[list(GROUP)].astype("string").fillna("").itertuples(index=False)]
+    for _, sub in df.groupby(pd.Series(keys, index=df.index), sort=True):
+        yield setting_label(sub.iloc[0]), sub
 
 
-def _group_label(sub: pd.DataFrame) -> str:
-    r = sub.iloc[0]
-    parts = [str(r["device_name"]), str(r["backend"]), str(r["precision"])]
-    if not pd.isna(r["batch"]):
-        parts.append(f"b{int(r['batch'])}")
-    if not pd.isna(r["threads"]) and int(r["threads"]):
-        parts.append(f"t{int(r['threads'])}")
-    if r["channels_last"] is True or (not pd.isna(r["channels_last"]) and bool(r["channels_last"])):
-        parts.append("channels_last")
-    if not pd.isna(r["folded"]) and bool(r["folded"]):
-        parts.append("folded")
-    return " ".join(parts)
-
-
-def _one(sub: pd.DataFrame, model: str, h: int, w: int):
+def _one(sub: pd.DataFrame, model: str, h: int, w: int) -> pd.Series | None:
     r = sub[(sub["model"] == model) & (sub["height"] == h) & (sub["width"] == w)]
     return None if r.empty else r.iloc[-1]
 
@@ -245,14 +238,13 @@ def evaluate_gates(run: Run, gates: list[dict] | None = None) -> list[GateResult
     df = run.results
     out: list[GateResult] = []
     for g in gates:
-        groups = _groups(_rows_for(df, g))
+        groups = list(_groups(_rows_for(df, g)))
         if not groups:
             devs = f" on {'/'.join(g['devices'])}" if g.get("devices") else ""
             out.append(GateResult(g["name"], g["kind"], False, {}, f"no rows of this run match the gate{devs}",
                                   skipped=True))
             continue
-        for _, sub in groups:
-            label = _group_label(sub)
+        for label, sub in groups:
             out.append(_speedup(g, sub, label) if g["kind"] == "speedup" else _scaling(g, sub, label))
     return out
 
@@ -270,14 +262,12 @@ def format_results(results: list[GateResult]) -> str:
 
 
 def to_markdown(results: list[GateResult]) -> str:
-    out = ["### Latency gates", "", "| gate | group | outcome | measured |", "|---|---|---|---|"]
-    for r in results:
-        msg = r.message.replace("|", "\\|")
-        out.append(f"| {r.name} | {r.group} | {r.outcome} | {msg} |")
-    return "\n".join(out) + "\n"
+    rows = [[r.name, r.group, r.outcome, r.message] for r in results]
+    return "### Latency gates\n\n" + markdown_table(["gate", "group", "outcome", "measured"], rows) + "\n"
 
 
-def _json_safe(o):
+def _json_safe(o: Any) -> Any:
+    """NaN -> null and inf -> "inf": JSON has neither, and a speedup is inf when the slower model never finished."""
     if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
         return None if math.isnan(o) else ("inf" if o > 0 else "-inf")
     if isinstance(o, dict):
@@ -302,42 +292,6 @@ def matrix_for(gates: list[dict], device_types: list[str]) -> list[tuple[str, in
     return list(dict.fromkeys(out))
 
 
-def run_gate_matrix(gates: list[dict], devices: list[str], out_dir: Path, *, threads: int = 1,
-                    precision: str = "fp32", backend: str = "eager", min_time_s: float = 0.5,
-                    max_time_s: float = 3.0, timeout_s: float = 300.0, log=None) -> Path:
-    """Measure the cases the gates need with the engine (bench.runner) into a new run folder; returns it."""
-    from bench.cases import expand
-    from bench.envinfo import device_name, environment, now_iso
-    from bench.results.lifecycle import RunState
-    from bench.runner import Runner
-
-    dev_pairs = [(d, device_name(d)) for d in devices]
-    triples = matrix_for(gates, sorted({d.split(":")[0] for d in devices}))
-    if not triples:
-        raise GateConfigError(f"no gate applies to device(s) {', '.join(devices)}")
-    cases = []
-    # resolution-major, models of one resolution back to back (the engine's A/B-close ordering)
-    for h, w in dict.fromkeys((h, w) for _, h, w in triples):
-        models = [m for m, hh, ww in triples if (hh, ww) == (h, w)]
-        cases += expand(models, [(h, w)], dev_pairs, [backend], {"cpu": [precision], "cuda": [precision]}, [1],
-                        [threads], min_time_s=min_time_s, max_time_s=max_time_s, timeout_s=timeout_s)
-    run_id = time.strftime("check-%Y%m%d-%H%M%S")
-    run_dir = Path(out_dir) / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
-    env = environment(list(sys.argv))
-    meta = {"run_id": run_id, "started_at": now_iso(), "host": env.get("host"), "env": env, "kind": "check",
-            "config": {"devices": devices, "threads": threads, "precision": precision, "backend": backend,
-                       "min_time_s": min_time_s, "max_time_s": max_time_s},
-            "cases": [c.to_spec() for c in cases], "calibration": {}, "status": "created"}
-    state = RunState(run_dir=run_dir, meta=meta)
-    state.save()
-    Runner(state, cases, log=log, calibrate=False).run()
-    state.meta["status"] = "complete"
-    state.meta["ended_at"] = now_iso()
-    state.save()
-    return run_dir
-
-
 # ---------------------------------------------------------------- CLI glue
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -357,31 +311,53 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    """Exit 0: all evaluated gates passed; 1: a gate failed; 2: bad input or no gate evaluated."""
+class Measure(Protocol):
+    """Measures the cases `matrix_for(gates, ...)` names into a new run folder under out_dir and returns that
+    folder. The command layer provides it: it owns the run lifecycle and the runner, which analysis never imports."""
+
+    def __call__(self, gates: list[dict], devices: list[str], out_dir: Path, *, threads: int, precision: str,
+                 backend: str, min_time_s: float, max_time_s: float, timeout_s: float,
+                 log: Callable[[str], None] | None) -> Path: ...
+
+
+def _measured_run(args: argparse.Namespace, gates: list[dict], measure: Measure | None) -> Path:
+    """The run to evaluate: --run, else a new run of the cases the gates need, measured by `measure`."""
+    if args.run:
+        return Path(args.run)
+    if measure is None:
+        raise GateConfigError("no run to evaluate: pass --run RUN_DIR (measuring is the check command's job)")
+    devices = [d.strip() for d in str(args.devices).split(",") if d.strip()]
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if getattr(args, "verbose", False) else None
+    run_dir = measure(gates, devices, Path(args.out), threads=args.threads, precision=args.precision,
+                      backend=args.backend, min_time_s=args.min_time, max_time_s=args.max_time,
+                      timeout_s=args.timeout, log=log)
+    print(f"check run: {run_dir}")
+    return run_dir
+
+
+def _write_outputs(args: argparse.Namespace, results: list[GateResult]) -> None:
+    if args.markdown:
+        Path(args.markdown).write_text(to_markdown(results))
+    if args.json:
+        rows = [asdict(r) | {"outcome": r.outcome} for r in results]
+        Path(args.json).write_text(json.dumps(_json_safe(rows), indent=2))
+
+
+def cmd_check(args: argparse.Namespace, measure: Measure | None = None) -> int:
+    """Exit 0: all evaluated gates passed; 1: a gate failed; 2: bad input or no gate evaluated.
+
+    `measure` is injected by the command layer (it owns the run lifecycle and the runner); without it only
+    `--run` works."""
     err = sys.stderr
     try:
         gates = load_gates(args.gates)
-        if args.run:
-            run_dir = Path(args.run)
-        else:
-            devices = [d.strip() for d in str(args.devices).split(",") if d.strip()]
-            log = (lambda s: print(s, file=err, flush=True)) if getattr(args, "verbose", False) else None
-            run_dir = run_gate_matrix(gates, devices, Path(args.out), threads=args.threads,
-                                      precision=args.precision, backend=args.backend, min_time_s=args.min_time,
-                                      max_time_s=args.max_time, timeout_s=args.timeout, log=log)
-            print(f"check run: {run_dir}")
-        results = evaluate_gates(load_run(run_dir), gates)
+        results = evaluate_gates(load_run(_measured_run(args, gates, measure)), gates)
     except (GateConfigError, RunFormatError, ValueError, OSError) as e:
         print(f"check: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=err)
         return 2
     print(format_results(results))
     try:
-        if args.markdown:
-            Path(args.markdown).write_text(to_markdown(results))
-        if args.json:
-            Path(args.json).write_text(json.dumps(_json_safe([asdict(r) | {"outcome": r.outcome} for r in results]),
-                                                  indent=2))
+        _write_outputs(args, results)
     except OSError as e:
         print(f"check: error: cannot write output: {str(e).splitlines()[0]}", file=err)
         return 2

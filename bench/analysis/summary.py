@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bench.cases import setting_label
 
-def _res(h, w) -> str:
+
+def _res(h: int, w: int) -> str:
     return f"{int(h)}" if int(h) == int(w) else f"{int(h)}x{int(w)}"
 
 
-def _setting(r) -> str:
-    s = f"{r['device']} ({r['device_name']}) {r['backend']}"
-    s += "+cl" if bool(r.get("channels_last")) else ""
-    s += "+fold" if bool(r.get("folded")) else ""
-    s += f" {r['precision']} batch {int(r['batch'])}"
-    if str(r["device"]).startswith("cpu"):
-        s += f" threads {int(r['threads'])}"
-    return s
+def _speedup_table(g: pd.DataFrame, order: list[str]) -> pd.DataFrame | None:
+    """softmax / msla median latency per base model (and block) x resolution, where both were ok."""
+    ok = g[g["status"] == "ok"].assign(base=lambda d: d["model"].str.split(":").str[0])
+    sp = []
+    for (base, level, res), gg in ok.groupby(["base", "level", "res"], sort=False):
+        m = gg.set_index("variant")["latency_ms_median"]
+        if "msla" in m and "softmax" in m:
+            sp.append({"pair": f"{base}" if level == "model" else f"{base} (block)", "res": res,
+                       "x": f"{m['softmax'] / m['msla']:.2f}x"})
+    if not sp:
+        return None
+    st = pd.DataFrame(sp).pivot_table(index="pair", columns="res", values="x", aggfunc="first")
+    st = st.reindex(columns=[c for c in order if c in st.columns])
+    st.columns.name = "msla speedup over softmax"
+    return st.fillna("")
 
 
 def summary_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -24,7 +33,7 @@ def summary_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     df = results.copy()
     if df.empty:
         return []
-    df["setting"] = df.apply(_setting, axis=1)
+    df["setting"] = [setting_label(r) for r in df.to_dict("records")]
     df["res"] = [_res(h, w) for h, w in zip(df["height"], df["width"])]
     order = list(dict.fromkeys(df["res"]))
     out = []
@@ -34,25 +43,14 @@ def summary_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         t = t.reindex(index=list(dict.fromkeys(g["model"])), columns=[c for c in order if c in t.columns])
         t.columns.name = "median ms"
         out.append((setting, t.fillna("")))
-        ok = g[g["status"] == "ok"].copy()
-        if ok.empty:
-            continue
-        ok["base"] = ok["model"].str.split(":").str[0]
-        sp = []
-        for (base, level, res), gg in ok.groupby(["base", "level", "res"], sort=False):
-            m = gg.set_index("variant")["latency_ms_median"]
-            if "msla" in m and "softmax" in m:
-                sp.append({"pair": f"{base}" if level == "model" else f"{base} (block)", "res": res,
-                           "x": f"{m['softmax'] / m['msla']:.2f}x"})
-        if sp:
-            st = pd.DataFrame(sp).pivot_table(index="pair", columns="res", values="x", aggfunc="first")
-            st = st.reindex(columns=[c for c in order if c in st.columns])
-            st.columns.name = "msla speedup over softmax"
-            out.append((setting, st.fillna("")))
+        st = _speedup_table(g, order)
+        if st is not None:
+            out.append((setting, st))
     return out
 
 
 def format_summary(results: pd.DataFrame) -> str:
+    """The tables as text, then one line counting the cases that are not ok."""
     lines = []
     for title, t in summary_tables(results):
         lines.append(f"== {title}")

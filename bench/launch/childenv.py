@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.envinfo import cuda_env
+from bench.env import cuda_env
 
 REPO = Path(__file__).resolve().parents[2]
 

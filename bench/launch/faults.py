@@ -8,7 +8,8 @@ fails that way at the stage `fault:<kind>`, so every failure path of the engine 
   error  -> raise RuntimeError (status error)
   sigkill-> the child SIGKILLs itself, as the kernel's OOM killer would (status oom, decided by the parent)
   kind@PATTERN applies it only to cases whose model matches the fnmatch PATTERN (e.g. crash@block:*).
-Do not set it outside tests.
+bench.launch.worker hands `inject_after_build` to the child's case sequence as its after_build hook, so the
+measuring code knows nothing of faults. Do not set it outside tests.
 """
 from __future__ import annotations
 
@@ -17,19 +18,31 @@ import os
 import signal
 import sys
 import time
+from typing import Callable
+
+from bench.cases import Case
 
 FAULT_ENV = "DENSEBENCH_FAULT"
 FAULTS = ("crash", "hang", "oom", "error", "sigkill")
 
 
-def fault_for(spec: dict) -> str | None:
-    f = (spec.get("extra") or {}).get("fault")
+def fault_for(case: Case) -> str | None:
+    """The fault kind this case asks for (extra["fault"], filtered by its @PATTERN), or None."""
+    f = case.extra.get("fault")
     if not f:
         return None
     kind, _, pat = str(f).partition("@")
-    if pat and not fnmatch.fnmatchcase(spec["model"], pat):
+    if pat and not fnmatch.fnmatchcase(case.model, pat):
         return None
     return kind
+
+
+def inject_after_build(case: Case, stage: Callable[[str], None]) -> None:
+    """The child's `after_build` hook (bench.measure.child.run_case): the case's fault, at stage fault:<kind>."""
+    kind = fault_for(case)
+    if kind:
+        stage(f"fault:{kind}")
+        inject(kind, case.device)
 
 
 def inject(kind: str, device: str) -> None:

@@ -3,6 +3,8 @@
 - `ForkServer`: one `python -m bench.launch.worker --serve` per run imports torch and the models once, then
   forks a fresh child per case (see bench.launch.worker); per-case overhead is a fork, not an interpreter start.
 - `Spawner`: a fresh `python -m bench.launch.worker --case` per case (`DENSEBENCH_ISOLATION=spawn`).
+Both take `env`, variables merged over `child_env()` for their children (e.g. DENSEBENCH_MODELS_FROM, so that
+users' model files are imported where the cases run).
 Both return an `Outcome`; `bench.launch.outcome.classify` turns it into the row's status.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from bench.launch.childenv import REPO, child_env
 
@@ -46,9 +49,14 @@ def _tail(path: Path, n: int = 400) -> str:
 
 
 class _Isolation:
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, env: Mapping[str, str] | None = None):
         self.workdir = workdir
+        self.env = dict(env or {})
         self.count = 0
+
+    def _child_env(self) -> dict[str, str]:
+        """child_env() (read when a child starts, so it follows os.environ) with this isolation's extras over it."""
+        return {**child_env(), **self.env}
 
     def _paths(self, spec: dict) -> tuple[Path, Path, Path]:
         self.count += 1
@@ -82,7 +90,7 @@ class _Isolation:
 
 
 class Spawner(_Isolation):
-    """A fresh `python -m bench.launch.worker --case` per case (the interpreter and torch import are paid every time)."""
+    """A fresh `python -m bench.launch.worker --case` per case (the interpreter start and torch import every time)."""
 
     name = "spawn"
 
@@ -92,7 +100,7 @@ class Spawner(_Isolation):
         with open(err_path, "w") as err:
             p = subprocess.Popen([sys.executable, "-m", "bench.launch.worker", "--case", str(spec_path), "--result",
                                   str(result_path)], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                 env=child_env(), cwd=str(REPO))
+                                 env=self._child_env(), cwd=str(REPO))
             out = Outcome(result=None)
             try:
                 rc = p.wait(timeout=timeout_s)
@@ -111,12 +119,12 @@ class WorkerDied(RuntimeError):
 
 
 class ForkServer(_Isolation):
-    """One `python -m bench.launch.worker --serve` per run; it forks a fresh child per case (see bench.launch.worker)."""
+    """One `python -m bench.launch.worker --serve` per run, forking a fresh child per case (see bench.launch.worker)."""
 
     name = "fork"
 
-    def __init__(self, workdir: Path, start_timeout_s: float = 300.0):
-        super().__init__(workdir)
+    def __init__(self, workdir: Path, start_timeout_s: float = 300.0, env: Mapping[str, str] | None = None):
+        super().__init__(workdir, env)
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen | None = None
         self._buf = b""
@@ -131,7 +139,8 @@ class ForkServer(_Isolation):
         self._t0 = time.perf_counter()
         self._log = open(self.workdir / "server.stderr", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.launch.worker", "--serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, env=child_env(), cwd=str(REPO))
+                                     stdout=subprocess.PIPE, stderr=self._log, env=self._child_env(),
+                                     cwd=str(REPO))
         self._buf = b""
         self._ready = False
 
@@ -173,38 +182,42 @@ class ForkServer(_Isolation):
         spec_path, result_path, err_path = self._paths(spec)
         t0 = time.perf_counter()
         out = Outcome(result=None)
-        assert self.proc is not None and self.proc.stdin is not None
         self._busy = True
         try:
-            self.proc.stdin.write((json.dumps({"spec": str(spec_path), "result": str(result_path),
-                                               "stderr": str(err_path)}) + "\n").encode())
-            self.proc.stdin.flush()
-            started = self._read(60.0)
-            if started is None:
-                raise WorkerDied("worker server did not fork a child within 60 s")
-            pid = int(started["pid"])
-            done = self._read(timeout_s)
-            if done is None:
-                out.timed_out = out.killed_by_us = True
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                done = self._read(60.0)
-            if done is None:
-                raise WorkerDied("worker server did not reap a killed child")
+            done = self._exchange({"spec": str(spec_path), "result": str(result_path), "stderr": str(err_path)},
+                                  timeout_s, out)
             self._busy = False
         except (WorkerDied, BrokenPipeError, OSError) as e:
             self.close()
             out.wall_s = time.perf_counter() - t0
             out.exit_code = None
             out.stderr_tail = f"worker server failed: {e}"
-            return self._finish(out, result_path, err_path) if out.result else out
+            return out
         out.wall_s = time.perf_counter() - t0
         out.signal = int(done.get("signal") or 0)
         out.exit_code = None if out.signal else int(done.get("exit", 0))
         out.maxrss_kb = done.get("maxrss_kb")
         return self._finish(out, result_path, err_path)
+
+    def _exchange(self, msg: dict, timeout_s: float, out: Outcome) -> dict:
+        """Ask the server for one child and wait for its end; past `timeout_s` kill it (the server reaps it)."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+        self.proc.stdin.flush()
+        started = self._read(60.0)
+        if started is None:
+            raise WorkerDied("worker server did not fork a child within 60 s")
+        done = self._read(timeout_s)
+        if done is None:
+            out.timed_out = out.killed_by_us = True
+            try:
+                os.kill(int(started["pid"]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            done = self._read(60.0)
+        if done is None:
+            raise WorkerDied("worker server did not reap a killed child")
+        return done
 
     def close(self) -> None:
         if self.proc is not None:
@@ -229,9 +242,11 @@ class ForkServer(_Isolation):
             self._log = None
 
 
-def make_isolation(workdir: Path, kind: str | None = None) -> _Isolation:
+def make_isolation(workdir: Path, kind: str | None = None, env: Mapping[str, str] | None = None) -> _Isolation:
+    """The isolation `kind` (default: env DENSEBENCH_ISOLATION, else fork where the OS has it); `env` is merged
+    over child_env() for every child."""
     kind = kind or os.environ.get(ISOLATION_ENV) or ("fork" if hasattr(os, "fork") else "spawn")
-    if kind not in ("fork", "spawn"):
-        raise ValueError(f"{ISOLATION_ENV}: {kind!r}; valid: fork, spawn")
-    return ForkServer(workdir) if kind == "fork" else Spawner(workdir)
+    if kind not in ISOLATIONS:
+        raise ValueError(f"{ISOLATION_ENV}: {kind!r} is not accepted; accepted: {', '.join(ISOLATIONS)}")
+    return ForkServer(workdir, env=env) if kind == "fork" else Spawner(workdir, env=env)
 

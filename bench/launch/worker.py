@@ -1,10 +1,11 @@
 """The worker process: a fork server (default) or one case per interpreter; both end in
-`bench.measure.child.run_case_file`.
+`bench.measure.child.run_case_file`, with the test-only fault injection (bench.launch.faults) as its hook.
 
-- fork server: `python -m bench.launch.worker --serve` imports torch, the models and the measuring modules ONCE
-  (`bench.measure.child.preload`), then forks a fresh child per case on request. The server itself never runs a
-  tensor op, so no thread pool or CUDA context is inherited: each case starts clean, and its overhead is the fork
-  plus the model build (well under a second) instead of a torch import (several seconds on a busy machine).
+- fork server: `python -m bench.launch.worker --serve` imports torch, the models (users' model files from
+  DENSEBENCH_MODELS_FROM included) and the measuring modules ONCE (`preload`), then forks a fresh child per case
+  on request. The server itself never runs a tensor op, so no thread pool or CUDA context is inherited: each case
+  starts clean, and its overhead is the fork plus the model build (well under a second) instead of a torch import
+  (several seconds on a busy machine).
 - spawn (`DENSEBENCH_ISOLATION=spawn`, or where fork is missing): `python -m bench.launch.worker --case SPEC
   --result OUT`, a fresh interpreter per case.
 
@@ -22,7 +23,40 @@ import signal
 import sys
 import traceback
 
-from bench.measure.child import preload, run_case_file
+from bench.launch.faults import inject_after_build
+from bench.measure.child import run_case_file
+
+
+def preload() -> list[str]:
+    """Import everything a case needs, users' model files included (their builders register in every child);
+    no tensor op: the server must stay fork-safe. Returns the user model sources loaded."""
+    import torch  # noqa: F401
+
+    import bench.backends  # noqa: F401
+    import bench.measure.calibrate  # noqa: F401
+    import bench.measure.energy  # noqa: F401
+    import bench.measure.memory  # noqa: F401
+    import bench.measure.numerics  # noqa: F401
+    import bench.measure.timer  # noqa: F401
+    import bench.results.repeats  # noqa: F401
+    import models  # noqa: F401
+    import models.complexity  # noqa: F401
+    from models.user import load_from_env
+
+    return load_from_env()
+
+
+def _preload_or_say_why() -> bool:
+    """preload(); a bad DENSEBENCH_MODELS_FROM source becomes its one-line message on stderr (the parent shows
+    the last stderr line) instead of a traceback."""
+    from models.user import ModelSourceError
+
+    try:
+        preload()
+    except ModelSourceError as e:
+        print(f"densebench worker: {e}", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def _set_pdeathsig() -> None:
@@ -49,7 +83,7 @@ def _child(msg: dict) -> None:
         os.dup2(err, 2)
         os.dup2(err, 1)  # a stray print must not corrupt the protocol on the server's stdout
         sys.stdout = sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-        code = run_case_file(msg["spec"], msg["result"])
+        code = run_case_file(msg["spec"], msg["result"], after_build=inject_after_build)
     except BaseException:  # noqa: BLE001
         try:
             traceback.print_exc()
@@ -75,7 +109,8 @@ def _cuda_touched() -> bool:
 def serve() -> int:
     _set_pdeathsig()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C goes to the whole group
-    preload()
+    if not _preload_or_say_why():
+        return 2
     out = sys.stdout
     out.write(json.dumps({"ready": True, "pid": os.getpid(), "cuda_touched": _cuda_touched()}) + "\n")
     out.flush()
@@ -112,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.case and a.result):
         p.error("need --serve, or --case and --result")
     _set_pdeathsig()
-    preload()
-    return run_case_file(a.case, a.result)
-
+    if not _preload_or_say_why():
+        return 2
+    return run_case_file(a.case, a.result, after_build=inject_after_build)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,12 @@
-"""The child side of a case: build, prepare, time, measure memory/energy/numerics, write one result file.
+"""The child side of a case: the steps from a typed `Case` to one result row and its samples, and the result file.
 
-This module imports no pandas (the child does not need it); torch & co. are imported by `preload()`.
+Steps, in order: setup (threads, device, seed) -> build (params, MACs, example input) -> the caller's `after_build`
+hook (the launcher's test-only fault injection) -> reference output -> prepare the backend -> timing with peak
+memory -> numerics -> energy. Each step names itself through `Stage`, so a crash or a timeout says where it was.
+The case arrives as JSON and becomes a `Case` here (`Case.from_spec`), so every step reads typed fields.
+
+Imports no pandas; torch, the backends and the models are imported inside the steps (the launcher preloads them
+before forking, see bench.launch.worker).
 """
 from __future__ import annotations
 
@@ -10,48 +16,22 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
-from bench.launch.faults import fault_for, inject
-
-_TIMES: dict = {}  # child-side phase times, reported to the parent for the per-case overhead figure
-
-
-def preload() -> None:
-    """Import everything a case needs (no tensor op: the server must stay fork-safe)."""
-    import torch  # noqa: F401
-
-    import bench.backends  # noqa: F401
-    import bench.measure.energy  # noqa: F401
-    import bench.measure.memory  # noqa: F401
-    import bench.measure.numerics  # noqa: F401
-    import bench.stats  # noqa: F401
-    import bench.measure.timer  # noqa: F401
-    import models  # noqa: F401
-    import models.complexity  # noqa: F401
+from bench.cases import Case, CaseError
+from bench.files import atomic_write_json
 
 
-def _atomic_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, default=_json_default)
-    os.replace(tmp, path)
+class Stage:
+    """The step the child is in, mirrored to `<result>.stage` so the parent can name it after a kill or a crash;
+    also the child's phase times (setup_s, timing_s), from which the parent derives the per-case overhead."""
 
-
-def _json_default(o):
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-    except ImportError:
-        pass
-    return str(o)
-
-
-class _Stage:
-    def __init__(self, result_path: str | None):
+    def __init__(self, result_path: str | None = None):
         self.path = f"{result_path}.stage" if result_path else None
         self.name = "start"
+        self.t0 = time.perf_counter()
+        self.times: dict[str, float] = {}
 
     def __call__(self, name: str) -> None:
         self.name = name
@@ -60,176 +40,239 @@ class _Stage:
                 with open(self.path, "w") as f:
                     f.write(name)
             except OSError:
-                pass
+                pass  # the stage file is a diagnostic; the case goes on without it
 
 
-def _nan() -> float:
-    return float("nan")
+AfterBuild = Callable[[Case, Stage], None]
 
 
-def run_case(spec: dict, stage: _Stage | None = None) -> dict:
-    """Measure one case; returns {"row": {...}, "samples": [...]}. Never raises for a failing case."""
-    stage = stage or _Stage(None)
-    row: dict = {k: spec.get(k) for k in ("model", "family", "variant", "level", "device", "device_name", "backend",
-                                          "precision", "batch", "threads", "height", "width", "tokens",
-                                          "channels_last", "folded", "seed")}
-    row["macs"] = spec.get("macs")
-    samples: list[float] = []
+@dataclass
+class Built:
+    """The model and input of a case as built (fp32), before a backend folds, casts or moves them."""
+
+    model: Any
+    x: Any
+    weight_bytes: int  # exact tensor bytes of parameters and buffers
+    rss0: int  # the child's RSS before the build: the CPU memory baseline
+
+
+def run_case(case: Case, stage: Stage | None = None, after_build: AfterBuild | None = None) -> dict:
+    """Measure one case; returns {"row": {...}, "samples": [...]}. Never raises for a failing case: every failure
+    becomes a row (unsupported, oom or error, with the stage it happened in)."""
+    stage = stage or Stage()
+    row = case.as_row()
     try:
-        _measure(spec, row, samples, stage)
+        samples = _measure(case, row, stage, after_build)
         row["status"], row["reason"] = "ok", ""
     except BaseException as e:  # noqa: BLE001 - every failure becomes a row
-        from bench.measure.memory import is_oom_error
-
-        try:
-            from bench.backends import Unsupported
-        except Exception:  # pragma: no cover
-            Unsupported = ()  # type: ignore[assignment]
-        last = traceback.format_exception_only(type(e), e)[-1].strip().splitlines()[0][:400]
-        if Unsupported and isinstance(e, Unsupported):
-            row["status"], row["reason"] = "unsupported", str(e).splitlines()[0][:400]
-        elif is_oom_error(e):
-            row["status"], row["reason"] = "oom", f"out of memory in stage {stage.name}: {last}"
-        else:
-            row["status"], row["reason"] = "error", f"{type(e).__name__} in stage {stage.name}: {last}"
-            traceback.print_exc(file=sys.stderr)
+        row.update(_failure(e, stage.name))
         samples = []
     return {"row": row, "samples": samples}
 
 
-def _measure(spec: dict, row: dict, samples: list, stage: _Stage) -> None:
+def _failure(e: BaseException, where: str) -> dict[str, str]:
+    from bench.backends import Unsupported
+    from bench.measure.memory import is_oom_error
+
+    if isinstance(e, Unsupported):
+        return {"status": "unsupported", "reason": (str(e).splitlines() or [""])[0][:400]}
+    last = traceback.format_exception_only(type(e), e)[-1].strip().splitlines()[0][:400]
+    if is_oom_error(e):
+        return {"status": "oom", "reason": f"out of memory in stage {where}: {last}"}
+    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    return {"status": "error", "reason": f"{type(e).__name__} in stage {where}: {last}"}
+
+
+def _measure(case: Case, row: dict, stage: Stage, after_build: AfterBuild | None) -> list[float]:
+    """The steps of one case; each adds its columns to `row` and its notes to `info` (-> backend_info)."""
+    info = _setup(case)
+    _check_supported(case)
+    stage("build")
+    built = _build(case, row, stage)
+    if after_build is not None:
+        after_build(case, stage)
+    y_ref = None
+    if not _is_reference(case):
+        stage("reference")
+        y_ref = _reference(case, built)
+    stage("prepare")
+    prepared = _prepare(case, built, row)
+    fn, first = _keep_first_output(prepared.fn)
+    stage("timing")
+    res = _time(case, fn, built, row, info, stage)
+    stage("numerics")
+    _numerics(case, first, y_ref, row, info)
+    row.update(_energy(case, prepared.fn, row["latency_ms_median"], info, stage))
+    row["backend_info"] = json.dumps({**prepared.info, **info}, default=str, sort_keys=True)
+    return [float(v) for v in res.samples_ms]
+
+
+def _setup(case: Case) -> dict[str, Any]:
+    """Threads (CPU), current device (CUDA) and seed, before anything allocates; returns the first notes."""
     import torch
 
+    if case.device_type == "cpu" and case.threads > 0:
+        torch.set_num_threads(case.threads)
+    if case.device_type == "cuda":
+        torch.cuda.set_device(torch.device(case.device))
+    torch.manual_seed(case.seed)
+    return {"torch_threads": torch.get_num_threads(), "pid": os.getpid()}
+
+
+def _check_supported(case: Case) -> None:
     from bench import backends
-    from bench.measure.memory import MB, PeakRSS, rss_bytes
-    from bench.measure.numerics import evaluate
-    from bench.results.repeats import latency_fields
-    from bench.measure.timer import measure
-    from models.complexity import count_macs, count_params
-    from models.registry import build_model, example_input
 
-    device = spec["device"]
-    dev_type = device.split(":")[0]
-    extra = spec.get("extra") or {}
-    threads = int(spec.get("threads") or 0)
-    if dev_type == "cpu" and threads > 0:
-        torch.set_num_threads(threads)
-    if dev_type == "cuda":
-        torch.cuda.set_device(torch.device(device))
-    seed = int(spec.get("seed") or 0)
-    torch.manual_seed(seed)
-    info_extra: dict = {"torch_threads": torch.get_num_threads(), "pid": os.getpid()}
-
-    fault = fault_for(spec)
-    precision, backend = spec["precision"], spec["backend"]
-    reason = backends.unsupported_reason(backend, dev_type, precision, channels_last=bool(spec.get("channels_last")),
-                                         fold=bool(spec.get("folded")))
+    reason = backends.unsupported_reason(case.backend, case.device_type, case.precision,
+                                         channels_last=case.channels_last, fold=case.folded)
     if reason:
         raise backends.Unsupported(reason)
 
-    stage("build")
+
+def _build(case: Case, row: dict, stage: Stage) -> Built:
+    """The fp32 model and its example input; params always, MACs only where the runner could not count them."""
+    import torch
+
+    from bench.measure.memory import rss_bytes
+    from models.complexity import count_macs, count_params
+    from models.registry import build_model, example_input
+
     rss0 = rss_bytes()
-    if dev_type == "cuda":
+    if case.device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model = build_model(spec["model"])
+    model = build_model(case.model)
     row["params"] = count_params(model)
     if row.get("macs") is None:
         stage("count_macs")
-        row["macs"] = count_macs(spec["model"], spec["height"], spec["width"], spec["batch"])
-    x = example_input(spec["model"], spec["height"], spec["width"], spec["batch"], seed=seed)
-    weight_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+        row["macs"] = count_macs(case.model, case.height, case.width, case.batch)
+    x = example_input(case.model, case.height, case.width, case.batch, seed=case.seed)
+    weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return Built(model, x, weight_bytes, rss0)
 
-    if fault:
-        stage(f"fault:{fault}")
-        inject(fault, device)
 
-    # numerics reference: eager fp32 on the same device and input (the identity for plain eager fp32)
-    plain = backend == "eager" and precision == "fp32" and not spec.get("folded") and not spec.get("channels_last")
-    y_ref = None
-    if not plain:
-        stage("reference")
-        y_ref = backends.reference_output(model, x, device)
+def _is_reference(case: Case) -> bool:
+    """Plain eager fp32 is the numerics reference itself (no second model run needed)."""
+    return case.backend == "eager" and case.precision == "fp32" and not case.folded and not case.channels_last
 
-    stage("prepare")
-    workdir = extra.get("workdir") or "/tmp"
-    prepared = backends.prepare(model, x, backend=backend, device=device, precision=precision,
-                                channels_last=bool(spec.get("channels_last")), fold=bool(spec.get("folded")),
-                                workdir=workdir)
-    info = dict(prepared.info)
+
+def _reference(case: Case, built: Built) -> Any:
+    """Eager fp32 output on the same device and input, taken before prepare() may fold, cast or move the model."""
+    from bench import backends
+
+    return backends.reference_output(built.model, built.x, case.device)
+
+
+def _prepare(case: Case, built: Built, row: dict) -> Any:
+    from bench import backends
+
+    prepared = backends.prepare(built.model, built.x, backend=case.backend, device=case.device,
+                                precision=case.precision, channels_last=case.channels_last, fold=case.folded,
+                                workdir=case.extra.get("workdir") or "/tmp")
     row["build_s"] = prepared.build_s
-    if dev_type == "cuda":
-        torch.cuda.synchronize()
-        weights_cuda = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+    return prepared
 
-    captured: list = []
-    fn = prepared.fn
 
-    def first_and_keep():
+def _keep_first_output(fn: Callable[[], Any]) -> tuple[Callable[[], Any], list]:
+    """fn, keeping a copy of its first output: numerics compare it to the reference without an extra call."""
+    first: list = []
+
+    def call() -> Any:
         out = fn()
-        if not captured:
-            captured.append(out.detach().clone() if hasattr(out, "detach") else out)
+        if not first:
+            first.append(out.detach().clone() if hasattr(out, "detach") else out)
         return out
 
-    stage("timing")
-    _TIMES["setup_s"] = time.perf_counter() - _TIMES.get("t0", time.perf_counter())
-    peak = PeakRSS().start() if dev_type == "cpu" else None
-    res = measure(first_and_keep, device_type=dev_type, min_time_s=float(spec.get("min_time_s", 0.5)),
-                  max_time_s=float(spec.get("max_time_s", 5.0)), min_samples=int(extra.get("min_samples", 10)))
-    if dev_type == "cuda":
-        torch.cuda.synchronize()
-        alloc_peak = torch.cuda.max_memory_allocated()
-        row["peak_mem_mb"] = alloc_peak / MB
-        row["peak_mem_reserved_mb"] = torch.cuda.max_memory_reserved() / MB
-        row["weights_mem_mb"] = weights_cuda / MB
-        row["activations_mem_mb"] = max(0, alloc_peak - weights_cuda) / MB
-        if backend in ("onnxruntime", "tensorrt"):
-            info_extra["memory_note"] = "torch's allocator does not see memory the backend allocates itself"
-    else:
-        p = peak.stop()
-        # weights: exact tensor bytes (fp32 build); activations: the rest of the peak above the child's baseline
-        # (includes pages of libraries first touched by the case, e.g. oneDNN kernels)
-        row["peak_mem_mb"] = max(0, p - rss0) / MB
-        row["weights_mem_mb"] = weight_bytes / MB
-        row["activations_mem_mb"] = max(0, p - rss0 - weight_bytes) / MB
-        info_extra["memory_method"] = f"peak rss ({peak.method}) above the child's baseline; weights = tensor bytes"
+    return call, first
 
-    _TIMES["timing_s"] = res.total_s
-    samples.extend(float(v) for v in res.samples_ms)
+
+class _PeakMemory:
+    """Peak memory of the timed loop: the CUDA allocator's peaks (after the prepared weights), or on CPU the
+    peak RSS above the child's baseline before the build, which includes pages of libraries first touched by
+    the case (e.g. oneDNN kernels); CPU weights are the exact tensor bytes of the fp32 build."""
+
+    def __init__(self, case: Case, built: Built):
+        self.case, self.built = case, built
+        self.weights_cuda = 0
+        self.peak_rss: Any = None
+
+    def start(self) -> None:
+        if self.case.device_type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            self.weights_cuda = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            from bench.measure.memory import PeakRSS
+
+            self.peak_rss = PeakRSS().start()
+
+    def stop(self, info: dict) -> dict[str, float]:
+        from bench.measure.memory import MB
+
+        if self.case.device_type == "cuda":
+            return self._cuda_columns(info)
+        p = self.peak_rss.stop() - self.built.rss0
+        info["memory_method"] = f"peak rss ({self.peak_rss.method}) above the child's baseline; weights = tensor bytes"
+        return {"peak_mem_mb": max(0, p) / MB, "weights_mem_mb": self.built.weight_bytes / MB,
+                "activations_mem_mb": max(0, p - self.built.weight_bytes) / MB}
+
+    def _cuda_columns(self, info: dict) -> dict[str, float]:
+        import torch
+
+        from bench.measure.memory import MB
+
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        if self.case.backend in ("onnxruntime", "tensorrt"):
+            info["memory_note"] = "torch's allocator does not see memory the backend allocates itself"
+        return {"peak_mem_mb": peak / MB, "peak_mem_reserved_mb": torch.cuda.max_memory_reserved() / MB,
+                "weights_mem_mb": self.weights_cuda / MB,
+                "activations_mem_mb": max(0, peak - self.weights_cuda) / MB}
+
+
+def _time(case: Case, fn: Callable[[], Any], built: Built, row: dict, info: dict, stage: Stage) -> Any:
+    """The adaptive timing loop (bench.measure.timer) with peak memory around it; adds the latency columns."""
+    from bench.measure.timer import measure
+    from bench.results.repeats import latency_fields
+
+    stage.times["setup_s"] = time.perf_counter() - stage.t0
+    memory = _PeakMemory(case, built)
+    memory.start()
+    res = measure(fn, device_type=case.device_type, min_time_s=case.min_time_s, max_time_s=case.max_time_s,
+                  min_samples=int(case.extra.get("min_samples", 10)))
+    row.update(memory.stop(info))
+    stage.times["timing_s"] = res.total_s
     row.update({"warmup_iters": res.warmup_iters, "first_call_ms": res.first_call_ms,
                 "converged": bool(res.converged)})
-    row.update(latency_fields(res.samples_ms, spec["batch"], row.get("macs"), extra.get("device_peak_gmacs_per_s")))
+    row.update(latency_fields(res.samples_ms, case.batch, row.get("macs"), case.extra.get("device_peak_gmacs_per_s")))
+    return res
 
-    # numerics
-    stage("numerics")
-    if plain:
+
+def _numerics(case: Case, first: list, y_ref: Any, row: dict, info: dict) -> None:
+    from bench.measure.numerics import evaluate
+
+    if _is_reference(case):
         row["rel_err"], row["numerics_ok"] = 0.0, True
-        info_extra["numerics"] = "eager fp32 is the reference itself"
-    elif captured:
-        row.update(evaluate(captured[0], y_ref, precision))
-
-    # energy (NVIDIA): a window of >= ~1 s of iterations after timing
-    if dev_type == "cuda":
-        stage("energy")
-        row.update(_energy(fn, device, spec["batch"], row["latency_ms_median"], info_extra))
-    else:
-        row["energy_j_per_image"] = row["mean_power_w"] = _nan()
-        info_extra["energy"] = "not measured: NVML energy is for NVIDIA GPUs"
-    info.update(info_extra)
-    row["backend_info"] = json.dumps(info, default=str, sort_keys=True)
+        info["numerics"] = "eager fp32 is the reference itself"
+    elif first:
+        row.update(evaluate(first[0], y_ref, case.precision))
 
 
-def _energy(fn, device: str, batch: int, median_ms: float, info: dict) -> dict:
-    import torch
-
+def _energy(case: Case, fn: Callable[[], Any], median_ms: float, info: dict, stage: Stage) -> dict:
+    """Energy per image over >= ~1.2 s of iterations after timing (the counters update every 10-100 ms)."""
     from bench.measure import energy
 
-    meter, reason = energy.make_meter(device)  # NVML on desktop/server GPUs, board rails on a Jetson
+    if case.device_type != "cuda":
+        info["energy"] = "not measured: NVML energy is for NVIDIA GPUs"
+        return energy.energy_columns(None, 0)
+    import torch
+
+    stage("energy")
+    meter, reason = energy.make_meter(case.device)  # NVML on desktop/server GPUs, board rails on a Jetson
     if meter is None:
         info["energy"] = reason
         return energy.energy_columns(None, 0)
-    iters = max(3, math.ceil(1200.0 / max(median_ms, 1e-3)))
-    iters = min(iters, 100_000)
+    iters = min(max(3, math.ceil(1200.0 / max(median_ms, 1e-3))), 100_000)
     try:
         torch.cuda.synchronize()
         meter.start()
@@ -241,34 +284,36 @@ def _energy(fn, device: str, batch: int, median_ms: float, info: dict) -> dict:
         meter.close()
     info["energy"] = {"source": reading.source, "iters": iters, "window_s": round(reading.elapsed_s, 3),
                       "notes": reading.notes, "reason": reading.reason}
-    return energy.energy_columns(reading, iters * batch)
+    return energy.energy_columns(reading, iters * case.batch)
 
 
-def run_calibration(spec: dict) -> dict:
+def run_calibration(spec: Mapping[str, Any]) -> dict:
+    """{"calibration": {...}} for a spec {"kind": "calibrate", device, precision, threads, seconds}."""
     from bench.measure.calibrate import calibrate
 
     return {"calibration": calibrate(spec["device"], spec["precision"], int(spec.get("threads") or 0),
                                      float(spec.get("seconds", 0.6)))}
 
 
-def run_case_file(spec_path: str, result_path: str) -> int:
-    """Read a spec, run it (a case, or a calibration when spec["kind"] == "calibrate"), write the result."""
-    _TIMES.clear()
-    _TIMES["t0"] = time.perf_counter()
+def run_case_file(spec_path: str, result_path: str, after_build: AfterBuild | None = None) -> int:
+    """Read a spec, run it (a case, or a calibration when spec["kind"] == "calibrate"), write the result file
+    atomically (the parent reads a complete result or none)."""
+    stage = Stage(result_path)
     _prefer_oom_kill()
     with open(spec_path) as f:
         spec = json.load(f)
-    stage = _Stage(result_path)
     if spec.get("kind") == "calibrate":
         try:
             out = run_calibration(spec)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:  # noqa: BLE001 - the parent records the error in meta.json
             out = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
     else:
-        out = run_case(spec, stage)
-    _TIMES["total_s"] = time.perf_counter() - _TIMES.pop("t0")
-    out["child"] = {"pid": os.getpid(), "stage": stage.name, **_TIMES}
-    _atomic_json(result_path, out)
+        try:
+            out = run_case(Case.from_spec(spec), stage, after_build)
+        except CaseError as e:  # a spec the parent should never write: an error row rather than a bare crash
+            out = {"row": {"status": "error", "reason": str(e)}, "samples": []}
+    out["child"] = {"pid": os.getpid(), "stage": stage.name, **stage.times, "total_s": time.perf_counter() - stage.t0}
+    atomic_write_json(result_path, out)
     return 0
 
 
@@ -280,4 +325,3 @@ def _prefer_oom_kill() -> None:
             f.write("1000")
     except OSError:
         pass
-

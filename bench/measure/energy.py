@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from bench.gpuinfo import cuda_index
+from bench.env import gpu, jetson
 
 SHORT_WINDOW_S = 1.0
 
@@ -56,39 +56,36 @@ def energy_columns(reading: EnergyReading | None, images: int) -> dict:
     return {"energy_j_per_image": reading.energy_j / images, "mean_power_w": reading.mean_power_w}
 
 
-
-
 def available(device: Any = 0) -> tuple[bool, str]:
     """(True, "") when NVML's energy counter can be read for this CUDA device, else (False, reason).
 
     `device` is a torch CUDA index, "cuda", "cuda:N" or a torch.device; "cpu" gives (False, reason).
     """
     try:
-        idx = cuda_index(device)
+        idx = gpu.cuda_index(device)
     except ValueError:
         return False, f"NVML not available: energy is measured on NVIDIA GPUs, not on {torch.device(device).type}"
     if not torch.cuda.is_available():
         return False, "NVML not available: CUDA not available"
-    from bench.gpuinfo import nvml_handle, nvml_import
     try:
-        pynvml = nvml_import()
-    except RuntimeError as e:
+        with gpu.nvml() as nv:
+            return _probe(nv, idx)
+    except RuntimeError as e:  # NVML itself is not available
         return False, str(e)
+
+
+def _probe(nv: Any, idx: int) -> tuple[bool, str]:
+    """Read the counter once: the only reliable test (pre-Volta GPUs and MIG instances raise NotSupported)."""
     try:
-        h, _ = nvml_handle(pynvml, idx)
-        pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
+        h, _ = gpu.nvml_handle(nv, idx)
+        nv.nvmlDeviceGetTotalEnergyConsumption(h)
         return True, ""
-    except pynvml.NVMLError_NotSupported:
+    except nv.NVMLError_NotSupported:
         return False, "NVML not available: the total-energy counter is not supported on this GPU (pre-Volta or MIG)"
-    except pynvml.NVMLError as e:
+    except nv.NVMLError as e:
         return False, f"NVML not available: {e}"
     except Exception as e:  # a torch index with no NVML device, ...
         return False, f"NVML not available: {type(e).__name__}: {e}"
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
 
 
 class EnergyMeter:
@@ -102,9 +99,8 @@ class EnergyMeter:
         ok, reason = available(device_index)
         if not ok:
             raise RuntimeError(reason)
-        from bench.gpuinfo import nvml_handle, nvml_import
-        self._nvml = nvml_import()
-        self._handle, self.match = nvml_handle(self._nvml, cuda_index(device_index))
+        self._nvml = gpu.nvml_init()
+        self._handle, self.match = gpu.nvml_handle(self._nvml, gpu.cuda_index(device_index))
         self._e0: int | None = None
         self._t0 = 0.0
 
@@ -172,10 +168,9 @@ class TegraPowerMeter:
 
     @staticmethod
     def available() -> tuple[bool, str]:
-        from bench.gpuinfo import _has_module, is_jetson
-        if not is_jetson():
+        if not jetson.is_jetson():
             return False, "not a Jetson board"
-        if _has_module("jtop") or shutil.which("tegrastats"):
+        if jetson.jetson_power_source():
             return True, ""
         return False, "Jetson power: neither jtop (jetson-stats) nor tegrastats found"
 
@@ -213,10 +208,9 @@ class TegraPowerMeter:
             self.error = f"jtop failed: {e}"
 
     def start(self) -> None:
-        from bench.gpuinfo import _has_module
         self._samples.clear()
         self._stop.clear()
-        if _has_module("jtop"):
+        if jetson.jetson_power_source() == "jtop":
             self.source, target = "jtop:VDD_IN", self._run_jtop
         else:
             self.source, target = "tegrastats:VDD_IN", self._run_tegrastats

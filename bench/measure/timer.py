@@ -74,14 +74,24 @@ def _ci_within(samples: np.ndarray, rel_ci: float) -> bool:
     return med * (1 - rel_ci) <= lo and hi <= med * (1 + rel_ci)
 
 
-def _check(samples, n, el, next_check, min_samples, max_samples, min_time_s, max_time_s, rel_ci):
-    """-> (stop, converged, next_check). The CI is computed at most every ~10% growth of the sample."""
-    out_of_budget = el >= max_time_s or n >= max_samples
-    if not out_of_budget and (n < next_check or el < min_time_s):
-        return False, False, next_check
-    if n >= min_samples and el >= min_time_s and _ci_within(np.asarray(samples), rel_ci):
-        return True, True, next_check
-    return out_of_budget, False, n + max(1, n // 10)
+@dataclass(frozen=True)
+class _Budget:
+    """When sampling stops: enough samples, enough time and a tight CI (converged), or out of time or samples."""
+
+    min_time_s: float
+    max_time_s: float
+    rel_ci: float
+    min_samples: int
+    max_samples: int
+
+    def check(self, samples: list[float], n: int, el: float, next_check: int) -> tuple[bool, bool, int]:
+        """-> (stop, converged, next_check). The CI is computed at most every ~10% growth of the sample."""
+        out_of_budget = el >= self.max_time_s or n >= self.max_samples
+        if not out_of_budget and (n < next_check or el < self.min_time_s):
+            return False, False, next_check
+        if n >= self.min_samples and el >= self.min_time_s and _ci_within(np.asarray(samples), self.rel_ci):
+            return True, True, next_check
+        return out_of_budget, False, n + max(1, n // 10)
 
 
 def _warm_done(times: list[float]) -> bool:
@@ -157,66 +167,72 @@ def measure(fn: Callable[[], object], *, device_type: str = "cpu", min_time_s: f
     """Time `fn()` (no arguments; its result is dropped): first call, warm-up, adaptive sampling (see module doc)."""
     if max_time_s <= 0 or min_time_s < 0 or rel_ci <= 0 or min_samples < 1 or max_samples < 1:
         raise ValueError("measure: need max_time_s > 0, min_time_s >= 0, rel_ci > 0, min_samples/max_samples >= 1")
-    min_time_s = min(min_time_s, max_time_s)
-    min_samples = min(min_samples, max_samples)
+    budget = _Budget(min(min_time_s, max_time_s), max_time_s, rel_ci, min(min_samples, max_samples), max_samples)
     if warmup_max_s is None:
         warmup_max_s = max(0.5, 0.3 * max_time_s)
     clock = _clock(fn, device_type)
-    batched = device_type == "cuda"
-    now = time.perf_counter
-
-    t_begin = now()
+    t_begin = time.perf_counter()
     first_ms = clock.first()
-
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
-        # warm-up
-        warm: list[float] = []
-        t0 = now()
-        while True:
-            warm.extend(clock.batch(1))
-            if len(warm) < WARMUP_MIN_ITERS:
-                continue
-            if _warm_done(warm) or now() - t0 >= warmup_max_s or len(warm) >= WARMUP_MAX_ITERS:
-                break
-
-        # sampling
-        samples: list[float] = []
-        converged = False
-        next_check = min_samples
-        t0 = now()
-        if batched:
-            while True:
-                est = float(np.median(samples[-50:] or warm[-WARMUP_WINDOW:])) / 1e3  # seconds per call
-                k = int(min(CUDA_MAX_BATCH, max(1, CUDA_BATCH_TARGET_S / max(est, 1e-7))))
-                samples.extend(clock.batch(min(k, max_samples - len(samples))))
-                n, el = len(samples), now() - t0
-                done, converged, next_check = _check(samples, n, el, next_check, min_samples, max_samples,
-                                                     min_time_s, max_time_s, rel_ci)
-                if done:
-                    break
+        warm = _warm_up(clock, warmup_max_s)
+        if device_type == "cuda":
+            samples, converged = _sample_batched(clock, warm, budget)
         else:
-            ns = time.perf_counter_ns
-            t0_ns = ns()
-            while True:
-                t = ns()
-                fn()
-                t_end = ns()
-                samples.append((t_end - t) / 1e6)
-                n, el = len(samples), (t_end - t0_ns) / 1e9
-                if n >= next_check or el >= max_time_s or n >= max_samples:
-                    done, converged, next_check = _check(samples, n, el, next_check, min_samples, max_samples,
-                                                         min_time_s, max_time_s, rel_ci)
-                    if done:
-                        break
+            samples, converged = _sample_each(fn, budget)
     finally:
         if gc_was_enabled:
             gc.enable()
-
     return TimingResult(samples_ms=np.asarray(samples, dtype=np.float64), first_call_ms=float(first_ms),
-                        warmup_iters=len(warm), converged=converged, total_s=now() - t_begin)
+                        warmup_iters=len(warm), converged=converged, total_s=time.perf_counter() - t_begin)
+
+
+def _warm_up(clock: _CpuClock | _CudaClock, warmup_max_s: float) -> list[float]:
+    """Warm-up call times: until they stop decreasing (_warm_done), bounded by time and count."""
+    warm: list[float] = []
+    t0 = time.perf_counter()
+    while True:
+        warm.extend(clock.batch(1))
+        if len(warm) < WARMUP_MIN_ITERS:
+            continue
+        if _warm_done(warm) or time.perf_counter() - t0 >= warmup_max_s or len(warm) >= WARMUP_MAX_ITERS:
+            return warm
+
+
+def _sample_batched(clock: _CudaClock, warm: list[float], budget: _Budget) -> tuple[list[float], bool]:
+    """CUDA: batches of single-call event timings, each batch sized to ~CUDA_BATCH_TARGET_S of GPU time."""
+    samples: list[float] = []
+    next_check = budget.min_samples
+    t0 = time.perf_counter()
+    while True:
+        est = float(np.median(samples[-50:] or warm[-WARMUP_WINDOW:])) / 1e3  # seconds per call
+        k = int(min(CUDA_MAX_BATCH, max(1, CUDA_BATCH_TARGET_S / max(est, 1e-7))))
+        samples.extend(clock.batch(min(k, budget.max_samples - len(samples))))
+        done, converged, next_check = budget.check(samples, len(samples), time.perf_counter() - t0, next_check)
+        if done:
+            return samples, converged
+
+
+def _sample_each(fn: Callable[[], object], budget: _Budget) -> tuple[list[float], bool]:
+    """CPU: one call per sample, the clock read inline around it (no call between the reads but fn itself); the
+    budget is checked only when it could say stop."""
+    samples: list[float] = []
+    next_check = budget.min_samples
+    max_time_s, max_samples = budget.max_time_s, budget.max_samples
+    ns = time.perf_counter_ns
+    t0_ns = ns()
+    while True:
+        t = ns()
+        fn()
+        t_end = ns()
+        samples.append((t_end - t) / 1e6)
+        n, el = len(samples), (t_end - t0_ns) / 1e9
+        if n >= next_check or el >= max_time_s or n >= max_samples:
+            done, converged, next_check = budget.check(samples, n, el, next_check)
+            if done:
+                return samples, converged
 
 
 def timer_overhead_ns(device_type: str = "cpu", seconds: float = 0.3) -> float:

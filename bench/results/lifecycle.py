@@ -42,7 +42,7 @@ class RunState:
 
     def mark(self, status: str, wall_s: float | None = None) -> None:
         """Record a status change (and, when the measuring ended, its wall time added to earlier sessions')."""
-        from bench.envinfo import now_iso
+        from bench.env import now_iso
 
         if status not in STATES:
             raise ValueError(f"run status {status!r}; valid: {', '.join(STATES)}")
@@ -74,7 +74,7 @@ def create_run(out_dir: Path, cases: Iterable[Case], config: dict[str, Any], *, 
                argv: list[str] | None = None, kind: str = "run") -> RunState:
     """A new run folder out_dir/run_id (which must not exist) with its first meta.json: environment, configuration
     and the planned cases. Raises RunFolderError."""
-    from bench.envinfo import environment, now_iso
+    from bench.env import environment, now_iso
 
     out_dir = Path(out_dir)
     if run_id is not None and not RUN_ID.fullmatch(run_id):

@@ -15,8 +15,14 @@ import hashlib
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from bench.files import atomic_write
 from bench.results.store import RunFormatError
+
+if TYPE_CHECKING:
+    from bench.analysis.report.data import Merged
+    from bench.analysis.report.plots import Figure
 
 __all__ = ["write_report", "add_report_arguments", "cmd_report", "default_out"]
 
@@ -34,10 +40,29 @@ def default_out(run_dirs: list[Path], reports_dir: Path = Path("reports")) -> Pa
     return reports_dir / f"{name}.html"
 
 
+def _missing_notes(m: Merged, notes: list[str], figs: list[Figure]) -> list[str]:
+    """What the reader must know is absent or not comparable, most basic first, each once."""
+    out: list[str] = []
+    if not len(m.results):
+        out.append("the runs have no rows at all")
+    elif not len(m.ok):
+        out.append("no case finished ok: no latencies to compare (see the case table for each status and reason)")
+    n_bad = int((m.results["status"] != "ok").sum()) if len(m.results) else 0
+    if n_bad:
+        out.append(f"{n_bad} case(s) not ok: their status and reason are in the case table")
+    if len(m.results) and len(m.ok) == 1:
+        out.append("a single ok case: no comparison, speedup or scaling fit is possible")
+    out += notes + m.notes
+    out += [f"figure '{f.title}' not shown: {f.missing}" for f in figs if f.missing]
+    return list(dict.fromkeys(out))
+
+
 def write_report(run_dirs: list[Path], out_html: Path) -> Path:
     """Write the HTML report of `run_dirs` to `out_html`, the Markdown summary to <stem>.md and the figures to
     <stem>_figures/. Raises RunFormatError for a run that cannot be read. Returns out_html."""
-    from bench.analysis.report import data, html, plots
+    # imported here, not above: the CLI imports this package for its arguments, and these pull in matplotlib,
+    # seaborn, jinja2 and (for the published numbers) torch
+    from bench.analysis.report import data, html, methodology, plots, published
 
     if not run_dirs:
         raise RunFormatError("no runs given")
@@ -46,50 +71,30 @@ def write_report(run_dirs: list[Path], out_html: Path) -> Path:
     m = data.merge_runs(runs)
     sp, sp_notes = data.speedups(m)
     ex, ex_notes = data.scaling_exponents(m)
-    refs, ref_notes = data.reference_models(m)
+    refs, ref_notes = published.reference_models(m)
     fig_dir = out_html.parent / f"{out_html.stem}_figures"
     figs = plots.build_figures(m, sp, fig_dir)
-
-    missing: list[str] = []
-    if not len(m.results):
-        missing.append("the runs have no rows at all")
-    elif not len(m.ok):
-        missing.append("no case finished ok: no latencies to compare (see the case table for each status and reason)")
-    n_bad = int((m.results["status"] != "ok").sum()) if len(m.results) else 0
-    if n_bad:
-        missing.append(f"{n_bad} case(s) not ok: their status and reason are in the case table")
-    if len(m.results) and len(m.ok) == 1:
-        missing.append("a single ok case: no comparison, speedup or scaling fit is possible")
-    missing += sp_notes + ex_notes + m.notes
-    missing += [f"figure '{f.title}' not shown: {f.missing}" for f in figs if f.missing]
-    missing = list(dict.fromkeys(missing))
-
-    method = data.methodology(m)
     title = ("Token-mixer benchmark: " + ", ".join(r.run_id for r in runs)) if len(runs) <= 3 else \
         f"Token-mixer benchmark: {len(runs)} runs merged"
     table = html.case_table(m)
     ctx = dict(
         title=title, generated=html.now_utc(), runs=runs, n_cases=len(m.results), n_ok=len(m.ok),
-        status_counts=data.status_counts(m), missing=missing,
+        status_counts=data.status_counts(m), missing=_missing_notes(m, sp_notes + ex_notes, figs),
         headline=html.headline(m, sp, ex), mobile_proxy=data.MOBILE_PROXY,
         figures=html.figure_view(figs), refs=html.reference_view(refs), ref_notes=ref_notes,
-        table=table, method=method, figures_dir=fig_dir.name, html_name=out_html.name,
-        table_meta=html.safe_json(dict(columns=[dict(col=h["col"], label=h["label"], num=h["num"])
-                                                for h in table["headers"]],
-                                       runs=[r.run_id for r in runs])),
+        table=table, method=methodology.methodology(m), figures_dir=fig_dir.name, html_name=out_html.name,
+        table_meta=dict(columns=[dict(col=h["col"], label=h["label"], num=h["num"]) for h in table["headers"]],
+                        runs=[r.run_id for r in runs]),
     )
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    page = html.render_html(ctx)
-    md = html.render_markdown(ctx)
-    _atomic_text(out_html, page)
-    _atomic_text(out_html.with_suffix(".md"), md)
+    _write_utf8(out_html, html.render_html(ctx))
+    _write_utf8(out_html.with_suffix(".md"), html.render_markdown(ctx))
     return out_html
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def _write_utf8(path: Path, text: str) -> None:
+    """The page and the summary hold non-ASCII (×, …, names): UTF-8 whatever the locale, written atomically."""
+    atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,8 +1,11 @@
-"""Render the report: view models (formatted strings) -> jinja2 HTML (autoescape on) and a Markdown summary."""
+"""Render the report: view models (formatted strings) -> jinja2 HTML (autoescape on) and a Markdown summary.
+
+Escaping is never done by hand here: jinja2 escapes every value in the page (and `|tojson` the JSON block the
+table script reads), bench.text escapes every Markdown cell.
+"""
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -11,9 +14,10 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from bench.analysis.report.data import MOBILE_PROXY, Merged
+from bench.analysis.report.data import MOBILE_PROXY, Merged, missing
 from bench.analysis.report.plots import Figure
 from bench.schema import STATUSES
+from bench.text import markdown_table, md_escape
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -32,18 +36,9 @@ TABLE_COLUMNS = (
 )
 
 
-def _missing(v: Any) -> bool:
-    if v is None or v is pd.NA:
-        return True
-    try:
-        return isinstance(v, float) and math.isnan(v)
-    except TypeError:
-        return False
-
-
 def fnum(v: Any, digits: int = 3) -> str:
     """A number with `digits` significant digits, thousands separators for large ones, '' when missing."""
-    if _missing(v):
+    if missing(v):
         return ""
     try:
         x = float(v)
@@ -62,7 +57,7 @@ def fnum(v: Any, digits: int = 3) -> str:
 
 def _cell(v: Any, kind: str) -> tuple[str, str]:
     """(display text, sort value) of one table cell."""
-    if _missing(v):
+    if missing(v):
         return "", ""
     if kind == "i":
         return str(int(v)), str(int(v))
@@ -101,7 +96,7 @@ def case_table(m: Merged) -> dict:
 
 
 def _ci_text(lo: Any, hi: Any, digits: int = 3) -> str:
-    if _missing(lo) or _missing(hi) or not (np.isfinite(lo) and np.isfinite(hi)):
+    if missing(lo) or missing(hi) or not (np.isfinite(lo) and np.isfinite(hi)):
         return ""
     return f"[{fnum(lo, digits)}, {fnum(hi, digits)}]"
 
@@ -152,7 +147,7 @@ def headline(m: Merged, sp: pd.DataFrame, ex: pd.DataFrame) -> list[dict]:
 
 def gnum(v: Any) -> str:
     """A published number as printed in the paper (no padding zeros)."""
-    return "" if _missing(v) else f"{float(v):,.4g}"
+    return "" if missing(v) else f"{float(v):,.4g}"
 
 
 def reference_view(refs: list[dict]) -> list[dict]:
@@ -160,14 +155,14 @@ def reference_view(refs: list[dict]) -> list[dict]:
     for r in refs:
         measured = []
         for x in r["measured"]:
-            if x["status"] == "ok" and not _missing(x["latency_ms"]):
+            if x["status"] == "ok" and not missing(x["latency_ms"]):
                 measured.append(f"{fnum(x['latency_ms'])} ms on {x['config']}")
             else:
                 measured.append(f"{x['status']} on {x['config']}" + (f" ({x['reason']})" if x["reason"] else ""))
         out.append(dict(
             name=r["name"], family=r["family"], dataset=r["dataset"], input_size=r["input_size"],
-            pub_params=gnum(r["pub_params_m"]) + "M" if not _missing(r["pub_params_m"]) else "",
-            pub_macs=gnum(r["pub_macs_g"]) + "G" if not _missing(r["pub_macs_g"]) else "",
+            pub_params=gnum(r["pub_params_m"]) + "M" if not missing(r["pub_params_m"]) else "",
+            pub_macs=gnum(r["pub_macs_g"]) + "G" if not missing(r["pub_macs_g"]) else "",
             pub_latency=[f"{gnum(v)} ms ({k})" for k, v in r["pub_latency"].items()],
             pub_miou=gnum(r["pub_miou"]), source=r["pub_source"],
             params=fnum(r["params_m"]) + "M" if r["params_m"] is not None else "",
@@ -179,15 +174,9 @@ def reference_view(refs: list[dict]) -> list[dict]:
 
 
 def _dev(ours: float | None, pub: float | None) -> str:
-    if ours is None or _missing(pub) or not pub:
+    if ours is None or missing(pub) or not pub:
         return ""
     return f"{100 * (ours - pub) / pub:+.1f}%"
-
-
-def safe_json(obj: Any) -> str:
-    """JSON that is safe inside an HTML <script> element: no `</script>`, `<!--` or U+2028/9 can end it early."""
-    s = json.dumps(obj, ensure_ascii=True, sort_keys=True, default=str)
-    return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def render_html(ctx: dict) -> str:
@@ -200,13 +189,36 @@ def render_html(ctx: dict) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Markdown
 
-def md_escape(v: Any) -> str:
-    """Text for a Markdown table cell: no HTML (GitHub renders it), no pipes, no line breaks, no code spans."""
-    s = "" if _missing(v) else str(v)
-    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    s = s.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`").replace("*", "\\*").replace("_", "\\_")
-    s = s.replace("[", "\\[").replace("]", "\\]")
-    return " ".join(s.split())
+MD_MAX_NOT_OK = 50
+
+
+def _md_headline(dev: dict) -> list[str]:
+    """One device setting of the headline: its speedup tables and its scaling exponents."""
+    e = md_escape
+    lines = [f"## {e(dev['config'])}" + (f" ({e(MOBILE_PROXY)})" if dev["mobile"] else ""), ""]
+    for t in dev["speedups"]:
+        rows = [[row["base"], *(f"{c['text']} {c['ci']}".strip() for c in row["cells"])] for row in t["rows"]]
+        lines += [f"Speedup of msla over {e(t['baseline'])} (95% CI):", "",
+                  markdown_table(["model", *t["resolutions"]], rows, align="l" + "r" * len(t["resolutions"])), ""]
+    if dev["exponents"]:
+        rows = [[x["model"], x["exponent"], x["se"], x["ci"], x["reading"], x["resolutions"]]
+                for x in dev["exponents"]]
+        lines += ["Scaling exponent of latency vs pixels (log-log least squares):", "",
+                  markdown_table(["model", "exponent", "SE", "95% CI", "reading", "resolutions"], rows, align="lrr"),
+                  ""]
+    return lines
+
+
+def _md_not_ok(table: dict) -> list[str]:
+    bad = [r for r in table["rows"] if not r["ok"]]
+    if not bad:
+        return []
+    cols = ("model", "setting", "resolution", "status", "reason")
+    lines = [f"## Cases not ok ({len(bad)})", "",
+             markdown_table(list(cols), [[r["by"][c] for c in cols] for r in bad[:MD_MAX_NOT_OK]])]
+    if len(bad) > MD_MAX_NOT_OK:
+        lines.append(f"\n({len(bad) - MD_MAX_NOT_OK} more in the HTML report)")
+    return lines + [""]
 
 
 def render_markdown(ctx: dict) -> str:
@@ -216,38 +228,8 @@ def render_markdown(ctx: dict) -> str:
     if ctx["missing"]:
         lines += ["**What is missing**", ""] + [f"- {e(x)}" for x in ctx["missing"]] + [""]
     for dev in ctx["headline"]:
-        lines.append(f"## {e(dev['config'])}" + (f" ({e(MOBILE_PROXY)})" if dev["mobile"] else ""))
-        lines.append("")
-        for t in dev["speedups"]:
-            lines.append(f"Speedup of msla over {e(t['baseline'])} (95% CI):")
-            lines.append("")
-            lines.append("| model | " + " | ".join(e(r) for r in t["resolutions"]) + " |")
-            lines.append("|---|" + "---:|" * len(t["resolutions"]))
-            for row in t["rows"]:
-                lines.append(f"| {e(row['base'])} | " + " | ".join(
-                    e(f"{c['text']} {c['ci']}".strip()) for c in row["cells"]) + " |")
-            lines.append("")
-        if dev["exponents"]:
-            lines += ["Scaling exponent of latency vs pixels (log-log least squares):", "",
-                      "| model | exponent | SE | 95% CI | reading | resolutions |", "|---|---:|---:|---|---|---|"]
-            for x in dev["exponents"]:
-                lines.append(f"| {e(x['model'])} | {e(x['exponent'])} | {e(x['se'])} | {e(x['ci'])} | "
-                             f"{e(x['reading'])} | {e(x['resolutions'])} |")
-            lines.append("")
-    bad = [r for r in ctx["table"]["rows"] if not r["ok"]]
-    if bad:
-        idx = {h["col"]: i for i, h in enumerate(ctx["table"]["headers"])}
-        lines += [f"## Cases not ok ({len(bad)})", "", "| model | setting | resolution | status | reason |",
-                  "|---|---|---|---|---|"]
-        for r in bad[:50]:
-            c = r["cells"]
-            setting = " · ".join(c[idx[k]]["text"] for k in ("device_name", "backend", "precision") if
-                                 c[idx[k]]["text"])
-            lines.append(f"| {e(c[idx['model']]['text'])} | {e(setting)} | {e(c[idx['resolution']]['text'])} | "
-                         f"{e(c[idx['status']]['text'])} | {e(c[idx['reason']]['text'])} |")
-        if len(bad) > 50:
-            lines.append(f"\n({len(bad) - 50} more in the HTML report)")
-        lines.append("")
+        lines += _md_headline(dev)
+    lines += _md_not_ok(ctx["table"])
     lines.append(f"Figures: {e(ctx['figures_dir'])} (PNG and SVG). Full report: {e(ctx['html_name'])}")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,141 @@
+"""The Python API of densebench; `run_bench.py` is a thin layer over it.
+
+    import bench
+    r = bench.run(models=["evit-b1:msla", "evit-b1:softmax"], res=[512, 1024], devices="cpu")
+    r.results.pivot_table(index="model", columns="height", values="latency_ms_median")
+    d = bench.compare(bench.load_run("results/base"), r)       # one row per case: ratio, CI, verdict
+    bench.report([r.path], "reports/mine.html")
+
+`run` plans (bench.plan: everything validated before a folder exists), creates the run folder
+(bench.results.lifecycle), measures every case in its own child process (bench.runner) and returns the stored run
+(`Run`: `.results` and `.samples` DataFrames, `.meta`, `.path`). A case that fails is a row with a status and a
+reason; an interrupted run keeps every finished case and is finished by `resume`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from bench.plan import Plan, make_plan
+from bench.results.lifecycle import RunState, create_run, open_run
+from bench.results.store import Run, load_run
+
+Progress = Callable[..., None]
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The measuring was interrupted (Ctrl-C, SIGTERM); the run is saved as 'interrupted' and can be resumed."""
+
+    def __init__(self, state: RunState):
+        super().__init__(f"interrupted: {len(state.rows)} cases stored in {state.run_dir}")
+        self.state = state
+
+
+def run(models: Any = None, *, out: str | os.PathLike = "results", run_id: str | None = None,
+        report: bool = True, progress: Progress | None = None, log: Callable[[str], None] | None = None,
+        argv: list[str] | None = None, **options: Any) -> Run:
+    """Measure a matrix into a new run folder OUT/RUN_ID; returns the stored run.
+
+    `options` are bench.plan.make_plan's: level, res, devices, batch, precision, threads, backends, channels_last,
+    fold, min_time, max_time, timeout, repeats, seed, quick, calibrate, allow_missing, models_from. Raises
+    bench.plan.PlanError on bad options (nothing written) and RunInterrupted when interrupted.
+    """
+    plan = make_plan(models, **options)
+    state = start(plan, out, run_id=run_id, argv=argv)
+    measure(state, plan, progress=progress, log=log)
+    if report:
+        write_run_report(state.run_dir)
+    return load_run(state.run_dir)
+
+
+def start(plan: Plan, out: str | os.PathLike, *, run_id: str | None = None,
+          argv: list[str] | None = None) -> RunState:
+    """The run folder of a plan (its meta.json records the environment, the configuration and the cases)."""
+    return create_run(Path(out), plan.cases, plan.config, run_id=run_id, argv=argv)
+
+
+def resume(path: str | os.PathLike, *, report: bool = True, progress: Progress | None = None,
+           log: Callable[[str], None] | None = None, argv: list[str] | None = None) -> Run:
+    """Finish an interrupted run without redoing its finished cases; the matrix is the run's own."""
+    state = reopen(path, argv)
+    measure(state, plan_of(state), progress=progress, log=log)
+    if report:
+        write_run_report(state.run_dir)
+    return load_run(state.run_dir)
+
+
+def reopen(path: str | os.PathLike, argv: list[str] | None = None) -> RunState:
+    """An existing run folder for resuming, with the resume recorded in its meta.json."""
+    from bench.env import now_iso
+
+    state = open_run(Path(path))
+    state.meta.setdefault("resumed", []).append({"at": now_iso(), "command": argv or []})
+    return state
+
+
+def plan_of(state: RunState) -> Plan:
+    """The plan a run was made with: its cases and configuration (users' model files imported again)."""
+    from bench.plan import PlanError
+    from models.user import ModelSourceError, load_model_sources
+
+    config = state.meta.get("config") or {}
+    try:
+        load_model_sources(config.get("models_from") or [])
+    except ModelSourceError as e:
+        raise PlanError(f"--resume: the run's --models-from: {e}") from None
+    return Plan(config=config, cases=state.cases(), missing=set(config.get("missing_devices") or []))
+
+
+def measure(state: RunState, plan: Plan, *, progress: Progress | None = None,
+            log: Callable[[str], None] | None = None) -> RunState:
+    """Run the plan's cases that have no row yet; marks the run complete, or interrupted (and re-raises)."""
+    from bench.runner import Runner
+    from models.user import MODELS_FROM_ENV
+
+    sources = plan.config.get("models_from") or []
+    runner = Runner(state, plan.cases, allow_missing=plan.missing, progress=progress, log=log,
+                    calibrate=bool(plan.config.get("calibrate", True)),
+                    repeats=int(plan.config.get("repeats") or 1),
+                    child_env={MODELS_FROM_ENV: os.pathsep.join(sources)} if sources else None)
+    t0 = time.perf_counter()
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        state.mark("interrupted")
+        state.save()
+        raise RunInterrupted(state) from None
+    state.mark("complete", wall_s=time.perf_counter() - t0)
+    state.save()
+    return state
+
+
+def report_path(run_dir: Path) -> Path:
+    """Where a run's own report goes: reports/<run-id>.html beside the folder of run folders."""
+    return Path(run_dir).parent.parent / "reports" / f"{Path(run_dir).name}.html"
+
+
+def write_run_report(run_dir: Path) -> Path:
+    return report([run_dir], report_path(run_dir))
+
+
+def report(runs: Iterable[str | os.PathLike | Run], path: str | os.PathLike) -> Path:
+    """One self-contained HTML report (+ Markdown and figures beside it) of one or more runs; returns its path."""
+    from bench.analysis.report import write_report
+
+    return write_report([Path(r.path if isinstance(r, Run) else r) for r in runs], Path(path))
+
+
+def compare(baseline: str | os.PathLike | Run, current: str | os.PathLike | Run, *, threshold: float = 0.05,
+            alpha: float = 0.01, normalize: bool = False) -> "Any":
+    """One row per case: ratio of medians (current / baseline), its CI, p-value and verdict (DataFrame; see
+    bench.analysis.compare for the rule)."""
+    from bench.analysis.compare import compare_runs
+
+    a = baseline if isinstance(baseline, Run) else load_run(baseline)
+    b = current if isinstance(current, Run) else load_run(current)
+    return compare_runs(a, b, threshold=threshold, alpha=alpha, normalize=normalize)
+
+
+__all__ = ["Run", "RunInterrupted", "compare", "load_run", "measure", "report", "resume", "run"]

@@ -1,0 +1,265 @@
+"""`run_bench.py [run]`: measure the case matrix (the default command). A thin layer over bench.api."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from bench.cli import PROG, UsageError
+
+NAME = "run"
+
+RUN_DESCRIPTION = """\
+Measure token mixers for high-resolution segmentation (EfficientViT multi-scale linear attention vs softmax
+attention, ReLU linear attention and large-kernel convolutions) across resolutions, devices and backends.
+
+Cases are model x resolution x device x backend x precision x batch x threads. Each case runs in its own child
+process with a timeout: a crash, an out-of-memory or a hang becomes a row with a status (ok, oom, timeout, error,
+unsupported, skipped) and a reason, and the run goes on. Timing: first call apart, warm-up, then per-call samples
+until the 95% CI of the median is within +-1% or --max-time is spent.
+
+Results: OUT/<run-id>/results.parquet, results.csv (one row per case), samples.parquet (every raw sample) and
+meta.json (environment, configuration, calibration), rewritten atomically after every case; an HTML report in
+reports/<run-id>.html next to OUT. Interrupt at any time and finish with --resume RUN_ID.
+
+Exit status: 0 done; 1 some case ended in 'error' (or --baseline found a regression); 2 bad input; 130 interrupted.
+"""
+
+RUN_EPILOG = """\
+other commands:
+  models    list the model zoo (params, MACs, published numbers): run_bench.py models [--res 1024x2048] [--format csv]
+  report    HTML report of one or more runs:                       run_bench.py report results/<run-id> ...
+  compare   compare two runs (ratio, CI, Mann-Whitney):            run_bench.py compare BASELINE CURRENT
+  check     regression gates of bench/gates.toml:                  run_bench.py check ...
+  (each has its own --help)
+
+examples:
+  run_bench.py --quick                                   seconds-long smoke run on the CPU
+  run_bench.py --devices cpu --res 512,1024,2048         the default CPU matrix (about 4 minutes on 2 cores)
+  run_bench.py --devices cuda --res 1024x2048 --backends eager,compile --precision fp16,fp32
+  run_bench.py --models evit-b1:msla --level block --threads 1,2 --res 512
+  run_bench.py --resume 20250101-120000-ab12
+
+test-only: DENSEBENCH_FAULT=crash|hang|oom|error|sigkill[@MODEL_PATTERN] makes every child fail that way;
+DENSEBENCH_ISOLATION=spawn runs a fresh interpreter per case instead of forking from a preloaded server.
+"""
+
+
+def _matrix_arguments(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group("matrix")
+    m.add_argument("--models", metavar="LIST", help="comma list of model names, families (evit-variant, block, "
+                   "efficientvit, segformer, segnext), patterns ('evit-b1:*') or 'all'; default: the four "
+                   "EfficientViT-B1 variants evit-b1:msla,relu-linear,softmax,large-kernel")
+    m.add_argument("--level", default="both", metavar="{model,block,both}",
+                   help="model: whole networks; block: each mixer alone (block:<mixer>) fed the stride-16 map of the "
+                        "image; both (default): each model followed by its mixer's block")
+    m.add_argument("--res", default="512,1024,2048", metavar="LIST",
+                   help="comma list of resolutions: N for NxN or HxW (e.g. 1024x2048); default 512,1024,2048")
+    m.add_argument("--devices", default="cpu", metavar="LIST", help="comma list of cpu, cuda, cuda:N; default cpu")
+    m.add_argument("--batch", default="1", metavar="LIST", help="comma list of batch sizes; default 1")
+    m.add_argument("--precision", metavar="LIST",
+                   help="comma list of fp32, tf32, fp16, bf16; default fp32 on cpu and fp16 on cuda. Combinations a "
+                        "backend cannot run become 'unsupported' rows")
+    m.add_argument("--threads", metavar="LIST",
+                   help="comma list of torch intra-op thread counts for cpu cases (1 = the mobile-class CPU proxy); "
+                        "default: the physical cores usable by this process")
+    m.add_argument("--backends", default="eager", metavar="LIST",
+                   help="comma list of eager, compile, cudagraphs, onnxruntime, tensorrt; default eager")
+    m.add_argument("--channels-last", action="store_true", help="run models in channels_last memory format")
+    m.add_argument("--fold", action="store_true", help="fold conv+BN (deployment form) before measuring")
+    m.add_argument("--models-from", action="append", default=[], metavar="SOURCE",
+                   help="import users' models from a .py file or a package.module (repeatable; also the "
+                        "DENSEBENCH_MODELS_FROM variable, os.pathsep-separated): their @register_model names can "
+                        "then be used in --models like built-in ones")
+
+
+def _timing_arguments(p: argparse.ArgumentParser) -> None:
+    t = p.add_argument_group("timing")
+    t.add_argument("--min-time", type=float, default=None, metavar="S",
+                   help="minimum sampling time per case in seconds (default 0.5)")
+    t.add_argument("--max-time", type=float, default=None, metavar="S",
+                   help="sampling time cap per case in seconds (default 5); a case stops earlier once the CI of "
+                        "its median is within +-1%%")
+    t.add_argument("--repeats", type=int, default=None, metavar="R",
+                   help="measure each case in R separate processes, interleaved (pass 1 of every case, then pass "
+                        "2, ...), sharing its time budget; the row pools their samples and its CI includes how far "
+                        "the processes disagree (default 1; see docs/METHODOLOGY.md for when it pays)")
+    t.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="wall-clock limit per case, child start to result (default 600); then status 'timeout'")
+    t.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
+    t.add_argument("--quick", action="store_true",
+                   help="seconds-long smoke run: evit-b1 msla and softmax (+ blocks) at 128x128, 1 thread, short "
+                        "budgets; explicit --models/--res/--devices still apply")
+
+
+def _output_arguments(p: argparse.ArgumentParser) -> None:
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default="results", metavar="DIR", help="folder of run folders (default results/)")
+    o.add_argument("--run-id", metavar="NAME", help="name of the new run folder OUT/NAME (letters, digits, . _ -; "
+                   "must not exist yet); default: date-time-random")
+    o.add_argument("--resume", metavar="RUN_ID", help="finish the run OUT/RUN_ID (or a run folder path) without "
+                                                        "redoing finished cases; the matrix is the run's own")
+    o.add_argument("--allow-missing", action="store_true",
+                   help="record cases on devices that are not present as 'skipped' instead of exiting with 2")
+    o.add_argument("--baseline", metavar="RUN", help="after the run, compare it against this run (a run id in OUT, a "
+                   "run folder or a results file) as `compare` does; exit 1 on a regression")
+    o.add_argument("--no-report", action="store_true", help="do not write the HTML report")
+    o.add_argument("--no-calibrate", action="store_true", help="skip the matmul calibration (no frac_of_peak)")
+    o.add_argument("--list", action="store_true", help="print the cases of the matrix and exit (nothing measured)")
+    o.add_argument("-v", "--verbose", action="store_true", help="one line per case on stderr")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(NAME, prog=PROG, usage=f"{PROG} [run] [options]", description=RUN_DESCRIPTION,
+                       epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="measure the case matrix (the default command)")
+    _matrix_arguments(p)
+    _timing_arguments(p)
+    _output_arguments(p)
+    p.set_defaults(func=main)
+    return p
+
+
+def plan_options(a: argparse.Namespace) -> dict:
+    """The parsed flags as bench.plan.make_plan's keyword arguments (an empty value stays empty, and is refused)."""
+    return dict(models=a.models, level=a.level, res=a.res, devices=a.devices, batch=a.batch, precision=a.precision,
+                threads=a.threads, backends=a.backends, channels_last=a.channels_last, fold=a.fold,
+                min_time=a.min_time, max_time=a.max_time, timeout=a.timeout, repeats=a.repeats, seed=a.seed,
+                quick=a.quick, calibrate=not a.no_calibrate, allow_missing=a.allow_missing,
+                models_from=a.models_from)
+
+
+def main(a: argparse.Namespace) -> int:
+    from bench import api
+    from bench.plan import make_plan
+
+    out = Path(a.out)
+    baseline = _baseline(a.baseline, out) if a.baseline else None
+    if a.resume:
+        state = api.reopen(_resume_dir(a.resume, out), a.argv)
+        plan = api.plan_of(state)
+        _note_ignored(a)
+    else:
+        plan = make_plan(**plan_options(a))
+        if not a.list:
+            _writable_dir(out)
+            _check_run_id(a.run_id, out)
+    if a.list:
+        for c in plan.cases:
+            print(c.case_id)
+        print(f"{len(plan.cases)} cases", file=sys.stderr)
+        return 0
+    if not a.resume:
+        state = api.start(plan, out, run_id=a.run_id, argv=[sys.executable, PROG, *a.argv])
+    rc = _measure(a, state, plan)
+    if rc:
+        return rc
+    return _finish(a, state, baseline)
+
+
+def _measure(a: argparse.Namespace, state, plan) -> int:
+    """Measure with a progress bar; 130 when interrupted (Ctrl-C or SIGTERM), with the run saved for --resume."""
+    from bench import api
+    from bench.commands.progress import Progress
+
+    progress = Progress(enabled=not a.quiet and sys.stderr.isatty())
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if a.verbose else None
+    old = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        api.measure(state, plan, progress=progress, log=log)
+    except api.RunInterrupted:
+        progress.close()
+        print(f"interrupted: {len(state.rows)} of {len(plan.cases)} cases stored in {state.run_dir}; finish with "
+              f"--resume {state.run_id}" + (f" --out {a.out}" if a.out != "results" else ""), file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    progress.close()
+    return 0
+
+
+def _finish(a: argparse.Namespace, state, baseline: str | None) -> int:
+    """Summary, report and the optional compare against a baseline; 1 when a case errored or a case regressed."""
+    from bench import api
+    from bench.results import store
+
+    res = store.results_frame(state.rows)
+    if not a.quiet:
+        from bench.analysis.summary import format_summary
+
+        print(format_summary(res))
+    print(f"results: {state.run_dir}")
+    if not a.no_report:
+        try:
+            print(f"report: {api.write_run_report(state.run_dir)}")
+        except Exception as e:  # the measurements are stored; a report failure must not lose them
+            print(f"report: failed ({type(e).__name__}: {e})".splitlines()[0], file=sys.stderr)
+    rc = 1 if (res["status"] == "error").any() else 0
+    if baseline:
+        from bench.analysis.compare import run_compare
+
+        rc = max(rc, run_compare(baseline, state.run_dir))
+    return rc
+
+
+def _resume_dir(resume: str, out: Path) -> Path:
+    run_dir = Path(resume) if (os.sep in resume or Path(resume).is_dir()) and not (out / resume).is_dir() \
+        else out / resume
+    if not (run_dir / "meta.json").is_file():
+        raise UsageError(f"--resume: no run {resume!r} in {out}/ (expected {run_dir}/meta.json); accepted: a "
+                         f"run id from {out}/ or a run folder path")
+    _writable_dir(run_dir)
+    return run_dir
+
+
+def _note_ignored(a: argparse.Namespace) -> None:
+    defaults = (("--models", a.models, None), ("--level", a.level, "both"), ("--res", a.res, "512,1024,2048"),
+                ("--devices", a.devices, "cpu"), ("--batch", a.batch, "1"), ("--precision", a.precision, None),
+                ("--threads", a.threads, None), ("--backends", a.backends, "eager"), ("--quick", a.quick, False),
+                ("--repeats", a.repeats, None), ("--models-from", a.models_from, []))
+    given = [o for o, v, default in defaults if v != default]
+    if given:
+        print(f"{PROG}: note: {', '.join(given)} ignored with --resume (the run's own matrix is finished)",
+              file=sys.stderr)
+
+
+def _baseline(baseline: str, out: Path) -> str:
+    if not Path(baseline).exists() and (out / baseline).is_dir():
+        baseline = str(out / baseline)
+    if not Path(baseline).exists():
+        raise UsageError(f"--baseline: {baseline} does not exist; accepted: a run id in {out}/, a run folder or "
+                         "a results file")
+    return baseline
+
+
+def _check_run_id(run_id: str | None, out: Path) -> None:
+    from bench.results.lifecycle import RUN_ID
+
+    if run_id is None:
+        return
+    if not RUN_ID.fullmatch(run_id):
+        raise UsageError(f"--run-id: {run_id!r} is not accepted; accepted: letters, digits, '.', '_', '-' "
+                         "(starting with a letter or digit, at most 100)")
+    if (out / run_id).exists():
+        raise UsageError(f"--run-id: {out / run_id} already exists; accepted: a new name (or --resume {run_id} to "
+                         "finish that run)")
+
+
+def _writable_dir(path: Path) -> None:
+    try:
+        probe = path.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise UsageError(f"--out: {path} cannot be resolved ({e}); accepted: a writable folder") from None
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out: {probe} is not a folder; accepted: a writable folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out: {path} is not writable ({probe} denies writing); accepted: a writable folder")
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt

@@ -1,0 +1,208 @@
+"""A run's plan: user options (CLI flags or Python arguments) -> validated configuration + the case matrix.
+
+Everything is checked here, before a run folder exists, so bad input costs nothing and is answered with one line
+(`PlanError`, which the CLI prints with exit status 2). Options take Python values or the CLI's comma strings
+alike: `res=[512, (1024, 2048)]` or `res="512,1024x2048"`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from bench.cases import (Case, CaseError, expand, parse_ints, parse_list, parse_resolution,
+                         select_models)
+
+QUICK_MODELS = ("evit-b1:msla", "evit-b1:softmax")
+DEFAULT_RES = "512,1024,2048"
+INT64_MAX = 2**63 - 1
+
+
+class PlanError(ValueError):
+    """Bad run options; the message is one line naming what is accepted."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    config: dict[str, Any]
+    cases: list[Case]
+    missing: set[str] = field(default_factory=set)  # devices asked for but absent (--allow-missing)
+
+
+def _items(value: Any, what: str) -> list[str]:
+    """A comma string or an iterable of values -> a list of non-empty strings."""
+    if isinstance(value, str):
+        return parse_list(value, what)
+    items = [str(v).strip() for v in value]
+    if not items or not all(items):
+        raise CaseError(f"{what}: empty value in {list(value)!r}")
+    return items
+
+
+def _resolutions(value: Any) -> list[tuple[int, int]]:
+    if isinstance(value, (int, str)):
+        value = [value] if isinstance(value, int) else parse_list(value, "--res")
+    out = []
+    for r in value:
+        if isinstance(r, (tuple, list)) and len(r) == 2:
+            out.append(parse_resolution(f"{r[0]}x{r[1]}"))
+        else:
+            out.append(parse_resolution(str(r)))
+    return list(dict.fromkeys(out))
+
+
+def _ints(value: Any, what: str, minimum: int = 1) -> list[int]:
+    items = [value] if isinstance(value, int) else value
+    out = parse_ints(items if isinstance(items, str) else ",".join(str(v) for v in items), what, minimum)
+    for v in out:
+        if v > INT64_MAX:
+            raise CaseError(f"{what}: {v} is beyond int64; accepted: integers from {minimum} to {INT64_MAX}")
+    return out
+
+
+def devices_of(value: Any, allow_missing: bool) -> tuple[list[tuple[str, str]], set[str]]:
+    """(device, device_name) pairs for --devices, and the absent ones recorded as skipped (--allow-missing)."""
+    from bench.env import cuda_count, device_name
+
+    n_cuda = cuda_count()
+    accepted = "cpu" + (", cuda, " + ", ".join(f"cuda:{i}" for i in range(n_cuda)) if n_cuda else "")
+    out, missing = [], set()
+    for d in _items(value, "--devices"):
+        d = "cuda:0" if d.lower() == "cuda" else d.lower()
+        if d == "cpu":
+            out.append((d, device_name("cpu")))
+            continue
+        if not (d.startswith("cuda:") and d[5:].isdigit()):
+            raise PlanError(f"--devices: unknown device {d!r}; accepted here: {accepted}")
+        if int(d[5:]) >= n_cuda:
+            if not allow_missing:
+                why = "no CUDA device on this machine" if n_cuda == 0 else f"only {n_cuda} CUDA device(s)"
+                raise PlanError(f"--devices: {d} is not present ({why}); accepted here: {accepted} "
+                                "(or --allow-missing to record it as skipped)")
+            missing.add(d)
+            out.append((d, "absent"))
+            continue
+        out.append((d, device_name(d)))
+    return list(dict.fromkeys(out)), missing
+
+
+def _models(models: Any, level: str, res: list[tuple[int, int]], quick: bool) -> list[str]:
+    from models.registry import check_resolution
+
+    spec = _items(models, "--models") if models is not None else (list(QUICK_MODELS) if quick else None)
+    names = select_models(spec, level)
+    for name in names:
+        for h, w in res:
+            why = check_resolution(name, h, w)
+            if why:
+                raise PlanError(f"--res: {why}")
+    return names
+
+
+def _choices(value: Any, what: str, accepted: Sequence[str]) -> list[str]:
+    items = _items(value, what)
+    for v in items:
+        if v not in accepted:
+            raise PlanError(f"{what}: unknown {what.lstrip('-').rstrip('s')} {v!r}; accepted: {', '.join(accepted)}")
+    return items
+
+
+def _seconds(name: str, v: float) -> float:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise PlanError(f"{name}: {v!r} is not accepted; accepted: a positive number of seconds") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise PlanError(f"{name}: {v} is not accepted; accepted: a positive number of seconds")
+    return v
+
+
+def _timing(quick: bool, min_time: float | None, max_time: float | None, timeout: float | None,
+            repeats: int | None) -> dict[str, Any]:
+    t = {"min_time_s": _seconds("--min-time", min_time if min_time is not None else (0.05 if quick else 0.5)),
+         "max_time_s": _seconds("--max-time", max_time if max_time is not None else (0.3 if quick else 5.0)),
+         "timeout_s": _seconds("--timeout", timeout if timeout is not None else (120.0 if quick else 600.0))}
+    if t["min_time_s"] > t["max_time_s"]:
+        raise PlanError(f"--min-time {t['min_time_s']} is above --max-time {t['max_time_s']}; "
+                        "accepted: min-time <= max-time")
+    r = 1 if repeats is None else repeats
+    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 100:
+        raise PlanError(f"--repeats: {r!r} is not accepted; accepted: an integer from 1 to 100")
+    t["repeats"] = r
+    return t
+
+
+def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES, devices: Any = "cpu",
+              batch: Any = 1, precision: Any = None, threads: Any = None, backends: Any = "eager",
+              channels_last: bool = False, fold: bool = False, min_time: float | None = None,
+              max_time: float | None = None, timeout: float | None = None, repeats: int | None = None,
+              seed: int = 0, quick: bool = False, calibrate: bool = True, allow_missing: bool = False,
+              models_from: Iterable[str] = ()) -> Plan:
+    """Validate the options and expand the matrix. Raises PlanError; writes nothing.
+
+    Defaults are the main job's: the four EfficientViT-B1 variants and their mixers alone, at 512, 1024 and 2048,
+    on the CPU with as many threads as physical cores, eager fp32 (fp16 on CUDA). `quick` is a seconds-long smoke
+    matrix (evit-b1 msla and softmax, 128x128, 1 thread, short budgets); explicit options still apply.
+    """
+    from bench import backends as backend_registry
+    from bench.env import physical_cores, usable_cpus
+
+    try:
+        sources = _load_sources(models_from)
+        resolutions = _resolutions("128" if quick and res == DEFAULT_RES else res)
+        names = _models(models, level, resolutions, quick)
+        dev_pairs, missing = devices_of(devices, allow_missing)
+        backs = _choices(backends, "--backends", backend_registry.BACKENDS)
+        precs = _choices(precision, "--precision", backend_registry.PRECISIONS) if precision is not None else None
+        precisions = {"cpu": precs, "cuda": precs} if precs else {"cpu": ["fp32"], "cuda": ["fp16"]}
+        batches = _ints(batch, "--batch")
+        thr = _ints(threads, "--threads") if threads is not None else [1 if quick else min(physical_cores(),
+                                                                                           usable_cpus())]
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= INT64_MAX:
+            raise PlanError(f"--seed: {seed!r} is not accepted; accepted: an integer from 0 to {INT64_MAX}")
+        timing = _timing(quick, min_time, max_time, timeout, repeats)
+    except CaseError as e:
+        raise PlanError(str(e)) from None
+    cases = expand(names, resolutions, dev_pairs, backs, precisions, batches, thr, channels_last=channels_last,
+                   fold=fold, seed=seed, min_time_s=timing["min_time_s"], max_time_s=timing["max_time_s"],
+                   timeout_s=timing["timeout_s"])
+    config = {"models": names, "level": level, "resolutions": [f"{h}x{w}" for h, w in resolutions],
+              "devices": [d for d, _ in dev_pairs], "device_names": dict(dev_pairs),
+              "missing_devices": sorted(missing), "backends": backs, "precisions": precisions, "batches": batches,
+              "threads": thr, "threads_default": None if threads is not None else
+              ("1 (--quick)" if quick else "min(physical cores, usable cpus)"),
+              "channels_last": channels_last, "fold": fold, "seed": seed, **timing, "quick": quick,
+              "calibrate": calibrate, "models_from": sources}
+    return Plan(config=config, cases=cases, missing=missing)
+
+
+def resolve_sources(models_from: Iterable[str]) -> list[str]:
+    """--models-from values followed by DENSEBENCH_MODELS_FROM's (os.pathsep-separated), .py paths made absolute
+    (children and --resume import them from another working directory), no repeats."""
+    from models.user import MODELS_FROM_ENV
+
+    env = [s for s in os.environ.get(MODELS_FROM_ENV, "").split(os.pathsep) if s.strip()]
+    out = []
+    for spec in [*(models_from or ()), *env]:
+        spec = str(spec).strip()
+        if not spec:
+            raise PlanError("--models-from: empty value; accepted: a path to a .py file or a package.module")
+        out.append(str(Path(spec).resolve()) if spec.endswith(".py") else spec)
+    return list(dict.fromkeys(out))
+
+
+def _load_sources(models_from: Iterable[str]) -> list[str]:
+    """Import users' model files so that their models can be named in the matrix; the resolved sources."""
+    from models.user import ModelSourceError, load_model_sources
+
+    sources = resolve_sources(models_from)
+    try:
+        load_model_sources(sources)
+    except ModelSourceError as e:
+        raise PlanError(f"--models-from: {e}") from None
+    return sources
+
+
+__all__ = ["Plan", "PlanError", "devices_of", "make_plan", "resolve_sources"]
