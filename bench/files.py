@@ -29,7 +29,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(text))
+    atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, **dump_kw: Any) -> None:

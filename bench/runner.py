@@ -23,7 +23,7 @@ from bench.cases import Case, case_label
 from bench.env import free_memory_bytes, now_iso
 from bench.launch.childenv import MALLOC_ENV, child_env
 from bench.launch.faults import FAULT_ENV
-from bench.launch.isolation import ForkServer, Spawner, _Isolation, make_isolation
+from bench.launch.isolation import ForkServer, Outcome, Spawner, _Isolation, make_isolation
 from bench.launch.outcome import classify
 from bench.results.lifecycle import RunState, _isna
 

@@ -42,27 +42,3 @@ def zoo_frame(height: int | None = None, width: int | None = None, names: list[s
     df = pd.DataFrame(rows)
     return df.astype({"params_m": "float64", "macs_g": "float64", "published_params_m": "float64",
                       "published_macs_g": "float64", "params_dev_pct": "float64", "macs_dev_pct": "float64"})
-
-
-def format_zoo_table(df: pd.DataFrame) -> str:
-    """The zoo frame as a compact terminal table: ours beside published, deviations in percent."""
-
-    def num(v, fmt: str) -> str:
-        return "" if v is None or pd.isna(v) else format(v, fmt)
-
-    def pct(v, star: bool) -> str:
-        return "" if v is None or pd.isna(v) else f"{v:+.1f}%" + ("*" if star else "")
-
-    rows = [("model", "family", "mixer", "input", "tokens", "params M", "pub. M", "dev", "MACs G", "pub. G", "dev")]
-    for r in df.itertuples(index=False):
-        rows.append((r.model, r.family, r.mixer, f"{r.height}x{r.width}", str(r.tokens), num(r.params_m, ".2f"),
-                     num(r.published_params_m, "g"), pct(r.params_dev_pct, bool(r.counted_as)),
-                     num(r.macs_g, ".2f"), num(r.published_macs_g, "g"), pct(r.macs_dev_pct, bool(r.counted_as))))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    left = {0, 1, 2}
-    lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    notes = sorted({n for n in df.get("published_note", []) if isinstance(n, str) and n})
-    footer = ["", "pub. = published (papers); dev = ours vs published, on the configuration the paper counted."]
-    footer += [f"* {n}: the deviation is measured on that configuration" for n in notes]
-    return "\n".join(lines[:1] + ["-" * len(lines[0])] + lines[1:] + footer)

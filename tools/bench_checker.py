@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -213,7 +212,7 @@ def stored_trials(root: Path) -> list[int]:
     return [t for t in found if all((root / f"t{t:02d}-{tag}" / "results.parquet").exists() for tag in tags)]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tools.bench_checker", description=__doc__.split("\n")[0])
     ap.add_argument("--child", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 trial of one small case, short timing")
@@ -233,6 +232,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--analyze", metavar="DIR",
                     help="measure nothing: re-judge the trials stored in DIR (a --keep folder) with --threshold and "
                          "--alpha, e.g. to see the trade-off between false alarms and detection on the same runs")
+    return ap
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _calibrate(cases, work: Path, threads: int, min_t: float, max_t: float, timeout: float) -> dict:
+    """The forward latency of each case and the matmul size that costs each slowdown of it (in a child)."""
+    _log(f"calibrating the injected matmul on {len(cases)} case(s) ...")
+    cal = _spawn({"cases": [c.to_spec() for c in cases], "calibrate": True, "fractions": list(SLOWDOWNS),
+                  "threads": threads, "min_time_s": min_t, "max_time_s": max_t}, work, "calibrate",
+                 timeout)["calibration"]
+    for f, per_case in cal["sizes"].items():
+        for c, v, fwd in zip(cases, per_case, cal["forward_ms"]):
+            _log(f"  +{float(f):.0%} {c.label()}: matmul n={v['n']} costs {v['cost_ms']:.3f} ms of a {fwd:.3f} ms "
+                 "forward")
+    return cal
+
+
+def _run_trial(root: Path, work: Path, t: int, cases, sizes: dict, R: int, timeout: float) -> None:
+    """Trial t's five runs (baseline, A/A, one per slowdown) as run folders tNN-<tag> under root, their processes
+    interleaved: process r of every run, then process r + 1, so that drift hits all runs alike."""
+    specs = [replace(c, min_time_s=c.min_time_s / R, max_time_s=c.max_time_s / R).to_spec() for c in cases]
+    none = [0] * len(cases)
+    runs = {"base": none, "aa": none, **{f"slow{f}": [v["n"] for v in sizes[f]] for f in SLOWDOWNS}}
+    outs: dict[str, list[dict]] = {tag: [] for tag in runs}
+    for rep in range(R):
+        for tag, ns in runs.items():
+            outs[tag].append(_spawn({"cases": specs, "inject": ns}, work, f"t{t}-{tag}-r{rep}", timeout))
+    for tag, ns in runs.items():
+        _store_run(root, f"t{t:02d}-{tag}", cases, outs[tag], {"inject_matmul_n": ns, "repeats": R,
+                                                              "calibrate": False})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     a = ap.parse_args(argv)
     if a.child:
         return _child(*a.child)
@@ -245,46 +281,25 @@ def main(argv: list[str] | None = None) -> int:
     min_t = a.min_time if a.min_time is not None else (0.3 if a.quick else 1.0)
     max_t = a.max_time if a.max_time is not None else (1.0 if a.quick else 4.0)
     cases = _cases(models, res, a.threads, min_t, max_t)
-    specs = [c.to_spec() for c in cases]
     root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench-checker-"))
-    root.mkdir(parents=True, exist_ok=True)
     work = root / "_specs"
-    work.mkdir(exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     R = max(1, a.repeats)
-    for s in specs:
-        s["extra"] = {"workdir": str(work)}
-    run_specs = [dict(s, min_time_s=s["min_time_s"] / R, max_time_s=s["max_time_s"] / R) for s in specs]
+    cases = [replace(c, extra={"workdir": str(work)}) for c in cases]
     timeout = 120 + 10 * len(cases) * (max_t + 5)
     t0 = time.perf_counter()
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-
-    log(f"calibrating the injected matmul on {len(cases)} case(s) ...")
-    cal = _spawn({"cases": specs, "calibrate": True, "fractions": list(SLOWDOWNS), "threads": a.threads,
-                  "min_time_s": min_t, "max_time_s": max_t}, work, "calibrate", timeout)["calibration"]
+    cal = _calibrate(cases, work, a.threads, min_t, max_t, timeout)
     sizes = {float(k): v for k, v in cal["sizes"].items()}
-    for f, per_case in sizes.items():
-        for c, v, fwd in zip(cases, per_case, cal["forward_ms"]):
-            log(f"  +{f:.0%} {c.label()}: matmul n={v['n']} costs {v['cost_ms']:.3f} ms of a {fwd:.3f} ms forward")
-
     aa, det = [], {f: [] for f in SLOWDOWNS}
     for t in range(trials):
-        none = [0] * len(cases)
-        runs = {"base": none, "aa": none, **{f"slow{f}": [v["n"] for v in sizes[f]] for f in SLOWDOWNS}}
-        outs: dict[str, list[dict]] = {tag: [] for tag in runs}
-        for rep in range(R):  # process rep of every run of the trial, then the next: drift hits all runs alike
-            for tag, ns in runs.items():
-                outs[tag].append(_spawn({"cases": run_specs, "inject": ns}, work, f"t{t}-{tag}-r{rep}", timeout))
-        dirs = {tag: _store_run(root, f"t{t:02d}-{tag}", cases, outs[tag], {"inject_matmul_n": ns, "repeats": R,
-                                                                               "calibrate": False})
-                for tag, ns in runs.items()}
-        del dirs  # written under root as tNN-<tag>, which judge_trial reads back
+        _run_trial(root, work, t, cases, sizes, R, timeout)
         aa_t, det_t = judge_trial(root, t, a.threshold, a.alpha)
         aa.append(aa_t)
         for f in SLOWDOWNS:
             det[f].append(det_t[f])
-        log(f"trial {t + 1}/{trials}: A/A {'ALARM' if aa[-1]['alarm'] else 'clean'}; "
-            + ", ".join(f"{f:.0%} {det[f][-1]['detected_cases']}/{det[f][-1]['cases']}" for f in SLOWDOWNS)
-            + f" ({time.perf_counter() - t0:.0f} s)")
+        _log(f"trial {t + 1}/{trials}: A/A {'ALARM' if aa[-1]['alarm'] else 'clean'}; "
+             + ", ".join(f"{f:.0%} {det[f][-1]['detected_cases']}/{det[f][-1]['cases']}" for f in SLOWDOWNS)
+             + f" ({time.perf_counter() - t0:.0f} s)")
 
     summary = _summary(aa, det, trials)
     summary.update({"cases": [c.label() for c in cases], "threshold": a.threshold, "alpha": a.alpha, "repeats": R,

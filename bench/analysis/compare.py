@@ -303,13 +303,3 @@ def run_compare(baseline: str | Path, current: str | Path, *, threshold: float =
 def cmd_compare(args: argparse.Namespace) -> int:
     return run_compare(args.baseline, args.current, threshold=args.threshold, alpha=args.alpha,
                        normalize=args.normalize, markdown=args.markdown, json_path=args.json)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = add_compare_arguments(argparse.ArgumentParser(prog="python -m bench.analysis.compare",
-                                                      description=__doc__.split("\n")[0]))
-    return cmd_compare(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

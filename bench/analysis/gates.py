@@ -365,12 +365,3 @@ def cmd_check(args: argparse.Namespace, measure: Measure | None = None) -> int:
         print("check: error: no gate could be evaluated on this run (see SKIP lines)", file=err)
         return 2
     return 1 if any(not r.passed and not r.skipped for r in results) else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = add_check_arguments(argparse.ArgumentParser(prog="python -m bench.analysis.gates"))
-    return cmd_check(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

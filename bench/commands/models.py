@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from bench.cli import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 NAME = "models"
 
@@ -26,7 +30,7 @@ def main(a: argparse.Namespace) -> int:
     from bench.cases import CaseError, parse_resolution
     from bench.plan import _load_sources
     from models.registry import FAMILIES, check_resolution, list_models
-    from models.zoo import format_zoo_table, zoo_frame
+    from models.zoo import zoo_frame
 
     _load_sources(a.models_from)
     h = w = None
@@ -51,3 +55,25 @@ def main(a: argparse.Namespace) -> int:
     else:
         print(format_zoo_table(df))
     return 0
+
+
+def format_zoo_table(df: pd.DataFrame) -> str:
+    """The zoo frame as a compact terminal table: ours beside published, deviations in percent."""
+    import pandas as pd
+
+    from bench.text import text_table
+
+    def num(v, fmt: str) -> str:
+        return "" if v is None or pd.isna(v) else format(v, fmt)
+
+    def pct(v, star: bool) -> str:
+        return "" if v is None or pd.isna(v) else f"{v:+.1f}%" + ("*" if star else "")
+
+    head = ("model", "family", "mixer", "input", "tokens", "params M", "pub. M", "dev", "MACs G", "pub. G", "dev")
+    rows = [(r.model, r.family, r.mixer, f"{r.height}x{r.width}", str(r.tokens), num(r.params_m, ".2f"),
+             num(r.published_params_m, "g"), pct(r.params_dev_pct, bool(r.counted_as)), num(r.macs_g, ".2f"),
+             num(r.published_macs_g, "g"), pct(r.macs_dev_pct, bool(r.counted_as))) for r in df.itertuples(index=False)]
+    notes = sorted({n for n in df.get("published_note", []) if isinstance(n, str) and n})
+    footer = ["", "pub. = published (papers); dev = ours vs published, on the configuration the paper counted."]
+    footer += [f"* {n}: the deviation is measured on that configuration" for n in notes]
+    return "\n".join([text_table(head, rows, right=range(3, 11)), *footer])

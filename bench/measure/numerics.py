@@ -95,12 +95,11 @@ def evaluate(y: torch.Tensor, y_ref: torch.Tensor, precision: str) -> dict:
 
 
 def _measure_cpu() -> dict[str, dict[str, float]]:  # pragma: no cover - a tool, minutes on 2 cores
-    from models.registry import build_model, example_input
+    from models.registry import build_model, example_input, resolve_models
 
     out: dict[str, dict[str, float]] = {"bf16": {}, "fp16": {}}
     for size, res in (("b0", 128), ("b1", 256)):
-        for mixer in ("msla", "relu-linear", "softmax", "large-kernel"):
-            name = f"evit-{size}:{mixer}"
+        for name in resolve_models([f"evit-{size}:*"]):  # the four mixer variants
             torch.manual_seed(0)
             model = build_model(name)
             x = example_input(name, res, res)

@@ -120,9 +120,3 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     print(f"report: {path}  (summary {path.with_suffix('.md')}, figures {path.parent / (path.stem + '_figures')})")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.analysis.report", description=__doc__.splitlines()[0])
-    add_report_arguments(p)
-    return cmd_report(p.parse_args(argv))

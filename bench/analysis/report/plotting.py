@@ -21,11 +21,14 @@ from matplotlib.figure import Figure as Canvas  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator  # noqa: E402
 
+from models.mixers import MIXERS  # noqa: E402
+
 MAX_FACETS = 9
 NCOL = 3
 PANEL_W, PANEL_H = 3.9, 2.9  # inches
 LEGEND_W = 2.3
-VARIANT_ORDER = ["msla", "relu-linear", "softmax", "large-kernel", "softmax-sr"]
+# the paper's mixer first, then the others in the zoo's order, then SegFormer's spatial-reduction softmax
+VARIANT_ORDER = ["msla", *(m for m in MIXERS if m != "msla"), "softmax-sr"]
 MARKERS = "osD^vP*Xh<>p"
 LINESTYLES = ["-", "--", "-.", ":"]
 # what a figure builder returns: the figure and a note for its caption, or why it cannot be drawn
