@@ -1,4 +1,4 @@
-"""Synthetic run folders for the compare, gates and report tests (real files written through bench.store).
+"""Synthetic run folders for the compare, gates and report tests (real files written through bench.results.store).
 
 compare and gates build their rows with `case`; the report's fixtures (`cpu_run`, `gpu_run`, `crafted_run`) are
 whole runs of a synthetic latency model, shared by the report tests and the browser test."""

@@ -1,7 +1,7 @@
 """Tests of the HTML/Markdown report (bench/report).
 
 The runs here are FIXTURES of the report's inputs (tests/runfactory.py): results/samples/meta written with
-bench.store from synthetic rows (latencies linear in pixels for msla, quadratic for softmax), not
+bench.results.store from synthetic rows (latencies linear in pixels for msla, quadratic for softmax), not
 measurements. One test renders
 a report of a real `run_bench.py --quick` run when the engine is there.
 """

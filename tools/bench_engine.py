@@ -7,7 +7,7 @@
 Prints:
 - A/A reproducibility: the same matrix run twice, back to back; per case the ratio of medians B/A; the fraction of
   cases within +-2% (target >= 90%) and the spread of the ratios.
-- Timer overhead: the cost of timing an empty callable with bench.timer (the floor of every CPU sample).
+- Timer overhead: the cost of timing an empty callable with bench.measure.timer (the floor of every CPU sample).
 - Per-case overhead: the child's wall time not spent in the timer (fork + build + prepare + result write), per ok
   case (median, max), for the fork server (the default) and, for comparison, a fresh interpreter per case (spawn);
   and the fork server's one-off start (torch import).

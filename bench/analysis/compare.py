@@ -22,7 +22,7 @@ i.e. a change must be both large enough to matter (the point ratio beyond the mi
 statistically established (rank test significant at `alpha` AND the CI of the ratio excluding 1). The minimum
 effect is what protects against run-to-run drift of a noisy machine, which no within-run test can see (two runs
 with thousands of samples each differ "significantly" by 2%): set `threshold` above the A/A drift of the machine
-(`bench/bench_checker.py` measures it). Without raw samples on either side (a results file alone), the check falls
+(`tools/bench_checker.py` measures it). Without raw samples on either side (a results file alone), the check falls
 back on the per-run 95% CIs of the medians: [lo, hi] = [cur_ci_low / base_ci_high, cur_ci_high / base_ci_low] (a
 conservative interval), no p-value, and significance is "the interval excludes 1" (`basis` = "summary").
 

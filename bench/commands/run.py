@@ -32,7 +32,7 @@ other commands:
   models    list the model zoo (params, MACs, published numbers): run_bench.py models [--res 1024x2048] [--format csv]
   report    HTML report of one or more runs:                       run_bench.py report results/<run-id> ...
   compare   compare two runs (ratio, CI, Mann-Whitney):            run_bench.py compare BASELINE CURRENT
-  check     regression gates of bench/gates.toml:                  run_bench.py check ...
+  check     regression gates of bench/analysis/gates.toml:         run_bench.py check ...
   (each has its own --help)
 
 examples:
@@ -50,7 +50,7 @@ DENSEBENCH_ISOLATION=spawn runs a fresh interpreter per case instead of forking 
 def _matrix_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("matrix")
     m.add_argument("--models", metavar="LIST", help="comma list of model names, families (evit-variant, block, "
-                   "efficientvit, segformer, segnext), patterns ('evit-b1:*') or 'all'; default: the four "
+                   "efficientvit, segformer, segnext, user), patterns ('evit-b1:*') or 'all'; default: the four "
                    "EfficientViT-B1 variants evit-b1:msla,relu-linear,softmax,large-kernel")
     m.add_argument("--level", default="both", metavar="{model,block,both}",
                    help="model: whole networks; block: each mixer alone (block:<mixer>) fed the stride-16 map of the "
