@@ -9,27 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-import models.registry as registry
-import models.user as user
 from models.complexity import count_macs
 from models.registry import (DuplicateModelError, ModelCheckError, build_model, check_model, check_resolution,
                              get_model_info, list_models, register_model, resolve_models)
 from models.user import MODELS_FROM_ENV, ModelSourceError, load_from_env, load_model_sources
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom_model.py"
-BUILT_IN = list_models()  # at collection: before any test registers a model
-
-
-@pytest.fixture(autouse=True)
-def restore_registry(monkeypatch):
-    """Every test's models and loaded sources are undone afterwards, so other tests see the built-in zoo only."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(user, "_LOADED", dict(user._LOADED))
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.startswith("densebench_user_"):
-            del sys.modules[name]
+BUILT_IN = list_models()  # at collection: before any test registers a model (tests/conftest.py undoes them)
 
 
 class Strided(nn.Module):
