@@ -17,6 +17,7 @@ from bench.cases import (Case, CaseError, expand, parse_ints, parse_list, parse_
 
 QUICK_MODELS = ("evit-b1:msla", "evit-b1:softmax")
 DEFAULT_RES = "512,1024,2048"
+METRICS = ("time", "instructions")  # instructions: also count CPU instructions per forward (valgrind callgrind)
 INT64_MAX = 2**63 - 1
 
 
@@ -139,7 +140,7 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
               channels_last: bool = False, fold: bool = False, min_time: float | None = None,
               max_time: float | None = None, timeout: float | None = None, repeats: int | None = None,
               seed: int = 0, quick: bool = False, calibrate: bool = True, allow_missing: bool = False,
-              models_from: Iterable[str] = ()) -> Plan:
+              models_from: Iterable[str] = (), metric: str = "time") -> Plan:
     """Validate the options and expand the matrix. Raises PlanError; writes nothing.
 
     Defaults are the main job's: the four EfficientViT-B1 variants and their mixers alone, at 512, 1024 and 2048,
@@ -163,6 +164,8 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= INT64_MAX:
             raise PlanError(f"--seed: {seed!r} is not accepted; accepted: an integer from 0 to {INT64_MAX}")
         timing = _timing(quick, min_time, max_time, timeout, repeats)
+        if metric not in METRICS:
+            raise PlanError(f"--metric: {metric!r} is not accepted; accepted: {', '.join(METRICS)}")
     except CaseError as e:
         raise PlanError(str(e)) from None
     cases = expand(names, resolutions, dev_pairs, backs, precisions, batches, thr, channels_last=channels_last,
@@ -174,7 +177,7 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
               "threads": thr, "threads_default": None if threads is not None else
               ("1 (--quick)" if quick else "min(physical cores, usable cpus)"),
               "channels_last": channels_last, "fold": fold, "seed": seed, **timing, "quick": quick,
-              "calibrate": calibrate, "models_from": sources}
+              "calibrate": calibrate, "models_from": sources, "metric": metric}
     return Plan(config=config, cases=cases, missing=missing)
 
 

@@ -60,6 +60,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("latency_ms_ci_low", "float64", "95% CI of the median: binomial order statistics (one process) or "
                                            "the two-level bootstrap over processes and samples (--repeats)"),
     Column("latency_ms_ci_high", "float64", ""),
+    Column("latency_ms_ci_level", "float64", "confidence the CI of the median actually reaches (0.95 when there are "
+                                             "enough samples; below 6 samples (min, max) covers less: no verdict "
+                                             "rests on it)"),
     Column("converged", "bool", "CI of the median within the target before the time cap (in every process)"),
     Column("repeats", "int64", "processes the case was measured in (--repeats); latency columns pool their samples"),
     Column("latency_ms_repeat_cv", "float64", "CV (%) of the per-process medians; nan with one process"),
@@ -76,6 +79,13 @@ COLUMNS: tuple[Column, ...] = (
     Column("gmacs_per_s", "float64", "macs / median latency"),
     Column("device_peak_gmacs_per_s", "float64", "the device's measured matmul rate (calibration kernel)"),
     Column("frac_of_peak", "float64", "gmacs_per_s / device_peak_gmacs_per_s"),
+    # work counted, not timed (--metric instructions)
+    Column("instructions", "float64", "CPU instructions per forward pass (valgrind callgrind, 1 thread, median of "
+                                      "several forwards in one valgrind process); deterministic on a shared VM"),
+    Column("instructions_spread_pct", "float64", "(max - min) / median of the counted forwards, percent"),
+    # machine health
+    Column("noisy", "bool", "measured while the machine was busy or drifting beyond the bounds (see noisy_reason)"),
+    Column("noisy_reason", "string", "what was wrong with the machine during the case (empty when not noisy)"),
     # numerics and backend
     Column("rel_err", "float64", "||y - y_ref|| / ||y_ref|| against eager fp32 on the same input"),
     Column("numerics_ok", "bool", "rel_err within the precision's tolerance"),

@@ -86,6 +86,10 @@ def _timing_arguments(p: argparse.ArgumentParser) -> None:
                    help="measure each case in R separate processes, interleaved (pass 1 of every case, then pass "
                         "2, ...), sharing its time budget; the row pools their samples and its CI includes how far "
                         "the processes disagree (default 1; see docs/METHODOLOGY.md for when it pays)")
+    t.add_argument("--metric", choices=("time", "instructions"), default="time",
+                   help="time (default): latency only; instructions: also count CPU instructions per forward pass "
+                        "under valgrind (callgrind, 1 thread), deterministic where time is not (CPU cases only; "
+                        "about a minute per case or more)")
     t.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="wall-clock limit per case, child start to result (default 600); then status 'timeout'")
     t.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
@@ -129,7 +133,7 @@ def plan_options(a: argparse.Namespace) -> dict:
                 threads=a.threads, backends=a.backends, channels_last=a.channels_last, fold=a.fold,
                 min_time=a.min_time, max_time=a.max_time, timeout=a.timeout, repeats=a.repeats, seed=a.seed,
                 quick=a.quick, calibrate=not a.no_calibrate, allow_missing=a.allow_missing,
-                models_from=a.models_from)
+                models_from=a.models_from, metric=a.metric)
 
 
 def main(a: argparse.Namespace) -> int:
