@@ -128,14 +128,15 @@ def report(runs: Iterable[str | os.PathLike | Run], path: str | os.PathLike) -> 
 
 
 def compare(baseline: str | os.PathLike | Run, current: str | os.PathLike | Run, *, threshold: float = 0.05,
-            alpha: float = 0.01, normalize: bool = False) -> "Any":
+            alpha: float = 0.01, normalize: bool = False, allow_noisy: bool = False) -> "Any":
     """One row per case: ratio of medians (current / baseline), its CI, p-value and verdict (DataFrame; see
-    bench.analysis.compare for the rule)."""
+    bench.analysis.compare for the rule). Cases measured on a busy machine are `noisy`, not judged, unless
+    `allow_noisy`."""
     from bench.analysis.compare import compare_runs
 
     a = baseline if isinstance(baseline, Run) else load_run(baseline)
     b = current if isinstance(current, Run) else load_run(current)
-    return compare_runs(a, b, threshold=threshold, alpha=alpha, normalize=normalize)
+    return compare_runs(a, b, threshold=threshold, alpha=alpha, normalize=normalize, allow_noisy=allow_noisy)
 
 
 __all__ = ["Run", "RunInterrupted", "compare", "load_run", "measure", "report", "resume", "run"]

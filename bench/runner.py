@@ -8,6 +8,9 @@
   partial run; `--resume` finishes it, skipping every case whose case_id already has a complete row (with
   --repeats R: R processes, or a failure).
 - `--repeats R`: pass p runs process p of every case (bench.results.repeats pools them into the case's one row).
+- Machine health (bench.health): a speed probe in a child at the start, between passes, every ~60 s and at the
+  end; other processes' CPU and steal around every process; a row measured beyond the bounds is `noisy`, with the
+  figures in `noisy_reason`, and meta["health"] keeps the probes, the bounds, every process's figures and a summary.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Mapping
 
+from bench import health
 from bench.cases import Case, case_label
 from bench.env import free_memory_bytes, now_iso
 from bench.launch.childenv import MALLOC_ENV, child_env
@@ -28,11 +32,7 @@ from bench.launch.outcome import classify
 from bench.results.lifecycle import RunState, _isna
 
 CALIBRATION_TIMEOUT_S = 180.0
-
-
-
-# ---------------------------------------------------------------------------------------------------------------
-
+HEALTH_TIMEOUT_S = 60.0
 
 
 def calibration_key(case: Case) -> str:
@@ -61,6 +61,7 @@ class Runner:
         self._fit: dict = {}
         self._spawner: Spawner | None = None
         self._groups: dict[str, dict[int, list[float]]] | None = None
+        self._guard: health.Guard  # made by run(), with the run's isolation
         self.overheads: list[float] = []  # child wall time minus its own measuring time (per ok case)
 
     def _processes_done(self, row: dict | None) -> int:
@@ -139,9 +140,7 @@ class Runner:
             spec = {"kind": "calibrate", "device": case.device, "precision": case.precision,
                     "threads": case.threads}
             out = self._isolation_for(iso, case).run(spec, CALIBRATION_TIMEOUT_S)
-            res = (out.result or {}).get("calibration")
-            cal[key] = res if res else {"error": (out.result or {}).get("error") or
-                                        ("timeout" if out.timed_out else f"exit {out.exit_code} signal {out.signal}")}
+            cal[key] = (out.result or {}).get("calibration") or {"error": _child_error(out)}
             self.log(f"calibration {key}: {cal[key].get('gmacs_per_s', cal[key].get('error'))}")
         return cal[key].get("gmacs_per_s")
 
@@ -155,6 +154,7 @@ class Runner:
         iso = make_isolation(workdir, self.isolation_kind, env=self.child_env)
         st.meta["isolation"] = iso.name
         st.meta["malloc_env"] = {k: child_env()[k] for k in MALLOC_ENV}
+        self._guard = health.Guard(st.meta, lambda: self._health_probe(iso))
         fault = os.environ.get(FAULT_ENV)
         try:
             to_spawn = [c for c in todo if not self._static(c, fit=False)]
@@ -183,6 +183,10 @@ class Runner:
                 if self.progress:
                     self.progress(case, i, len(schedule))
                 self._run_one(iso, case, rep, rows_at, procs, workdir, fault)
+            if self._guard.probed:
+                self._probe(iso, "end", None, rows_at)
+                self._guard.summarize()
+                st.save()
         finally:
             iso.close()
             if isinstance(iso, ForkServer):
@@ -205,8 +209,13 @@ class Runner:
             row = {"status": static[0], "reason": static[1]}
         else:
             case = self._process_case(iso, case, workdir, fault)
+            when = self._guard.due(rep)
+            if when:
+                self._probe(iso, when, rep, rows_at)
             t0 = time.perf_counter()
+            before = health.cpu_mark()
             out = self._isolation_for(iso, case).run(case.to_spec(), case.timeout_s)
+            self._guard.record(case.case_id, rep, before, health.cpu_mark(), out.cpu_s)
             row, samples = classify(out, case.timeout_s)
             if out.result and row.get("status") == "ok":
                 self._note_overhead(out, samples)
@@ -215,6 +224,8 @@ class Runner:
                 "wall_s": time.perf_counter() - t0}
         full.update(case.as_row())  # identity is the parent's, whatever the child said
         self._store(case, rep, full, samples, rows_at, procs)
+        self._mark_noisy(case.case_id, rows_at)
+        self._guard.summarize()
         st.meta["cases_done"] = sum(1 for r in st.rows if self._processes_done(r) >= self.repeats)
         st.meta["updated_at"] = now_iso()
         st.save()
@@ -259,6 +270,26 @@ class Runner:
         return replace(case, macs=self._macs_of(case), extra=extra, min_time_s=case.min_time_s / R,
                        max_time_s=case.max_time_s / R)
 
+    # -- machine health (bench.health) ----------------------------------------------------------------------------
+    def _health_probe(self, iso: _Isolation) -> dict:
+        """The speed probe in a child of the run's own isolation: the parent runs no tensor op."""
+        out = iso.run({"kind": "health", "seconds": health.PROBE_SECONDS}, HEALTH_TIMEOUT_S)
+        return (out.result or {}).get("health") or {"error": _child_error(out)}
+
+    def _probe(self, iso: _Isolation, when: str, rep: int | None, rows_at: dict) -> None:
+        """Probe the machine's speed; the rows of the processes it closes get their drift judged."""
+        for case_id in self._guard.run_probe(when, rep):
+            self._mark_noisy(case_id, rows_at)
+        p = self._guard.probes[-1]
+        self.log(f"speed probe ({when}): " + (f"{p['gmacs_per_s']:.1f} GMAC/s" if p["gmacs_per_s"] else
+                                              f"failed: {p['error']}"))
+
+    def _mark_noisy(self, case_id: str, rows_at: dict) -> None:
+        """A row's noisy / noisy_reason from its processes' health (False / "" for a row decided without a child)."""
+        if case_id in rows_at:
+            row = self.state.rows[rows_at[case_id]]
+            row["noisy"], row["noisy_reason"] = self._guard.verdict(case_id, self.repeats)
+
     def _groups_of(self, case_id: str) -> dict[int, list[float]]:
         """repeat -> samples of a case (indexed from the run's samples once, then kept up to date)."""
         if self._groups is None:
@@ -301,9 +332,16 @@ class Runner:
             self.overheads.append(max(0.0, out.wall_s - float(timing)))
 
 
+def _child_error(out: Outcome) -> str:
+    """Why a calibration or probe child gave no result, in a few words."""
+    return (out.result or {}).get("error") or ("timeout" if out.timed_out else
+                                               f"exit {out.exit_code} signal {out.signal}")
+
+
 def _line(row: dict) -> str:
     lab = case_label(row, device="device")
+    noisy = f" [noisy: {row.get('noisy_reason')}]" if row.get("noisy") else ""
     if row.get("status") == "ok":
         return (f"{lab}: {row.get('latency_ms_median', float('nan')):.2f} ms (n={row.get('n')}, "
-                f"{row.get('wall_s', 0):.1f} s)")
-    return f"{lab}: {row.get('status')}: {row.get('reason')}"
+                f"{row.get('wall_s', 0):.1f} s){noisy}")
+    return f"{lab}: {row.get('status')}: {row.get('reason')}{noisy}"

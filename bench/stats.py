@@ -4,7 +4,9 @@ All functions take raw per-iteration latencies (milliseconds, any order) and use
 `np.percentile` for quantiles, `scipy.stats.quantile_test` for the order-statistic CI of the median,
 `scipy.stats.bootstrap` for the CI of a ratio of medians and `scipy.stats.mannwhitneyu` for the rank test; a
 two-level (process, then sample) bootstrap for cases measured in several processes (`--repeats`).
-Non-finite values (NaN, inf) are dropped before anything is computed.
+Non-finite values (NaN, inf) are dropped before anything is computed. Every CI of a median comes with the
+confidence it actually reaches (`median_ci_level`, `hierarchical_ci_level`): below 6 samples the order-statistic
+interval is (min, max), whose coverage is below 95%, and the analysis lets no verdict rest on it.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from typing import Callable
 import numpy as np
 from scipy import stats as _st
 
-SUMMARY_KEYS = ("n", "median", "mean", "std", "min", "max", "p90", "p95", "p99", "iqr", "ci_low", "ci_high")
+SUMMARY_KEYS = ("n", "median", "mean", "std", "min", "max", "p90", "p95", "p99", "iqr", "ci_low", "ci_high",
+                "ci_level")
+NOMINAL = 0.95  # the confidence every CI of a median is asked for; a verdict needs an interval that reaches it
 
 
 def _clean(x) -> np.ndarray:
@@ -29,6 +33,22 @@ def min_n_for_median_ci(conf: float = 0.95) -> int:
     return n
 
 
+def median_ci_level(n: int, conf: float = 0.95) -> float:
+    """Confidence the interval `median_ci(x, conf)` guarantees for n samples, so that no one reads (min, max) of
+    a tiny sample as a `conf` CI.
+
+    From `min_n_for_median_ci(conf)` samples on: `conf` (the order statistics are chosen to reach it). Below:
+    the exact coverage of (min, max) for any continuous distribution, P(x(1) <= median <= x(n)) = P(1 <= B <= n-1)
+    with B ~ Binomial(n, 1/2), i.e. 1 - 2 * 0.5**n: 0.9375 for n = 5, 0.75 for n = 3, 0 for n = 1 (the interval
+    (x, x)). nan for n = 0.
+    """
+    if n <= 0:
+        return float("nan")
+    if n >= min_n_for_median_ci(conf):
+        return float(conf)
+    return 1.0 - 2.0 * 0.5 ** n
+
+
 def median_ci(x, conf: float = 0.95) -> tuple[float, float]:
     """Distribution-free confidence interval of the median from binomial order statistics.
 
@@ -37,8 +57,8 @@ def median_ci(x, conf: float = 0.95) -> tuple[float, float]:
     continuous distribution (computed by `scipy.stats.quantile_test(...).confidence_interval`).
 
     Tiny samples: below `min_n_for_median_ci(conf)` samples (n < 6 at 95%) no pair of order statistics
-    reaches `conf`; the widest interval, (min, max), is returned instead (its coverage is 1 - 2 * 0.5**n, e.g.
-    94% for n = 5, 75% for n = 3) and n = 1 gives (x, x). An empty sample gives (nan, nan).
+    reaches `conf`; the widest interval, (min, max), is returned instead (its coverage, `median_ci_level(n)`, is
+    1 - 2 * 0.5**n, e.g. 94% for n = 5, 75% for n = 3) and n = 1 gives (x, x). An empty sample gives (nan, nan).
     """
     a = _clean(x)
     if a.size == 0:
@@ -56,8 +76,9 @@ def summarize(samples_ms) -> dict:
     """Summary of per-iteration latencies: exactly the keys in SUMMARY_KEYS.
 
     n: finite samples kept; median/mean/min/max; std: sample standard deviation (ddof=1, nan when n < 2);
-    p90/p95/p99: `np.percentile` (linear interpolation); iqr: p75 - p25; ci_low/ci_high: 95% CI of the median from
-    binomial order statistics (see `median_ci`: with n < 6 this is (min, max), whose coverage is below 95%).
+    p90/p95/p99: `np.percentile` (linear interpolation); iqr: p75 - p25; ci_low/ci_high: CI of the median from
+    binomial order statistics asked at NOMINAL (95%); ci_level: the confidence it actually reaches
+    (`median_ci_level`: 0.95, or below 95% with n < 6, where the interval is (min, max)).
     An empty input gives n = 0 and nan everywhere else.
     """
     a = _clean(samples_ms)
@@ -65,7 +86,7 @@ def summarize(samples_ms) -> dict:
     if n == 0:
         return {"n": 0, **{k: float("nan") for k in SUMMARY_KEYS[1:]}}
     p25, p50, p75, p90, p95, p99 = np.percentile(a, [25, 50, 75, 90, 95, 99])
-    lo, hi = median_ci(a, 0.95)
+    lo, hi = median_ci(a, NOMINAL)
     return {
         "n": n,
         "median": float(p50),
@@ -79,6 +100,7 @@ def summarize(samples_ms) -> dict:
         "iqr": float(p75 - p25),
         "ci_low": lo,
         "ci_high": hi,
+        "ci_level": median_ci_level(n, NOMINAL),
     }
 
 
@@ -161,6 +183,18 @@ def hierarchical_ci(groups, stat: Callable = np.median, conf: float = 0.95, n_bo
     if not g:
         return float("nan"), float("nan")
     return _percentile_ci(_hier_replicates(g, stat, n_boot, np.random.default_rng(seed)), conf)
+
+
+def hierarchical_ci_level(groups, conf: float = 0.95) -> float:
+    """Confidence the two-level bootstrap CI (`hierarchical_ci`) is taken to reach.
+
+    A percentile bootstrap has no exact coverage; it is taken at its nominal `conf` when two or more processes hold
+    `min_n_for_median_ci(conf)` samples or more (6 at 95%). With fewer, the resampled processes are too small to
+    stand for their process: the level is that of the order-statistic interval of the second-largest process
+    (`median_ci_level`), below `conf`, so no verdict rests on it. One process: that process's level; nan with none.
+    """
+    sizes = sorted((g.size for g in _groups(groups)), reverse=True)
+    return median_ci_level(sizes[min(1, len(sizes) - 1)] if sizes else 0, conf)
 
 
 def hierarchical_ratio_ci(a_groups, b_groups, stat: Callable = np.median, conf: float = 0.95, n_boot: int = 2000,

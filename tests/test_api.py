@@ -62,7 +62,7 @@ def test_run_returns_the_stored_run_and_users_model_goes_through_every_stage(tmp
 
     again = bench.run(["example-segnet", "evit-b1:msla"], models_from=[str(EXAMPLE)], out=tmp_path / "results",
                       run_id="b", report=False, **FAST)
-    df = bench.compare(run, again, threshold=10.0)
+    df = bench.compare(run, again, threshold=10.0, allow_noisy=True)  # the pipeline, not the machine, is tested
     assert set(df["model"]) == {"example-segnet", "evit-b1:msla"} and set(df["verdict"]) == {"unchanged"}
     out = bench.report([run.path, again.path], tmp_path / "both.html")
     assert out.exists() and bench.load_run(again.path).results["status"].eq("ok").all()

@@ -254,3 +254,98 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     _one_line_error(capsys)
     assert run_compare(b2, c2, json_path=tmp_path / "no" / "dir" / "x.json") == 2
     assert "cannot write" in _one_line_error(capsys)
+
+
+# ------------------------------------------------------------------ undecided, CI levels, nothing compared, noise
+
+@pytest.mark.parametrize("r,lo,hi,p,verdict,note", [
+    (1.12, 1.06, 1.19, 0.03, "undecided", "ratio 1.120 [1.060, 1.190] beyond 5% but p = 0.03 >= alpha 0.01"),
+    (1.02, 0.99, 1.07, 0.001, "undecided", "ratio 1.020 [0.990, 1.070]: p = 0.001 < alpha 0.01 but the CI includes 1"),
+    (1.02, 0.99, 1.04, 0.001, "unchanged", ""),  # the CI within the threshold: established small, whatever p says
+    (1.10, 0.98, 1.20, 0.001, "undecided", "p = 0.001 < alpha 0.01 but the CI includes 1"),
+    (1.03, 1.01, 1.08, 0.001, "undecided", "significant but the CI reaches beyond 5%"),
+    (1.10, 1.06, 1.15, 0.001, "slower", ""),
+    (0.80, 0.75, 0.85, 1e-4, "faster", ""),
+    (1.03, 1.02, 1.04, 1e-6, "unchanged", ""),  # established within the threshold
+    (1.01, 0.97, 1.05, 0.5, "unchanged", ""),  # insignificant and small
+    (1.12, 1.06, 1.19, float("nan"), "slower", ""),  # summary basis: the CI alone decides
+    (1.12, 0.98, 1.19, float("nan"), "unchanged", "beyond threshold but not significant"),
+])
+def test_judge_names_the_figures_that_disagree(r, lo, hi, p, verdict, note):
+    from bench.analysis.verdict import judge
+
+    v, why = judge(r, lo, hi, p, 0.05, 0.01)
+    assert v == verdict and note in why and (why == "") == (note == "")
+
+
+def test_significant_test_with_a_ci_including_1_is_undecided(tmp_path):
+    # the slow half of the samples got 30% slower: the rank test sees it, the CI of the ratio of medians spans 1
+    c = noise(2, n=601)
+    c[c > np.median(c)] *= 1.3
+    r = _verdict(_cmp(tmp_path, [case("m", samples=noise(1, n=601))], [case("m", samples=c)]), "m")
+    assert r["verdict"] == "undecided" and not r["regression"] and r["p_value"] < 0.01 and r["ci_low"] < 1
+    assert "< alpha 0.01 but the CI includes 1" in r["note"] and f"{r['ratio']:.3f}" in r["note"]
+
+
+def test_summary_basis_below_6_samples_is_undecided(tmp_path):
+    """Five samples a side: (min, max) covers the median with 93.75%, not 95%: no 'slower' rests on it, however
+    large the change; with six samples the same change is judged."""
+    five, six = 10 + 0.1 * np.arange(5), 10 + 0.1 * np.arange(6)
+    few = [case("m", samples=five), case("k", samples=six)]
+    slow = [case("m", samples=five * 1.5), case("k", samples=six * 1.5)]
+    b = make_run(tmp_path, "base", few, with_samples=False)
+    c = make_run(tmp_path, "cur", slow, with_samples=False)
+    df = compare_runs(load_run(b), load_run(c))
+    m = _verdict(df, "m")
+    assert m["basis"] == "summary" and m["verdict"] == "undecided" and not m["regression"]
+    assert "baseline CI of the median reaches 93.8% (n = 5)" in m["note"] and "< 95%" in m["note"]
+    assert _verdict(df, "k")["verdict"] == "slower"
+
+
+def test_runs_sharing_no_case_exit_2_with_one_line(tmp_path, capsys):
+    b = make_run(tmp_path, "base", [case("a", samples=noise(1)), case("b", samples=noise(2))])
+    c = make_run(tmp_path, "cur", [case("c", samples=noise(3))])
+    assert cmd_compare(_args(str(b), str(c), "--json", str(tmp_path / "x.json"))) == 2
+    captured = capsys.readouterr()
+    assert captured.err == ("compare: error: nothing compared: the runs share no case "
+                            "(baseline 2 cases, current 1)\n")
+    assert captured.out == "" and not (tmp_path / "x.json").exists()
+
+
+def _noisy(row, reason="load 3.1 on 2 cores"):
+    return {**row, "noisy": True, "noisy_reason": reason}
+
+
+def test_noisy_cases_are_not_judged_unless_allowed(tmp_path, capsys):
+    base = [case("m", samples=noise(1)), case("n", h=1024, w=1024, samples=noise(2)), case("t", samples=noise(5))]
+    cur = [_noisy(case("m", samples=noise(3) * 1.3)), case("n", h=1024, w=1024, samples=noise(4)),
+           _noisy(case("t", status="timeout"), "cpu frequency drifted 12%")]
+    b, c = make_run(tmp_path, "base", base), make_run(tmp_path, "cur", cur)
+    js = tmp_path / "c.json"
+    assert cmd_compare(_args(str(b), str(c), "--json", str(js))) == 3
+    out = capsys.readouterr().out
+    df = compare_runs(load_run(b), load_run(c))
+    assert dict(zip(df["model"], df["verdict"])) == {"m": "noisy", "t": "noisy", "n": "unchanged"}
+    assert not df["regression"].any()
+    assert "current noisy (load 3.1 on 2 cores): not judged" in _verdict(df, "m")["note"]
+    assert "current timeout" in _verdict(df, "t")["note"]
+    assert "NOT JUDGED: 1 unchanged, 2 noisy" in out and "2 not judged: measured on a busy machine" in out
+    data = json.loads(js.read_text())
+    assert data["not_judged_noisy"] == 2 and data["exit_status"] == 3 and data["regression"] is False
+    assert cmd_compare(_args(str(b), str(c), "--allow-noisy")) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION: 1 slower, 1 unchanged, 1 failed" in out and "2 judged on noisy data (--allow-noisy)" in out
+    judged = compare_runs(load_run(b), load_run(c), allow_noisy=True)
+    assert "judged anyway (--allow-noisy)" in _verdict(judged, "m")["note"]
+    assert run_compare(b, c, allow_noisy=True, out=sys.stderr) == 1  # run --baseline's path
+
+
+def test_a_clean_regression_wins_over_noise_and_old_runs_are_not_noisy(tmp_path):
+    b = make_run(tmp_path, "base", [case("m", samples=noise(1)), case("q", samples=noise(2))])
+    c = make_run(tmp_path, "cur", [case("m", samples=noise(3) * 1.3), _noisy(case("q", samples=noise(4)))])
+    assert run_compare(b, c, out=sys.stderr) == 1
+    old = tmp_path / "old"
+    old.mkdir()
+    load_run(c).results.drop(columns=["noisy", "noisy_reason"]).to_parquet(old / "results.parquet")
+    df = compare_runs(load_run(b), load_run(old))
+    assert set(df["verdict"]) <= {"slower", "unchanged"} and not df["noisy"].any()

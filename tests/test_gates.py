@@ -175,3 +175,68 @@ def test_cmd_check_measures_through_the_injected_measure(tmp_path, capsys):
     assert cmd_check(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("check: error: ") and err.count("\n") == 1 and "--run" in err
+
+
+def test_gates_apply_only_where_their_thresholds_were_measured(tmp_path):
+    rows = []
+    for thr in (1, 2):
+        rows += [case("block:msla", 1024, 1024, noise(thr, median=100), threads=thr),
+                 case("block:softmax", 1024, 1024, noise(thr + 9, median=5000), threads=thr)]
+    gate = {**SPEEDUP, "measured_for": {"threads": [1], "backend": ["eager"]}}
+    t1, t2 = evaluate_gates(_run(tmp_path, rows), [gate])
+    assert t1.passed and not t1.skipped
+    assert t2.skipped and t2.outcome == "SKIP" and t2.message == "measured for threads 1; this run has threads 2"
+    [r] = evaluate_gates(_run(tmp_path, rows[:2], "cpu"), [{**SPEEDUP, "measured_for": {"devices": ["cuda"]}}])
+    assert r.skipped and r.message == "measured for device cuda; this run has device cpu"
+    assert all(g.get("measured_for") for g in load_gates())  # every shipped gate says where it was measured
+
+
+@pytest.mark.parametrize("measured_for,msg", [
+    ({"thread": [1]}, "measured_for.thread is not one of"),
+    ({"threads": 1}, "measured_for.threads must be a non-empty list of int"),
+    ({"threads": ["1"]}, "list of int"),
+    ({"backend": []}, "non-empty list of str"),
+    ([1], "must be a table"),
+])
+def test_invalid_measured_for(measured_for, msg):
+    from bench.analysis.gates import validate_gates
+    with pytest.raises(GateConfigError, match=msg):
+        validate_gates([{**SPEEDUP, "measured_for": measured_for}])
+
+
+def _gate_file(tmp_path):
+    (tmp_path / "sp.toml").write_text('[[gate]]\nname = "sp"\nkind = "speedup"\nfaster = "block:msla"\n'
+                                      'slower = "block:softmax"\nheight = 1024\nwidth = 1024\nmin_ratio = 10.0\n')
+    return str(tmp_path / "sp.toml")
+
+
+def test_noisy_rows_are_not_judged_unless_allowed(tmp_path, capsys):
+    run = make_run(tmp_path, "busy", [case("block:msla", 1024, 1024, noise(1, median=100)),
+                                      case("block:softmax", 1024, 1024, noise(2, median=5000), noisy=True,
+                                           noisy_reason="load 3.4 on 2 cores")])
+    [r] = evaluate_gates(load_run(run), [SPEEDUP])
+    assert r.skipped and r.noisy and r.outcome == "SKIP-NOISY"
+    assert "block:softmax 1024x1024 (load 3.4 on 2 cores)" in r.message
+    assert cmd_check(_args("--run", str(run), "--gates", _gate_file(tmp_path))) == 3
+    out = capsys.readouterr().out
+    assert "SKIP-NOISY  sp" in out and "1 not judged: measured on a busy machine" in out
+    assert cmd_check(_args("--run", str(run), "--gates", _gate_file(tmp_path), "--allow-noisy")) == 0
+    out = capsys.readouterr().out
+    assert "PASS  sp" in out and "judged on noisy rows (--allow-noisy)" in out
+    slow_fast = make_run(tmp_path, "busyfail", [case("block:msla", 1024, 1024, noise(1, median=1000)),
+                                                case("block:softmax", 1024, 1024, noise(2, median=5000),
+                                                     noisy=True, noisy_reason="x")])
+    assert cmd_check(_args("--run", str(slow_fast), "--gates", _gate_file(tmp_path), "--allow-noisy")) == 1
+    assert cmd_check(_args("--run", str(slow_fast), "--gates", _gate_file(tmp_path))) == 3  # no FAIL on noise
+
+
+def test_conservative_ratio_only_from_cis_at_their_nominal_level(tmp_path):
+    few = _run(tmp_path, [case("block:msla", 1024, 1024, noise(1, median=100)),
+                          case("block:softmax", 1024, 1024, np.array([5000.0, 5100.0, 4900.0]))], "few")
+    [r] = evaluate_gates(few, [SPEEDUP])
+    assert r.passed and np.isnan(r.measured["ratio_conservative"])  # the median ratio still decides
+    assert r.measured["ci_level"]["slower"] == pytest.approx(0.75)
+    many = _run(tmp_path, [case("block:msla", 1024, 1024, noise(1, median=100)),
+                           case("block:softmax", 1024, 1024, noise(2, median=5000))], "many")
+    [r] = evaluate_gates(many, [SPEEDUP])
+    assert 40 < r.measured["ratio_conservative"] <= r.measured["ratio"]

@@ -139,3 +139,42 @@ def test_process_welch_p_matches_scipy_on_log_medians():
     want = st.ttest_ind(np.log([np.median(g) for g in b]), np.log([np.median(g) for g in a]), equal_var=False)
     assert process_welch_p(a, b) == pytest.approx(want.pvalue)
     assert np.isnan(process_welch_p(a[:1], b)) and process_welch_p([[1.0], [1.0]], [[1.0], [1.0]]) == 1.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_ci_level_below_6_samples_is_the_exact_binomial_coverage(n):
+    """(min, max) of n samples covers the median when 1 <= B <= n-1 samples fall below it, B ~ Binomial(n, 1/2):
+    the level reported is that coverage, below 95%, never the nominal 0.95."""
+    from bench.stats import median_ci_level
+
+    want = st.binom.cdf(n - 1, n, 0.5) - st.binom.cdf(0, n, 0.5)
+    assert median_ci_level(n) == pytest.approx(want) and median_ci_level(n) < 0.95
+    x = np.random.default_rng(n).lognormal(0, 0.3, n)
+    s = summarize(x)
+    assert (s["ci_low"], s["ci_high"]) == (x.min(), x.max()) and s["ci_level"] == pytest.approx(want)
+
+
+def test_ci_level_matches_simulated_coverage_and_is_nominal_from_6():
+    from bench.stats import median_ci_level
+
+    rng = np.random.default_rng(0)
+    x = rng.exponential(1.0, (20000, 5))  # true median ln 2
+    covered = np.mean([lo <= np.log(2) <= hi for lo, hi in map(median_ci, x)])
+    assert covered == pytest.approx(median_ci_level(5), abs=0.01)  # 0.9375, not 0.95
+    assert [median_ci_level(n) for n in (6, 7, 100)] == [0.95, 0.95, 0.95]
+    assert np.isnan(median_ci_level(0)) and np.isnan(summarize([])["ci_level"])
+    assert median_ci_level(3, conf=0.5) == 0.5  # 75% coverage reaches a 50% CI
+
+
+def test_pooled_ci_level_needs_two_processes_with_6_samples():
+    from bench.results.repeats import pool_rows
+    from bench.stats import hierarchical_ci_level
+
+    rng = np.random.default_rng(1)
+    big, small = (list(rng.lognormal(0, 0.05, k) * 10) for k in (200, 3))
+    assert hierarchical_ci_level([big, big, big]) == 0.95
+    assert hierarchical_ci_level([big, small]) == pytest.approx(0.75)  # second-largest process: 3 samples
+    assert hierarchical_ci_level([big, small[:2], big[:5]]) == pytest.approx(0.9375)
+    row = {"status": "ok", "batch": 1, "macs": 10**9, "converged": True}
+    assert pool_rows([row, row], [big, big[:100]])["latency_ms_ci_level"] == 0.95
+    assert pool_rows([row, row], [big, small])["latency_ms_ci_level"] == pytest.approx(0.75)

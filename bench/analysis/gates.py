@@ -7,34 +7,31 @@ This module evaluates; it never measures (analysis does not reach back up the pi
 `matrix_for` says which cases the gates need, and the command layer, which owns the run lifecycle, measures them
 and hands `cmd_check` its `measure` callable.
 
-The gates live in `bench/analysis/gates.toml` (or `--gates FILE`), one `[[gate]]` table each:
+The gates live in `bench/analysis/gates.toml` (or `--gates FILE`; its tables are the examples), one `[[gate]]`
+table each, with `name`, `kind` and:
+- kind "speedup": median(slower) / median(faster) >= min_ratio at one resolution (`faster`, `slower`, `height`,
+  `width`, `min_ratio`);
+- kind "scaling_exponent": the least-squares slope of log(median latency) vs log(pixels) of `model` over the
+  square sides `resolutions` (default 512, 1024, 2048), within `max_exponent` and/or `min_exponent`.
+Optional: `devices = ["cpu"]` (device types it applies to; default all), `backend`, `precision`, `batch`, `threads`
+(restrict the rows), `description`, and `measured_for`, the settings its thresholds were measured for, e.g.
+`measured_for = { threads = [1], backend = ["eager"], precision = ["fp32"], batch = [1] }` (the keys of
+`gates_file.MEASURED_FOR`; bench/analysis/gates_file.py reads and validates the file).
 
-    [[gate]]
-    name = "msla-vs-softmax-1024"
-    kind = "speedup"              # median(slower) / median(faster) >= min_ratio at one resolution
-    faster = "block:msla"
-    slower = "block:softmax"
-    height = 1024
-    width = 1024
-    min_ratio = 10.0
+A gate is evaluated separately for every device setting (`bench.cases.SETTING`); each group gives one GateResult.
+A group outside `measured_for` is skipped with the reason ("measured for threads 1; this run has threads 2"): a
+ratio measured on one thread says nothing about two. Without `measured_for` a gate applies to every setting.
 
-    [[gate]]
-    name = "msla-scaling"
-    kind = "scaling_exponent"     # slope of log(median latency) vs log(pixels), least squares
-    model = "block:msla"
-    resolutions = [512, 1024, 2048]   # square sides the check matrix measures and the fit uses
-    max_exponent = 1.6                # and/or min_exponent
-
-Optional on every gate: `devices = ["cpu"]` (device types it applies to; default all), `backend`, `precision`,
-`batch`, `threads` (restrict the rows), `description`. A gate is evaluated separately for every device setting
-(`bench.cases.SETTING`: device_name, backend, precision, batch, threads, channels_last, folded); each group gives
-one GateResult.
-
-Outcomes. speedup: pass when the ratio >= min_ratio; when the slower model ran out of memory or time while the
-faster one was ok, pass (the claim holds a fortiori); when the faster model is not ok, fail; when a row is absent
-or skipped/unsupported, the gate is skipped. scaling_exponent: needs ok rows at >= 2 pixel counts, else skipped.
+Outcomes. speedup: pass when the ratio of medians >= min_ratio; when the slower model ran out of memory or time
+while the faster one was ok, pass (the claim holds a fortiori); when the faster model is not ok, fail; when a row
+is absent or skipped/unsupported, skipped. scaling_exponent: needs ok rows at >= 2 pixel counts, else skipped.
+Both rest on medians, not on CIs; the speedup's conservative ratio (slower CI low / faster CI high) is reported
+only when both CIs reach their nominal 95% (`latency_ms_ci_level`; with fewer than 6 samples they do not).
+A gate whose rows were flagged noisy by the runner's machine-health guard is not judged (SKIP-NOISY, the rows and
+reasons in the message) unless --allow-noisy, which judges it and says so.
 `cmd_check` exits 0 when no evaluated gate failed, 1 when one did, 2 on bad input or when no gate could be
-evaluated at all (e.g. the run holds none of the gates' cases).
+evaluated at all (e.g. the run holds none of the gates' cases), 3 when none failed but a gate was not judged
+because its rows were measured on a busy machine.
 """
 from __future__ import annotations
 
@@ -42,7 +39,6 @@ import argparse
 import json
 import math
 import sys
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -50,19 +46,17 @@ from typing import Any, Callable, Iterator, Protocol
 import numpy as np
 import pandas as pd
 
+from bench.analysis.gates_file import DEFAULT_GATES, GateConfigError, load_gates, validate_gates
+from bench.analysis.meta import noisy_reason
+from bench.analysis.verdict import ci_level
 from bench.cases import SETTING, setting_label
 from bench.results.store import Run, RunFormatError, load_run
+from bench.stats import NOMINAL
 from bench.text import markdown_table
 
-DEFAULT_GATES = Path(__file__).with_name("gates.toml")
-KINDS = ("speedup", "scaling_exponent")
 GROUP = SETTING
 FILTERS = ("backend", "precision", "batch", "threads")
 NOT_FINISHED = ("oom", "timeout")
-
-
-class GateConfigError(ValueError):
-    """A gates file that cannot be read or has an invalid gate; one-line message."""
 
 
 @dataclass
@@ -74,69 +68,13 @@ class GateResult:
     message: str = ""
     skipped: bool = False
     group: str = ""
+    noisy: bool = False  # its rows were flagged noisy: not judged (skipped) unless --allow-noisy
 
     @property
     def outcome(self) -> str:
-        return "SKIP" if self.skipped else ("PASS" if self.passed else "FAIL")
-
-
-# ---------------------------------------------------------------- config
-
-_REQUIRED = {"speedup": ("faster", "slower", "height", "width", "min_ratio"), "scaling_exponent": ("model",)}
-
-
-def validate_gates(gates: list[dict], source: str = "gates") -> list[dict]:
-    names = set()
-    for i, g in enumerate(gates):
-        where = f"{source}: gate #{i + 1}"
-        if not isinstance(g, dict):
-            raise GateConfigError(f"{where}: not a table")
-        name = g.get("name")
-        if not isinstance(name, str) or not name:
-            raise GateConfigError(f"{where}: missing name")
-        where = f"{source}: gate {name!r}"
-        if name in names:
-            raise GateConfigError(f"{where}: duplicate name")
-        names.add(name)
-        kind = g.get("kind")
-        if kind not in KINDS:
-            raise GateConfigError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
-        missing = [k for k in _REQUIRED[kind] if k not in g]
-        if missing:
-            raise GateConfigError(f"{where}: missing {', '.join(missing)}")
-        if kind == "scaling_exponent" and "max_exponent" not in g and "min_exponent" not in g:
-            raise GateConfigError(f"{where}: needs max_exponent and/or min_exponent")
-        for k in ("min_ratio", "max_exponent", "min_exponent"):
-            if k in g and not isinstance(g[k], (int, float)):
-                raise GateConfigError(f"{where}: {k} must be a number")
-        for k in ("height", "width"):
-            if k in g and (not isinstance(g[k], int) or g[k] <= 0):
-                raise GateConfigError(f"{where}: {k} must be a positive integer")
-        res = g.get("resolutions")
-        if res is not None and (not isinstance(res, list) or not res or
-                                not all(isinstance(r, int) and r > 0 for r in res)):
-            raise GateConfigError(f"{where}: resolutions must be a list of positive integers (square sides)")
-        devs = g.get("devices")
-        if devs is not None and (not isinstance(devs, list) or not all(d in ("cpu", "cuda") for d in devs)):
-            raise GateConfigError(f"{where}: devices must be a list of 'cpu'/'cuda'")
-    return gates
-
-
-def load_gates(path: str | Path | None = None) -> list[dict]:
-    """Parse and validate a gates file (tomllib). Raises GateConfigError."""
-    p = Path(path) if path else DEFAULT_GATES
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise GateConfigError(f"{p}: no such gates file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GateConfigError(f"{p}: unreadable ({e})".splitlines()[0]) from None
-    except tomllib.TOMLDecodeError as e:
-        raise GateConfigError(f"{p}: invalid TOML ({e})".splitlines()[0]) from None
-    gates = data.get("gate", [])
-    if not isinstance(gates, list) or not gates:
-        raise GateConfigError(f"{p}: no [[gate]] tables")
-    return validate_gates(gates, str(p))
+        if self.skipped:
+            return "SKIP-NOISY" if self.noisy else "SKIP"
+        return "PASS" if self.passed else "FAIL"
 
 
 # ---------------------------------------------------------------- evaluation
@@ -196,22 +134,27 @@ def _speedup(g: dict, sub: pd.DataFrame, label: str) -> GateResult:
         return res
     s_ms = float(slow["latency_ms_median"])
     ratio = s_ms / f_ms if f_ms > 0 else math.nan
-    cons = float(slow["latency_ms_ci_low"]) / float(fast["latency_ms_ci_high"]) \
-        if not pd.isna(slow["latency_ms_ci_low"]) and not pd.isna(fast["latency_ms_ci_high"]) else math.nan
-    res.measured.update(slower_ms=s_ms, ratio=ratio, ratio_conservative=cons)
+    res.measured.update(slower_ms=s_ms, ratio=ratio, ratio_conservative=_conservative(fast, slow),
+                        ci_level={"faster": ci_level(fast), "slower": ci_level(slow)})
     res.passed = bool(ratio >= k)
     res.message = (f"{g['slower']} / {g['faster']} at {h}x{w} = {s_ms:.4g} / {f_ms:.4g} ms = {ratio:.2f}x "
                    f"({'>=' if res.passed else '<'} required {k:g}x)")
     return res
 
 
+def _conservative(fast: pd.Series, slow: pd.Series) -> float:
+    """slower CI low / faster CI high, only where both CIs reach the nominal level: (min, max) of fewer than 6
+    samples is no 95% interval, so a bound built on it would claim more than the data hold."""
+    lo, hi = float(slow["latency_ms_ci_low"]), float(fast["latency_ms_ci_high"])
+    if not all(ci_level(r) >= NOMINAL - 1e-9 for r in (fast, slow)) or not (lo > 0 and hi > 0):
+        return math.nan
+    return lo / hi
+
+
 def _scaling(g: dict, sub: pd.DataFrame, label: str) -> GateResult:
     res = GateResult(g["name"], "scaling_exponent", False, group=label)
     lo, hi = g.get("min_exponent"), g.get("max_exponent")
-    rows = sub[(sub["model"] == g["model"]) & (sub["status"] == "ok")]
-    if g.get("resolutions"):
-        sides = set(g["resolutions"])
-        rows = rows[rows["height"].isin(sides) & (rows["height"] == rows["width"])]
+    rows = _used_rows(g, sub)
     rows = rows[pd.to_numeric(rows["latency_ms_median"], errors="coerce") > 0]
     px = (rows["height"].astype("float64") * rows["width"].astype("float64")).to_numpy()
     ms = rows["latency_ms_median"].astype("float64").to_numpy()
@@ -232,8 +175,56 @@ def _scaling(g: dict, sub: pd.DataFrame, label: str) -> GateResult:
     return res
 
 
-def evaluate_gates(run: Run, gates: list[dict] | None = None) -> list[GateResult]:
-    """Evaluate every gate on every matching group of rows of one run (see the module doc)."""
+def _setting(row: pd.Series, key: str) -> str:
+    return _device_type(row["device"]) if key == "devices" else str(row[key])
+
+
+def _outside_measured(g: dict, row: pd.Series) -> str:
+    """Why the group of `row` is outside the settings the gate's thresholds were measured for ("" when inside)."""
+    m = g.get("measured_for") or {}
+    off = [k for k, allowed in m.items() if _setting(row, k) not in {str(x) for x in allowed}]
+    if not off:
+        return ""
+    name = {"devices": "device"}
+    want = ", ".join(f"{name.get(k, k)} {'/'.join(map(str, m[k]))}" for k in off)
+    return f"measured for {want}; this run has " + ", ".join(f"{name.get(k, k)} {_setting(row, k)}" for k in off)
+
+
+def _used_rows(g: dict, sub: pd.DataFrame) -> pd.DataFrame:
+    """The rows a gate's outcome rests on: both models' rows (any status) of a speedup, the fitted ok rows of a
+    scaling exponent."""
+    if g["kind"] == "speedup":
+        return sub[sub["model"].isin([g["faster"], g["slower"]]) & (sub["height"] == g["height"])
+                   & (sub["width"] == g["width"])]
+    rows = sub[(sub["model"] == g["model"]) & (sub["status"] == "ok")]
+    if g.get("resolutions"):
+        rows = rows[rows["height"].isin(set(g["resolutions"])) & (rows["height"] == rows["width"])]
+    return rows
+
+
+def _evaluate(g: dict, sub: pd.DataFrame, label: str, allow_noisy: bool) -> GateResult:
+    """One gate on one device setting: skipped outside its measured settings, not judged on noisy rows."""
+    outside = _outside_measured(g, sub.iloc[0])
+    if outside:
+        return GateResult(g["name"], g["kind"], False, {}, outside, skipped=True, group=label)
+    res = _speedup(g, sub, label) if g["kind"] == "speedup" else _scaling(g, sub, label)
+    used = _used_rows(g, sub)
+    noise = "; ".join(f"{r['model']} {r['height']}x{r['width']} ({why})" for _, r in used.iterrows()
+                      if (why := noisy_reason(r)) is not None)
+    if not noise or res.skipped:
+        return res
+    res.noisy = True
+    if allow_noisy:
+        res.message += f" [judged on noisy rows (--allow-noisy): {noise}]"
+    else:
+        res.passed, res.skipped = False, True
+        res.message = f"not judged, measured on a busy machine: {noise} (--allow-noisy judges it)"
+    return res
+
+
+def evaluate_gates(run: Run, gates: list[dict] | None = None, allow_noisy: bool = False) -> list[GateResult]:
+    """Evaluate every gate on every matching group of rows of one run (see the module doc); `allow_noisy` judges
+    gates whose rows were flagged noisy instead of skipping them."""
     gates = load_gates() if gates is None else validate_gates(gates)
     df = run.results
     out: list[GateResult] = []
@@ -244,8 +235,7 @@ def evaluate_gates(run: Run, gates: list[dict] | None = None) -> list[GateResult
             out.append(GateResult(g["name"], g["kind"], False, {}, f"no rows of this run match the gate{devs}",
                                   skipped=True))
             continue
-        for label, sub in groups:
-            out.append(_speedup(g, sub, label) if g["kind"] == "speedup" else _scaling(g, sub, label))
+        out += [_evaluate(g, sub, label, allow_noisy) for label, sub in groups]
     return out
 
 
@@ -254,10 +244,13 @@ def format_results(results: list[GateResult]) -> str:
     for r in results:
         grp = f" [{r.group}]" if r.group else ""
         lines.append(f"{r.outcome}  {r.name}{grp}: {r.message}")
-    n_fail = sum(1 for r in results if not r.passed and not r.skipped)
-    n_pass = sum(1 for r in results if r.passed and not r.skipped)
-    n_skip = sum(1 for r in results if r.skipped)
-    lines.append(f"gates: {n_pass} passed, {n_fail} failed, {n_skip} skipped")
+    n = {o: sum(r.outcome == o for r in results) for o in ("PASS", "FAIL", "SKIP", "SKIP-NOISY")}
+    line = f"gates: {n['PASS']} passed, {n['FAIL']} failed, {n['SKIP']} skipped"
+    if n["SKIP-NOISY"]:
+        line += f", {n['SKIP-NOISY']} not judged: measured on a busy machine (rerun quietly or pass --allow-noisy)"
+    if any(r.noisy and not r.skipped for r in results):
+        line += f", {sum(r.noisy and not r.skipped for r in results)} judged on noisy rows (--allow-noisy)"
+    lines.append(line)
     return "\n".join(lines)
 
 
@@ -305,6 +298,9 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--max-time", type=float, default=3.0, help="max timed seconds per case (default 3)")
     parser.add_argument("--timeout", type=float, default=300.0, help="per-case timeout in seconds (default 300)")
     parser.add_argument("--out", default="results", help="where the check run folder goes (default results)")
+    parser.add_argument("--allow-noisy", action="store_true",
+                        help="judge gates whose rows were measured on a busy machine (flagged noisy) instead of "
+                             "skipping them and exiting 3; the output says so")
     parser.add_argument("--markdown", metavar="FILE", help="also write the gate results as Markdown")
     parser.add_argument("--json", metavar="FILE", help="also write the gate results as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every case of the check matrix")
@@ -344,14 +340,16 @@ def _write_outputs(args: argparse.Namespace, results: list[GateResult]) -> None:
 
 
 def cmd_check(args: argparse.Namespace, measure: Measure | None = None) -> int:
-    """Exit 0: all evaluated gates passed; 1: a gate failed; 2: bad input or no gate evaluated.
+    """Exit 0: all evaluated gates passed; 1: a gate failed; 2: bad input or no gate evaluated; 3: none failed but
+    a gate was not judged because its rows were measured on a busy machine (--allow-noisy judges it).
 
     `measure` is injected by the command layer (it owns the run lifecycle and the runner); without it only
     `--run` works."""
     err = sys.stderr
     try:
         gates = load_gates(args.gates)
-        results = evaluate_gates(load_run(_measured_run(args, gates, measure)), gates)
+        results = evaluate_gates(load_run(_measured_run(args, gates, measure)), gates,
+                                 allow_noisy=getattr(args, "allow_noisy", False))
     except (GateConfigError, RunFormatError, ValueError, OSError) as e:
         print(f"check: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=err)
         return 2
@@ -361,7 +359,11 @@ def cmd_check(args: argparse.Namespace, measure: Measure | None = None) -> int:
     except OSError as e:
         print(f"check: error: cannot write output: {str(e).splitlines()[0]}", file=err)
         return 2
+    if any(not r.passed and not r.skipped for r in results):
+        return 1
+    if any(r.skipped and r.noisy for r in results):
+        return 3
     if all(r.skipped for r in results):
         print("check: error: no gate could be evaluated on this run (see SKIP lines)", file=err)
         return 2
-    return 1 if any(not r.passed and not r.skipped for r in results) else 0
+    return 0

@@ -1,11 +1,15 @@
-"""What a run's meta.json says about its environment, as flat `dotted.key: value` entries.
+"""What a run says about the machine it ran on: meta.json's environment as flat `dotted.key: value` entries, and
+whether a row was measured while the machine was busy (`noisy_reason`).
 
 compare reports how two runs' environments differ and the report lists each run's; both read meta.json through
-`flatten_meta`, so a key is spelled the same in both.
+`flatten_meta`, so a key is spelled the same in both. compare and check read a row's machine health through
+`noisy_reason`, so that "not noisy" means the same in both (runs older than the `noisy` column: not noisy).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
+
+import pandas as pd
 
 # meta keys that differ between any two runs and say nothing about the environment: a flattened key is volatile
 # when one of its dotted components is in _VOLATILE_KEYS or one of that component's "_"-separated words is in
@@ -58,3 +62,14 @@ def env_differences(base_meta: dict, cur_meta: dict) -> list[str]:
         if bv != cv:
             out.append(f"{k}: {bv} -> {cv}")
     return out
+
+
+def noisy_reason(row: Mapping[str, Any] | pd.Series) -> str | None:
+    """Why the row was flagged noisy by the runner's machine-health guard, or None when it was not (the `noisy`
+    column false, NA or absent: older runs). A flag without a recorded reason reads "flagged noisy"."""
+    flag = row.get("noisy")
+    if flag is None or pd.isna(flag) or not bool(flag):
+        return None
+    reason = row.get("noisy_reason")
+    text = "" if reason is None or pd.isna(reason) else " ".join(str(reason).split())
+    return text or "flagged noisy"

@@ -1,10 +1,14 @@
 """The compact end-of-run summary: median ms per model x resolution for each device setting, and the speedup of
-multi-scale linear attention (msla) over softmax attention at each resolution."""
+multi-scale linear attention (msla) over softmax attention at each resolution; then what is not ok, and whether the
+machine was busy while it measured (bench.health), in words."""
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import pandas as pd
 
 from bench.cases import setting_label
+from bench.health import noisy_sentence
 
 
 def _res(h: int, w: int) -> str:
@@ -49,8 +53,22 @@ def summary_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
-def format_summary(results: pd.DataFrame) -> str:
-    """The tables as text, then one line counting the cases that are not ok."""
+def noisy_count(results: pd.DataFrame) -> int:
+    """Rows flagged noisy (a blank or absent `noisy`, as in runs older than the health guard, is not)."""
+    if results.empty or "noisy" not in results.columns:
+        return 0
+    return int(results["noisy"].fillna(False).astype(bool).sum())
+
+
+def noisy_line(results: pd.DataFrame, health: Mapping[str, Any] | None = None) -> str:
+    """The health sentence of a run ("" when no case is noisy): counts from the table, figures from the run's
+    meta["health"] when given."""
+    return noisy_sentence(noisy_count(results), len(results), (health or {}).get("summary"))
+
+
+def format_summary(results: pd.DataFrame, health: Mapping[str, Any] | None = None) -> str:
+    """The tables as text, then one line counting the cases that are not ok and one saying how many were measured
+    on a busy machine (`health`: the run's meta["health"], for the figures)."""
     lines = []
     for title, t in summary_tables(results):
         lines.append(f"== {title}")
@@ -60,4 +78,7 @@ def format_summary(results: pd.DataFrame) -> str:
     if len(bad):
         counts = ", ".join(f"{n} {s}" for s, n in bad["status"].value_counts().items())
         lines.append(f"{len(bad)} of {len(results)} cases not ok ({counts}); reasons in the 'reason' column")
+    noisy = noisy_line(results, health)
+    if noisy:
+        lines.append(f"warning: {noisy}")
     return "\n".join(lines).rstrip() + "\n"

@@ -24,7 +24,8 @@ Results: OUT/<run-id>/results.parquet, results.csv (one row per case), samples.p
 meta.json (environment, configuration, calibration), rewritten atomically after every case; an HTML report in
 reports/<run-id>.html next to OUT. Interrupt at any time and finish with --resume RUN_ID.
 
-Exit status: 0 done; 1 some case ended in 'error' (or --baseline found a regression); 2 bad input; 130 interrupted.
+Exit status: 0 done; 1 some case ended in 'error' (or --baseline found a regression); 2 bad input; 3 --baseline
+could not judge cases measured on a busy machine (see --allow-noisy); 130 interrupted.
 """
 
 RUN_EPILOG = """\
@@ -109,6 +110,8 @@ def _output_arguments(p: argparse.ArgumentParser) -> None:
                    help="record cases on devices that are not present as 'skipped' instead of exiting with 2")
     o.add_argument("--baseline", metavar="RUN", help="after the run, compare it against this run (a run id in OUT, a "
                    "run folder or a results file) as `compare` does; exit 1 on a regression")
+    o.add_argument("--allow-noisy", action="store_true",
+                   help="with --baseline: judge cases measured on a busy machine instead of refusing (exit 3)")
     o.add_argument("--no-report", action="store_true", help="do not write the HTML report")
     o.add_argument("--no-calibrate", action="store_true", help="skip the matmul calibration (no frac_of_peak)")
     o.add_argument("--list", action="store_true", help="print the cases of the matrix and exit (nothing measured)")
@@ -205,7 +208,8 @@ def _finish(a: argparse.Namespace, state, baseline: str | None) -> int:
     if baseline:
         from bench.analysis.compare import run_compare
 
-        rc = max(rc, run_compare(baseline, state.run_dir))
+        cmp = run_compare(baseline, state.run_dir, allow_noisy=a.allow_noisy)
+        rc = next((c for c in (1, 2, 3) if c in (rc, cmp)), 0)  # a regression or an error wins over "not judged"
     return rc
 
 

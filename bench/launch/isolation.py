@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -37,6 +38,7 @@ class Outcome:
     stderr_tail: str = ""
     wall_s: float = 0.0
     maxrss_kb: int | None = None
+    cpu_s: float | None = None  # the child's user + system CPU seconds (rusage), for bench.health
 
 
 def _tail(path: Path, n: int = 400) -> str:
@@ -46,6 +48,11 @@ def _tail(path: Path, n: int = 400) -> str:
         return ""
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return lines[-1][-n:] if lines else ""
+
+
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 class _Isolation:
@@ -97,6 +104,7 @@ class Spawner(_Isolation):
     def run(self, spec: dict, timeout_s: float) -> Outcome:
         spec_path, result_path, err_path = self._paths(spec)
         t0 = time.perf_counter()
+        cpu0 = _children_cpu_s()
         with open(err_path, "w") as err:
             p = subprocess.Popen([sys.executable, "-m", "bench.launch.worker", "--case", str(spec_path), "--result",
                                   str(result_path)], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
@@ -109,6 +117,7 @@ class Spawner(_Isolation):
                 rc = p.wait()
                 out.timed_out = out.killed_by_us = True
         out.wall_s = time.perf_counter() - t0
+        out.cpu_s = _children_cpu_s() - cpu0  # only this child was reaped in between
         out.exit_code = rc if rc >= 0 else None
         out.signal = -rc if rc < 0 else 0
         return self._finish(out, result_path, err_path)
@@ -197,6 +206,7 @@ class ForkServer(_Isolation):
         out.signal = int(done.get("signal") or 0)
         out.exit_code = None if out.signal else int(done.get("exit", 0))
         out.maxrss_kb = done.get("maxrss_kb")
+        out.cpu_s = done.get("cpu_s")
         return self._finish(out, result_path, err_path)
 
     def _exchange(self, msg: dict, timeout_s: float, out: Outcome) -> dict:

@@ -10,10 +10,11 @@
   --result OUT`, a fresh interpreter per case.
 
 Protocol of the server (one JSON object per line): the parent sends {"spec": path, "result": path, "stderr": path};
-the server answers {"pid": N} when the child is forked and {"pid": N, "exit": code, "signal": sig, "maxrss_kb": k}
-when it has ended. The parent enforces the timeout by killing the pid. The child writes `result` atomically (a
-JSON object {"row": {...}, "samples": [...]}) and a `result + ".stage"` file naming the step it is in, so that a
-timeout or a crash can say where it happened.
+the server answers {"pid": N} when the child is forked and {"pid": N, "exit": code, "signal": sig, "maxrss_kb": k,
+"cpu_s": user + system CPU seconds of the child (bench.health subtracts them from the machine's)} when it has
+ended. The parent enforces the timeout by killing the pid. The child writes `result` atomically (a JSON object
+{"row": {...}, "samples": [...]}) and a `result + ".stage"` file naming the step it is in, so that a timeout or a
+crash can say where it happened.
 """
 from __future__ import annotations
 
@@ -129,7 +130,8 @@ def serve() -> int:
         _, status, ru = os.wait4(pid, 0)
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -sig
-        out.write(json.dumps({"pid": pid, "exit": code, "signal": sig, "maxrss_kb": ru.ru_maxrss}) + "\n")
+        out.write(json.dumps({"pid": pid, "exit": code, "signal": sig, "maxrss_kb": ru.ru_maxrss,
+                              "cpu_s": ru.ru_utime + ru.ru_stime}) + "\n")
         out.flush()
     return 0
 

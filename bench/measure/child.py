@@ -295,18 +295,29 @@ def run_calibration(spec: Mapping[str, Any]) -> dict:
                                      float(spec.get("seconds", 0.6)))}
 
 
+def run_health_probe(spec: Mapping[str, Any]) -> dict:
+    """{"health": {...}} for a spec {"kind": "health", seconds}: the speed probe of bench.health."""
+    from bench.health import probe_kernel
+
+    return {"health": probe_kernel(float(spec.get("seconds", 0.25)))}
+
+
 def run_case_file(spec_path: str, result_path: str, after_build: AfterBuild | None = None) -> int:
-    """Read a spec, run it (a case, or a calibration when spec["kind"] == "calibrate"), write the result file
-    atomically (the parent reads a complete result or none)."""
+    """Read a spec, run it (a case; a calibration when spec["kind"] == "calibrate"; an A/B process when it is
+    "ab", bench.measure.ab), write the result file atomically (the parent reads a complete result or none)."""
     stage = Stage(result_path)
     _prefer_oom_kill()
     with open(spec_path) as f:
         spec = json.load(f)
-    if spec.get("kind") == "calibrate":
+    if spec.get("kind") in ("calibrate", "health"):
         try:
-            out = run_calibration(spec)
+            out = (run_calibration if spec["kind"] == "calibrate" else run_health_probe)(spec)
         except BaseException as e:  # noqa: BLE001 - the parent records the error in meta.json
             out = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+    elif spec.get("kind") == "ab":  # A and B interleaved in one process (bench.ab); imported only when asked
+        from bench.measure.ab import run_ab_spec
+
+        out = run_ab_spec(spec, stage)
     else:
         try:
             out = run_case(Case.from_spec(spec), stage, after_build)

@@ -8,9 +8,11 @@ case, then pass 2, ...), so that slow drift of the machine is spread over all ca
 process gets 1/R of the case's time budget.
 
 The pooled row: latency columns from all samples together (`latency_fields`), the CI of the median from the
-two-level bootstrap over processes and samples (`bench.stats.hierarchical_ci`), the
-spread of the per-process medians as `latency_ms_repeat_cv`, `repeats` = processes measured, peak memory the
-largest of the processes, first call and warm-up from the first process, converged only if every process
+two-level bootstrap over processes and samples (`bench.stats.hierarchical_ci`) with the confidence it is taken
+to reach as `latency_ms_ci_level` (`bench.stats.hierarchical_ci_level`: the nominal 0.95 when two or more
+processes have 6 samples or more, below it otherwise, so that no verdict rests on it), the spread of the
+per-process medians as `latency_ms_repeat_cv`, `repeats` = processes measured, peak memory the largest of the
+processes, first call and warm-up from the first process, converged only if every process
 converged. A process that fails makes the whole case that failure (status and reason, "repeat k of R: ...");
 the samples already taken stay in samples.parquet.
 """
@@ -20,13 +22,14 @@ import math
 
 import numpy as np
 
-from bench.stats import SUMMARY_KEYS, hierarchical_ci, repeat_cv, summarize
+from bench.stats import NOMINAL, SUMMARY_KEYS, hierarchical_ci, hierarchical_ci_level, repeat_cv, summarize
 
 MAX_OF = ("peak_mem_mb", "peak_mem_reserved_mb", "activations_mem_mb", "rel_err")
 
 
 def latency_fields(samples_ms, batch: int, macs: int | None, peak_gmacs_per_s: float | None) -> dict:
-    """The latency, throughput and efficiency columns of a row from its raw samples (milliseconds)."""
+    """The latency, throughput and efficiency columns of a row from its raw samples (milliseconds); the CI of the
+    median comes with `latency_ms_ci_level`, the confidence it reaches (below 0.95 with fewer than 6 samples)."""
     s = summarize(samples_ms)
     row = {"n": s["n"]}
     for k in SUMMARY_KEYS[1:]:  # all but n
@@ -53,9 +56,10 @@ def pool_rows(rows: list[dict], groups: list[list[float]]) -> dict:
     pooled = np.concatenate([np.asarray(g, dtype=np.float64) for g in groups])
     out.update(latency_fields(pooled, int(out.get("batch") or 1), out.get("macs"),
                               _f(out.get("device_peak_gmacs_per_s"))))
-    lo, hi = hierarchical_ci(groups, np.median, conf=0.95, n_boot=1000, seed=0)
+    lo, hi = hierarchical_ci(groups, np.median, conf=NOMINAL, n_boot=1000, seed=0)
     if math.isfinite(lo) and math.isfinite(hi):
         out["latency_ms_ci_low"], out["latency_ms_ci_high"] = lo, hi
+        out["latency_ms_ci_level"] = hierarchical_ci_level(groups, NOMINAL)
     out["latency_ms_repeat_cv"] = repeat_cv(groups)
     out["converged"] = all(bool(r.get("converged")) for r in rows)
     for k in MAX_OF:

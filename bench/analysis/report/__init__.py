@@ -80,6 +80,7 @@ def write_report(run_dirs: list[Path], out_html: Path) -> Path:
     ctx = dict(
         title=title, generated=html.now_utc(), runs=runs, n_cases=len(m.results), n_ok=len(m.ok),
         status_counts=data.status_counts(m), missing=_missing_notes(m, sp_notes + ex_notes, figs),
+        health=data.health_warnings(m),
         headline=html.headline(m, sp, ex), mobile_proxy=data.MOBILE_PROXY,
         figures=html.figure_view(figs), refs=html.reference_view(refs), ref_notes=ref_notes,
         table=table, method=methodology.methodology(m), figures_dir=fig_dir.name, html_name=out_html.name,

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
+from bench.analysis.summary import noisy_line
 from bench.cases import IDENTITY, setting_label
 from bench.results.store import Run, load_run, samples_by_process
 from bench.stats import ratio_ci
@@ -27,10 +28,10 @@ BASELINES = ("softmax", "large-kernel")
 MOBILE_PROXY = "1 CPU thread: the mobile-class CPU proxy"
 # rows written by other tools or older versions may lack fields: filled so that every comparison below is safe
 _FILL = (("model", "?"), ("variant", ""), ("level", ""), ("device_name", "unknown device"), ("backend", "?"),
-         ("precision", "?"), ("reason", ""))
+         ("precision", "?"), ("reason", ""), ("noisy_reason", ""))
 SPEEDUP_COLUMNS = ("config", "device_name", "mobile_proxy", "base", "level", "resolution", "height", "width",
                    "megapixels", "baseline", "speedup", "ci_low", "ci_high", "ci_method", "target_ms", "baseline_ms",
-                   "target_model", "baseline_model")
+                   "target_model", "baseline_model", "noisy")
 
 
 @dataclass
@@ -87,6 +88,7 @@ def _with_report_columns(results: pd.DataFrame) -> pd.DataFrame:
     pixels, megapixels, resolution, base (the model without its mixer)."""
     for col, fill in _FILL:
         results[col] = results[col].fillna(fill)
+    results["noisy"] = results["noisy"].fillna(False).astype(bool)  # blank in runs older than the health guard
     no_status = results["status"].isna()
     results["status"] = results["status"].fillna("unknown")
     results.loc[no_status & (results["reason"] == ""), "reason"] = "no status recorded"
@@ -186,7 +188,7 @@ def _speedup_row(r: dict, baseline: str, index: dict[tuple, list[np.ndarray]]) -
                 level=r["level"], resolution=t["resolution"], height=int(r["height"]), width=int(r["width"]),
                 megapixels=t["megapixels"], baseline=baseline, speedup=b_ms / t_ms, ci_low=lo, ci_high=hi,
                 ci_method=how, target_ms=t_ms, baseline_ms=b_ms, target_model=t["model"],
-                baseline_model=b["model"])
+                baseline_model=b["model"], noisy=bool(t["noisy"]) or bool(b["noisy"]))
 
 
 def _unfinished_baselines(results: pd.DataFrame) -> list[str]:
@@ -300,6 +302,20 @@ def scaling_exponents(m: Merged) -> tuple[pd.DataFrame, list[str]]:
         names = ", ".join(models[:6]) + (f" and {len(models) - 6} more" if len(models) > 6 else "")
         notes.append(f"one resolution only on {where}: no scaling exponent for {names}")
     return pd.DataFrame(rows, columns=cols), notes
+
+
+def health_warnings(m: Merged) -> list[str]:
+    """One sentence per run with cases measured on a busy machine (bench.health), the run named when several are
+    merged; counts from its rows, figures from its meta["health"]."""
+    if not len(m.results):
+        return []
+    out = []
+    for run in m.runs:
+        rows = m.results[m.results["run_id"] == run.run_id]
+        line = noisy_line(rows, (run.meta or {}).get("health"))
+        if line:
+            out.append(f"{run.run_id}: {line}" if len(m.runs) > 1 else line)
+    return out
 
 
 def status_counts(m: Merged) -> list[tuple[str, int]]:

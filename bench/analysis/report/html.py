@@ -30,6 +30,7 @@ TABLE_COLUMNS = (
     ("latency_ms_median", "median ms", "n"), ("latency_ms_ci_low", "CI low", "n"),
     ("latency_ms_ci_high", "CI high", "n"), ("n", "samples", "i"), ("repeats", "processes", "i"),
     ("latency_ms_repeat_cv", "process CV %", "n"), ("converged", "converged", "b"),
+    ("noisy", "busy machine", "b"), ("noisy_reason", "machine during the case", "s"),
     ("throughput_ips", "images/s", "n"), ("peak_mem_mb", "peak MB", "n"), ("macs", "GMACs", "g"),
     ("gmacs_per_s", "GMAC/s", "n"), ("frac_of_peak", "of peak", "p"), ("energy_j_per_image", "J/image", "n"),
     ("rel_err", "rel. err", "e"), ("build_s", "build s", "n"),
@@ -91,7 +92,7 @@ def case_table(m: Merged) -> dict:
         by = {c["col"]: c["text"] for c in cells}
         by["setting"] = str(r.get("config") or "")
         rows.append(dict(cells=cells, by=by, status_class=_status_class(r.get("status")),
-                         ok=r.get("status") == "ok", mobile=bool(r.get("mobile_proxy"))))
+                         ok=r.get("status") == "ok", mobile=bool(r.get("mobile_proxy")), noisy=bool(r.get("noisy"))))
     return dict(headers=[dict(col=c, label=lab, num=k != "s") for c, lab, k in TABLE_COLUMNS], rows=rows)
 
 
@@ -127,12 +128,7 @@ def headline(m: Merged, sp: pd.DataFrame, ex: pd.DataFrame) -> list[dict]:
                         cells.append(dict(text="–", ci="", cls="na", title="not measured or not ok"))
                         continue
                     x = x.iloc[0]
-                    cls = "win" if x["ci_low"] > 1 else ("loss" if x["ci_high"] < 1 else "tie")
-                    if not np.isfinite(x["ci_low"]):
-                        cls = "win" if x["speedup"] > 1 else "loss"
-                    cells.append(dict(text=f"{fnum(x['speedup'])}×", ci=_ci_text(x["ci_low"], x["ci_high"]),
-                                      cls=cls, title=f"{x['baseline_model']}: {fnum(x['baseline_ms'])} ms; "
-                                                     f"{x['target_model']}: {fnum(x['target_ms'])} ms"))
+                    cells.append(_speedup_cell(x))
                 body.append(dict(base=base, cells=cells))
             tables.append(dict(baseline=baseline, resolutions=res, rows=body))
         exps = []
@@ -143,6 +139,19 @@ def headline(m: Merged, sp: pd.DataFrame, ex: pd.DataFrame) -> list[dict]:
                              resolutions=r["resolutions"], reading=r["reading"]))
         out.append(dict(config=c, mobile=mobile, speedups=tables, exponents=exps))
     return out
+
+
+def _speedup_cell(x: pd.Series) -> dict:
+    """One headline cell: the ratio, its CI, win/loss/tie by the CI, and a mark when a side was measured on a busy
+    machine (bench.health: the ratio is then not comparable)."""
+    cls = "win" if x["ci_low"] > 1 else ("loss" if x["ci_high"] < 1 else "tie")
+    if not np.isfinite(x["ci_low"]):
+        cls = "win" if x["speedup"] > 1 else "loss"
+    title = f"{x['baseline_model']}: {fnum(x['baseline_ms'])} ms; {x['target_model']}: {fnum(x['target_ms'])} ms"
+    noisy = bool(x.get("noisy"))
+    return dict(text=f"{fnum(x['speedup'])}×" + (" !" if noisy else ""), ci=_ci_text(x["ci_low"], x["ci_high"]),
+                cls=cls + (" noisy" if noisy else ""),
+                title=title + ("; measured on a busy machine (see noisy_reason)" if noisy else ""))
 
 
 def gnum(v: Any) -> str:
@@ -221,15 +230,30 @@ def _md_not_ok(table: dict) -> list[str]:
     return lines + [""]
 
 
+def _md_noisy(table: dict) -> list[str]:
+    noisy = [r for r in table["rows"] if r["noisy"]]
+    if not noisy:
+        return []
+    cols = ("model", "setting", "resolution", "noisy_reason")
+    lines = [f"## Cases measured on a busy machine ({len(noisy)})", "",
+             markdown_table(list(cols), [[r["by"][c] for c in cols] for r in noisy[:MD_MAX_NOT_OK]])]
+    if len(noisy) > MD_MAX_NOT_OK:
+        lines.append(f"\n({len(noisy) - MD_MAX_NOT_OK} more in the HTML report)")
+    return lines + [""]
+
+
 def render_markdown(ctx: dict) -> str:
     e = md_escape
     lines = [f"# {e(ctx['title'])}", "", f"Runs: {', '.join(e(r['run_id']) for r in ctx['method']['runs'])}  ",
              f"Cases: {ctx['n_cases']} ({', '.join(f'{e(k)}: {v}' for k, v in ctx['status_counts'])})", ""]
+    if ctx["health"]:
+        lines += ["**Warning: measured on a busy machine**", ""] + [f"- {e(x)}" for x in ctx["health"]] + [""]
     if ctx["missing"]:
         lines += ["**What is missing**", ""] + [f"- {e(x)}" for x in ctx["missing"]] + [""]
     for dev in ctx["headline"]:
         lines += _md_headline(dev)
     lines += _md_not_ok(ctx["table"])
+    lines += _md_noisy(ctx["table"])
     lines.append(f"Figures: {e(ctx['figures_dir'])} (PNG and SVG). Full report: {e(ctx['html_name'])}")
     return "\n".join(lines) + "\n"
 

@@ -14,14 +14,16 @@ CLOCK_WORDS = ("clock", "power", "governor", "freq", "turbo", "boost", "persiste
 # meta.json entries worth a line of their own (the rest is in the collapsed full listing)
 FACT_WORDS = ("command", "git.", "env.torch", "env.python", "cpu_model", "gpus", "gpu.", "cuda", "driver",
               "calibration", "load_avg", "isolation", "min_time", "max_time", "timeout", "status", "wall_s",
-              "ram_total")
+              "ram_total", "health.summary.noisy", "health.summary.others_cores_max", "health.summary.drift")
 MAX_META = 400
 MAX_VALUE = 400
 
 
 def _entries(meta: dict) -> list[tuple[str, str]]:
-    """meta.json as sorted (key, text) lines; the cases are left out (the case table has them)."""
-    flat = flatten_meta({k: v for k, v in meta.items() if k != "cases"})
+    """meta.json as sorted (key, text) lines; the cases and their per-process health figures are left out (the
+    case table has them, with noisy_reason)."""
+    health = {k: v for k, v in (meta.get("health") or {}).items() if k != "cases"}
+    flat = flatten_meta({k: v for k, v in meta.items() if k != "cases"} | ({"health": health} if health else {}))
     out = []
     for k in sorted(flat):
         v = flat[k]

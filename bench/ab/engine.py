@@ -1,0 +1,182 @@
+"""Running an A/B compare: many short processes, interleaved over the cases, until each case is decided.
+
+Round r runs unit r of every case still open (like the runner's passes), so slow drift of the machine spreads
+over all cases instead of landing on one. A unit is one process running A and B in ABBA blocks (same-process
+design; its statistic comes from the child, bench.measure.ab) or, in the pairs design, two processes, A then B
+for even units and B then A for odd ones (ABBA order of processes), with log(median B / median A). After each
+unit the case is looked at (bench.ab.decide) at the checkpoints, and one last time when its processes have used
+--max-time seconds. A process that fails makes its case `failed` with the child's reason. The folder is saved
+after every round (bench.ab.store).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from bench.ab import store
+from bench.ab.decide import decide
+from bench.ab.matrix import ABPlan, make_ab_plan
+from bench.ab.sides import worktree
+from bench.ab.spec import ABSpec
+from bench.ab.store import CaseRun
+from bench.launch.isolation import ForkServer, Spawner, _Isolation, make_isolation
+from bench.launch.outcome import classify
+from bench.env import now_iso
+from bench.plan import PlanError
+
+Log = Callable[[str], None]
+
+
+class Scheduler:
+    """Runs the units of every open case, round by round; `save()` is called after every round."""
+
+    def __init__(self, plan: ABPlan, iso: _Isolation, workdir: Path, log: Log, save: Callable[[], None]):
+        self.plan, self.iso, self.workdir, self.log, self.save = plan, iso, workdir, log, save
+        self.cfg = plan.config
+        self._spawner: Spawner | None = None
+
+    def run(self, runs: list[CaseRun]) -> None:
+        while any(r.open for r in runs):
+            for run in [r for r in runs if r.open]:
+                self._unit(run)
+                if not run.failure:
+                    self._look(run)
+                self.log(_line(run))
+            self.save()
+
+    def _look(self, run: CaseRun) -> None:
+        spent = run.wall_s >= self.cfg["max_time_s"]
+        d = decide(run.ratios, checkpoints=self.plan.checkpoints, threshold=self.cfg["threshold"],
+                   alpha=self.cfg["alpha"], stop=f"--max-time {self.cfg['max_time_s']:g} s" if spent else "")
+        if d is not None:
+            run.look = d
+
+    def _unit(self, run: CaseRun) -> None:
+        if self.plan.design == "same-process":
+            row = self._process(run, "abba")
+            if row is not None:
+                run.ratios.append(float(row["log_ratio"]))
+                run.a_ms.append(float(row["a_median_ms"]))
+                run.b_ms.append(float(row["b_median_ms"]))
+                run.cycles.append(int(row["cycles"]))
+                run.block = int(row["block"])
+            return
+        rows = {}
+        for key in (("a", "b") if len(run.ratios) % 2 == 0 else ("b", "a")):
+            rows[key] = self._process(run, key)
+            if rows[key] is None:
+                return
+        a, b = float(rows["a"]["a_median_ms"]), float(rows["b"]["b_median_ms"])
+        run.ratios.append(math.log(b / a))
+        run.a_ms.append(a)
+        run.b_ms.append(b)
+
+    def _process(self, run: CaseRun, mode: str) -> dict[str, Any] | None:
+        """One child; its row, or None after recording the failure on the case."""
+        case = replace(run.case, extra={**run.case.extra, "workdir": str(self.workdir)})
+        spec = ABSpec(case, run.a, run.b, mode=mode, process_time_s=self.cfg["process_time_s"])
+        out = self._isolation_for(case.device_type).run(spec.to_spec(), case.timeout_s)
+        row, samples = classify(out, case.timeout_s)
+        run.processes += 1
+        run.wall_s += out.wall_s
+        if row.get("status") != "ok":
+            run.failure = f"process {run.processes} ({mode}): {row.get('status')}: {row.get('reason')}"
+            return None
+        run.add_samples(run.processes, [(str(s), float(v)) for s, v in samples])
+        return row
+
+    def _isolation_for(self, device_type: str) -> _Isolation:
+        """The fork server, except CUDA once the server has loaded the CUDA driver (as bench.runner does)."""
+        if device_type == "cuda" and isinstance(self.iso, ForkServer):
+            self.iso.start()
+            if self.iso.cuda_touched:
+                self._spawner = self._spawner or Spawner(self.workdir, env=self.iso.env)
+                return self._spawner
+        return self.iso
+
+
+def _line(run: CaseRun) -> str:
+    d = run.look
+    last = f"log B/A {run.ratios[-1]:+.3f}" if run.ratios else "no ratio"
+    state = run.failure or (f"{d.verdict}: {d.reason}" if d is not None and d.verdict != "continue" else "")
+    return f"{run.case.label()} [{run.a.label} vs {run.b.label}] process {run.processes}: {last}" + \
+        (f" -> {state}" if state else "")
+
+
+def run_ab(*, a: str | None = None, b: str | None = None, a_rev: str | None = None, repo: str | None = None,
+           models: Any = None, models_from: Any = (), res: Any = "512", threads: Any = None, backends: Any = "eager",
+           backend_b: str | None = None, precision: Any = None, devices: Any = "cpu", design: str | None = None,
+           threshold: float = 0.05, alpha: float = 0.01, max_time: float = 120.0, checkpoints: Any = "8,16,32,64",
+           process_time: float = 1.0, out: str | Path = "results", log: Log | None = None,
+           argv: list[str] | None = None) -> tuple[pd.DataFrame, Path]:
+    """Compare A and B (keywords = the `ab` command's flags); returns (one row per case, the folder written).
+    Raises PlanError for bad options before anything is written."""
+    plan = make_ab_plan(a=a, b=b, a_rev=a_rev, repo=repo, models=models, models_from=models_from, res=res,
+                        threads=threads, backends=backends, backend_b=backend_b, precision=precision,
+                        devices=devices, design=design, threshold=threshold, alpha=alpha, max_time=max_time,
+                        checkpoints=checkpoints, process_time=process_time)
+    log = log or (lambda line: None)
+    revs = (plan.rev.label, "working tree") if plan.rev else ("", "")
+    runs: list[CaseRun] = []
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        tree = stack.enter_context(worktree(plan.rev.top, plan.rev.commit)) if plan.rev else None
+        folder = _new_folder(Path(out))
+        meta = _meta(plan, folder, argv)
+
+        def save(status: str = "running") -> pd.DataFrame:
+            frame = store.results_frame(store.result_row(r, plan.design, revs) for r in runs)
+            meta.update(status=status, wall_s=round(time.perf_counter() - t0, 2), updated_at=now_iso())
+            store.save(folder, frame, store.samples_frame(runs), meta)
+            return frame
+
+        workdir = Path(tempfile.mkdtemp(prefix="densebench-ab-"))
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        iso = make_isolation(workdir, env=_child_env(plan))
+        stack.callback(iso.close)
+        runs.extend(CaseRun(c, *plan.sides(c, tree)) for c in plan.cases)
+        meta["sides"] = {r.case.case_id: {"a": asdict(r.a), "b": asdict(r.b)} for r in runs}
+        try:
+            Scheduler(plan, iso, workdir, log, save).run(runs)
+        except KeyboardInterrupt:
+            save("interrupted")
+            raise
+    return save("complete"), folder
+
+
+def _new_folder(out: Path) -> Path:
+    from bench.results.lifecycle import new_run_id
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        folder = out / new_run_id(out, prefix="ab-")
+        folder.mkdir()
+    except OSError as e:
+        raise PlanError(f"--out: cannot create a folder in {out} ({e.strerror}); accepted: a writable folder") from None
+    return folder
+
+
+def _child_env(plan: ABPlan) -> dict[str, str]:
+    import os
+
+    from models.user import MODELS_FROM_ENV
+
+    sources = plan.config.get("models_from") or []
+    return {MODELS_FROM_ENV: os.pathsep.join(sources)} if sources else {}
+
+
+def _meta(plan: ABPlan, folder: Path, argv: list[str] | None) -> dict[str, Any]:
+    from bench.env import environment
+
+    return {"run_id": folder.name, "kind": "ab", "started_at": now_iso(), "status": "created",
+            "env": environment(list(argv) if argv is not None else list(sys.argv)), "config": plan.config,
+            "cases": [c.to_spec() for c in plan.cases]}

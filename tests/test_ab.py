@@ -1,0 +1,301 @@
+"""`run_bench.py ab`: A and B interleaved in the same processes (bench.ab, bench.measure.ab).
+
+Measured tests use 1 thread, 128x128 blocks, short processes and low checkpoints; their assertions are about a
+2x (or larger) real slowdown and an A/A, with margins far outside the noise, and never about an absolute time.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from bench.ab import decide as dec
+from bench.ab import output, store
+from bench.ab.engine import run_ab
+from bench.ab.sides import resolve_rev, worktree
+from bench.ab.spec import ABSpec, Side
+from bench.cases import Case, CaseError
+from bench.cli import main as cli_main
+from bench.measure.ab import abba_statistic, build_side, models_from
+
+FAST = dict(res=128, threads=1, process_time=0.25, max_time=60)
+
+SLOW_B = '''
+from models.registry import build_model
+from torch import nn
+
+
+class Repeated(nn.Module):
+    """block:msla run {times} times: a real code path costing about {times}x."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = build_model("block:msla")
+
+    def forward(self, x):
+        y = self.inner(x)
+        for _ in range({times} - 1):
+            y = y + 0.0 * self.inner(x)
+        return y
+
+
+def build():
+    return Repeated()
+'''
+
+TINY_MODELS = '''
+import torch
+from torch import nn
+
+VERSION = "{version}"
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(128, 128, 3, padding=1)
+        self.extra = nn.ModuleList(nn.Conv2d(128, 128, 3, padding=1) for _ in range({extra}))
+
+    def forward(self, x):
+        y = self.conv(x)
+        for m in self.extra:
+            y = m(y)
+        return y
+
+
+def build_model(name):
+    return Net()
+'''
+
+
+def _slow(tmp_path: Path, times: int) -> Path:
+    p = tmp_path / f"slow_{times}x.py"
+    p.write_text(SLOW_B.format(times=times))
+    return p
+
+
+@pytest.fixture
+def slow_file(tmp_path: Path) -> Path:
+    return _slow(tmp_path, 2)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def tiny_repo(tmp_path: Path) -> Path:
+    """A git repository whose models package builds one conv at HEAD~1 and five convs at HEAD."""
+    repo = tmp_path / "repo"
+    (repo / "models").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    for version, extra in (("old", 0), ("new", 4)):
+        (repo / "models" / "__init__.py").write_text(TINY_MODELS.format(version=version, extra=extra))
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-q", "-m", version)
+    return repo
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# measured
+
+
+def test_slower_b_is_slower_and_exits_1(tmp_path, slow_file, capsys):
+    out = tmp_path / "out"
+    rc = cli_main(["ab", "--a", "block:msla", "--b", f"{slow_file}:build", "--res", "128", "--threads", "1",
+                   "--process-time", "0.25", "--checkpoints", "4,8", "-q", "--out", str(out),
+                   "--json", str(tmp_path / "ab.json")])
+    doc = json.loads((tmp_path / "ab.json").read_text())
+    (case,) = doc["cases"]
+    assert rc == 1, case["reason"]
+    assert case["verdict"] == "slower" and case["ratio"] > 1.3 and case["ci_low"] > 1.0
+    assert case["design"] == "same-process" and case["model_b"] == f"{slow_file}:build"
+    assert case["b_median_ms"] > case["a_median_ms"]
+    assert "slower" in capsys.readouterr().out
+
+
+def test_a_a_is_not_a_change(tmp_path):
+    frame, folder = run_ab(a="block:msla", b="block:msla", checkpoints="4,8", out=tmp_path, **FAST)
+    (row,) = frame.to_dict("records")
+    assert row["verdict"] in ("unchanged", "undecided"), row["reason"]
+    assert 0.8 <= row["ratio"] <= 1.25 and row["n"] == row["processes"] >= 4
+    assert row["ci_low"] <= row["ratio"] <= row["ci_high"]
+    assert folder.parent == tmp_path and folder.name.startswith("ab-")
+    samples = pd.read_parquet(folder / store.SAMPLES)
+    counts = samples.groupby(["process", "side"]).size().unstack()
+    assert len(counts) == row["processes"] and (counts["a"] == counts["b"]).all()  # ABBA: as many A as B blocks
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["status"] == "complete" and meta["kind"] == "ab" and "cpu_model" in meta["env"]
+
+
+def test_pairs_design_sees_the_slower_side(tmp_path):
+    # separate processes differ far more than A and B in one process do (per-pair SD ~0.5 on a loaded 2-core
+    # VM against ~0.02 in the same process): a 4x B keeps this test clear of that noise
+    frame, _ = run_ab(a="block:msla", b=f"{_slow(tmp_path, 4)}:build", design="pairs", checkpoints="8",
+                      out=tmp_path, **FAST)
+    (row,) = frame.to_dict("records")
+    assert row["design"] == "pairs" and row["verdict"] == "slower" and row["ratio"] > 1.3, row["reason"]
+    assert row["processes"] == 2 * row["n"]
+
+
+def test_a_failing_side_fails_its_case_with_the_reason(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def build():\n    raise RuntimeError('broken builder')\n")
+    frame, _ = run_ab(a="block:msla", b=f"{broken}:build", checkpoints="4", out=tmp_path, **FAST)
+    (row,) = frame.to_dict("records")
+    assert row["verdict"] == "failed" and row["processes"] == 1 and row["n"] == 0
+    assert "process 1" in row["reason"] and "broken builder" in row["reason"] and "build b" in row["reason"]
+
+
+def test_a_rev_builds_the_old_code_and_removes_its_worktree(tmp_path, tiny_repo):
+    frame, _ = run_ab(a_rev="HEAD~1", repo=str(tiny_repo), models="block:msla", checkpoints="4", out=tmp_path,
+                      **FAST)
+    (row,) = frame.to_dict("records")
+    assert row["verdict"] == "slower" and row["ratio"] > 1.3, row["reason"]  # HEAD has four more convs
+    old = _git(tiny_repo, "rev-parse", "HEAD~1").strip()
+    assert old[:10] in row["rev_a"] and row["rev_b"] == "working tree"
+    assert _git(tiny_repo, "worktree", "list").count("\n") == 1
+
+
+def test_tree_side_imports_the_revision_and_restores_modules(tiny_repo):
+    ours = sys.modules["models"]
+    ours_registry = sys.modules["models.registry"]
+    path = list(sys.path)
+    top, commit = resolve_rev(tiny_repo, "HEAD~1")
+    with worktree(top, commit) as tree:
+        model = build_side(Side("tree", "x", "eager", model="block:msla", path=str(tree)), seed=0)
+        with models_from(str(tree)) as pkg:
+            assert pkg.VERSION == "old" and sys.modules["models"] is pkg
+    assert not tree.exists()
+    assert len(model.extra) == 0 and sys.modules["models"] is ours and sys.modules["models.registry"] is ours_registry
+    assert sys.path == path
+    with models_from(str(tiny_repo)) as pkg:  # the working tree: the new code
+        assert pkg.VERSION == "new"
+    assert sys.modules["models"] is ours
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the statistic and the decision (pure)
+
+T, ALPHA, CPS = 0.05, 0.01, (8, 16, 32, 64)
+M = math.log1p(T / 2)
+
+
+def _values(mean: float, sd: float, n: int, seed: int = 0) -> np.ndarray:
+    """n values with exactly this mean and sample SD."""
+    z = np.random.default_rng(seed).standard_normal(n)
+    return mean + sd * (z - z.mean()) / z.std(ddof=1)
+
+
+def test_abba_statistic_cancels_linear_drift():
+    drift = [(1.0, 1.1, 1.2, 1.3), (2.0, 2.1, 2.2, 2.3), (1.0, 1.0, 1.0, 1.0)]  # A1 B1 B2 A2
+    assert abba_statistic(drift) == pytest.approx(0.0, abs=1e-12)
+    assert abba_statistic([(1.0, 2.0, 2.0, 1.0)] * 3) == pytest.approx(math.log(2))
+
+
+def test_midpoint_and_rule():
+    assert dec.midpoint(T) == pytest.approx(math.log(1.025))
+    assert dec.judge(_values(math.log(1.05), 0.01, 16), T, ALPHA, 4).verdict == "slower"
+    assert dec.judge(_values(-math.log(1.05), 0.01, 16), T, ALPHA, 4).verdict == "faster"
+    assert dec.judge(_values(0.0, 0.01, 16), T, ALPHA, 4).verdict == "unchanged"
+    at_mid = dec.judge(_values(M, 0.01, 64), T, ALPHA, 4)  # a change of exactly the midpoint is never decided
+    assert at_mid.verdict == "continue" and at_mid.ci_low < M < at_mid.ci_high
+
+
+def test_bonferroni_level_over_the_checkpoints():
+    v = _values(0.082, 0.04, 8)
+    d = dec.judge(v, T, ALPHA, looks=4)
+    assert d.confidence == pytest.approx(1 - ALPHA / 4)
+    half = st.t.ppf(1 - ALPHA / 8, 7) * 0.04 / math.sqrt(8)
+    assert (d.ci_low, d.ci_high) == pytest.approx((0.082 - half, 0.082 + half))
+    # the same values decide with a single look but not with four
+    assert dec.judge(v, T, ALPHA, looks=1).verdict == "slower" and d.verdict == "continue"
+
+
+def _replay(values: np.ndarray, stop_at: int | None = None) -> dec.Decision:
+    """The engine's loop: one look after every process, the final one when the budget is spent."""
+    for n in range(1, len(values) + 1):
+        d = dec.decide(values[:n], checkpoints=CPS, threshold=T, alpha=ALPHA,
+                       stop="--max-time 10 s" if n == stop_at else "")
+        if d is not None and d.verdict != "continue":
+            return d
+    raise AssertionError("no decision")
+
+
+def test_sequential_stops_at_the_first_decided_checkpoint():
+    assert dec.decide(_values(0.7, 0.05, 7), checkpoints=CPS, threshold=T, alpha=ALPHA) is None
+    v = np.concatenate([_values(0.08, 0.05, 8, 1), _values(0.08, 0.05, 56, 2)])
+    assert dec.decide(v[:8], checkpoints=CPS, threshold=T, alpha=ALPHA).verdict == "continue"
+    d = _replay(v)
+    assert d.verdict == "slower" and d.n == 16
+    assert _replay(_values(0.7, 0.05, 64)).n == 8
+
+
+def test_undecided_with_its_reason():
+    d = _replay(_values(M, 0.02, 64))
+    assert d.verdict == "undecided" and d.n == 64
+    assert "still spans" in d.reason and "last checkpoint" in d.reason and "64 processes" in d.reason
+    d = _replay(_values(M, 0.02, 64), stop_at=20)
+    assert d.verdict == "undecided" and d.n == 20 and "--max-time 10 s" in d.reason
+    one = dec.decide([0.1], checkpoints=CPS, threshold=T, alpha=ALPHA, stop="--max-time 1 s")
+    assert one.verdict == "undecided" and "1 process" in one.reason
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# spec, bad input, output
+
+
+def _case() -> Case:
+    return Case(model="block:msla", family="block", variant="msla", level="block", device="cpu",
+                device_name="test-cpu", backend="eager", precision="fp32", batch=1, threads=1, height=128,
+                width=128, tokens=64)
+
+
+def test_spec_round_trip_and_type_checks():
+    spec = ABSpec(_case(), Side("model", "block:msla", "eager", model="block:msla"),
+                  Side("file", "b.py:build", "eager", path="/x/b.py", fn="build"), process_time_s=0.5)
+    assert ABSpec.from_spec(json.loads(json.dumps(spec.to_spec()))) == spec
+    bad = {**spec.to_spec(), "process_time_s": "1"}
+    with pytest.raises(CaseError):
+        ABSpec.from_spec(bad)
+    with pytest.raises(CaseError):  # two backends cannot share a process
+        ABSpec(_case(), spec.a, Side("model", "x", "compile", model="x"))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--a", "no-such-model", "--b", "block:msla"], "--a: unknown model"),
+    (["--a", "block:msla", "--b", "{slow}:missing_fn"], "has no function 'missing_fn'"),
+    (["--a", "block:msla", "--b", "{tmp}/absent.py:build"], "no such file"),
+    (["--a-rev", "no-such-rev", "--repo", "{repo}"], "unknown revision 'no-such-rev'"),
+    (["--a", "block:msla", "--b", "block:msla", "--backend-b", "compile", "--design", "same-process"], "pairs"),
+    (["--a", "block:msla"], "--b: missing"),
+    (["--a", "block:msla", "--b", "{tmp}/args.py:build"], "needs arguments"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, slow_file, tiny_repo, capsys, args, words):
+    (tmp_path / "args.py").write_text("def build(width):\n    pass\n")
+    out = tmp_path / "out"
+    args = [a.format(slow=slow_file, tmp=tmp_path, repo=tiny_repo) for a in args]
+    assert cli_main(["ab", *args, "--res", "128", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("run_bench.py: error:") and words in err, err
+    assert not out.exists()
+    assert _git(tiny_repo, "worktree", "list").count("\n") == 1
+
+
+def test_markdown_escapes_names():
+    run = store.CaseRun(_case(), Side("model", "evil|name<script>", "eager", model="x"),
+                        Side("file", "b<i>.py:build", "eager", path="/b.py", fn="build"), ratios=[0.1, 0.2])
+    run.look = dec.judge(run.ratios, T, ALPHA, 4)
+    frame = store.results_frame([store.result_row(run, "same-process", ("", ""))])
+    md = output.to_markdown(frame, "ab-x")
+    assert "evil\\|name&lt;script&gt;" in md and "b&lt;i&gt;.py:build" in md
+    assert "<script>" not in md and "<i>" not in md
+    assert "evil|name<script>" in output.format_table(frame)  # the terminal shows names as they are
