@@ -30,7 +30,8 @@ PROBE_EVERY_S = 60.0  # of measuring between probes: drift is judged between the
 
 # Bounds, from the noise measured on the 2-vCPU development VM (docs/METHODOLOGY.md and the figures below):
 # - 0.25 cores. The figure itself is exact to a few hundredths of a core: summing /proc/<pid>/stat over every other
-#   process gave the same others' CPU within 0.04 cores on --quick cases; two `while True: pass` processes added
+#   process gave the same others' CPU within 0.04 cores on --quick cases where no process started or ended
+#   meanwhile (that sum misses short-lived ones, so it reads lower when one does); two `while True: pass` added
 #   0.9-1.1 cores to it (0.6-0.8 -> 1.5-1.75 on a machine already shared). A quarter core taken from a 2-core
 #   machine is ~12% of the CPU a 2-thread case can have, above the ~7% that separate processes of one case differ by.
 OTHERS_CORES_MAX = 0.25

@@ -197,7 +197,7 @@ def _finish(a: argparse.Namespace, state, baseline: str | None) -> int:
     if not a.quiet:
         from bench.analysis.summary import format_summary
 
-        print(format_summary(res))
+        print(format_summary(res, state.meta.get("health")))
     print(f"results: {state.run_dir}")
     if not a.no_report:
         try:
