@@ -1,37 +1,37 @@
 """CPU instructions per forward pass, counted by valgrind's callgrind: work counted where time cannot be trusted.
 
-On a shared VM wall time moves with the neighbours; the number of instructions a forward pass executes does not.
-One valgrind process (`valgrind --tool=callgrind --collect-atstart=no --instr-atstart=no`) runs this module as a
-fresh interpreter over a LIST of cases, so torch's start-up under valgrind is paid once. The child builds and
-prepares every case (models.registry or a builder hook, bench.backends.prepare) before switching callgrind's
-instrumentation on through `vgdb` (its own pid), because uninstrumented code runs about 4x faster: torch's import
-takes ~30 s instead of ~150 s. Then, per case, one warm-up forward and N counted forwards, each bracketed by
-`torch._C._valgrind_toggle()` / `_valgrind_toggle_and_dump_stats()`: one dump part file
-(`callgrind.out.<pid>.<part>`, event Ir in its `summary:` line) per forward, in order. The child writes the list
-of dumps it made (which entry, in order) after every forward, and the parent maps part k to the k-th entry of
-that list, so a timeout keeps the cases already counted. Where vgdb is missing or cannot reach the process the
-parent reruns with `--instr-atstart=yes` (slow, same counts). Python's gc is off during the counted forwards and
-PYTHONHASHSEED=0, so dict layouts do not differ between processes. Backends: eager, torch.compile (inductor
-compiles before instrumentation; its C++ compiler runs outside valgrind) and onnxruntime (1 intra-op thread).
+On a shared VM wall time moves with the neighbours; the instructions a forward executes do not. ONE valgrind
+process (`--tool=callgrind --collect-atstart=no --instr-atstart=no`) runs this module's child over a list of
+cases, so torch's start-up under valgrind is paid once. The child builds, prepares (bench.backends.prepare) and
+warms up every case, then switches instrumentation on through `vgdb` (torch's import uninstrumented: ~35 s, not
+~150 s; where vgdb fails the parent reruns with `--instr-atstart=yes`: slower, same counts). Each counted forward
+is bracketed by `torch._C._valgrind_toggle()` / `_valgrind_toggle_and_dump_stats()`: one dump part
+`callgrind.out.<pid>.<part>` (Ir in its `summary:` line; the termination dump is ignored). After every forward the
+child records which entry each dump was for; part k maps to record k, so a timeout keeps what was counted and a
+forward that raises (it still dumps) shifts nothing. Backends: eager, compile (inductor built for AVX2) and
+onnxruntime (1 intra-op thread), all prepared before instrumentation.
 
+Determinism: PYTHONHASHSEED=0, gc off in counted forwards, up to 50 warm-ups (Python specialises bytecode over the
+first tens of calls) and a large glibc tcache (without it malloc's bins carry state between forwards: 0.3%).
 What a count cannot see: cache misses and memory bandwidth (a bandwidth-bound op counts like a cached one),
-threads beyond one (counted at torch.set_num_threads(1) whatever the case's `threads`; other threads would add
-their spinning), GPU work (CUDA cases get a reason), time in the kernel (page faults, syscalls), and the
-machine's wide vectors: valgrind 3.19 hides AVX-512/AMX, so oneDNN and ATen run their AVX2 kernels (the count is
-of the AVX2 code path). Python overhead is counted, so a small model's count is mostly dispatch.
+threads beyond one (counted at torch.set_num_threads(1) whatever the case's `threads`), GPU work (CUDA cases get
+a reason), time in the kernel (page faults, syscalls), and wide vectors: valgrind 3.19 hides AVX-512/AMX, so
+oneDNN and ATen run their AVX2 kernels. Python dispatch is counted: a small model's count is mostly overhead.
 
-Cost and determinism on the 2-core development VM (3 forwards, eager fp32, one case per process):
-block:msla 128x128: ~45 s per valgrind process; evit-b0:msla 256x256: ~75 s. Forwards within a process agree
-within ~0.3%; the same case in two processes within ~0.1%. One extra 1x1 conv adds instructions in proportion to
-its MACs (see tests/test_instructions.py). Figures: docs of issue 11 and the module's final report.
+Cost on the 2-core development VM (3 forwards, eager fp32, one case per process, other work on the machine):
+block:msla 128x128 ~55 s a valgrind process, evit-b0:msla 256x256 ~130 s; a forward runs ~300x its native time,
+instrumented or not (evit-b0 256x256: 8 s). Spread of the forwards in a process: 0.06% (block:msla 128x128),
+0.07% (evit-b0, 80M); between two processes 0.02%. An extra 1x1 conv of M MACs adds ~0.32 M instructions.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import gc
+import json
 import math
 import os
+import platform
 import shutil
 import signal
 import statistics
@@ -54,10 +54,11 @@ DEFAULT_TIMEOUT_S = 3600.0
 VALGRIND_MISSING = "valgrind not found: apt-get install valgrind"
 CPU_ONLY = "instructions count CPU work only"
 VGDB_WAIT_S = 120.0
-# glibc's per-thread cache keeps up to 4096 (not 7) freed chunks of each small size, reused last-in first-out, so
-# the state of malloc's bins does not carry from one forward to the next (block:msla 128x128: 0.3% -> 0.06%)
-MALLOC_TUNABLE = "glibc.malloc.tcache_count=4096"
-WARMUPS = 50  # uncounted forwards per case before the counted ones
+# Uncounted forwards per case: Python specialises its bytecode over the first tens of calls (block:msla 128x128
+# after 10 warm-ups: 0.4% spread, after 50: 0.06%); a large model, whose count that cannot move, stops after 20 s
+WARMUPS, WARMUP_BUDGET_S = 50, 20.0
+MALLOC_TUNABLE = "glibc.malloc.tcache_count=4096"  # 4096 freed chunks per small size (not 7), reused LIFO
+Entry = tuple[Case, str | None]  # a case, and the builder that replaces its registry model (or None)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class InstructionCount:
     instructions: float
     spread_pct: float  # (max - min) / median of the forwards, percent
     forwards: int
-    wall_s: float  # wall time of the valgrind process(es) that counted it, torch start-up included
+    wall_s: float  # wall time of the valgrind process(es) that counted it (shared by its cases), start-up included
     reason: str = ""
     counts: tuple[int, ...] = ()  # instructions of each counted forward, in order
 
@@ -81,26 +82,16 @@ class InstructionCount:
         return cls(math.nan, math.nan, 0, wall_s, reason)
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One model to count in the child: a case, and optionally a builder ("module:function" or
-    "path.py:function", a zero-argument function returning the nn.Module) instead of the case's registry model."""
-
-    case: Case
-    builder: str | None = None
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # the parent: public API
 
 
 def count_instructions(cases: list[Case], *, forwards: int = DEFAULT_FORWARDS, timeout_s: float = DEFAULT_TIMEOUT_S,
                        workdir: Path, env: Mapping[str, str] | None = None) -> dict[str, InstructionCount]:
-    """Instructions per forward of each case, keyed by case_id, all in ONE valgrind process (cases one after the
+    """Instructions per forward of each case, keyed by case_id, all in ONE valgrind process (one case after the
     other). `env` is added to the child's environment (e.g. DENSEBENCH_MODELS_FROM)."""
     unique = list({c.case_id: c for c in cases}.values())
-    counts = _count([Entry(c) for c in unique], forwards=forwards, alternate=False, timeout_s=timeout_s,
-                    workdir=workdir, env=env)
+    counts = _count([(c, None) for c in unique], forwards, False, timeout_s, Path(workdir), env)
     return {c.case_id: n for c, n in zip(unique, counts)}
 
 
@@ -108,10 +99,10 @@ def count_pair_instructions(case_a: Case, case_b: Case, *, builder_a: str | None
                             forwards: int = DEFAULT_FORWARDS, timeout_s: float = DEFAULT_TIMEOUT_S,
                             workdir: Path, env: Mapping[str, str] | None = None,
                             ) -> tuple[InstructionCount, InstructionCount]:
-    """A and B in the same valgrind process, forwards alternating A, B, A, B, ... (an A/B pair measured under the
-    same conditions); a builder replaces that side's registry model (the case still gives input and backend)."""
-    a, b = _count([Entry(case_a, builder_a), Entry(case_b, builder_b)], forwards=forwards, alternate=True,
-                  timeout_s=timeout_s, workdir=workdir, env=env)
+    """A and B in the same valgrind process, forwards alternating A, B, A, B, ...; a builder ("module:function" or
+    "path.py:function", a zero-argument function returning the nn.Module) replaces that side's registry model (the
+    case still gives the input, the backend and the precision)."""
+    a, b = _count([(case_a, builder_a), (case_b, builder_b)], forwards, True, timeout_s, Path(workdir), env)
     return a, b
 
 
@@ -120,8 +111,8 @@ def add_instruction_columns(state: "RunState", cases: list[Case], log: Callable[
     """Fill `instructions` / `instructions_spread_pct` of the run's ok rows (one valgrind process for all), note
     every attempted case in meta["instructions"] (case_id -> reason, wall_s, forwards), and save the run.
 
-    Rows already counted (a resumed run) are kept. Cases that differ only in `threads` are counted once, since
-    counting is at one thread."""
+    Rows already counted (a resumed run) are kept; cases that differ only in `threads` are counted once (counting
+    is at one thread); users' models reach the child through the run's models_from."""
     from models.user import MODELS_FROM_ENV
 
     rows = {r.get("case_id"): r for r in state.rows}
@@ -129,8 +120,10 @@ def add_instruction_columns(state: "RunState", cases: list[Case], log: Callable[
             and not _finite(rows[c.case_id].get("instructions"))]
     if not todo:
         return
-    work = {_work_key(c): c for c in reversed(todo)}  # the first case of each work key counts for all
-    sources = state.meta.get("config", {}).get("models_from") or []
+    work: dict[str, Case] = {}
+    for c in todo:
+        work.setdefault(_work_key(c), c)  # the first case of each work key counts for all
+    sources = (state.meta.get("config") or {}).get("models_from") or []
     if log:
         log(f"instructions: counting {len(work)} case(s) in one valgrind process (torch start-up ~1 min)")
     with tempfile.TemporaryDirectory(prefix="densebench-instructions-") as tmp:
@@ -160,18 +153,16 @@ def _work_key(case: Case) -> str:
 # the parent: one valgrind process
 
 
-def _count(entries: list[Entry], *, forwards: int, alternate: bool, timeout_s: float, workdir: Path,
+def _count(entries: list[Entry], forwards: int, alternate: bool, timeout_s: float, workdir: Path,
            env: Mapping[str, str] | None) -> list[InstructionCount]:
-    """The counts of `entries` in order; CUDA entries and a missing valgrind are decided without a process."""
+    """The counts of `entries`, in order; CUDA entries and a missing valgrind are decided without a process."""
     if forwards < 1:
         raise ValueError(f"forwards = {forwards}; accepted: an integer >= 1")
-    out: list[InstructionCount | None] = [None if e.case.device_type == "cpu" else InstructionCount.failed(CPU_ONLY)
-                                          for e in entries]
+    out = [None if c.device_type == "cpu" else InstructionCount.failed(CPU_ONLY) for c, _ in entries]
     todo = [i for i, n in enumerate(out) if n is None]
     if todo:
-        valgrind = shutil.which("valgrind")
-        counted = ([InstructionCount.failed(VALGRIND_MISSING)] * len(todo) if valgrind is None else
-                   _in_valgrind([entries[i] for i in todo], forwards, alternate, timeout_s, Path(workdir), env))
+        counted = ([InstructionCount.failed(VALGRIND_MISSING)] * len(todo) if shutil.which("valgrind") is None
+                   else _in_valgrind([entries[i] for i in todo], forwards, alternate, timeout_s, workdir, env))
         for i, n in zip(todo, counted):
             out[i] = n
     return [n for n in out if n is not None]
@@ -179,29 +170,32 @@ def _count(entries: list[Entry], *, forwards: int, alternate: bool, timeout_s: f
 
 def _in_valgrind(entries: list[Entry], forwards: int, alternate: bool, timeout_s: float, workdir: Path,
                  env: Mapping[str, str] | None) -> list[InstructionCount]:
-    """One valgrind process over the entries (fast start through vgdb; a slow rerun where vgdb fails)."""
-    from bench.launch.childenv import child_env  # the one environment every child of the suite gets
+    """One valgrind process over the entries: instrumentation switched on by vgdb, else a rerun with it on."""
+    from bench.launch.childenv import child_env  # the one environment every child of the suite starts from
 
     full_env = {**child_env(), **(env or {})}
     full_env.update(PYTHONHASHSEED="0", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                     GLIBC_TUNABLES=":".join(filter(None, [MALLOC_TUNABLE, full_env.get("GLIBC_TUNABLES")])))
+    if platform.machine() == "x86_64":  # valgrind runs AVX2, not AVX-512: inductor must not build for the host
+        full_env.update(ATEN_CPU_CAPABILITY="avx2", TORCHINDUCTOR_CPP_MARCH="x86-64-v3")
     workdir.mkdir(parents=True, exist_ok=True)
-    wall = 0.0
+    wall, result = 0.0, {}
     for fast in ((True, False) if shutil.which("vgdb") else (False,)):
         run_dir = Path(tempfile.mkdtemp(prefix="valgrind-", dir=workdir))
-        spec = {"entries": [{"case": e.case.to_spec(), "builder": e.builder} for e in entries], "forwards": forwards,
+        spec = {"entries": [{"case": c.to_spec(), "builder": b} for c, b in entries], "forwards": forwards,
                 "alternate": alternate, "fast": fast, "vgdb_prefix": str(run_dir / "vgdb"), "workdir": str(run_dir)}
         atomic_write_json(run_dir / "spec.json", spec)
         pid, failure, w = _run_valgrind(run_dir, fast, full_env, timeout_s)
         wall += w
-        result = _read_json(run_dir / "result.json")
+        out = run_dir / "result.json"
+        result = json.loads(out.read_text()) if out.exists() else {}  # written atomically: complete or absent
         if not result.get("instr_error"):
             return _collect(len(entries), forwards, result, read_parts(run_dir, pid), failure, wall)
     return [InstructionCount.failed(f"callgrind instrumentation: {result['instr_error']}", wall)] * len(entries)
 
 
 def _run_valgrind(run_dir: Path, fast: bool, env: Mapping[str, str], timeout_s: float) -> tuple[int, str, float]:
-    """(pid, why the process failed or "", wall seconds); the process group is killed at the timeout."""
+    """(pid, why the process failed or "", wall seconds); its process group is killed at the timeout."""
     cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--instr-atstart={'no' if fast else 'yes'}",
            "--vgdb=yes", f"--vgdb-prefix={run_dir / 'vgdb'}", f"--callgrind-out-file={run_dir}/callgrind.out.%p",
            f"--log-file={run_dir}/valgrind.log", sys.executable, "-m", "bench.measure.instructions",
@@ -210,28 +204,26 @@ def _run_valgrind(run_dir: Path, fast: bool, env: Mapping[str, str], timeout_s: 
     with open(run_dir / "child.log", "wb") as log:
         p = subprocess.Popen(cmd, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            rc = p.wait(timeout=timeout_s)
+            rc, failure = p.wait(timeout=timeout_s), ""
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-            return p.pid, f"valgrind timed out after {timeout_s:.0f} s", time.perf_counter() - t0
-    wall = time.perf_counter() - t0
-    if rc != 0:
-        return p.pid, f"valgrind exited with code {rc}: {_last_line(run_dir / 'child.log')}", wall
-    return p.pid, "", wall
+            rc, failure = p.wait(), f"valgrind timed out after {timeout_s:.0f} s"
+    if rc and not failure:
+        tail = (run_dir / "child.log").read_text(errors="replace").strip().splitlines() or ["no output"]
+        failure = f"valgrind exited with code {rc}: {tail[-1].strip()[:400]}"
+    return p.pid, failure, time.perf_counter() - t0
 
 
 def _collect(n_entries: int, forwards: int, result: dict, parts: list[int], failure: str,
              wall_s: float) -> list[InstructionCount]:
-    """Part k of the dumps belongs to the k-th entry of the child's dump list."""
+    """Part k belongs to the k-th entry of the child's dump list; an entry needs all its forwards."""
     dumps = result.get("dumps") or []
     if len(parts) < len(dumps):
         failure, dumps = failure or f"callgrind wrote {len(parts)} dumps for {len(dumps)} forwards", []
     per: dict[int, list[int]] = {i: [] for i in range(n_entries)}
     for i, ir in zip(dumps, parts):
         per[i].append(ir)
-    reasons = result.get("reasons") or {}
-    out = []
+    reasons, out = result.get("reasons") or {}, []
     for i in range(n_entries):
         reason = reasons.get(str(i)) or ("" if len(per[i]) == forwards else
                                          failure or f"{len(per[i])} of {forwards} forwards counted")
@@ -242,18 +234,13 @@ def _collect(n_entries: int, forwards: int, result: dict, parts: list[int], fail
 
 
 def read_parts(run_dir: Path, pid: int) -> list[int]:
-    """Ir of each dump a client request made (one per counted forward), in part order; the dump at program
-    termination is left out."""
-    parts = []
-    for path in run_dir.glob(f"callgrind.out.{pid}.*"):
-        part, trigger, ir = _part_header(path)
-        if trigger.startswith("Client Request"):
-            parts.append((part, ir))
-    return [ir for _, ir in sorted(parts)]
+    """Ir of each dump made by a client request (one per counted forward), in part order."""
+    heads = sorted(_part_header(path) for path in run_dir.glob(f"callgrind.out.{pid}.*"))
+    return [ir for _, trigger, ir in heads if trigger.startswith("Client Request")]
 
 
 def _part_header(path: Path) -> tuple[int, str, int]:
-    """(part number, dump trigger, Ir) from a callgrind output file's header (`summary:`, else `totals:`)."""
+    """(part number, dump trigger, Ir) from a callgrind output file (`summary:` in the header, else `totals:`)."""
     part, trigger, events, ir = 0, "", ["Ir"], 0
     with open(path, errors="replace") as f:
         for line in f:
@@ -265,28 +252,10 @@ def _part_header(path: Path) -> tuple[int, str, int]:
             elif key == "events":
                 events = value.split()
             elif key in ("summary", "totals"):
-                values = value.split()
-                k = events.index("Ir") if "Ir" in events else 0
+                values, k = value.split(), events.index("Ir") if "Ir" in events else 0
                 ir = int(values[k]) if k < len(values) else 0  # the format may leave out trailing zeros
                 break
     return part, trigger, ir
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "no output"
-    return (lines[-1].strip() if lines else "no output")[:400]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -295,11 +264,11 @@ def _last_line(path: Path) -> str:
 
 @dataclass
 class _Child:
-    """The child's state; written to --out after every forward, so a timeout keeps what was counted."""
+    """What the child reports; written to --out after every forward, so a timeout keeps what was counted."""
 
     out: Path
-    reasons: dict[str, str] = field(default_factory=dict)
-    dumps: list[int] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # entry index -> why it was not counted
+    dumps: list[int] = field(default_factory=list)  # entry index of each dump, in order
     instr_error: str = ""
 
     def save(self) -> None:
@@ -319,22 +288,18 @@ def _child_main(spec: dict, child: _Child) -> None:
         load_from_env()
     except Exception as e:  # noqa: BLE001 - every entry gets the reason
         child.reasons.update({str(i): error_line(e) for i in range(len(spec["entries"]))})
-        child.save()
-        return
-    fns = _prepare_all(spec, child)
+    fns = {} if child.reasons else _prepare_all(spec, child)
     if fns and spec["fast"]:
         child.instr_error = _instrumentation_on(spec["vgdb_prefix"])
-        if child.instr_error:
-            child.save()
-            return
-    ids, f = list(fns), int(spec["forwards"])
-    _run_schedule([i for _ in range(f) for i in ids] if spec["alternate"] else [i for i in ids for _ in range(f)],
-                  fns, child)
+    if fns and not child.instr_error:
+        ids, f = list(fns), int(spec["forwards"])
+        _run_schedule([i for _ in range(f) for i in ids] if spec["alternate"] else [i for i in ids for _ in range(f)],
+                      fns, child)
+    child.save()
 
 
 def _prepare_all(spec: dict, child: _Child) -> dict[int, Callable[[], Any]]:
-    """Every entry built, prepared and warmed up (before instrumentation where it starts off: ~4x faster).
-    Several warm-ups, since Python specialises its bytecode and malloc settles only after a few calls."""
+    """Every entry built, prepared and warmed up, before instrumentation where it starts off."""
     from models.registry import error_line
 
     fns: dict[int, Callable[[], Any]] = {}
@@ -342,9 +307,11 @@ def _prepare_all(spec: dict, child: _Child) -> dict[int, Callable[[], Any]]:
         step = "build"
         try:
             fn = _prepare_entry(entry, spec["workdir"])
-            step = "warm-up"
+            step, t0 = "warm-up", time.perf_counter()
             for _ in range(WARMUPS):
                 fn()
+                if time.perf_counter() - t0 > WARMUP_BUDGET_S:
+                    break
             fns[i] = fn
         except Exception as e:  # noqa: BLE001 - a failing case becomes a reason
             child.reasons[str(i)] = f"in {step}: {error_line(e)}"
@@ -371,11 +338,10 @@ def _run_schedule(schedule: list[int], fns: dict[int, Callable[[], Any]], child:
             torch._C._valgrind_toggle_and_dump_stats()
             child.dumps.append(i)  # even after a failure: the part numbers stay aligned
         child.save()
-    child.save()
 
 
 def _prepare_entry(entry: Mapping[str, Any], workdir: str) -> Callable[[], Any]:
-    """The prepared forward of one entry (fp32 build, the case's example input, bench.backends.prepare)."""
+    """The prepared forward of one entry: fp32 build, the case's example input, bench.backends.prepare."""
     import torch
 
     from bench import backends
@@ -386,9 +352,8 @@ def _prepare_entry(entry: Mapping[str, Any], workdir: str) -> Callable[[], Any]:
     model = _load_builder(entry["builder"])() if entry.get("builder") else build_model(case.model)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"builder {entry['builder']!r} returned {type(model).__name__}, not an nn.Module")
-    model.eval()
     x = example_input(case.model, case.height, case.width, case.batch, seed=case.seed)
-    return backends.prepare(model, x, backend=case.backend, device=case.device, precision=case.precision,
+    return backends.prepare(model.eval(), x, backend=case.backend, device=case.device, precision=case.precision,
                             channels_last=case.channels_last, fold=case.folded, workdir=workdir).fn
 
 
@@ -408,10 +373,9 @@ def _load_file(path: str) -> Any:
     """A builder file, imported once per process (A and B may name the same file, which may register models)."""
     import importlib.util
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"builder file {path}: no such file")
     module_spec = importlib.util.spec_from_file_location(f"densebench_builder_{Path(path).stem}", path)
-    assert module_spec is not None and module_spec.loader is not None  # a .py file always has a loader
+    if not Path(path).is_file() or module_spec is None or module_spec.loader is None:
+        raise FileNotFoundError(f"builder file {path}: no such file")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module
@@ -419,7 +383,7 @@ def _load_file(path: str) -> Any:
 
 def _instrumentation_on(vgdb_prefix: str) -> str:
     """Switch callgrind's instrumentation on for this process through vgdb; "" or why not. The wait is busy:
-    valgrind serves vgdb's request between basic blocks of running code."""
+    valgrind serves vgdb between basic blocks of running code."""
     cmd = ["vgdb", f"--vgdb-prefix={vgdb_prefix}", f"--pid={os.getpid()}", "instrumentation", "on"]
     try:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -436,9 +400,7 @@ def _instrumentation_on(vgdb_prefix: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
-
-    ap = argparse.ArgumentParser(description="Count instructions per forward (run under valgrind callgrind).")
+    ap = argparse.ArgumentParser(description="Count instructions per forward (run under valgrind's callgrind).")
     ap.add_argument("--spec", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args(argv)
