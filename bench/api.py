@@ -102,6 +102,10 @@ def measure(state: RunState, plan: Plan, *, progress: Progress | None = None,
     t0 = time.perf_counter()
     try:
         runner.run()
+        if plan.config.get("metric") == "instructions":
+            from bench.measure.instructions import add_instruction_columns
+
+            add_instruction_columns(state, plan.cases, log)
     except KeyboardInterrupt:
         state.mark("interrupted")
         state.save()

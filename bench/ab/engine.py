@@ -24,6 +24,7 @@ import pandas as pd
 
 from bench.ab import store
 from bench.ab.decide import decide
+from bench.ab.instructions import COLUMNS as INSTR_COLUMNS
 from bench.ab.matrix import ABPlan, make_ab_plan
 from bench.ab.sides import worktree
 from bench.ab.spec import ABSpec
@@ -117,9 +118,12 @@ def run_ab(*, a: str | None = None, b: str | None = None, a_rev: str | None = No
            backend_b: str | None = None, precision: Any = None, devices: Any = "cpu", design: str | None = None,
            threshold: float = 0.05, alpha: float = 0.01, max_time: float = 120.0, checkpoints: Any = "8,16,32,64",
            process_time: float = 1.0, out: str | Path = "results", log: Log | None = None,
-           argv: list[str] | None = None) -> tuple[pd.DataFrame, Path]:
+           argv: list[str] | None = None, metric: str = "time") -> tuple[pd.DataFrame, Path]:
     """Compare A and B (keywords = the `ab` command's flags); returns (one row per case, the folder written).
+    metric "instructions" adds the instruction counts of both sides (bench.ab.instructions) beside the timing.
     Raises PlanError for bad options before anything is written."""
+    if metric not in ("time", "instructions"):
+        raise PlanError(f"--metric: {metric!r} is not accepted; accepted: time, instructions")
     plan = make_ab_plan(a=a, b=b, a_rev=a_rev, repo=repo, models=models, models_from=models_from, res=res,
                         threads=threads, backends=backends, backend_b=backend_b, precision=precision,
                         devices=devices, design=design, threshold=threshold, alpha=alpha, max_time=max_time,
@@ -147,10 +151,23 @@ def run_ab(*, a: str | None = None, b: str | None = None, a_rev: str | None = No
         meta["sides"] = {r.case.case_id: {"a": asdict(r.a), "b": asdict(r.b)} for r in runs}
         try:
             Scheduler(plan, iso, workdir, log, save).run(runs)
+            counted = _instructions(runs, plan, log) if metric == "instructions" else None
         except KeyboardInterrupt:
             save("interrupted")
             raise
-    return save("complete"), folder
+    frame = save("complete")
+    if counted is not None:
+        frame = frame.assign(**{k: [counted[c].get(k) for c in frame["case_id"]] for k in INSTR_COLUMNS})
+        store.save(folder, frame, store.samples_frame(runs), meta)
+    return frame, folder
+
+
+def _instructions(runs: list[CaseRun], plan, log: Log) -> dict[str, dict]:
+    """case_id -> the instruction columns (one valgrind process per case, A and B alternating)."""
+    from bench.ab.instructions import count_case
+
+    env = _child_env(plan)
+    return {r.case.case_id: count_case(r.case, r.a, r.b, env=env, log=log) for r in runs}
 
 
 def _new_folder(out: Path) -> Path:

@@ -34,16 +34,39 @@ def cells(row: dict) -> list[str]:
             _num(row["a_median_ms"], ".3f"), _num(row["b_median_ms"], ".3f"), str(row["verdict"]), note]
 
 
+INSTR_HEAD = ("case", "A", "B", "instructions A", "instructions B", "B/A", "verdict", "note")
+
+
+def instruction_cells(row: dict) -> list[str]:
+    note = "" if row["instructions_verdict"] in ("slower", "faster", "unchanged") else str(row["instructions_reason"])
+    return [f"{row['height']}x{row['width']} {setting_label(row, device=None)}", _side(row, "a"), _side(row, "b"),
+            _num(row.get("instructions_a"), ".4g"), _num(row.get("instructions_b"), ".4g"),
+            _num(row.get("instructions_ratio"), ".5f"), str(row["instructions_verdict"]), note]
+
+
+def _has_instructions(frame: pd.DataFrame) -> bool:
+    return "instructions_verdict" in frame.columns
+
+
 def format_table(frame: pd.DataFrame) -> str:
-    return text_table(HEAD, [cells(r) for r in frame.to_dict("records")], right=RIGHT)
+    out = text_table(HEAD, [cells(r) for r in frame.to_dict("records")], right=RIGHT)
+    if _has_instructions(frame):
+        out += "\n\ninstructions per forward (valgrind callgrind, 1 thread):\n" + text_table(
+            INSTR_HEAD, [instruction_cells(r) for r in frame.to_dict("records")], right=(3, 4, 5))
+    return out
 
 
 def to_markdown(frame: pd.DataFrame, folder: Path | str) -> str:
     """A heading, the table and where it is stored; names come from users, so everything is escaped."""
     rows = [cells(r) for r in frame.to_dict("records")]
     align = "".join("r" if j in RIGHT else "l" for j in range(len(HEAD)))
-    return (f"## A/B compare {md_escape(Path(folder).name)}\n\n{markdown_table(HEAD, rows, align)}\n\n"
-            f"{md_escape(summary(frame))}\n")
+    out = (f"## A/B compare {md_escape(Path(folder).name)}\n\n{markdown_table(HEAD, rows, align)}\n\n"
+           f"{md_escape(summary(frame))}\n")
+    if _has_instructions(frame):
+        irows = [instruction_cells(r) for r in frame.to_dict("records")]
+        out += ("\nInstructions per forward (valgrind callgrind, 1 thread):\n\n"
+                + markdown_table(INSTR_HEAD, irows, "lllrrrll") + "\n")
+    return out
 
 
 def to_json_dict(frame: pd.DataFrame, folder: Path | str) -> dict[str, Any]:

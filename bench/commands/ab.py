@@ -69,6 +69,10 @@ def _decision_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--alpha", type=float, default=0.01, help="error rate over all looks (default 0.01)")
     d.add_argument("--checkpoints", default="8,16,32,64", metavar="LIST",
                    help="process counts at which a case is looked at (default 8,16,32,64)")
+    d.add_argument("--metric", choices=("time", "instructions"), default="time",
+                   help="instructions: also count both sides' CPU instructions per forward in one valgrind process "
+                        "(deterministic; B slower when its count is above A's by more than 0.5%% or 3x the "
+                        "counting spread; cpu cases, about a minute or more per case)")
     d.add_argument("--max-time", type=float, default=120.0, metavar="S",
                    help="seconds of processes per case before it is looked at one last time (default 120: on a "
                         "2-core VM about 60 one-second processes, enough to reach the 64 checkpoint for small "
@@ -106,11 +110,15 @@ def main(a: argparse.Namespace) -> int:
                            res=a.res, threads=a.threads, backends=a.backends, backend_b=a.backend_b,
                            precision=a.precision, devices=a.devices, design=a.design, threshold=a.threshold,
                            alpha=a.alpha, max_time=a.max_time, checkpoints=a.checkpoints,
-                           process_time=a.process_time, out=a.out, log=log, argv=[PROG, *a.argv])
+                           process_time=a.process_time, out=a.out, log=log, argv=[PROG, *a.argv],
+                           metric=a.metric)
     print(output.format_table(frame))
     print(f"{output.summary(frame)}\nresults: {folder}")
     if a.markdown:
         atomic_write_text(a.markdown, output.to_markdown(frame, folder))
     if a.json:
         atomic_write_json(a.json, output.to_json_dict(frame, folder), indent=2)
-    return 1 if (frame["verdict"] == "slower").any() else 0
+    slower = frame["verdict"] == "slower"
+    if "instructions_verdict" in frame.columns:
+        slower |= frame["instructions_verdict"] == "slower"
+    return 1 if slower.any() else 0

@@ -11,17 +11,20 @@ child records which entry each dump was for; part k maps to record k, so a timeo
 forward that raises (it still dumps) shifts nothing. Backends: eager, compile (inductor built for AVX2) and
 onnxruntime (1 intra-op thread), all prepared before instrumentation.
 
-Determinism: PYTHONHASHSEED=0, gc off in counted forwards, up to 50 warm-ups (Python specialises bytecode over the
-first tens of calls) and a large glibc tcache (without it malloc's bins carry state between forwards: 0.3%).
+Determinism: PYTHONHASHSEED=0, gc off in counted forwards, up to 50 warm-ups (Python specialises its bytecode over
+the first tens of calls) and glibc's tcache at 32 chunks a size (MALLOC_TUNABLE: at 7, malloc's bins carry state
+from forward to forward, 0.23% on block:msla 128x128; at 4096 they drift for many forwards, 0.55% on evit-b0).
 What a count cannot see: cache misses and memory bandwidth (a bandwidth-bound op counts like a cached one),
 threads beyond one (counted at torch.set_num_threads(1) whatever the case's `threads`), GPU work (CUDA cases get
 a reason), time in the kernel (page faults, syscalls), and wide vectors: valgrind 3.19 hides AVX-512/AMX, so
 oneDNN and ATen run their AVX2 kernels. Python dispatch is counted: a small model's count is mostly overhead.
 
 Cost on the 2-core development VM (3 forwards, eager fp32, one case per process, other work on the machine):
-block:msla 128x128 ~55 s a valgrind process, evit-b0:msla 256x256 ~130 s; a forward runs ~300x its native time,
-instrumented or not (evit-b0 256x256: 8 s). Spread of the forwards in a process: 0.06% (block:msla 128x128),
-0.07% (evit-b0, 80M); between two processes 0.02%. An extra 1x1 conv of M MACs adds ~0.32 M instructions.
+block:msla 128x128 50-60 s a valgrind process, evit-b0:msla 256x256 80-100 s; a forward runs ~300x its native
+time, instrumented or not (evit-b0: 8 s), so warm-ups stop after WARMUP_BUDGET_S. Spread of the forwards in a
+process: 0.05% (block:msla 128x128), 0.07% (evit-b0, 79.7M); between two processes 0.01%. An extra 1x1 conv of
+M MACs adds 0.32 M instructions, linearly; a matmul's count follows its kernel's blocking, not its MACs alone
+(1024x512 @ 512xN: N 512 -> 520, +1.6% MACs: +1.2%; N 517, +1.0% MACs: +4.4%, a tail that is not a multiple of 8).
 """
 from __future__ import annotations
 
@@ -54,10 +57,8 @@ DEFAULT_TIMEOUT_S = 3600.0
 VALGRIND_MISSING = "valgrind not found: apt-get install valgrind"
 CPU_ONLY = "instructions count CPU work only"
 VGDB_WAIT_S = 120.0
-# Uncounted forwards per case: Python specialises its bytecode over the first tens of calls (block:msla 128x128
-# after 10 warm-ups: 0.4% spread, after 50: 0.06%); a large model, whose count that cannot move, stops after 20 s
-WARMUPS, WARMUP_BUDGET_S = 50, 20.0
-MALLOC_TUNABLE = "glibc.malloc.tcache_count=4096"  # 4096 freed chunks per small size (not 7), reused LIFO
+WARMUPS, WARMUP_BUDGET_S = 50, 20.0  # uncounted forwards a case, until the budget (block:msla 128: 10 -> 0.4%)
+MALLOC_TUNABLE = "glibc.malloc.tcache_count=32"  # freed chunks kept per small size (glibc: 7); module docstring
 Entry = tuple[Case, str | None]  # a case, and the builder that replaces its registry model (or None)
 
 
