@@ -151,7 +151,7 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
     from bench.env import physical_cores, usable_cpus
 
     try:
-        sources = _load_sources(models_from)
+        sources = load_sources(models_from)
         resolutions = _resolutions("128" if quick and res == DEFAULT_RES else res)
         names = _models(models, level, resolutions, quick)
         dev_pairs, missing = devices_of(devices, allow_missing)
@@ -196,7 +196,7 @@ def resolve_sources(models_from: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _load_sources(models_from: Iterable[str]) -> list[str]:
+def load_sources(models_from: Iterable[str]) -> list[str]:
     """Import users' model files so that their models can be named in the matrix; the resolved sources."""
     from models.user import ModelSourceError, load_model_sources
 
@@ -208,4 +208,4 @@ def _load_sources(models_from: Iterable[str]) -> list[str]:
     return sources
 
 
-__all__ = ["Plan", "PlanError", "devices_of", "make_plan", "resolve_sources"]
+__all__ = ["Plan", "PlanError", "devices_of", "load_sources", "make_plan", "resolve_sources"]

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 from bench.ab.sides import SideArg, check_builder, parse_side, resolve_rev
 from bench.ab.spec import Side
 from bench.cases import DEFAULT_MODELS, Case, CaseError, parse_ints
-from bench.plan import PlanError, make_plan, resolve_sources
+from bench.plan import PlanError, load_sources, make_plan
 
 DESIGNS = ("same-process", "pairs")
 DEFAULT_CHECKPOINTS = (8, 16, 32, 64)
@@ -78,7 +78,7 @@ def make_ab_plan(*, a: str | None = None, b: str | None = None, a_rev: str | Non
     stats = {"threshold": _number("--threshold", threshold, 0, 10), "alpha": _number("--alpha", alpha, 0, 1),
              "max_time_s": _number("--max-time", max_time, 0, 86400),
              "process_time_s": _number("--process-time", process_time, 0, 600)}
-    sources = _load_sources(models_from)
+    sources = load_sources(models_from)
     matrix = dict(res=res, devices=devices, threads=threads, backends=backends, precision=precision,
                   models_from=sources)
     sa, sb, rev = _sides(a, b, a_rev, repo, models)
@@ -128,18 +128,6 @@ def _sides(a: str | None, b: str | None, a_rev: str | None, repo: str | Path | N
         raise PlanError("--models: missing; accepted: with --a and --b both PATH.py:FUNCTION, --models NAME (the "
                         "registered model whose input they take)")
     return sa, sb, None
-
-
-def _load_sources(models_from: Iterable[str]) -> list[str]:
-    """Users' model files, imported so that their names can be sides or --models (the children get them too)."""
-    from models.user import ModelSourceError, load_model_sources
-
-    sources = resolve_sources(models_from)
-    try:
-        load_model_sources(sources)
-    except ModelSourceError as e:
-        raise PlanError(f"--models-from: {e}") from None
-    return sources
 
 
 def _names(models: Any, flag: str) -> list[str]:

@@ -28,11 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def main(a: argparse.Namespace) -> int:
     from bench.cases import CaseError, parse_resolution
-    from bench.plan import _load_sources
+    from bench.plan import load_sources
     from models.registry import FAMILIES, check_resolution, list_models
     from models.zoo import zoo_frame
 
-    _load_sources(a.models_from)
+    load_sources(a.models_from)
     h = w = None
     if a.res:
         try:
