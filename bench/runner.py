@@ -27,7 +27,7 @@ from bench.cases import Case, case_label
 from bench.env import free_memory_bytes, now_iso
 from bench.launch.childenv import MALLOC_ENV, child_env
 from bench.launch.faults import FAULT_ENV
-from bench.launch.isolation import ForkServer, Outcome, Spawner, _Isolation, make_isolation
+from bench.launch.isolation import ForkServer, Outcome, _Isolation, make_isolation
 from bench.launch.outcome import classify
 from bench.results.lifecycle import RunState, _isna
 
@@ -59,7 +59,6 @@ class Runner:
         self._macs: dict = {}
         self._model_reason: dict = {}
         self._fit: dict = {}
-        self._spawner: Spawner | None = None
         self._groups: dict[str, dict[int, list[float]]] | None = None
         self._guard: health.Guard  # made by run(), with the run's isolation
         self.overheads: list[float] = []  # child wall time minus its own measuring time (per ok case)
@@ -313,17 +312,13 @@ class Runner:
         return 0.3 + call + warm + sampling
 
     def _isolation_for(self, iso: _Isolation, case: Case) -> _Isolation:
-        """The fork server, except for CUDA cases when the server process has loaded the CUDA driver (children
-        forked after that cannot use CUDA): those get a fresh interpreter each."""
-        if case.device_type == "cuda" and isinstance(iso, ForkServer):
-            iso.start()
-            if iso.cuda_touched:
-                if self._spawner is None:
-                    self._spawner = Spawner(iso.workdir, env=self.child_env)
-                    self.state.meta["isolation_cuda"] = "spawn (the fork server had loaded the CUDA driver)"
-                    self.log("fork server loaded the CUDA driver: CUDA cases run in fresh interpreters")
-                return self._spawner
-        return iso
+        """Where the case runs (bench.launch.isolation: `for_device`), noting in meta.json when CUDA cases leave
+        the fork server for fresh interpreters."""
+        chosen = iso.for_device(case.device_type)
+        if chosen is not iso and "isolation_cuda" not in self.state.meta:
+            self.state.meta["isolation_cuda"] = "spawn (the fork server had loaded the CUDA driver)"
+            self.log("fork server loaded the CUDA driver: CUDA cases run in fresh interpreters")
+        return chosen
 
     def _note_overhead(self, out: Outcome, samples: list[float]) -> None:
         """Child wall time not spent in the timer: fork + imports left + build + prepare + numerics + result write."""

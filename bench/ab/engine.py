@@ -29,7 +29,7 @@ from bench.ab.matrix import ABPlan, make_ab_plan
 from bench.ab.sides import worktree
 from bench.ab.spec import ABSpec
 from bench.ab.store import CaseRun
-from bench.launch.isolation import ForkServer, Spawner, _Isolation, make_isolation
+from bench.launch.isolation import _Isolation, make_isolation
 from bench.launch.outcome import classify
 from bench.env import now_iso
 from bench.plan import PlanError
@@ -43,7 +43,6 @@ class Scheduler:
     def __init__(self, plan: ABPlan, iso: _Isolation, workdir: Path, log: Log, save: Callable[[], None]):
         self.plan, self.iso, self.workdir, self.log, self.save = plan, iso, workdir, log, save
         self.cfg = plan.config
-        self._spawner: Spawner | None = None
 
     def run(self, runs: list[CaseRun]) -> None:
         while any(r.open for r in runs):
@@ -85,7 +84,7 @@ class Scheduler:
         """One child; its row, or None after recording the failure on the case."""
         case = replace(run.case, extra={**run.case.extra, "workdir": str(self.workdir)})
         spec = ABSpec(case, run.a, run.b, mode=mode, process_time_s=self.cfg["process_time_s"])
-        out = self._isolation_for(case.device_type).run(spec.to_spec(), case.timeout_s)
+        out = self.iso.for_device(case.device_type).run(spec.to_spec(), case.timeout_s)
         row, samples = classify(out, case.timeout_s)
         run.processes += 1
         run.wall_s += out.wall_s
@@ -94,15 +93,6 @@ class Scheduler:
             return None
         run.add_samples(run.processes, [(str(s), float(v)) for s, v in samples])
         return row
-
-    def _isolation_for(self, device_type: str) -> _Isolation:
-        """The fork server, except CUDA once the server has loaded the CUDA driver (as bench.runner does)."""
-        if device_type == "cuda" and isinstance(self.iso, ForkServer):
-            self.iso.start()
-            if self.iso.cuda_touched:
-                self._spawner = self._spawner or Spawner(self.workdir, env=self.iso.env)
-                return self._spawner
-        return self.iso
 
 
 def _line(run: CaseRun) -> str:

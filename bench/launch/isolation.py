@@ -92,6 +92,10 @@ class _Isolation:
     def run(self, spec: dict, timeout_s: float) -> Outcome:
         raise NotImplementedError
 
+    def for_device(self, device_type: str) -> "_Isolation":
+        """Where a case on this device type runs: here."""
+        return self
+
     def close(self) -> None:
         pass
 
@@ -142,6 +146,17 @@ class ForkServer(_Isolation):
         self._log = None
         self.cuda_touched = False
         self.start_s = 0.0
+        self._spawner: Spawner | None = None
+
+    def for_device(self, device_type: str) -> _Isolation:
+        """This server, except for CUDA once the server has loaded the CUDA driver (children forked after that
+        cannot use CUDA): then a fresh interpreter per case, with the same workdir and environment."""
+        if device_type == "cuda":
+            self.start()
+            if self.cuda_touched:
+                self._spawner = self._spawner or Spawner(self.workdir, env=self.env)
+                return self._spawner
+        return self
 
     def launch(self) -> None:
         """Start the server without waiting for it (it imports torch while the parent does other work)."""
