@@ -77,9 +77,10 @@ def reopen(path: str | os.PathLike, argv: list[str] | None = None) -> RunState:
 
 def plan_of(state: RunState) -> Plan:
     """The plan a run was made with: its cases and configuration (users' model files imported again)."""
-    from bench.plan import PlanError
+    from bench.plan import PlanError, check_environment
     from models.user import ModelSourceError, load_model_sources
 
+    check_environment()
     config = state.meta.get("config") or {}
     try:
         load_model_sources(config.get("models_from") or [])

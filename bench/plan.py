@@ -166,6 +166,7 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
         timing = _timing(quick, min_time, max_time, timeout, repeats)
         if metric not in METRICS:
             raise PlanError(f"--metric: {metric!r} is not accepted; accepted: {', '.join(METRICS)}")
+        check_environment()
     except CaseError as e:
         raise PlanError(str(e)) from None
     cases = expand(names, resolutions, dev_pairs, backs, precisions, batches, thr, channels_last=channels_last,
@@ -179,6 +180,16 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
               "channels_last": channels_last, "fold": fold, "seed": seed, **timing, "quick": quick,
               "calibrate": calibrate, "models_from": sources, "metric": metric}
     return Plan(config=config, cases=cases, missing=missing)
+
+
+def check_environment() -> None:
+    """The environment variables the engine reads, checked before anything is written (one line, PlanError)."""
+    from bench.launch.isolation import isolation_kind
+
+    try:
+        isolation_kind()
+    except ValueError as e:
+        raise PlanError(str(e)) from None
 
 
 def resolve_sources(models_from: Iterable[str]) -> list[str]:

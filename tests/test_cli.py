@@ -131,3 +131,11 @@ def test_run_id_is_validated(tmp_path, capsys):
     assert main(["--run-id", "../escape", "--out", str(out)]) == 2
     _one_line_error(capsys.readouterr().err, "--run-id", "accepted")
     assert sorted(p.name for p in out.iterdir()) == ["taken"]
+
+
+def test_unknown_isolation_variable_is_one_line_before_anything_is_written(tmp_path):
+    out = tmp_path / "results"
+    r = _cli("--quick", "--out", str(out), env={**__import__("os").environ, "DENSEBENCH_ISOLATION": "bogus"})
+    assert r.returncode == 2
+    _one_line_error(r.stderr, "DENSEBENCH_ISOLATION", "'bogus'", "accepted: fork, spawn")
+    assert not out.exists()

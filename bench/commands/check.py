@@ -29,9 +29,10 @@ def measure_gates(gates: list[dict], devices: list[str], out_dir: Path, *, threa
     from bench import api
     from bench.analysis.gates import GateConfigError, matrix_for
     from bench.cases import expand
-    from bench.plan import Plan, devices_of
+    from bench.plan import Plan, check_environment, devices_of
     from bench.results.lifecycle import create_run, new_run_id
 
+    check_environment()
     dev_pairs, _ = devices_of(devices, allow_missing=False)
     triples = matrix_for(gates, sorted({d.split(":")[0] for d, _ in dev_pairs}))
     if not triples:

@@ -267,11 +267,17 @@ class ForkServer(_Isolation):
             self._log = None
 
 
-def make_isolation(workdir: Path, kind: str | None = None, env: Mapping[str, str] | None = None) -> _Isolation:
-    """The isolation `kind` (default: env DENSEBENCH_ISOLATION, else fork where the OS has it); `env` is merged
-    over child_env() for every child."""
+def isolation_kind(kind: str | None = None) -> str:
+    """The isolation to use: `kind`, else env DENSEBENCH_ISOLATION, else fork where the OS has it. Raises a
+    one-line ValueError for an unknown one (the plan calls this before a run folder exists)."""
     kind = kind or os.environ.get(ISOLATION_ENV) or ("fork" if hasattr(os, "fork") else "spawn")
     if kind not in ISOLATIONS:
         raise ValueError(f"{ISOLATION_ENV}: {kind!r} is not accepted; accepted: {', '.join(ISOLATIONS)}")
+    return kind
+
+
+def make_isolation(workdir: Path, kind: str | None = None, env: Mapping[str, str] | None = None) -> _Isolation:
+    """The isolation of `isolation_kind(kind)`; `env` is merged over child_env() for every child."""
+    kind = isolation_kind(kind)
     return ForkServer(workdir, env=env) if kind == "fork" else Spawner(workdir, env=env)
 
