@@ -44,7 +44,10 @@ def run(models: Any = None, *, out: str | os.PathLike = "results", run_id: str |
     """
     plan = make_plan(models, **options)
     state = start(plan, out, run_id=run_id, argv=argv)
-    measure(state, plan, progress=progress, log=log)
+    try:
+        measure(state, plan, progress=progress, log=log)
+    finally:
+        state.close()
     if report:
         write_run_report(state.run_dir)
     return load_run(state.run_dir)
@@ -57,21 +60,35 @@ def start(plan: Plan, out: str | os.PathLike, *, run_id: str | None = None,
 
 
 def resume(path: str | os.PathLike, *, report: bool = True, progress: Progress | None = None,
-           log: Callable[[str], None] | None = None, argv: list[str] | None = None) -> Run:
-    """Finish an interrupted run without redoing its finished cases; the matrix is the run's own."""
-    state = reopen(path, argv)
-    measure(state, plan_of(state), progress=progress, log=log)
+           log: Callable[[str], None] | None = None, argv: list[str] | None = None,
+           retry_failed: Iterable[str] = ()) -> Run:
+    """Finish an interrupted run without redoing its finished cases; the matrix is the run's own. Cases that
+    ended with a status in `retry_failed` (e.g. {"error", "timeout"}) are measured again."""
+    state = reopen(path, argv, retry_failed=retry_failed)
+    try:
+        measure(state, plan_of(state), progress=progress, log=log)
+    finally:
+        state.close()
     if report:
         write_run_report(state.run_dir)
     return load_run(state.run_dir)
 
 
-def reopen(path: str | os.PathLike, argv: list[str] | None = None) -> RunState:
-    """An existing run folder for resuming, with the resume recorded in its meta.json."""
+def reopen(path: str | os.PathLike, argv: list[str] | None = None, *,
+           retry_failed: Iterable[str] = ()) -> RunState:
+    """An existing run folder for resuming (locked until `state.close()`), with the resume recorded in its
+    meta.json: when, the command, the cases measured again because their samples were not all stored
+    (`redo`) and those whose status the user asked to retry (`retried`)."""
     from bench.env import now_iso
+    from bench.schema import STATUSES
 
+    bad = sorted(set(retry_failed) - set(STATUSES[1:]))
+    if bad:
+        raise ValueError(f"retry_failed: {', '.join(bad)}; accepted: {', '.join(STATUSES[1:])}")
     state = open_run(Path(path))
-    state.meta.setdefault("resumed", []).append({"at": now_iso(), "command": argv or []})
+    retried = state.forget(retry_failed)
+    state.meta.setdefault("resumed", []).append({"at": now_iso(), "command": argv or [], "redo": state.redo,
+                                                 "retried": retried})
     return state
 
 

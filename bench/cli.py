@@ -52,9 +52,20 @@ def _bad_input() -> tuple[type[BaseException], ...]:
     return UsageError, PlanError, CaseError, RunFolderError, RunFormatError, ModelSourceError
 
 
+def _file_size_limit_is_a_full_disk() -> None:
+    """Under a file-size limit (RLIMIT_FSIZE) a write past it gets EFBIG, as a full disk gets ENOSPC, and the run
+    stops cleanly with its files intact; without this the kernel's SIGXFSZ would kill it mid-commit."""
+    import signal
+    import threading
+
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     given = list(argv)
+    _file_size_limit_is_a_full_disk()
     bad_input = _bad_input()
     try:
         parser, names = build_parser()

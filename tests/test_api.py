@@ -102,6 +102,7 @@ def test_resume_reimports_the_runs_model_files(tmp_path):
     state.samples = [s for s in state.samples if s["case_id"] == state.rows[0]["case_id"]]
     state.mark("interrupted")
     state.save()
+    state.close()
     done = bench.resume(run.path, report=False)
     assert len(done.results) == 2 and done.results["status"].eq("ok").all()
     assert done.meta["status"] == "complete" and len(done.meta["resumed"]) == 1

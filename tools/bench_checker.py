@@ -185,6 +185,7 @@ def _store_run(root: Path, run_id: str, cases, outs: list[dict], config: dict) -
                           for r, g in enumerate(groups) for j, v in enumerate(g)]
     state.mark("complete")
     state.save()
+    state.close()
     return state.run_dir
 
 

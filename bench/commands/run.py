@@ -106,6 +106,9 @@ def _output_arguments(p: argparse.ArgumentParser) -> None:
                    "must not exist yet); default: date-time-random")
     o.add_argument("--resume", metavar="RUN_ID", help="finish the run OUT/RUN_ID (or a run folder path) without "
                                                         "redoing finished cases; the matrix is the run's own")
+    o.add_argument("--retry-failed", nargs="?", const="error,timeout,oom", default=None, metavar="STATUSES",
+                   help="with --resume: measure again the cases that ended with these statuses (comma list of "
+                        "oom, timeout, error, unsupported, skipped; default error,timeout,oom)")
     o.add_argument("--allow-missing", action="store_true",
                    help="record cases on devices that are not present as 'skipped' instead of exiting with 2")
     o.add_argument("--baseline", metavar="RUN", help="after the run, compare it against this run (a run id in OUT, a "
@@ -145,26 +148,40 @@ def main(a: argparse.Namespace) -> int:
 
     out = Path(a.out)
     baseline = _baseline(a.baseline, out) if a.baseline else None
+    if a.retry_failed is not None and not a.resume:
+        raise UsageError("--retry-failed: only with --resume RUN_ID (a new run has no failed cases yet)")
+    if a.list:
+        cases = _listed_cases(a, out)
+        for c in cases:
+            print(c.case_id)
+        print(f"{len(cases)} cases", file=sys.stderr)
+        return 0
     if a.resume:
-        state = api.reopen(_resume_dir(a.resume, out), a.argv)
+        state = api.reopen(_resume_dir(a.resume, out), a.argv, retry_failed=_retry_statuses(a.retry_failed))
         plan = api.plan_of(state)
         _note_ignored(a)
+        _note_redo(state)
     else:
         plan = make_plan(**plan_options(a))
-        if not a.list:
-            _writable_dir(out)
-            _check_run_id(a.run_id, out)
-    if a.list:
-        for c in plan.cases:
-            print(c.case_id)
-        print(f"{len(plan.cases)} cases", file=sys.stderr)
-        return 0
-    if not a.resume:
+        _writable_dir(out)
+        _check_run_id(a.run_id, out)
         state = api.start(plan, out, run_id=a.run_id, argv=[sys.executable, PROG, *a.argv])
-    rc = _measure(a, state, plan)
-    if rc:
-        return rc
-    return _finish(a, state, baseline)
+    try:
+        rc = _measure(a, state, plan)
+    finally:
+        state.close()
+    return rc or _finish(a, state, baseline)
+
+
+def _listed_cases(a: argparse.Namespace, out: Path) -> list:
+    """--list: the matrix the flags plan, or with --resume the run's own (read without taking its lock)."""
+    from bench.plan import make_plan
+    from bench.results import store, validate
+
+    if not a.resume:
+        return make_plan(**plan_options(a)).cases
+    run_dir = _resume_dir(a.resume, out)
+    return validate.check_cases(store.load_run(run_dir).meta, run_dir / store.META)
 
 
 def _measure(a: argparse.Namespace, state, plan) -> int:
@@ -211,6 +228,29 @@ def _finish(a: argparse.Namespace, state, baseline: str | None) -> int:
         cmp = run_compare(baseline, state.run_dir, allow_noisy=a.allow_noisy)
         rc = next((c for c in (1, 2, 3) if c in (rc, cmp)), 0)  # a regression or an error wins over "not judged"
     return rc
+
+
+def _retry_statuses(value: str | None) -> list[str]:
+    from bench.schema import STATUSES
+
+    if value is None:
+        return []
+    given = [s.strip() for s in value.split(",")]
+    bad = [s for s in given if s not in STATUSES[1:]]
+    if bad or not given:
+        raise UsageError(f"--retry-failed: {', '.join(map(repr, bad or [value]))} is not a status; accepted: a comma "
+                         f"list of {', '.join(STATUSES[1:])}")
+    return given
+
+
+def _note_redo(state) -> None:
+    """Say which cases --resume measures again, and why."""
+    retried = state.meta["resumed"][-1].get("retried") or []
+    if state.redo:
+        print(f"{PROG}: note: {len(state.redo)} stored case(s) without all their samples (a write was cut short) "
+              "are measured again", file=sys.stderr)
+    if retried:
+        print(f"{PROG}: note: {len(retried)} failed case(s) are measured again (--retry-failed)", file=sys.stderr)
 
 
 def _resume_dir(resume: str, out: Path) -> Path:

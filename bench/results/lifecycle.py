@@ -2,8 +2,19 @@
 
 One lifecycle shared by `run`, `check`, the Python API and the tools: `create_run` makes the folder and its first
 meta.json, `open_run` loads one back for `--resume`, `RunState.mark` records a status change, `RunState.save`
-rewrites the files atomically (bench.results.store). Whoever drives the measuring (bench.api) calls these;
-nothing here starts a process.
+commits the files (bench.results.store). Whoever drives the measuring (bench.api) calls these; nothing here starts
+a process.
+
+Nothing measured is lost:
+- one writer: create_run and open_run take the run folder's lock (bench.results.lock) and keep it until
+  `RunState.close()` or the process's end; a second writer is refused with the holder's PID.
+- one commit per case: `save` writes samples.parquet, then results.parquet (+ .csv), then meta.json, each
+  atomically. A crash, kill -9 or full disk between two of them leaves samples without their row (dropped on
+  load) but never a row without its samples; the loader (bench.results.validate.reconcile) makes them agree, and
+  an ok row whose samples are not all there is measured again by --resume.
+- a failed write (full disk, read-only folder) is one RunFolderError line; the files keep their last commit, and
+  --resume finishes the run once the folder is writable.
+- a run is resumed only on the machine that measured it: its rows and calibration are that machine's.
 """
 from __future__ import annotations
 
@@ -16,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bench.cases import Case
+from bench.results.lock import RunLock, RunLocked
 
 STATES = ("created", "running", "interrupted", "complete")
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -31,6 +43,8 @@ class RunState:
     meta: dict
     rows: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
+    lock: RunLock | None = None
+    redo: list[str] = field(default_factory=list)  # case_ids found unfinished on load (open_run)
 
     @property
     def run_id(self) -> str:
@@ -54,12 +68,36 @@ class RunState:
             self.meta["wall_s"] = round(float(self.meta.get("wall_s", 0)) + wall_s, 2)
 
     def save(self, results_only: bool = False) -> None:
+        """Commit the run: samples, then results, then meta.json (the order the loader reconciles; see above).
+        Raises RunFolderError when the folder cannot be written; the files then keep their previous commit."""
         from bench.results import store
 
-        store.write_results(self.run_dir, store.results_frame(self.rows))
-        if not results_only:
-            store.write_samples(self.run_dir, store.samples_frame(self.samples))
-        store.write_meta(self.run_dir, self.meta)
+        try:
+            if not results_only:
+                store.write_samples(self.run_dir, store.samples_frame(self.samples))
+            store.write_results(self.run_dir, store.results_frame(self.rows))
+            store.write_meta(self.run_dir, self.meta)
+        except OSError as e:
+            done = sum(1 for r in self.rows if r.get("status"))
+            raise RunFolderError(f"cannot write {self.run_dir} ({e.strerror or e}); the files there keep their "
+                                 f"last commit ({done} cases); once it is writable: --resume {self.run_id}") from None
+
+    def forget(self, statuses: Iterable[str]) -> list[str]:
+        """Drop the rows with these statuses, and their samples, so that --resume measures them again."""
+        statuses = set(statuses)
+        gone = [r["case_id"] for r in self.rows if r.get("status") in statuses and r.get("case_id")]
+        self._drop(gone)
+        return gone
+
+    def _drop(self, case_ids: Iterable[str]) -> None:
+        ids = set(case_ids)
+        self.rows = [r for r in self.rows if r.get("case_id") not in ids]
+        self.samples = [s for s in self.samples if s.get("case_id") not in ids]
+
+    def close(self) -> None:
+        """Give the run folder's lock back (the process's end does too)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def new_run_id(out_dir: Path, prefix: str = "") -> str:
@@ -91,22 +129,58 @@ def create_run(out_dir: Path, cases: Iterable[Case], config: dict[str, Any], *, 
     env = environment(list(argv) if argv is not None else list(sys.argv))
     meta = {"run_id": run_id, "kind": kind, "started_at": now_iso(), "host": env["host"], "env": env,
             "config": config, "cases": [c.to_spec() for c in cases], "calibration": {}, "status": "created"}
-    state = RunState(run_dir=run_dir, meta=meta)
+    state = RunState(run_dir=run_dir, meta=meta, lock=_lock(run_dir))
     state.save()
     return state
 
 
+def _lock(run_dir: Path) -> RunLock:
+    try:
+        return RunLock(run_dir).acquire()
+    except RunLocked as e:
+        raise RunFolderError(str(e)) from None
+    except OSError as e:
+        raise RunFolderError(f"cannot lock {run_dir} ({e.strerror}); accepted: a writable run folder") from None
+
+
 def open_run(run_dir: Path) -> RunState:
-    """An existing run folder (for --resume): rows, samples and meta as plain Python objects.
-    Raises bench.results.store.RunFormatError for a folder that is not a run of this engine."""
+    """An existing run folder for --resume, locked, with rows, samples and meta as plain Python objects; rows
+    whose samples are not all stored are dropped (`RunState.redo`: measured again). Raises RunFolderError
+    (locked, another machine's run) and bench.results.store.RunFormatError (not a run of this engine)."""
     from bench.results import store
 
-    run = store.load_run(run_dir)
-    if not run.meta.get("cases"):
-        raise store.RunFormatError(f"{run_dir}/meta.json has no case list (not a run of this engine)")
+    run_dir = Path(run_dir)
+    lock = _lock(run_dir)
+    try:
+        run = store.load_run(run_dir)
+        if not run.meta.get("cases"):
+            raise store.RunFormatError(f"{run_dir}/meta.json has no case list (not a run of this engine)")
+        _check_same_machine(run.meta, run_dir)
+    except BaseException:
+        lock.release()
+        raise
     rows = [{k: (None if _isna(v) else v) for k, v in r.items()} for r in run.results.to_dict("records")]
-    samples = run.samples.to_dict("records")
-    return RunState(run_dir=Path(run_dir), meta=dict(run.meta), rows=rows, samples=samples)
+    redo = list(run.unfinished)
+    if not (run_dir / store.SAMPLES).exists():  # the engine always writes it: every measured row lost its samples
+        redo = [r["case_id"] for r in rows if r.get("status") == "ok" and (r.get("n") or 0) > 0]
+    state = RunState(run_dir=run_dir, meta=dict(run.meta), rows=rows, samples=run.samples.to_dict("records"),
+                     lock=lock)
+    state._drop(redo)
+    state.redo = redo
+    return state
+
+
+def _check_same_machine(meta: dict, run_dir: Path) -> None:
+    """A run's rows, calibration and health bounds are one machine's: refuse to add another machine's rows."""
+    import socket
+
+    from bench.env import cpu_name
+
+    host, cpu = socket.gethostname(), cpu_name()
+    was_host, was_cpu = meta.get("host"), (meta.get("env") or {}).get("cpu_model")
+    if (was_host and was_host != host) or (was_cpu and was_cpu != cpu):
+        raise RunFolderError(f"{run_dir} was measured on {was_host} ({was_cpu}), this is {host} ({cpu}); its rows "
+                             "and calibration are that machine's; accepted: resume it there, or start a new run here")
 
 
 def _isna(v) -> bool:

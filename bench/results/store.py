@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
 from bench.files import atomic_write
+from bench.results import validate
+from bench.results.validate import RunFormatError
 from bench.schema import COLUMNS, COLUMN_NAMES, SAMPLE_COLUMNS, SCHEMA_VERSION
 
 RESULTS = "results.parquet"
@@ -23,16 +25,13 @@ SAMPLES = "samples.parquet"
 META = "meta.json"
 
 
-class RunFormatError(ValueError):
-    """A run folder or file that is missing, corrupt or of another schema; the message is one line for users."""
-
-
 @dataclass
 class Run:
     path: Path
     results: pd.DataFrame
     samples: pd.DataFrame
     meta: dict[str, Any]
+    unfinished: list[str] = field(default_factory=list)  # ok rows whose samples are not all stored (validate)
 
     @property
     def run_id(self) -> str:
@@ -97,7 +96,8 @@ def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
 
 
 def load_run(path: str | os.PathLike) -> Run:
-    """Load a run folder, or a results.parquet/results.csv file inside one. Raises RunFormatError."""
+    """Load a run folder, or a results.parquet/results.csv file inside one, with every file checked
+    (bench.results.validate) and results and samples reconciled. Raises RunFormatError (one line)."""
     p = Path(path)
     if p.is_file():
         run_dir, res_file = p.parent, p
@@ -108,34 +108,37 @@ def load_run(path: str | os.PathLike) -> Run:
         raise RunFormatError(f"{path}: no such run folder or results file")
     if not res_file.exists():
         raise RunFormatError(f"{path}: no {RESULTS} or {RESULTS_CSV} in it (is it a run folder?)")
-    try:
-        if res_file.suffix == ".parquet":
-            results = pd.read_parquet(res_file)
-        elif res_file.suffix == ".csv":
-            results = pd.read_csv(res_file)
-        else:
-            raise RunFormatError(f"{path}: expected a .parquet or .csv results file")
-    except RunFormatError:
-        raise
-    except Exception as e:  # pyarrow/pandas raise many kinds on a corrupt file
-        raise RunFormatError(f"{res_file}: unreadable results file ({type(e).__name__}: {e})".splitlines()[0])
+    if res_file.suffix not in (".parquet", ".csv"):
+        raise RunFormatError(f"{path}: expected a .parquet or .csv results file")
+    results = _read_table(res_file, "results")
     missing = [c for c in ("model", "status", "latency_ms_median") if c not in results.columns]
     if missing:
         raise RunFormatError(f"{res_file}: not a results table of this suite (missing columns {', '.join(missing)})")
-    results = results_frame(results.to_dict("records"))
-    meta: dict[str, Any] = {}
-    if (run_dir / META).exists():
-        try:
-            meta = json.loads((run_dir / META).read_text())
-        except (OSError, ValueError) as e:
-            raise RunFormatError(f"{run_dir / META}: unreadable ({e})")
-        if meta.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
-            raise RunFormatError(f"{run_dir / META}: schema version {meta.get('schema_version')}, "
-                                 f"this suite reads {SCHEMA_VERSION}")
-    samples = samples_frame([])
+    results = validate.typed_results(results, res_file)
+    meta = _read_meta(run_dir / META)
+    samples, unfinished = samples_frame([]), []
     if (run_dir / SAMPLES).exists():
-        try:
-            samples = pd.read_parquet(run_dir / SAMPLES)
-        except Exception as e:
-            raise RunFormatError(f"{run_dir / SAMPLES}: unreadable ({type(e).__name__})")
-    return Run(path=run_dir, results=results, samples=samples, meta=meta)
+        samples = validate.typed_samples(_read_table(run_dir / SAMPLES, "samples"), run_dir / SAMPLES)
+        samples, unfinished = validate.reconcile(results, samples)
+    return Run(path=run_dir, results=results, samples=samples, meta=meta, unfinished=unfinished)
+
+
+def _read_table(path: Path, what: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as e:  # pyarrow/pandas raise many kinds on a corrupt file
+        raise RunFormatError(f"{path}: unreadable {what} file ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunFormatError(f"{path}: unreadable ({e})".splitlines()[0]) from None
+    validate.check_meta(meta, path)
+    validate.check_cases(meta, path)
+    if meta.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise RunFormatError(f"{path}: schema version {meta.get('schema_version')}, this suite reads {SCHEMA_VERSION}")
+    return meta
