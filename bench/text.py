@@ -5,10 +5,14 @@ escaping are decided once. Standard library only: the CLI imports this without p
 """
 from __future__ import annotations
 
+import re
 from typing import Collection, Sequence
 
-# characters Markdown gives a meaning to inside a table cell or a line of text
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\|`*_[]"})
+# characters Markdown (GitHub's: strikethrough ~, math $) gives a meaning to inside a table cell or a line of text;
+# a backslash before any ASCII punctuation is a literal in CommonMark, so escaping one too many costs nothing
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\|`*_[]#~$"})
+# what starts a list item, a block quote or a heading when it opens a line (a list item "- {text}" included)
+_MD_LEADING = re.compile(r"^(?:[-+]|\d{1,9}[.)])(?=\s)|^[-=]{2,}")
 
 
 def text_table(head: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> str:
@@ -25,11 +29,13 @@ def text_table(head: Sequence[str], rows: Sequence[Sequence[str]], right: Collec
 
 def md_escape(text: object) -> str:
     """Text for Markdown (a table cell, a heading, a list item): no HTML (GitHub renders it), no pipes, no
-    emphasis, links or code spans, no line breaks. Names come from users and machines, so everything goes through
-    here."""
+    emphasis, strikethrough, links, code spans or math, nothing that opens a list, a heading or a rule, no line
+    breaks. Names come from users and machines, so everything goes through here."""
     s = "" if text is None else str(text)
     s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").translate(_MD_SPECIAL)
-    return " ".join(s.split())
+    s = " ".join(s.split())
+    m = _MD_LEADING.match(s)
+    return s if m is None else f"{s[:m.end() - 1]}\\{s[m.end() - 1:]}"
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[object]], align: str = "") -> str:

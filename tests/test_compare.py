@@ -349,3 +349,36 @@ def test_a_clean_regression_wins_over_noise_and_old_runs_are_not_noisy(tmp_path)
     load_run(c).results.drop(columns=["noisy", "noisy_reason"]).to_parquet(old / "results.parquet")
     df = compare_runs(load_run(b), load_run(old))
     assert set(df["verdict"]) <= {"slower", "unchanged"} and not df["noisy"].any()
+
+
+HOSTILE = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "a~~b~~c", "a$x_1$b", "[l](javascript:x)",
+           "`code`", "# head", "- item"]
+RAW = ["<script", "<img", "~~", "$x", "](javascript", "`code`", "\n# head", "\n- item"]
+
+
+def _unescaped(text: str, raw: str) -> bool:
+    """raw in text with no backslash before it: Markdown would give it its meaning."""
+    import re
+    return re.search(r"(?<!\\)" + re.escape(raw), text) is not None
+
+
+def test_markdown_escapes_names_reasons_run_ids_and_hosts(tmp_path, capsys):
+    """compare --markdown through the CLI: model and device names, failure and noise reasons, run ids and the
+    environment's values all come from data; none reaches the Markdown with its meaning."""
+    from bench.cli import main
+
+    bad_env = {**ENV, "cpu_model": HOSTILE[1], "torch_version": HOSTILE[3]}
+    base = [case(n, samples=noise(i), device_name=HOSTILE[2]) for i, n in enumerate(HOSTILE)]
+    base.append(case("gone", status="error", reason=" ".join(HOSTILE)))
+    cur = [case(n, samples=noise(i + 50) * 1.3, device_name=HOSTILE[2], noisy=True, noisy_reason=HOSTILE[0])
+           for i, n in enumerate(HOSTILE)]
+    cur.append(case("gone", status="error", reason=" ".join(HOSTILE)))
+    b = make_run(tmp_path, "base" + HOSTILE[0].replace("/", ""), base, env=bad_env)
+    c = make_run(tmp_path, "cur" + HOSTILE[4].replace("/", ""), cur)
+    md = tmp_path / "c.md"
+    assert main(["compare", str(b), str(c), "--allow-noisy", "--markdown", str(md)]) == 1
+    text = md.read_text()
+    assert text.count("🔴 SLOWER") == len(HOSTILE) and "environment" in text.lower()
+    for raw in RAW:
+        assert not _unescaped(text, raw), raw
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "a\\$x\\_1\\$b" in text and "\\# head" in text

@@ -1,5 +1,6 @@
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -240,3 +241,127 @@ def test_conservative_ratio_only_from_cis_at_their_nominal_level(tmp_path):
                            case("block:softmax", 1024, 1024, noise(2, median=5000))], "many")
     [r] = evaluate_gates(many, [SPEEDUP])
     assert 40 < r.measured["ratio_conservative"] <= r.measured["ratio"]
+
+
+# ---------------------------------------------------------------- every gate field checked at load (issue 12)
+
+SP_TOML = {"name": '"sp"', "kind": '"speedup"', "faster": '"block:msla"', "slower": '"block:softmax"',
+           "height": "1024", "width": "1024", "min_ratio": "10.0"}
+SC_TOML = {"name": '"sp"', "kind": '"scaling_exponent"', "model": '"block:msla"', "resolutions": "[512, 1024, 2048]",
+           "max_exponent": "1.4"}
+
+
+def _toml(base: dict, change: dict, top: str = "") -> str:
+    keys = {**base, **change}
+    return top + "[[gate]]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items() if v is not None)
+
+
+def _gate_run(tmp_path):
+    return make_run(tmp_path, "r", [case("block:msla", r, r, noise(r, median=10 * (r / 512) ** 2))
+                                    for r in (512, 1024, 2048)]
+                    + [case("block:softmax", 1024, 1024, noise(2, median=5000))])
+
+
+# (the gate, what changes in it, the field the one line must name)
+GATE_MISTAKES = [
+    *[(SP_TOML, {"min_ratio": v}, "min_ratio") for v in ("nan", "inf", "-inf", "0", "-1.5", "true", '"2"')],
+    *[(SP_TOML, {"height": v}, "height") for v in ("true", "0", "-512", "512.5", '"512"')],
+    (SP_TOML, {"width": "false"}, "width"),
+    (SP_TOML, {"faster": '""'}, "faster"),
+    (SP_TOML, {"slower": "3"}, "slower"),
+    (SP_TOML, {"devices": '["tpu"]'}, "devices"),
+    (SP_TOML, {"devices": "[]"}, "devices"),
+    (SP_TOML, {"devices": '"cpu"'}, "devices"),
+    (SP_TOML, {"batch": "0"}, "batch"),
+    (SP_TOML, {"batch": "true"}, "batch"),
+    (SP_TOML, {"threads": "-1"}, "threads"),
+    (SP_TOML, {"backend": '""'}, "backend"),
+    (SP_TOML, {"precision": "16"}, "precision"),
+    (SP_TOML, {"description": "3"}, "description"),
+    (SP_TOML, {"min_ration": "2.0"}, "min_ration"),  # a typo: unknown, the accepted keys listed
+    (SP_TOML, {"model": '"block:msla"'}, "model"),  # a scaling key in a speedup gate
+    (SP_TOML, {"measured_for": "{ threads = [true] }"}, "measured_for.threads"),
+    (SP_TOML, {"measured_for": "{ batch = [0] }"}, "measured_for.batch"),
+    (SP_TOML, {"measured_for": '{ devices = ["tpu"] }'}, "measured_for.devices"),
+    (SP_TOML, {"measured_for": '{ backend = [""] }'}, "measured_for.backend"),
+    *[(SC_TOML, {"max_exponent": v}, "max_exponent") for v in ("nan", "inf", "true")],
+    (SC_TOML, {"max_exponent": None, "min_exponent": "-inf"}, "min_exponent"),
+    (SC_TOML, {"min_exponent": "2.0"}, "min_exponent"),  # above max_exponent 1.4: no run can pass it
+    *[(SC_TOML, {"resolutions": v}, "resolutions") for v in ("[512, true]", "[512]", "[]", "[512, 512]", '"512"',
+                                                             "[512, 0]", "[512.0, 1024.0]")],
+    (SC_TOML, {"faster": '"block:msla"'}, "faster"),
+]
+
+
+@pytest.mark.parametrize("base,change,field", GATE_MISTAKES)
+def test_gate_field_mistake_is_one_line_naming_gate_and_field(tmp_path, capsys, base, change, field):
+    from bench.cli import main
+
+    (tmp_path / "g.toml").write_text(_toml(base, change))
+    assert main(["check", "--run", str(_gate_run(tmp_path)), "--gates", str(tmp_path / "g.toml")]) == 2
+    cap = capsys.readouterr()
+    assert cap.err.count("\n") == 1 and "Traceback" not in cap.err and not cap.out, cap
+    assert cap.err.startswith("check: error: ") and "gate 'sp'" in cap.err and field in cap.err, cap.err
+    assert "accepted" in cap.err or "must be" in cap.err, cap.err
+
+
+@pytest.mark.parametrize("change,what", [({"name": '""'}, "name"), ({"name": "3"}, "name"),
+                                         ({"name": '"a\\nb"'}, "name"), ({"name": None}, "missing name")])
+def test_gate_name_must_be_a_non_empty_line(tmp_path, change, what):
+    (tmp_path / "g.toml").write_text(_toml(SP_TOML, change))
+    with pytest.raises(GateConfigError, match=f"gate #1: {what}.*accepted: a non-empty one-line string"):
+        load_gates(tmp_path / "g.toml")
+
+
+def test_unknown_key_lists_the_accepted_ones(tmp_path):
+    (tmp_path / "g.toml").write_text(_toml(SP_TOML, {"min_ration": "2.0"}))
+    with pytest.raises(GateConfigError) as e:
+        load_gates(tmp_path / "g.toml")
+    listed = str(e.value).split("accepted for kind 'speedup': ")[1].split(", ")
+    # every key gates.py reads of a speedup gate, and of any gate
+    assert set(listed) == {"name", "kind", "description", "devices", "measured_for", "backend", "precision",
+                           "batch", "threads", "faster", "slower", "height", "width", "min_ratio"}
+    (tmp_path / "t.toml").write_text(_toml(SP_TOML, {}, top="gates = 1\n"))
+    with pytest.raises(GateConfigError, match="unknown top-level key.*gates.*accepted: \\[\\[gate\\]\\] tables"):
+        load_gates(tmp_path / "t.toml")
+
+
+def test_a_gate_with_every_optional_key_loads_and_evaluates(tmp_path):
+    extra = {"description": '"all of it"', "devices": '["cpu"]', "backend": '"eager"', "precision": '"fp32"',
+             "batch": "1", "threads": "1",
+             "measured_for": '{ devices = ["cpu"], backend = ["eager"], precision = ["fp32"], batch = [1], '
+                             'threads = [0, 1] }'}
+    (tmp_path / "g.toml").write_text(_toml(SP_TOML, extra) + _toml({**SC_TOML, "name": '"sc"'},
+                                                                   {"min_exponent": "0.5", **extra}))
+    gates = load_gates(tmp_path / "g.toml")
+    res = evaluate_gates(load_run(_gate_run(tmp_path)), gates)
+    assert [(r.name, r.outcome) for r in res] == [("sp", "PASS"), ("sc", "PASS")]
+
+
+HOSTILE = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "a~~b~~c", "a$x_1$b", "[l](javascript:x)",
+           "`code`"]
+RAW = ["<script", "<img", "~~", "$x", "](javascript", "`code`"]
+
+
+def _unescaped(text: str, raw: str) -> bool:
+    """raw in text with no backslash before it: Markdown would give it its meaning."""
+    return re.search(r"(?<!\\)" + re.escape(raw), text) is not None
+
+
+def test_check_markdown_escapes_gate_and_model_names(tmp_path, capsys):
+    """Everything of a gate file and a run that reaches --markdown is escaped: names, groups, messages."""
+    from bench.cli import main
+
+    fast, slow = HOSTILE[0], HOSTILE[1]
+    run = make_run(tmp_path, "r", [case(fast, 512, 512, noise(1, median=100), device_name=HOSTILE[2]),
+                                   case(slow, 512, 512, noise(2, median=500), device_name=HOSTILE[2])])
+    gates = "".join(f'[[gate]]\nname = {json.dumps(n)}\nkind = "speedup"\nfaster = {json.dumps(fast)}\n'
+                    f'slower = {json.dumps(slow)}\nheight = 512\nwidth = 512\nmin_ratio = 1.5\n' for n in HOSTILE)
+    (tmp_path / "g.toml").write_text(gates)
+    md = tmp_path / "g.md"
+    assert main(["check", "--run", str(run), "--gates", str(tmp_path / "g.toml"), "--markdown", str(md)]) == 0
+    text = md.read_text()
+    assert text.count("| PASS |") == len(HOSTILE)
+    for raw in RAW:
+        assert not _unescaped(text, raw), raw
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "a\\~\\~b\\~\\~c" in text and "a\\$x\\_1\\$b" in text

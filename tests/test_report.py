@@ -212,14 +212,15 @@ def test_single_case_and_failures_render(tmp_path):
 
 
 def test_rows_with_missing_fields_still_render(tmp_path):
-    """A results.csv from another tool: only the columns load_run requires, blanks and odd values."""
+    """A results.csv from another tool: only the columns load_run requires (every row names its model and status,
+    bench/results/validate.py), blanks and odd values elsewhere."""
     d = tmp_path / "foreign"
     d.mkdir()
-    pd.DataFrame({"model": ["a:msla", "a:softmax", None, "b"], "status": ["ok", None, "ok", "ok"],
+    pd.DataFrame({"model": ["a:msla", "a:softmax", "c", "b"], "status": ["ok", "error", "ok", "ok"],
                   "latency_ms_median": [1.0, 2.0, float("nan"), 0.0]}).to_csv(d / "results.csv", index=False)
     out = write_report([d], tmp_path / "f.html")
     page = htmllib.unescape(out.read_text())
-    assert "no status recorded" in page and "Cases not ok" in page
+    assert "Cases not ok" in page and "figure failed" not in page
     empty = write_fixture_run(tmp_path / "empty", [], meta=dict(run_id="empty"))
     page = htmllib.unescape(write_report([empty], tmp_path / "e.html").read_text())
     assert "the runs have no rows at all" in page and "figure failed" not in page
@@ -291,3 +292,99 @@ def test_report_of_a_real_quick_run(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "report", str(tmp_path / "nope")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+
+
+# --------------------------------------------------------------------------------------------------------------
+# data-derived strings in the Markdown and the figures; a report that fails (issue 12)
+
+DOLLAR = "a$x_1_2$b"  # mathtext would parse it (and fail: double subscript) if it were drawn as math
+HOSTILE_MD = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "a~~b~~c", "[l](javascript:x)",
+              "`code`"]
+RAW_MD = ["<script", "<img", "~~", "$x", "](javascript", "`code`", "\n- item", "\n## - item"]
+
+
+def _unescaped(text: str, raw: str) -> bool:
+    """raw in text with no backslash before it: Markdown would give it its meaning."""
+    return re.search(r"(?<!\\)" + re.escape(raw), text) is not None
+
+
+def _small_run(tmp: Path, run_id: str, model: str = "evit-b0", dev: str = "Fixture Xeon 8480 (CPU)",
+               host: str = "h", scale: float = 1.0, reason: str = "") -> Path:
+    rows = [report_row(run_id, host, f"{model}:{mixer}", mixer, "model", dev, 1, s, s,
+                       lat=scale * s / 100 * (4 if mixer == "softmax" else 1))
+            for s in (512, 1024, 2048) for mixer in ("msla", "softmax")]
+    if reason:
+        rows.append(report_row(run_id, host, f"{model}:large-kernel", "large-kernel", "model", dev, 1, 512, 512,
+                               status="error", reason=reason))
+    return write_fixture_run(tmp / "runs" / re.sub(r"[^A-Za-z0-9]", "_", run_id), rows, meta=dict(run_id=run_id))
+
+
+def test_report_markdown_escapes_every_data_string(tmp_path):
+    """Run ids (title, runs line), device names (headings), model names and reasons (tables) of the .md."""
+    name = "- item"
+    run = _small_run(tmp_path, " ".join(HOSTILE_MD), model=DOLLAR, dev=name + " " + HOSTILE_MD[2],
+                     host=HOSTILE_MD[1], reason=" ".join(HOSTILE_MD))
+    md = write_report([run], tmp_path / "out" / "r.html").with_suffix(".md").read_text()
+    assert "## \\- item a\\~\\~b\\~\\~c" in md and "Cases not ok (1)" in md
+    for raw in RAW_MD:
+        assert not _unescaped(md, raw), raw
+    assert md_escape(DOLLAR) in md and "&lt;img src=x onerror=alert(1)&gt;" in md
+
+
+def test_dollar_names_do_not_break_the_figures(tmp_path):
+    """A name with `$...$` is drawn as itself in every figure, not parsed as mathtext."""
+    out = write_report([_small_run(tmp_path, "r", model=DOLLAR)], tmp_path / "out" / "r.html")
+    page = htmllib.unescape(out.read_text())
+    assert "figure failed" not in page
+    figs = tmp_path / "out" / "r_figures"
+    for key in ("latency_vs_resolution", "speedup", "macs_vs_latency", "latency_distributions"):
+        assert (figs / f"{key}.png").stat().st_size > 0 and DOLLAR in (figs / f"{key}.svg").read_text(), key
+
+
+def test_figure_failure_reason_is_never_empty():
+    from bench.analysis.report.plots import failure_reason
+
+    assert failure_reason(ValueError("\n\\frac{b\n     ^\nParseSyntaxException: x")) == \
+        "figure failed (ValueError: \\frac{b)"
+    assert failure_reason(RuntimeError()) == "figure failed (RuntimeError)"
+    assert failure_reason(KeyError("col")) == "figure failed (KeyError: 'col')"
+
+
+def _tree(d: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(d)): (p.read_bytes() if p.is_file() else None) for p in sorted(d.rglob("*"))}
+
+
+def test_failed_report_keeps_the_previous_one_and_leaves_no_temporaries(tmp_path, capsys):
+    from bench.cli import main
+
+    out = tmp_path / "out"
+    write_report([_small_run(tmp_path, "first")], out / "r.html")
+    (out / "r.md").unlink()
+    (out / "r.md").mkdir()  # the summary cannot be written: the second report fails after drawing its figures
+    before = _tree(out)
+    assert any(k.startswith("r_figures/") for k in before)
+    assert main(["report", str(_small_run(tmp_path, "second", scale=3.0)), "--out", str(out / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("report: error: cannot write ") and "r.md" in err, err
+    assert _tree(out) == before  # the previous page and figures, byte for byte; no temporary file or folder
+
+
+def test_failed_first_report_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    (out / "r.md").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        write_report([_small_run(tmp_path, "first")], out / "r.html")
+    assert [p.name for p in out.iterdir()] == ["r.md"]
+
+
+def test_figures_folder_holds_this_reports_figures_only(tmp_path):
+    out = tmp_path / "out"
+    write_report([_small_run(tmp_path, "first")], out / "r.html")
+    assert (out / "r_figures" / "speedup.png").exists()
+    (out / "r_figures" / "notes.txt").write_text("mine")  # not ours: kept
+    bad = write_fixture_run(tmp_path / "bad", [report_row("bad", "h", "evit-b0:msla", "msla", "model",
+                                                          "Fixture H100 (GPU)", 0, 512, 512, status="oom")],
+                            meta=dict(run_id="bad"))
+    write_report([bad], out / "r.html")
+    assert sorted(p.name for p in (out / "r_figures").iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["r.html", "r.md", "r_figures"]

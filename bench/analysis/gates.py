@@ -50,6 +50,7 @@ from bench.analysis.gates_file import DEFAULT_GATES, GateConfigError, load_gates
 from bench.analysis.meta import noisy_reason
 from bench.analysis.verdict import ci_level
 from bench.cases import SETTING, setting_label
+from bench.files import atomic_write_text
 from bench.results.store import Run, RunFormatError, load_run
 from bench.stats import NOMINAL
 from bench.text import markdown_table
@@ -333,10 +334,10 @@ def _measured_run(args: argparse.Namespace, gates: list[dict], measure: Measure 
 
 def _write_outputs(args: argparse.Namespace, results: list[GateResult]) -> None:
     if args.markdown:
-        Path(args.markdown).write_text(to_markdown(results))
+        atomic_write_text(args.markdown, to_markdown(results))
     if args.json:
         rows = [asdict(r) | {"outcome": r.outcome} for r in results]
-        Path(args.json).write_text(json.dumps(_json_safe(rows), indent=2))
+        atomic_write_text(args.json, json.dumps(_json_safe(rows), indent=2))
 
 
 def cmd_check(args: argparse.Namespace, measure: Measure | None = None) -> int:

@@ -11,9 +11,13 @@ of the same device and setting.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
+import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,43 +63,101 @@ def _missing_notes(m: Merged, notes: list[str], figs: list[Figure]) -> list[str]
 
 def write_report(run_dirs: list[Path], out_html: Path) -> Path:
     """Write the HTML report of `run_dirs` to `out_html`, the Markdown summary to <stem>.md and the figures to
-    <stem>_figures/. Raises RunFormatError for a run that cannot be read. Returns out_html."""
+    <stem>_figures/. Raises RunFormatError for a run that cannot be read, OSError for a file that cannot be
+    written. Returns out_html.
+
+    All or nothing: the figures are drawn into a hidden folder beside the report and both texts go to temporaries
+    (bench.files.atomic_write); only once everything is written are they renamed into place, so a report that
+    fails at any step leaves the previous complete one (or nothing) and no temporary file or folder."""
     # imported here, not above: the CLI imports this package for its arguments, and these pull in matplotlib,
     # seaborn, jinja2 and (for the published numbers) torch
-    from bench.analysis.report import data, html, methodology, plots, published
+    from bench.analysis.report import data, html
 
     if not run_dirs:
         raise RunFormatError("no runs given")
     out_html = Path(out_html)
     runs = data.load_runs([Path(p) for p in run_dirs])
-    m = data.merge_runs(runs)
+    fig_dir = out_html.parent / f"{out_html.stem}_figures"
+    made = not out_html.parent.exists()
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{fig_dir.name}.", suffix=".tmp", dir=out_html.parent))
+    try:
+        ctx = _context(runs, data.merge_runs(runs), stage, fig_dir.name, out_html.name)
+        texts = [(out_html.with_suffix(".md"), html.render_markdown(ctx)), (out_html, html.render_html(ctx))]
+        _check_targets([p for p, _ in texts], fig_dir)
+        _write_all(texts)
+        _move_figures(stage, fig_dir)
+        made = False
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if made and not any(out_html.parent.iterdir()):
+            out_html.parent.rmdir()  # the folder this failed report made for itself
+    return out_html
+
+
+def _context(runs: list, m: Merged, stage: Path, figures_dir: str, html_name: str) -> dict:
+    """Everything the page and the summary show; the figures are drawn into `stage`."""
+    from bench.analysis.report import data, html, methodology, plots, published
+
     sp, sp_notes = data.speedups(m)
     ex, ex_notes = data.scaling_exponents(m)
     refs, ref_notes = published.reference_models(m)
-    fig_dir = out_html.parent / f"{out_html.stem}_figures"
-    figs = plots.build_figures(m, sp, fig_dir)
+    figs = plots.build_figures(m, sp, stage)
     title = ("Token-mixer benchmark: " + ", ".join(r.run_id for r in runs)) if len(runs) <= 3 else \
         f"Token-mixer benchmark: {len(runs)} runs merged"
     table = html.case_table(m)
-    ctx = dict(
+    return dict(
         title=title, generated=html.now_utc(), runs=runs, n_cases=len(m.results), n_ok=len(m.ok),
         status_counts=data.status_counts(m), missing=_missing_notes(m, sp_notes + ex_notes, figs),
         health=data.health_warnings(m),
         headline=html.headline(m, sp, ex), mobile_proxy=data.MOBILE_PROXY,
         figures=html.figure_view(figs), refs=html.reference_view(refs), ref_notes=ref_notes,
-        table=table, method=methodology.methodology(m), figures_dir=fig_dir.name, html_name=out_html.name,
+        table=table, method=methodology.methodology(m), figures_dir=figures_dir, html_name=html_name,
         table_meta=dict(columns=[dict(col=h["col"], label=h["label"], num=h["num"]) for h in table["headers"]],
                         runs=[r.run_id for r in runs]),
     )
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    _write_utf8(out_html, html.render_html(ctx))
-    _write_utf8(out_html.with_suffix(".md"), html.render_markdown(ctx))
-    return out_html
 
 
-def _write_utf8(path: Path, text: str) -> None:
-    """The page and the summary hold non-ASCII (×, …, names): UTF-8 whatever the locale, written atomically."""
-    atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
+def _check_targets(files: list[Path], fig_dir: Path) -> None:
+    """A folder where a file goes (or the reverse) is refused before any rename, not half way through them."""
+    for path in files:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if fig_dir.exists() and not fig_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(fig_dir))
+
+
+def _write_all(texts: list[tuple[Path, str]]) -> None:
+    """Each text to a temporary beside its file, nested so that every temporary is complete before the first
+    rename: a failure while writing any of them leaves all the files as they were (atomic_write removes its
+    temporary)."""
+    if not texts:
+        return
+    (path, text), rest = texts[0], texts[1:]
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")  # UTF-8 whatever the locale: ×, …, names
+        _write_all(rest)
+
+    atomic_write(path, write)
+
+
+def _move_figures(stage: Path, fig_dir: Path) -> None:
+    """The new figure files into the figures folder (each a rename); the previous report's figures that this one
+    no longer has are removed, so the folder holds this report's figures and nothing of ours besides."""
+    from bench.analysis.report.plots import FIGURES
+
+    new = sorted(p for p in stage.iterdir() if p.is_file())
+    if new:
+        fig_dir.mkdir(exist_ok=True)
+    for p in new:
+        os.replace(p, fig_dir / p.name)
+    if not fig_dir.is_dir():
+        return
+    stale = {f"{key}{ext}" for key, *_ in FIGURES for ext in (".png", ".svg")} - {p.name for p in new}
+    for old in fig_dir.iterdir():
+        if old.name in stale and old.is_file():
+            old.unlink()
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +179,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"report: error: {str(e).splitlines()[0] if str(e) else 'bad run'}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"report: error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        print(f"report: error: cannot write {e.filename or out}: {e.strerror or e}", file=sys.stderr)
         return 2
     print(f"report: {path}  (summary {path.with_suffix('.md')}, figures {path.parent / (path.stem + '_figures')})")
     return 0

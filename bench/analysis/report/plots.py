@@ -70,17 +70,30 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 
 def _save(fig: Canvas, f: Figure, folder: Path) -> None:
-    """PNG (kept in f as base64 for the page) and SVG files in folder; one draw per format."""
+    """PNG (kept in f as base64 for the page) and SVG files in folder; one draw per format. A figure that fails
+    to draw leaves no file of it behind."""
     folder.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f.key)
-    f.png_path, f.svg_path = folder / f"{safe}.png", folder / f"{safe}.svg"
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    data = buf.getvalue()
-    f.png_path.write_bytes(data)
-    fig.savefig(f.svg_path, format="svg")
+    png, svg = folder / f"{safe}.png", folder / f"{safe}.svg"
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI)
+        data = buf.getvalue()
+        png.write_bytes(data)
+        fig.savefig(svg, format="svg")
+    except BaseException:
+        png.unlink(missing_ok=True)
+        svg.unlink(missing_ok=True)
+        raise
+    f.png_path, f.svg_path = png, svg
     f.width, f.height = _png_size(data)
     f.png_b64 = base64.b64encode(data).decode("ascii")
+
+
+def failure_reason(e: BaseException) -> str:
+    """'figure failed (Type: first line)': never empty, whatever the message (mathtext's start with a newline)."""
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return f"figure failed ({type(e).__name__}: {first})" if first else f"figure failed ({type(e).__name__})"
 
 
 def build_figures(m: Merged, sp: pd.DataFrame, folder: Path) -> list[Figure]:
@@ -97,8 +110,7 @@ def build_figures(m: Merged, sp: pd.DataFrame, folder: Path) -> list[Figure]:
                 f.caption += note
                 _save(fig, f, folder)
         except Exception as e:  # a figure must never take the report down: say why it is missing
-            msg = str(e).splitlines()[0] if str(e) else ""
-            f.missing = f"figure failed ({type(e).__name__}: {msg})"
+            f.missing = failure_reason(e)
         finally:
             plt.close("all")
         out.append(f)

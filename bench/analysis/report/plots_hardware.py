@@ -116,7 +116,7 @@ def _boxes(ax: Axes, sub: pd.DataFrame, cases: pd.DataFrame, colors: dict) -> No
     for patch, v in zip(bp["boxes"], cases["variant"]):
         patch.set_facecolor(colors.get(v, "0.7"))
         patch.set_alpha(0.75)
-    ax.set_yticks(range(1, len(cases) + 1), list(cases["case"]), fontsize=6.5)
+    ax.set_yticks(range(1, len(cases) + 1), [kit.plain(c) for c in cases["case"]], fontsize=6.5)
 
 
 def latency_distributions(m: Merged) -> kit.Drawn:

@@ -103,6 +103,6 @@ def throughput_vs_batch(m: Merged) -> kit.Drawn:
         ax.set_xlabel("batch size (log)")
         ax.set_ylabel("throughput, images/s")
         res = ", ".join(sorted(sub["resolution"].unique()))
-        ax.set_title(kit.wrap(f) + f"\nat {res}", fontsize=8)
+        ax.set_title(kit.wrap(f) + kit.plain(f"\nat {res}"), fontsize=8)
     kit.legend(fig, colors, styles)
     return fig, cut

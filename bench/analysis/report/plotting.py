@@ -43,9 +43,17 @@ def apply_style() -> None:
                          "legend.fontsize": 7.5})
 
 
+def plain(text: object) -> str:
+    """A data-derived string (a model, a setting, a case) drawn as itself: matplotlib parses text between two
+    unescaped `$` as mathtext, so a name like `a$x_1_2$b` would render as math or fail the whole figure. A
+    backslash makes each `$` literal (rcParams["text.parse_math"] = False would also break the log axes' tick
+    labels, which are mathtext)."""
+    return str(text).replace("$", r"\$")
+
+
 def wrap(label: str, width: int = 46) -> str:
-    """Panel titles are long settings: wrap them between words."""
-    return "\n".join(textwrap.wrap(str(label), width)) or str(label)
+    """Panel titles are long settings: wrap them between words (and draw them as plain text)."""
+    return plain("\n".join(textwrap.wrap(str(label), width)) or str(label))
 
 
 def facets(df: pd.DataFrame, col: str = "config") -> tuple[pd.DataFrame, list[str], str]:
@@ -115,7 +123,7 @@ def resolution_ticks(ax: Axes, d: pd.DataFrame) -> None:
         t = t.iloc[np.linspace(0, len(t) - 1, 8).round().astype(int)]
     ax.xaxis.set_major_locator(FixedLocator(t["megapixels"].to_list()))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticks(t["megapixels"].to_list(), [str(r).replace("x", "×") for r in t["resolution"]])
+    ax.set_xticks(t["megapixels"].to_list(), [plain(str(r).replace("x", "×")) for r in t["resolution"]])
     lo, hi = float(t["megapixels"].min()), float(t["megapixels"].max())
     if lo > 0 and hi > 0:
         ax.set_xlim(lo / 1.35, hi * 1.35)
@@ -142,13 +150,14 @@ def legend(fig: Canvas, colors: dict, styles: dict, color_title: str = "token mi
            extra: list[tuple[str, dict]] | None = None) -> None:
     """The figure's one legend, in the right margin: colours (mixers), then markers (models), then extras."""
     handles = [Line2D([], [], color="none", label=color_title)]
-    handles += [Line2D([], [], color=c, lw=2, label=v) for v, c in colors.items()]
+    handles += [Line2D([], [], color=c, lw=2, label=plain(v)) for v, c in colors.items()]
     if styles:
         handles.append(Line2D([], [], color="none", label=" "))
         handles.append(Line2D([], [], color="none", label=style_title))
-        handles += [Line2D([], [], color="0.3", marker=mk, ls=ls, ms=4, label=b) for b, (mk, ls) in styles.items()]
+        handles += [Line2D([], [], color="0.3", marker=mk, ls=ls, ms=4, label=plain(b))
+                    for b, (mk, ls) in styles.items()]
     for label, kw in extra or []:
-        handles.append(Line2D([], [], label=label, **kw))
+        handles.append(Line2D([], [], label=plain(label), **kw))
     fw = fig.get_figwidth()
     leg = fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1 - (LEGEND_W - 0.15) / fw, 0.97),
                      frameon=False, handlelength=2.4)
