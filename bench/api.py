@@ -94,7 +94,7 @@ def reopen(path: str | os.PathLike, argv: list[str] | None = None, *,
 
 def plan_of(state: RunState) -> Plan:
     """The plan a run was made with: its cases and configuration (users' model files imported again)."""
-    from bench.plan import PlanError, check_environment
+    from bench.plan import PlanError, check_environment, oversubscription_warnings
     from models.user import ModelSourceError, load_model_sources
 
     check_environment()
@@ -103,7 +103,8 @@ def plan_of(state: RunState) -> Plan:
         load_model_sources(config.get("models_from") or [])
     except ModelSourceError as e:
         raise PlanError(f"--resume: the run's --models-from: {e}") from None
-    return Plan(config=config, cases=state.cases(), missing=set(config.get("missing_devices") or []))
+    return Plan(config=config, cases=state.cases(), missing=set(config.get("missing_devices") or []),
+                warnings=oversubscription_warnings(config.get("threads") or [], config.get("devices") or []))
 
 
 def measure(state: RunState, plan: Plan, *, progress: Progress | None = None,
@@ -128,9 +129,25 @@ def measure(state: RunState, plan: Plan, *, progress: Progress | None = None,
         state.mark("interrupted")
         state.save()
         raise RunInterrupted(state) from None
+    except OSError as e:  # the machine, not a case: /tmp full, no more processes, ...
+        _stop(state, e)
     state.mark("complete", wall_s=time.perf_counter() - t0)
     state.save()
     return state
+
+
+def _stop(state: RunState, e: OSError) -> None:
+    """Stop a run the machine cannot go on with: the stored cases stay, the status says resumable; one line."""
+    from bench.results.lifecycle import RunFolderError
+
+    state.mark("interrupted")
+    try:
+        state.save()
+    except RunFolderError:
+        pass  # the files keep their last commit, which is what --resume reads
+    what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    raise RunFolderError(f"the run stopped ({what}); {len(state.rows)} cases are stored in {state.run_dir}; "
+                         f"once fixed: --resume {state.run_id}") from None
 
 
 def report_path(run_dir: Path) -> Path:

@@ -131,9 +131,19 @@ class Case:
                 "threads", "height", "width", "tokens", "channels_last", "folded", "seed")
         row = {k: getattr(self, k) for k in keys}
         row["case_id"] = self.case_id
+        row["cpu_oversubscription"] = self.cpu_oversubscription()
         if self.macs is not None:
             row["macs"] = self.macs
         return row
+
+    def cpu_oversubscription(self) -> float | None:
+        """threads / the CPUs this process may use now (children inherit its affinity); above 1 the case times
+        contention. None for a device without a thread count (CUDA)."""
+        if self.device_type != "cpu" or self.threads <= 0:
+            return None
+        from bench.env.machine import usable_cpus
+
+        return self.threads / usable_cpus()
 
     def to_spec(self) -> dict[str, Any]:
         spec = asdict(self)
@@ -172,6 +182,9 @@ def _coerce(name: str, type_name: str, value: Any) -> Any:
 _RES = re.compile(r"^\s*(-?\d+)\s*(?:[xX*]\s*(-?\d+)\s*)?$")
 
 
+MAX_SIDE = 32768  # pixels per side: 8x the largest published setting; beyond it no tensor index fits a real device
+
+
 def parse_resolution(text: str) -> tuple[int, int]:
     """'512' -> (512, 512); '1024x2048' -> (height 1024, width 2048)."""
     m = _RES.match(text)
@@ -181,13 +194,17 @@ def parse_resolution(text: str) -> tuple[int, int]:
     w = int(m.group(2)) if m.group(2) is not None else h
     if h <= 0 or w <= 0:
         raise CaseError(f"--res: resolution {text!r} is not positive; accepted: N or HxW with N, H, W > 0")
+    if max(h, w) > MAX_SIDE:
+        raise CaseError(f"--res: resolution {text!r} is too large; accepted: sides up to {MAX_SIDE}")
     return h, w
 
 
 def parse_list(text: str, what: str) -> list[str]:
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise CaseError(f"{what}: empty list")
+    items = [t.strip() for t in str(text).split(",")]
+    if not any(items):
+        raise CaseError(f"{what}: empty list; accepted: one value or a comma list (see --help)")
+    if not all(items):
+        raise CaseError(f"{what}: an empty item in {text!r}; accepted: a comma list without empty items")
     return items
 
 

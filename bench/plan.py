@@ -30,6 +30,7 @@ class Plan:
     config: dict[str, Any]
     cases: list[Case]
     missing: set[str] = field(default_factory=set)  # devices asked for but absent (--allow-missing)
+    warnings: list[str] = field(default_factory=list)  # one line each; the CLI prints them as warnings
 
 
 def _items(value: Any, what: str) -> list[str]:
@@ -135,6 +136,19 @@ def _timing(quick: bool, min_time: float | None, max_time: float | None, timeout
     return t
 
 
+def oversubscription_warnings(threads: Iterable[int], devices: Iterable[str]) -> list[str]:
+    """One line per CPU thread count above the CPUs this process may use (sched_getaffinity): such cases time
+    the threads' contention for the cores, not the model (their rows say so in cpu_oversubscription)."""
+    from bench.env import usable_cpus
+
+    if not any(d == "cpu" for d in devices):
+        return []
+    n = usable_cpus()
+    return [f"--threads {t}: more threads than the {n} CPU(s) this process may use; those CPU cases are "
+            f"oversubscribed {t / n:.3g}x and time the threads' contention, not the model (cpu_oversubscription "
+            "in their rows)" for t in threads if t > n]
+
+
 def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES, devices: Any = "cpu",
               batch: Any = 1, precision: Any = None, threads: Any = None, backends: Any = "eager",
               channels_last: bool = False, fold: bool = False, min_time: float | None = None,
@@ -179,7 +193,8 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
               ("1 (--quick)" if quick else "min(physical cores, usable cpus)"),
               "channels_last": channels_last, "fold": fold, "seed": seed, **timing, "quick": quick,
               "calibrate": calibrate, "models_from": sources, "metric": metric}
-    return Plan(config=config, cases=cases, missing=missing)
+    warnings = oversubscription_warnings(thr, [d for d, _ in dev_pairs])
+    return Plan(config=config, cases=cases, missing=missing, warnings=warnings)
 
 
 def check_environment() -> None:
@@ -219,4 +234,5 @@ def load_sources(models_from: Iterable[str]) -> list[str]:
     return sources
 
 
-__all__ = ["Plan", "PlanError", "devices_of", "load_sources", "make_plan", "resolve_sources"]
+__all__ = ["Plan", "PlanError", "devices_of", "load_sources", "make_plan", "oversubscription_warnings",
+           "resolve_sources"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from bench.cases import Case, case_label
 from bench.env import free_memory_bytes, now_iso
 from bench.launch.childenv import MALLOC_ENV, child_env
 from bench.launch.faults import FAULT_ENV
+from bench.launch.workdir import make_workdir
 from bench.launch.isolation import ForkServer, Outcome, _Isolation, make_isolation
 from bench.launch.outcome import classify
 from bench.results.lifecycle import RunState, _isna
@@ -149,7 +149,7 @@ class Runner:
         st = self.state
         st.meta["status"] = "running"
         st.save(results_only=True)
-        workdir = Path(tempfile.mkdtemp(prefix=f"densebench-{st.run_id}-"))
+        workdir = make_workdir(st.run_id)
         iso = make_isolation(workdir, self.isolation_kind, env=self.child_env)
         st.meta["isolation"] = iso.name
         st.meta["malloc_env"] = {k: child_env()[k] for k in MALLOC_ENV}

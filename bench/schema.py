@@ -34,6 +34,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("precision", "string", "fp32, tf32, fp16, bf16"),
     Column("batch", "int64", "images per iteration"),
     Column("threads", "int64", "torch intra-op threads (CPU); 0 where not applicable"),
+    Column("cpu_oversubscription", "float64", "threads / CPUs the run could use (sched_getaffinity) when measured; "
+                                              "above 1 the threads share cores and the latency times their "
+                                              "contention (the run warns); NaN for CUDA"),
     Column("height", "int64", "input image height in pixels"),
     Column("width", "int64", "input image width in pixels"),
     Column("tokens", "int64", "tokens seen by the token mixer (first attention stage)"),

@@ -59,3 +59,57 @@ def test_cuda_rows_have_no_thread_sweep():
                    {"cpu": ["fp32"], "cuda": ["fp16"]}, [1], [1, 2])
     assert sorted((c.device, c.threads, c.precision) for c in cases) == [
         ("cpu", 1, "fp32"), ("cpu", 2, "fp32"), ("cuda:0", 0, "fp16")]
+
+
+def _cpu_case(threads, device="cpu"):
+    return Case(model="block:msla", family="block", variant="msla", level="block", device=device, device_name="X",
+                backend="eager", precision="fp32", batch=1, threads=threads if device == "cpu" else 0, height=64,
+                width=64, tokens=16)
+
+
+def test_rows_record_cpu_oversubscription():
+    from bench.env import usable_cpus
+    from bench.results.store import results_frame
+    from bench.schema import COLUMN_NAMES, COLUMNS
+
+    n = usable_cpus()
+    rows = [_cpu_case(1).as_row(), _cpu_case(n + 1).as_row(), _cpu_case(0, "cuda:0").as_row()]
+    assert rows[0]["cpu_oversubscription"] == pytest.approx(1 / n)
+    assert rows[1]["cpu_oversubscription"] == pytest.approx((n + 1) / n) and rows[1]["cpu_oversubscription"] > 1
+    frame = results_frame(rows)  # CUDA: NaN in the table
+    assert frame["cpu_oversubscription"].isna().tolist() == [False, False, True]
+    doc = next(c for c in COLUMNS if c.name == "cpu_oversubscription")
+    assert "cpu_oversubscription" in COLUMN_NAMES and doc.dtype == "float64" and "sched_getaffinity" in doc.doc
+
+
+_PLAN_ON_ONE_CPU = '''
+import json, os
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # as under `taskset -c N`
+from bench.plan import make_plan
+plans = {t: make_plan("block:msla", level="block", res="64", threads=t) for t in ("1", "1,3")}
+print(json.dumps({t: [p.warnings, [c.as_row()["cpu_oversubscription"] for c in p.cases]] for t, p in plans.items()}))
+'''
+
+
+def test_threads_beyond_the_usable_cpus_warn_and_are_recorded():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "-c", _PLAN_ON_ONE_CPU], cwd=Path(__file__).resolve().parent.parent,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["1"] == [[], [1.0]]  # one thread on one CPU: no warning
+    warnings, over = got["1,3"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "--threads 3" in warnings[0] and "1 CPU(s)" in warnings[0] and "3x" in warnings[0]
+    assert over == [1.0, 3.0]
+
+
+def test_no_oversubscription_warning_without_cpu_cases():
+    from bench.plan import oversubscription_warnings
+
+    assert oversubscription_warnings([10**6], ["cuda:0"]) == []
+    assert len(oversubscription_warnings([10**6], ["cpu", "cuda:0"])) == 1

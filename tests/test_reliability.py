@@ -18,7 +18,7 @@ import pytest
 
 from bench.cli import main
 from bench.results import store
-from bench.results.lifecycle import RunFolderError, create_run, open_run
+from bench.results.lifecycle import create_run, open_run
 from bench.results.lock import RunLock, RunLocked
 from tests import runfactory as rf
 

@@ -62,9 +62,17 @@ def test_oom_is_oom(server):
     assert "allocate" in row["reason"]
 
 
-def test_sigkill_from_outside_is_oom(server):
-    row, _ = classify(server.run(_spec("sigkill"), 60), 60)
-    assert row["status"] == "oom" and "SIGKILL" in row["reason"]
+def test_sigkill_without_kernel_oom_evidence_is_an_error(server):
+    """The `sigkill` fault kills the child with SIGKILL itself: not the kernel's OOM killer, so no oom."""
+    out = server.run(_spec("sigkill"), 60)
+    row, _ = classify(out, 60)
+    assert out.signal == signal.SIGKILL and not out.killed_by_us and out.pid
+    assert out.oom_before is not None and out.oom_after is not None
+    if out.oom_after.cgroup is not None and out.oom_after.cgroup > out.oom_before.cgroup:
+        pytest.skip("the kernel OOM-killed something in this cgroup meanwhile")
+    assert row["status"] == "error", row
+    assert "signal 9 (SIGKILL) from outside" in row["reason"] and "fault:sigkill" in row["reason"]
+    assert "no out-of-memory evidence" in row["reason"]
 
 
 def test_exception_is_error(server):

@@ -14,7 +14,6 @@ import contextlib
 import math
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from bench.launch.isolation import _Isolation, make_isolation
 from bench.launch.outcome import classify
 from bench.env import now_iso
 from bench.plan import PlanError
+from bench.launch.workdir import make_workdir
 
 Log = Callable[[str], None]
 
@@ -133,7 +133,7 @@ def run_ab(*, a: str | None = None, b: str | None = None, a_rev: str | None = No
             store.save(folder, frame, store.samples_frame(runs), meta)
             return frame
 
-        workdir = Path(tempfile.mkdtemp(prefix="densebench-ab-"))
+        workdir = make_workdir("ab")
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         iso = make_isolation(workdir, env=_child_env(plan))
         stack.callback(iso.close)

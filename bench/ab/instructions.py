@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Mapping
 
 from bench.ab.spec import Side
 from bench.cases import Case
+from bench.launch.workdir import temporary_workdir
 
 INSTR_TOLERANCE = 0.005  # 0.5%: ~7x the spread of the forwards of one process measured on the development VM
 COLUMNS = ("instructions_a", "instructions_b", "instructions_ratio", "instructions_verdict",
@@ -57,8 +57,7 @@ def count_case(case: Case, a: Side, b: Side, *, env: Mapping[str, str] | None = 
 
     if case.device_type != "cpu":
         return {"instructions_verdict": "failed", "instructions_reason": "instructions count CPU work only"}
-    with tempfile.TemporaryDirectory(prefix="densebench-ab-instr-") as tmp:
-        work = Path(tmp)
+    with temporary_workdir("ab-instr") as work:
         if log:
             log(f"instructions: {case.label()}: A and B in one valgrind process (torch start-up ~1 min)")
         ca, cb = count_pair_instructions(case, case, builder_a=_builder_file(work, "a", a, case.seed),

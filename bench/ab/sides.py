@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from bench.plan import PlanError
+from bench.launch.workdir import make_workdir
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def resolve_rev(repo: Path, rev: str) -> tuple[Path, str]:
 @contextlib.contextmanager
 def worktree(top: Path, commit: str) -> Iterator[Path]:
     """A detached worktree of `commit` in a temporary folder; removed (and pruned) on exit, also on error."""
-    tmp = Path(tempfile.mkdtemp(prefix="densebench-ab-rev-"))
+    tmp = make_workdir("ab-rev")
     path = tmp / "tree"
     add = _git(top, "worktree", "add", "--detach", str(path), commit)
     try:

@@ -356,8 +356,8 @@ def run_compare(baseline: str | Path, current: str | Path, *, threshold: float =
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        if not threshold >= 0:
-            raise ValueError(f"--threshold must be >= 0, not {threshold}")
+        if not 0 <= threshold < float("inf"):
+            raise ValueError(f"--threshold {threshold} is not accepted; accepted: a finite number >= 0")
         if not 0 < alpha < 1:
             raise ValueError(f"--alpha must be in (0, 1), not {alpha}")
         base, cur = load_run(baseline), load_run(current)

@@ -148,8 +148,13 @@ def main(a: argparse.Namespace) -> int:
 
     out = Path(a.out)
     baseline = _baseline(a.baseline, out) if a.baseline else None
+    if a.resume is not None and not a.resume.strip():
+        raise UsageError(f"--resume: empty; accepted: a run id from {out}/ or a run folder path")
     if a.retry_failed is not None and not a.resume:
         raise UsageError("--retry-failed: only with --resume RUN_ID (a new run has no failed cases yet)")
+    retry = _retry_statuses(a.retry_failed)
+    if not a.resume:
+        _check_run_id(a.run_id, out)
     if a.list:
         cases = _listed_cases(a, out)
         for c in cases:
@@ -157,14 +162,15 @@ def main(a: argparse.Namespace) -> int:
         print(f"{len(cases)} cases", file=sys.stderr)
         return 0
     if a.resume:
-        state = api.reopen(_resume_dir(a.resume, out), a.argv, retry_failed=_retry_statuses(a.retry_failed))
+        state = api.reopen(_resume_dir(a.resume, out), a.argv, retry_failed=retry)
         plan = api.plan_of(state)
+        _warn(plan)
         _note_ignored(a)
         _note_redo(state)
     else:
         plan = make_plan(**plan_options(a))
+        _warn(plan)
         _writable_dir(out)
-        _check_run_id(a.run_id, out)
         state = api.start(plan, out, run_id=a.run_id, argv=[sys.executable, PROG, *a.argv])
     try:
         rc = _measure(a, state, plan)
@@ -228,6 +234,11 @@ def _finish(a: argparse.Namespace, state, baseline: str | None) -> int:
         cmp = run_compare(baseline, state.run_dir, allow_noisy=a.allow_noisy)
         rc = next((c for c in (1, 2, 3) if c in (rc, cmp)), 0)  # a regression or an error wins over "not judged"
     return rc
+
+
+def _warn(plan) -> None:
+    for w in plan.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
 
 
 def _retry_statuses(value: str | None) -> list[str]:

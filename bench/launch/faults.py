@@ -6,7 +6,7 @@ fails that way at the stage `fault:<kind>`, so every failure path of the engine 
   oom    -> on CPU: cap the child's address space (RLIMIT_AS) then allocate past it, which raises torch's real
             allocator error; on CUDA: allocate more than the device has (torch.OutOfMemoryError); status oom
   error  -> raise RuntimeError (status error)
-  sigkill-> the child SIGKILLs itself, as the kernel's OOM killer would (status oom, decided by the parent)
+  sigkill-> the child SIGKILLs itself (status error: a SIGKILL without the kernel's OOM evidence, see outcome.py)
   kind@PATTERN applies it only to cases whose model matches the fnmatch PATTERN (e.g. crash@block:*).
 bench.launch.worker hands `inject_after_build` to the child's case sequence as its after_build hook, so the
 measuring code knows nothing of faults. Do not set it outside tests.

@@ -5,7 +5,9 @@
 - `Spawner`: a fresh `python -m bench.launch.worker --case` per case (`DENSEBENCH_ISOLATION=spawn`).
 Both take `env`, variables merged over `child_env()` for their children (e.g. DENSEBENCH_MODELS_FROM, so that
 users' model files are imported where the cases run).
-Both return an `Outcome`; `bench.launch.outcome.classify` turns it into the row's status.
+Both return an `Outcome`; `bench.launch.outcome.classify` turns it into the row's status. Around every child
+they read the kernel's out-of-memory kill counters (`outcome.oom_kill_counters`: the cgroup's and the machine's,
+a file read each), so that a SIGKILL is called an OOM only where the kernel says it killed for memory.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Mapping
 
 from bench.launch.childenv import REPO, child_env
+from bench.launch.outcome import OomCounters, kernel_log_oom, memory_cgroup_file, oom_kill_counters
 
 ISOLATION_ENV = "DENSEBENCH_ISOLATION"
 ISOLATIONS = ("fork", "spawn")
@@ -39,6 +42,11 @@ class Outcome:
     wall_s: float = 0.0
     maxrss_kb: int | None = None
     cpu_s: float | None = None  # the child's user + system CPU seconds (rusage), for bench.health
+    pid: int | None = None  # the child's (the case's process, not the fork server)
+    # the kernel's OOM-kill counters before and after the child (outcome.oom_kill_counters); None: not read
+    oom_before: OomCounters | None = None
+    oom_after: OomCounters | None = None
+    kernel_log: str | None = None  # the kernel log's OOM line for `pid`, "" if it has none; None: not read
 
 
 def _tail(path: Path, n: int = 400) -> str:
@@ -60,6 +68,7 @@ class _Isolation:
         self.workdir = workdir
         self.env = dict(env or {})
         self.count = 0
+        self._oom_file = memory_cgroup_file()  # found once; read before and after every child
 
     def _child_env(self) -> dict[str, str]:
         """child_env() (read when a child starts, so it follows os.environ) with this isolation's extras over it."""
@@ -89,6 +98,17 @@ class _Isolation:
         out.stderr_tail = _tail(err_path)
         return out
 
+    def _oom_mark(self) -> OomCounters:
+        return oom_kill_counters(self._oom_file)
+
+    def _oom_evidence(self, out: Outcome, before: OomCounters) -> None:
+        """Record the counters around the child; for a SIGKILL we did not send without a cgroup count to judge
+        by, the kernel log's word too (read only then: it can be a megabyte)."""
+        out.oom_before, out.oom_after = before, self._oom_mark()
+        if out.signal == signal.SIGKILL and not out.killed_by_us and out.pid and \
+                (before.cgroup is None or out.oom_after.cgroup is None):
+            out.kernel_log = kernel_log_oom(out.pid)
+
     def run(self, spec: dict, timeout_s: float) -> Outcome:
         raise NotImplementedError
 
@@ -107,13 +127,14 @@ class Spawner(_Isolation):
 
     def run(self, spec: dict, timeout_s: float) -> Outcome:
         spec_path, result_path, err_path = self._paths(spec)
+        oom0 = self._oom_mark()
         t0 = time.perf_counter()
         cpu0 = _children_cpu_s()
         with open(err_path, "w") as err:
             p = subprocess.Popen([sys.executable, "-m", "bench.launch.worker", "--case", str(spec_path), "--result",
                                   str(result_path)], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                  env=self._child_env(), cwd=str(REPO))
-            out = Outcome(result=None)
+            out = Outcome(result=None, pid=p.pid)
             try:
                 rc = p.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -124,6 +145,7 @@ class Spawner(_Isolation):
         out.cpu_s = _children_cpu_s() - cpu0  # only this child was reaped in between
         out.exit_code = rc if rc >= 0 else None
         out.signal = -rc if rc < 0 else 0
+        self._oom_evidence(out, oom0)
         return self._finish(out, result_path, err_path)
 
 
@@ -204,6 +226,7 @@ class ForkServer(_Isolation):
     def run(self, spec: dict, timeout_s: float) -> Outcome:
         self.start()
         spec_path, result_path, err_path = self._paths(spec)
+        oom0 = self._oom_mark()
         t0 = time.perf_counter()
         out = Outcome(result=None)
         self._busy = True
@@ -216,12 +239,14 @@ class ForkServer(_Isolation):
             out.wall_s = time.perf_counter() - t0
             out.exit_code = None
             out.stderr_tail = f"worker server failed: {e}"
+            out.oom_before, out.oom_after = oom0, self._oom_mark()
             return out
         out.wall_s = time.perf_counter() - t0
         out.signal = int(done.get("signal") or 0)
         out.exit_code = None if out.signal else int(done.get("exit", 0))
         out.maxrss_kb = done.get("maxrss_kb")
         out.cpu_s = done.get("cpu_s")
+        self._oom_evidence(out, oom0)
         return self._finish(out, result_path, err_path)
 
     def _exchange(self, msg: dict, timeout_s: float, out: Outcome) -> dict:
@@ -232,6 +257,7 @@ class ForkServer(_Isolation):
         started = self._read(60.0)
         if started is None:
             raise WorkerDied("worker server did not fork a child within 60 s")
+        out.pid = int(started["pid"])
         done = self._read(timeout_s)
         if done is None:
             out.timed_out = out.killed_by_us = True

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -166,7 +167,7 @@ def _prepare(case: Case, built: Built, row: dict) -> Any:
 
     prepared = backends.prepare(built.model, built.x, backend=case.backend, device=case.device,
                                 precision=case.precision, channels_last=case.channels_last, fold=case.folded,
-                                workdir=case.extra.get("workdir") or "/tmp")
+                                workdir=case.extra.get("workdir") or tempfile.gettempdir())
     row["build_s"] = prepared.build_s
     return prepared
 
@@ -324,7 +325,7 @@ def run_case_file(spec_path: str, result_path: str, after_build: AfterBuild | No
         except CaseError as e:  # a spec the parent should never write: an error row rather than a bare crash
             out = {"row": {"status": "error", "reason": str(e)}, "samples": []}
     out["child"] = {"pid": os.getpid(), "stage": stage.name, **stage.times, "total_s": time.perf_counter() - stage.t0}
-    atomic_write_json(result_path, out)
+    atomic_write_json(result_path, out, durable=False)  # read by the parent at once; a power cut ends the run anyway
     return 0
 
 

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from bench.cases import Case
 from bench.files import atomic_write_json
+from bench.launch.workdir import temporary_workdir
 
 if TYPE_CHECKING:
     from bench.results.lifecycle import RunState
@@ -128,8 +129,8 @@ def add_instruction_columns(state: "RunState", cases: list[Case], log: Callable[
     sources = (state.meta.get("config") or {}).get("models_from") or []
     if log:
         log(f"instructions: counting {len(work)} case(s) in one valgrind process (torch start-up ~1 min)")
-    with tempfile.TemporaryDirectory(prefix="densebench-instructions-") as tmp:
-        counts = count_instructions(list(work.values()), forwards=forwards, timeout_s=timeout_s, workdir=Path(tmp),
+    with temporary_workdir("instructions") as tmp:
+        counts = count_instructions(list(work.values()), forwards=forwards, timeout_s=timeout_s, workdir=tmp,
                                     env={MODELS_FROM_ENV: os.pathsep.join(sources)} if sources else None)
     notes = state.meta.setdefault("instructions", {})
     for c in todo:
