@@ -55,7 +55,7 @@ def _resolutions(value: Any) -> list[tuple[int, int]]:
     return list(dict.fromkeys(out))
 
 
-def _ints(value: Any, what: str, minimum: int = 1) -> list[int]:
+def int_list(value: Any, what: str, minimum: int = 1) -> list[int]:
     items = [value] if isinstance(value, int) else value
     out = parse_ints(items if isinstance(items, str) else ",".join(str(v) for v in items), what, minimum)
     for v in out:
@@ -103,7 +103,7 @@ def _models(models: Any, level: str, res: list[tuple[int, int]], quick: bool) ->
     return names
 
 
-def _choices(value: Any, what: str, accepted: Sequence[str]) -> list[str]:
+def choice_list(value: Any, what: str, accepted: Sequence[str]) -> list[str]:
     items = _items(value, what)
     for v in items:
         if v not in accepted:
@@ -121,7 +121,7 @@ def _seconds(name: str, v: float) -> float:
     return v
 
 
-def _timing(quick: bool, min_time: float | None, max_time: float | None, timeout: float | None,
+def timing_options(quick: bool, min_time: float | None, max_time: float | None, timeout: float | None,
             repeats: int | None) -> dict[str, Any]:
     t = {"min_time_s": _seconds("--min-time", min_time if min_time is not None else (0.05 if quick else 0.5)),
          "max_time_s": _seconds("--max-time", max_time if max_time is not None else (0.3 if quick else 5.0)),
@@ -169,15 +169,15 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
         resolutions = _resolutions("128" if quick and res == DEFAULT_RES else res)
         names = _models(models, level, resolutions, quick)
         dev_pairs, missing = devices_of(devices, allow_missing)
-        backs = _choices(backends, "--backends", backend_registry.BACKENDS)
-        precs = _choices(precision, "--precision", backend_registry.PRECISIONS) if precision is not None else None
+        backs = choice_list(backends, "--backends", backend_registry.BACKENDS)
+        precs = choice_list(precision, "--precision", backend_registry.PRECISIONS) if precision is not None else None
         precisions = {"cpu": precs, "cuda": precs} if precs else {"cpu": ["fp32"], "cuda": ["fp16"]}
-        batches = _ints(batch, "--batch")
-        thr = _ints(threads, "--threads") if threads is not None else [1 if quick else min(physical_cores(),
+        batches = int_list(batch, "--batch")
+        thr = int_list(threads, "--threads") if threads is not None else [1 if quick else min(physical_cores(),
                                                                                            usable_cpus())]
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= INT64_MAX:
             raise PlanError(f"--seed: {seed!r} is not accepted; accepted: an integer from 0 to {INT64_MAX}")
-        timing = _timing(quick, min_time, max_time, timeout, repeats)
+        timing = timing_options(quick, min_time, max_time, timeout, repeats)
         if metric not in METRICS:
             raise PlanError(f"--metric: {metric!r} is not accepted; accepted: {', '.join(METRICS)}")
         check_environment()

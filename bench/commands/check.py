@@ -46,13 +46,13 @@ def validate_flags(args: argparse.Namespace) -> None:
     measuring (with --run nothing runs here, but a name no device has is still refused)."""
     from bench import backends as registry
     from bench.cases import CaseError
-    from bench.plan import PlanError, _choices, _ints, _timing, check_environment, devices_of
+    from bench.plan import PlanError, choice_list, int_list, timing_options, check_environment, devices_of
 
     try:
-        args.threads = _one(_ints(args.threads, "--threads"), "--threads")
-        args.precision = _one(_choices(args.precision, "--precision", registry.PRECISIONS), "--precision")
-        args.backend = _one(_choices(args.backend, "--backend", registry.BACKENDS), "--backend")
-        timing = _timing(False, args.min_time, args.max_time, args.timeout, None)
+        args.threads = _one(int_list(args.threads, "--threads"), "--threads")
+        args.precision = _one(choice_list(args.precision, "--precision", registry.PRECISIONS), "--precision")
+        args.backend = _one(choice_list(args.backend, "--backend", registry.BACKENDS), "--backend")
+        timing = timing_options(False, args.min_time, args.max_time, args.timeout, None)
         args.min_time, args.max_time, args.timeout = timing["min_time_s"], timing["max_time_s"], timing["timeout_s"]
         pairs, _ = devices_of(args.devices, allow_missing=bool(args.run))
         args.devices = ",".join(d for d, _ in pairs)
