@@ -53,6 +53,13 @@ def run(models: Any = None, *, out: str | os.PathLike = "results", run_id: str |
     return load_run(state.run_dir)
 
 
+def profile(models: Any = None, **options: Any) -> Run:
+    """`run` with a profiled pass after each case's timed one (`run_bench.py profile`): the returned run's
+    `.profile` is profile.parquet (bench.schema.PROFILE_COLUMNS: time, MACs, bytes, GMAC/s per op kind, module and
+    top op, against the device setting's roofline), and each case's trace is in `<run>/traces/`."""
+    return run(models, profile=True, **options)
+
+
 def start(plan: Plan, out: str | os.PathLike, *, run_id: str | None = None,
           argv: list[str] | None = None) -> RunState:
     """The run folder of a plan (its meta.json records the environment, the configuration and the cases)."""
@@ -117,7 +124,8 @@ def measure(state: RunState, plan: Plan, *, progress: Progress | None = None,
     runner = Runner(state, plan.cases, allow_missing=plan.missing, progress=progress, log=log,
                     calibrate=bool(plan.config.get("calibrate", True)),
                     repeats=int(plan.config.get("repeats") or 1),
-                    child_env={MODELS_FROM_ENV: os.pathsep.join(sources)} if sources else None)
+                    child_env={MODELS_FROM_ENV: os.pathsep.join(sources)} if sources else None,
+                    profile=bool(plan.config.get("profile")))
     t0 = time.perf_counter()
     try:
         runner.run()

@@ -23,9 +23,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def _commands() -> tuple:
-    from bench.commands import ab, check, compare, models, report, run
+    from bench.commands import ab, check, compare, models, profile, report, run
 
-    return run, models, report, compare, check, ab
+    return run, profile, models, report, compare, check, ab
 
 
 def build_parser() -> tuple[Parser, list[str]]:

@@ -154,7 +154,7 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
               channels_last: bool = False, fold: bool = False, min_time: float | None = None,
               max_time: float | None = None, timeout: float | None = None, repeats: int | None = None,
               seed: int = 0, quick: bool = False, calibrate: bool = True, allow_missing: bool = False,
-              models_from: Iterable[str] = (), metric: str = "time") -> Plan:
+              models_from: Iterable[str] = (), metric: str = "time", profile: bool = False) -> Plan:
     """Validate the options and expand the matrix. Raises PlanError; writes nothing.
 
     Defaults are the main job's: the four EfficientViT-B1 variants and their mixers alone, at 512, 1024 and 2048,
@@ -192,7 +192,7 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
               "threads": thr, "threads_default": None if threads is not None else
               ("1 (--quick)" if quick else "min(physical cores, usable cpus)"),
               "channels_last": channels_last, "fold": fold, "seed": seed, **timing, "quick": quick,
-              "calibrate": calibrate, "models_from": sources, "metric": metric}
+              "calibrate": calibrate, "models_from": sources, "metric": metric, "profile": bool(profile)}
     warnings = oversubscription_warnings(thr, [d for d, _ in dev_pairs])
     return Plan(config=config, cases=cases, missing=missing, warnings=warnings)
 

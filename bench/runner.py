@@ -44,7 +44,8 @@ class Runner:
 
     def __init__(self, state: RunState, cases: list[Case], *, allow_missing: set[str] | None = None,
                  progress=None, log: Callable[[str], None] | None = None, isolation: str | None = None,
-                 calibrate: bool = True, repeats: int = 1, child_env: Mapping[str, str] | None = None):
+                 calibrate: bool = True, repeats: int = 1, child_env: Mapping[str, str] | None = None,
+                 profile: bool = False):
         if repeats < 1:
             raise ValueError("repeats must be >= 1")
         self.state = state
@@ -55,6 +56,7 @@ class Runner:
         self.log = log or (lambda s: None)
         self.isolation_kind = isolation
         self.calibrate = calibrate
+        self.profile = profile  # a profiled pass after the timed one, in each case's first process
         self.child_env = dict(child_env or {})  # e.g. DENSEBENCH_MODELS_FROM: the children import users' models
         self._macs: dict = {}
         self._model_reason: dict = {}
@@ -137,11 +139,15 @@ class Runner:
         key = calibration_key(case)
         if key not in cal:
             spec = {"kind": "calibrate", "device": case.device, "precision": case.precision,
-                    "threads": case.threads}
+                    "threads": case.threads, "bandwidth": self.profile}
             out = self._isolation_for(iso, case).run(spec, CALIBRATION_TIMEOUT_S)
             cal[key] = (out.result or {}).get("calibration") or {"error": _child_error(out)}
             self.log(f"calibration {key}: {cal[key].get('gmacs_per_s', cal[key].get('error'))}")
         return cal[key].get("gmacs_per_s")
+
+    def _bandwidth(self, case: Case) -> float | None:
+        """The device setting's triad bandwidth (calibrated with the peak when profiling), or None."""
+        return (self.state.meta.get("calibration", {}).get(calibration_key(case)) or {}).get("bandwidth_gb_per_s")
 
     # -- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> RunState:
@@ -207,7 +213,7 @@ class Runner:
         if static:
             row = {"status": static[0], "reason": static[1]}
         else:
-            case = self._process_case(iso, case, workdir, fault)
+            case = self._process_case(iso, case, workdir, fault, profile=self.profile and rep == 0)
             when = self._guard.due(rep)
             if when:
                 self._probe(iso, when, rep, rows_at)
@@ -218,6 +224,8 @@ class Runner:
             row, samples = classify(out, case.timeout_s)
             if out.result and row.get("status") == "ok":
                 self._note_overhead(out, samples)
+                st.profile.extend({**r, "run_id": st.run_id, "case_id": case.case_id}
+                                  for r in out.result.get("profile") or [])
         full = {**case.as_row(), **{k: v for k, v in row.items() if v is not None},
                 "run_id": st.run_id, "host": st.meta.get("host"), "started_at": started,
                 "wall_s": time.perf_counter() - t0}
@@ -259,12 +267,20 @@ class Runner:
             rows_at[case.case_id] = len(st.rows)
             st.rows.append(full)
 
-    def _process_case(self, iso: _Isolation, case: Case, workdir: Path, fault: str | None) -> Case:
-        """The case as one of its processes runs it: MACs, calibrated peak, workdir, fault, and its share of the
-        time budget when it is measured in several processes."""
+    def _process_case(self, iso: _Isolation, case: Case, workdir: Path, fault: str | None,
+                      profile: bool = False) -> Case:
+        """The case as one of its processes runs it: MACs, calibrated peak, workdir, fault, its share of the time
+        budget when it is measured in several processes, and (profile) where its trace goes."""
         extra = {**case.extra, "device_peak_gmacs_per_s": self._peak(iso, case), "workdir": str(workdir)}
         if fault:
             extra["fault"] = fault
+        if profile:
+            from bench.results.store import TRACES
+
+            traces = self.state.run_dir / TRACES
+            traces.mkdir(exist_ok=True)
+            extra.update(profile=True, bandwidth_gb_per_s=self._bandwidth(case),
+                         trace_path=str(traces / f"{_file_name(case.case_id)}.json.gz"))
         R = self.repeats
         return replace(case, macs=self._macs_of(case), extra=extra, min_time_s=case.min_time_s / R,
                        max_time_s=case.max_time_s / R)
@@ -325,6 +341,15 @@ class Runner:
         timing = (out.result.get("child") or {}).get("timing_s")
         if timing is not None:
             self.overheads.append(max(0.0, out.wall_s - float(timing)))
+
+
+def _file_name(case_id: str) -> str:
+    """A case_id as a file name: the characters a file system and a URL take as they are, and a digest of the
+    whole id so that two ids never share a file."""
+    import hashlib
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", case_id)[:160] + "-" + hashlib.sha1(case_id.encode()).hexdigest()[:8]
 
 
 def _child_error(out: Outcome) -> str:

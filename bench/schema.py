@@ -94,6 +94,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("numerics_ok", "bool", "rel_err within the precision's tolerance"),
     Column("build_s", "float64", "compile / export / engine build time, apart from latency"),
     Column("backend_info", "string", "provider, versions and settings of the backend (JSON)"),
+    # the profiled pass (--profile): after and apart from the timed pass; its rows are in profile.parquet
+    Column("profile_source", "string", "torch, onnxruntime or tensorrt: the profiler that explained this case"),
+    Column("profiled_ms", "float64", "time per iteration with the profiler on (the overhead is against the median)"),
+    Column("profile_overhead", "float64", "profiled_ms / latency_ms_median - 1: what profiling costs this case"),
+    Column("profile_reason", "string", "why the case has no profile (its backend has no profiler source, ...)"),
     # bookkeeping
     Column("seed", "int64", ""),
     Column("host", "string", "hostname"),
@@ -108,3 +113,37 @@ SAMPLE_COLUMNS = (Column("run_id", "string", ""), Column("case_id", "string", ""
                   Column("repeat", "int64", "0-based index of the process that took the sample (--repeats)"),
                   Column("iter", "int64", "0-based index of the timed iteration within its process"),
                   Column("latency_ms", "float64", "latency of one iteration (one batch)"))
+
+# The profiled pass (--profile, `run_bench.py profile`): profile.parquet, one row per case x breakdown item.
+# `breakdown` is "op_kind" (one row per op kind: bench.profile.opkinds.OP_KINDS), "module" (stem, each stage, each
+# block's mixer vs FFN, head) or "op" (the case's top ops by time, with their shapes). Shares sum to 1 within a
+# case and breakdown; time is per iteration (host self time on a CPU, kernel time on CUDA).
+PROFILE_IDENTITY = ("run_id", "case_id", "model", "family", "variant", "level", "device", "backend", "precision",
+                    "batch", "threads", "height", "width")
+PROFILE_COLUMNS = tuple(c for c in COLUMNS if c.name in PROFILE_IDENTITY) + (
+    Column("source", "string", "torch, onnxruntime or tensorrt"),
+    Column("breakdown", "string", "op_kind, module or op"),
+    Column("op_kind", "string", "the op kind (op_kind and op rows)"),
+    Column("module", "string", "module group path (module and op rows)"),
+    Column("stage", "string", "stem, stage N, head, ... (module rows)"),
+    Column("part", "string", "mixer, ffn or other (module rows)"),
+    Column("op", "string", "aten op, ONNX node type or TensorRT layer (op rows)"),
+    Column("shapes", "string", "input shapes of the op (op rows)"),
+    Column("rank", "int64", "0-based rank by time within the case and breakdown"),
+    Column("time_ms", "float64", "time per iteration"),
+    Column("time_share", "float64", "share of the case's attributed time (sums to 1 per case and breakdown)"),
+    Column("host_ms", "float64", "host self time per iteration"),
+    Column("macs", "float64", "multiply-accumulates per forward (FlopCounterMode's formulas)"),
+    Column("mac_share", "float64", "share of the case's MACs"),
+    Column("bytes", "float64", "bytes read + written per forward, from shapes and dtypes (a lower bound)"),
+    Column("intensity_macs_per_byte", "float64", "arithmetic intensity: macs / bytes"),
+    Column("gmacs_per_s", "float64", "achieved: macs / time"),
+    Column("gbytes_per_s", "float64", "achieved: bytes / time"),
+    Column("calls", "float64", "op calls per iteration"),
+    Column("attainable_gmacs_per_s", "float64", "roofline: min(peak, bandwidth x intensity) of the device setting"),
+    Column("roofline_frac", "float64", "gmacs_per_s / attainable_gmacs_per_s"),
+    Column("bound", "string", "memory or compute: which side of the ridge point the intensity lies"),
+    Column("peak_gmacs_per_s", "float64", "the device setting's calibrated matmul rate (the roof)"),
+    Column("bandwidth_gb_per_s", "float64", "the device setting's calibrated triad bandwidth (the slope)"),
+)
+PROFILE_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in PROFILE_COLUMNS)

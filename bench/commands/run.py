@@ -91,6 +91,11 @@ def _timing_arguments(p: argparse.ArgumentParser) -> None:
                    help="time (default): latency only; instructions: also count CPU instructions per forward pass "
                         "under valgrind (callgrind, 1 thread), deterministic where time is not (CPU cases only; "
                         "about a minute per case or more)")
+    t.add_argument("--profile", action="store_true",
+                   help="after each case's timed pass, a profiled pass apart from it (torch.profiler for eager, "
+                        "ONNX Runtime's profiler, TensorRT's layer profile): time, MACs, bytes and GMAC/s per op "
+                        "kind and module against a measured roofline, in OUT/<run-id>/profile.parquet, a trace per "
+                        "case in traces/ (Perfetto, chrome://tracing) and the report's 'Where the time goes'")
     t.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="wall-clock limit per case, child start to result (default 600); then status 'timeout'")
     t.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
@@ -122,13 +127,18 @@ def _output_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
 
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The matrix, timing and output options (`run`'s, shared with `profile`)."""
+    _matrix_arguments(p)
+    _timing_arguments(p)
+    _output_arguments(p)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(NAME, prog=PROG, usage=f"{PROG} [run] [options]", description=RUN_DESCRIPTION,
                        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="measure the case matrix (the default command)")
-    _matrix_arguments(p)
-    _timing_arguments(p)
-    _output_arguments(p)
+    add_run_arguments(p)
     p.set_defaults(func=main)
     return p
 
@@ -139,7 +149,7 @@ def plan_options(a: argparse.Namespace) -> dict:
                 threads=a.threads, backends=a.backends, channels_last=a.channels_last, fold=a.fold,
                 min_time=a.min_time, max_time=a.max_time, timeout=a.timeout, repeats=a.repeats, seed=a.seed,
                 quick=a.quick, calibrate=not a.no_calibrate, allow_missing=a.allow_missing,
-                models_from=a.models_from, metric=a.metric)
+                models_from=a.models_from, metric=a.metric, profile=a.profile)
 
 
 def main(a: argparse.Namespace) -> int:

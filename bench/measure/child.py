@@ -68,7 +68,7 @@ def run_case(case: Case, stage: Stage | None = None, after_build: AfterBuild | N
     except BaseException as e:  # noqa: BLE001 - every failure becomes a row
         row.update(_failure(e, stage.name))
         samples = []
-    return {"row": row, "samples": samples}
+    return {"row": row, "samples": samples, "profile": row.pop("_profile", [])}
 
 
 def _failure(e: BaseException, where: str) -> dict[str, str]:
@@ -105,7 +105,33 @@ def _measure(case: Case, row: dict, stage: Stage, after_build: AfterBuild | None
     _numerics(case, first, y_ref, row, info)
     row.update(_energy(case, prepared.fn, row["latency_ms_median"], info, stage))
     row["backend_info"] = json.dumps({**prepared.info, **info}, default=str, sort_keys=True)
+    if case.extra.get("profile"):
+        del prepared, fn, first  # the timed model's memory is not the profiled pass's
+        stage("profile")
+        row["_profile"] = _profile(case, row)
     return [float(v) for v in res.samples_ms]
+
+
+def _profile(case: Case, row: dict) -> list[dict]:
+    """The profiled pass, after and apart from the timed one (bench.profile): the rows of profile.parquet, and
+    on the row the profiler's source, its time per iteration and its overhead against the timed median. A case
+    whose profiling fails keeps its timing: the reason goes to profile_reason."""
+    from bench.backends import Unsupported
+    from bench.profile import profile_case
+    from bench.profile.rows import profile_rows
+
+    try:
+        prof = profile_case(case, workdir=case.extra.get("workdir"), trace_path=case.extra.get("trace_path"))
+    except Unsupported as e:
+        row["profile_reason"] = (str(e).splitlines() or [""])[0][:400]
+        return []
+    except Exception as e:  # noqa: BLE001 - the timing is measured; profiling must not lose it
+        row["profile_reason"] = _failure(e, "profile")["reason"]
+        return []
+    median = row.get("latency_ms_median")
+    row["profile_source"], row["profiled_ms"] = prof.source, prof.profiled_ms
+    row["profile_overhead"] = prof.profiled_ms / median - 1 if median and median > 0 else float("nan")
+    return profile_rows(row, prof, case.extra.get("device_peak_gmacs_per_s"), case.extra.get("bandwidth_gb_per_s"))
 
 
 def _setup(case: Case) -> dict[str, Any]:
@@ -292,8 +318,15 @@ def run_calibration(spec: Mapping[str, Any]) -> dict:
     """{"calibration": {...}} for a spec {"kind": "calibrate", device, precision, threads, seconds}."""
     from bench.measure.calibrate import calibrate
 
-    return {"calibration": calibrate(spec["device"], spec["precision"], int(spec.get("threads") or 0),
-                                     float(spec.get("seconds", 0.6)))}
+    threads = int(spec.get("threads") or 0)
+    cal = calibrate(spec["device"], spec["precision"], threads, float(spec.get("seconds", 0.6)))
+    if spec.get("bandwidth"):  # the roofline's slope, for --profile
+        from bench.profile.bandwidth import triad_bandwidth
+
+        bw = triad_bandwidth(spec["device"], spec["precision"], threads)
+        cal["bandwidth_gb_per_s"] = bw.get("gb_per_s")
+        cal["bandwidth"] = bw
+    return {"calibration": cal}
 
 
 def run_health_probe(spec: Mapping[str, Any]) -> dict:

@@ -8,7 +8,8 @@ a process.
 Nothing measured is lost:
 - one writer: create_run and open_run take the run folder's lock (bench.results.lock) and keep it until
   `RunState.close()` or the process's end; a second writer is refused with the holder's PID.
-- one commit per case: `save` writes samples.parquet, then results.parquet (+ .csv), then meta.json, each
+- one commit per case: `save` writes samples.parquet (and profile.parquet), then results.parquet (+ .csv), then
+  meta.json, each
   atomically. A crash, kill -9 or full disk between two of them leaves samples without their row (dropped on
   load) but never a row without its samples; the loader (bench.results.validate.reconcile) makes them agree, and
   an ok row whose samples are not all there is measured again by --resume.
@@ -43,6 +44,7 @@ class RunState:
     meta: dict
     rows: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
+    profile: list[dict] = field(default_factory=list)  # profile.parquet rows (--profile)
     lock: RunLock | None = None
     redo: list[str] = field(default_factory=list)  # case_ids found unfinished on load (open_run)
 
@@ -75,6 +77,8 @@ class RunState:
         try:
             if not results_only:
                 store.write_samples(self.run_dir, store.samples_frame(self.samples))
+                if self.profile:
+                    store.write_profile(self.run_dir, store.profile_frame(self.profile))
             store.write_results(self.run_dir, store.results_frame(self.rows))
             store.write_meta(self.run_dir, self.meta)
         except OSError as e:
@@ -93,6 +97,7 @@ class RunState:
         ids = set(case_ids)
         self.rows = [r for r in self.rows if r.get("case_id") not in ids]
         self.samples = [s for s in self.samples if s.get("case_id") not in ids]
+        self.profile = [p for p in self.profile if p.get("case_id") not in ids]
 
     def close(self) -> None:
         """Give the run folder's lock back (the process's end does too)."""
@@ -163,8 +168,10 @@ def open_run(run_dir: Path) -> RunState:
     redo = list(run.unfinished)
     if not (run_dir / store.SAMPLES).exists():  # the engine always writes it: every measured row lost its samples
         redo = [r["case_id"] for r in rows if r.get("status") == "ok" and (r.get("n") or 0) > 0]
+    profile = [] if run.profile is None else [{k: (None if _isna(v) else v) for k, v in r.items()}
+                                              for r in run.profile.to_dict("records")]
     state = RunState(run_dir=run_dir, meta=dict(run.meta), rows=rows, samples=run.samples.to_dict("records"),
-                     lock=lock)
+                     profile=profile, lock=lock)
     state._drop(redo)
     state.redo = redo
     return state

@@ -17,11 +17,14 @@ import pandas as pd
 from bench.files import atomic_write
 from bench.results import validate
 from bench.results.validate import RunFormatError
-from bench.schema import COLUMNS, COLUMN_NAMES, SAMPLE_COLUMNS, SCHEMA_VERSION
+from bench.schema import (COLUMNS, COLUMN_NAMES, PROFILE_COLUMN_NAMES, PROFILE_COLUMNS, SAMPLE_COLUMNS,
+                          SCHEMA_VERSION)
 
 RESULTS = "results.parquet"
 RESULTS_CSV = "results.csv"
 SAMPLES = "samples.parquet"
+PROFILE = "profile.parquet"
+TRACES = "traces"
 META = "meta.json"
 
 
@@ -32,6 +35,7 @@ class Run:
     samples: pd.DataFrame
     meta: dict[str, Any]
     unfinished: list[str] = field(default_factory=list)  # ok rows whose samples are not all stored (validate)
+    profile: pd.DataFrame | None = None  # profile.parquet (--profile), None when the run has none
 
     @property
     def run_id(self) -> str:
@@ -85,6 +89,27 @@ def write_samples(run_dir: Path, samples: pd.DataFrame) -> None:
     atomic_write(run_dir / SAMPLES, lambda p: samples.to_parquet(p, index=False))
 
 
+def profile_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Profile rows -> a DataFrame with exactly bench.schema.PROFILE_COLUMNS, in order, with their dtypes."""
+    df = pd.DataFrame(list(rows))
+    for c in PROFILE_COLUMNS:
+        if c.name not in df.columns:
+            df[c.name] = pd.NA
+    df = df[list(PROFILE_COLUMN_NAMES)]
+    for c in PROFILE_COLUMNS:
+        if c.dtype == "int64":
+            df[c.name] = pd.to_numeric(df[c.name], errors="coerce").astype("Int64")
+        elif c.dtype == "float64":
+            df[c.name] = pd.to_numeric(df[c.name], errors="coerce").astype("float64")
+        else:
+            df[c.name] = df[c.name].astype("string")
+    return df
+
+
+def write_profile(run_dir: Path, profile: pd.DataFrame) -> None:
+    atomic_write(run_dir / PROFILE, lambda p: profile.to_parquet(p, index=False))
+
+
 def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
     meta = {"schema_version": SCHEMA_VERSION, **meta}
 
@@ -120,7 +145,11 @@ def load_run(path: str | os.PathLike) -> Run:
     if (run_dir / SAMPLES).exists():
         samples = validate.typed_samples(_read_table(run_dir / SAMPLES, "samples"), run_dir / SAMPLES)
         samples, unfinished = validate.reconcile(results, samples)
-    return Run(path=run_dir, results=results, samples=samples, meta=meta, unfinished=unfinished)
+    profile = None
+    if (run_dir / PROFILE).exists():
+        profile = validate.typed_profile(_read_table(run_dir / PROFILE, "profile"), run_dir / PROFILE)
+        profile = profile[profile["case_id"].isin(results["case_id"])].reset_index(drop=True)  # committed cases
+    return Run(path=run_dir, results=results, samples=samples, meta=meta, unfinished=unfinished, profile=profile)
 
 
 def _read_table(path: Path, what: str) -> pd.DataFrame:

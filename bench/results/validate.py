@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.schema import COLUMNS, SAMPLE_COLUMNS, STATUSES
+from bench.schema import COLUMNS, PROFILE_COLUMNS, SAMPLE_COLUMNS, STATUSES
 
 INT64_MAX = 2**63 - 1
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -99,6 +99,24 @@ def typed_samples(df: pd.DataFrame, where: Path | str) -> pd.DataFrame:
         raise RunFormatError(f"{where}: a sample without its case_id or repeat")
     out["repeat"] = out["repeat"].astype("int64")
     out["iter"] = out["iter"].fillna(0).astype("int64")
+    return out
+
+
+def typed_profile(df: pd.DataFrame, where: Path | str) -> pd.DataFrame:
+    """profile.parquet in the profile schema (bench.schema.PROFILE_COLUMNS): every row names its case and its
+    breakdown."""
+    missing = [c for c in ("case_id", "breakdown", "time_ms") if c not in df.columns]
+    if missing:
+        raise RunFormatError(f"{where}: not a profile table of this suite (missing columns {', '.join(missing)})")
+    out = pd.DataFrame(index=range(len(df)))
+    for c in PROFILE_COLUMNS:
+        col = df[c.name].reset_index(drop=True) if c.name in df.columns else pd.Series([pd.NA] * len(df))
+        out[c.name] = _typed(col, c.dtype, c.name, where)
+    bad = ~out["breakdown"].isin(("op_kind", "module", "op"))
+    if bad.any() or out["case_id"].isna().any():
+        i = int(np.flatnonzero((bad | out["case_id"].isna()).to_numpy())[0])
+        raise RunFormatError(f"{where}: row {i + 1}: a profile row needs a case_id and a breakdown of op_kind, "
+                             "module or op")
     return out
 
 
