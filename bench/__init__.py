@@ -4,6 +4,7 @@ The Python API (bench.api) is re-exported here lazily: `import bench` imports no
 child imports only torch, the models and the measuring modules, never pandas.
 
     bench.run(models=..., res=..., devices=..., backends=..., ...) -> Run (.results, .samples, .meta, .path)
+    bench.profile(models=..., res=...) -> Run (+ .profile: where the time goes per op kind and module)
     bench.resume(path) -> Run;  bench.load_run(path) -> Run
     bench.compare(a, b) -> DataFrame;  bench.report(runs, path) -> Path
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_API = ("run", "resume", "load_run", "compare", "report", "Run", "RunInterrupted")
+_API = ("run", "profile", "resume", "load_run", "compare", "report", "Run", "RunInterrupted")
 
 
 def __getattr__(name: str) -> Any:

@@ -186,4 +186,4 @@ def compare(baseline: str | os.PathLike | Run, current: str | os.PathLike | Run,
     return compare_runs(a, b, threshold=threshold, alpha=alpha, normalize=normalize, allow_noisy=allow_noisy)
 
 
-__all__ = ["Run", "RunInterrupted", "compare", "load_run", "measure", "report", "resume", "run"]
+__all__ = ["Run", "RunInterrupted", "compare", "load_run", "measure", "profile", "report", "resume", "run"]

@@ -115,7 +115,7 @@ SAMPLE_COLUMNS = (Column("run_id", "string", ""), Column("case_id", "string", ""
                   Column("latency_ms", "float64", "latency of one iteration (one batch)"))
 
 # The profiled pass (--profile, `run_bench.py profile`): profile.parquet, one row per case x breakdown item.
-# `breakdown` is "op_kind" (one row per op kind: bench.profile.opkinds.OP_KINDS), "module" (stem, each stage, each
+# `breakdown` is "op_kind" (one row per op kind: bench.profiling.opkinds.OP_KINDS), "module" (stem, each stage, each
 # block's mixer vs FFN, head) or "op" (the case's top ops by time, with their shapes). Shares sum to 1 within a
 # case and breakdown; time is per iteration (host self time on a CPU, kernel time on CUDA).
 PROFILE_IDENTITY = ("run_id", "case_id", "model", "family", "variant", "level", "device", "backend", "precision",

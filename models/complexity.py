@@ -34,14 +34,15 @@ def _sdpa_cpu_flash(query, key, value, *args, out_shape=None, **kwargs) -> int:
     return _sdpa_flops(query, key, value)
 
 
-_EXTRA_FLOP_RULES = {}
+# FlopCounterMode formulas torch lacks; models.complexity and bench.profiling.macs count with the same ones
+EXTRA_FLOP_RULES = {}
 if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
-    _EXTRA_FLOP_RULES[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flash
+    EXTRA_FLOP_RULES[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flash
 
 
 def count_model_macs(model: nn.Module, example: torch.Tensor) -> int:
     """MACs of one forward of `model` on `example` (both may live on the meta device)."""
-    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_RULES)
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_RULES)
     with counter, torch.no_grad():
         model(example)
     return counter.get_total_flops() // 2

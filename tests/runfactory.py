@@ -4,13 +4,15 @@ compare and gates build their rows with `case`; the report's fixtures (`cpu_run`
 whole runs of a synthetic latency model, shared by the report tests and the browser test."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 
 from bench.cases import case_key
 from bench.stats import summarize
-from bench.results.store import Run, results_frame, samples_frame, write_meta, write_results, write_samples
+from bench.results.store import (Run, profile_frame, results_frame, samples_frame, write_meta, write_profile,
+                                 write_results, write_samples)
 
 CPU = "Test CPU @ 2.0GHz"
 ENV = {"cpu_model": CPU, "torch_version": "2.14.1", "threads": 1, "python": "3.11.7"}
@@ -202,3 +204,86 @@ def crafted_run(tmp: Path) -> Path:
     meta = dict(run_id=f"crafted</script><script>alert(3)</script><!--", host=host, note=f"{XSS_SCRIPT}{XSS_IMG}",
                 gpu={"clocks": XSS_IMG})
     return write_fixture_run(tmp / run_id, rows, meta)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a run with a real profile (issue 13): bench.profiling's output on real models, not invented numbers
+
+# the fixture's calibration of its one device setting (GMAC/s, GB/s): given to profile_rows, not measured
+PROFILE_PEAK, PROFILE_BANDWIDTH = 100.0, 20.0
+PROFILED = (("block:msla", 128, 128), ("block:large-kernel", 128, 128), ("evit-b0:msla", 128, 128))
+NOT_PROFILED_REASON = ("profiling covers eager (any device), onnxruntime (cpu fp32) and tensorrt (cuda); "
+                       "not compile on cpu fp32")
+_PROFILES: dict[tuple[str, int, int], tuple] = {}
+
+
+def _profiled(name: str, h: int, w: int) -> tuple:
+    """(bench.profiling Profile, timed latencies in ms) of registry model `name` on 1 CPU thread, once per session
+    (the process's thread count is restored: profiling sets it)."""
+    key = (name, h, w)
+    if key not in _PROFILES:
+        import torch
+
+        from bench.profiling import profile_registry_model
+        from models.registry import build_model, example_input
+
+        threads = torch.get_num_threads()
+        try:
+            prof = profile_registry_model(name, h, w, threads=1, iters=2, warmup=1)
+            model, x = build_model(name), example_input(name, h, w, 1)
+            times = []
+            with torch.inference_mode():
+                model(x)
+                for _ in range(8):
+                    t0 = time.perf_counter()
+                    model(x)
+                    times.append((time.perf_counter() - t0) * 1e3)
+        finally:
+            torch.set_num_threads(threads)
+        _PROFILES[key] = (prof, np.asarray(times))
+    return _PROFILES[key]
+
+
+def _profiled_row(run_id: str, host: str, name: str, shown: str, h: int, w: int, samples: np.ndarray,
+                  **extra) -> dict:
+    """A result row of the fixture's one setting (CPU, eager fp32, 1 thread) with real latency statistics."""
+    variant = name.split(":", 1)[1]
+    level = "block" if name.startswith("block:") else "model"
+    s = summarize(samples)
+    row = report_row(run_id, host, shown, variant, level, CPU, 1, h, w, lat=s["median"], **extra)
+    row.update(n=s["n"], **{f"latency_ms_{k}": s[k] for k in s if k != "n"})
+    row["_samples"] = samples
+    return row
+
+
+def profiled_run(root: Path, run_id: str = "fixture-profile", models=PROFILED, calibrated: bool = True,
+                 rename: dict[str, str] | None = None, not_profiled: bool = True, host: str = "profile-box") -> Path:
+    """A run folder with profile.parquet made by bench.profiling (profile_registry_model -> profile_rows ->
+    profile_frame / write_profile), the results rows (status ok, real timed samples) carrying profile_source,
+    profiled_ms and profile_overhead; `rename` shows a model under another name (hostile names); `calibrated`
+    False leaves the roofline's peak and bandwidth out; `not_profiled` adds an ok case with a profile_reason."""
+    from bench.profiling.rows import profile_rows
+
+    rows, prows = [], []
+    peak, bw = (PROFILE_PEAK, PROFILE_BANDWIDTH) if calibrated else (None, None)
+    for name, h, w in models:
+        prof, samples = _profiled(name, h, w)
+        row = _profiled_row(run_id, host, name, (rename or {}).get(name, name), h, w, samples)
+        macs = sum(c.macs for c in prof.costs)
+        rate = macs / 1e9 / (row["latency_ms_median"] / 1e3)
+        row.update(macs=macs, gmacs_per_s=rate, device_peak_gmacs_per_s=peak,
+                   frac_of_peak=rate / peak if peak else None, profile_source=prof.source,
+                   profiled_ms=prof.profiled_ms, profile_overhead=prof.profiled_ms / row["latency_ms_median"] - 1)
+        rows.append(row)
+        prows += profile_rows(row, prof, peak, bw)
+    if not_profiled:
+        rows.append(_profiled_row(run_id, host, "block:softmax", "block:softmax", 128, 128, noise(7, n=8, median=1.0),
+                                  backend="compile"))
+        rows[-1]["profile_reason"] = NOT_PROFILED_REASON
+    d = Path(root) / run_id
+    results, srows = _rows(run_id, rows, True)
+    write_results(d, results_frame(results))
+    write_samples(d, samples_frame(srows))
+    write_profile(d, profile_frame(prows))
+    write_meta(d, {"run_id": run_id, "started_at": "2025-11-27T09:00:00Z", "env": dict(ENV)})
+    return d

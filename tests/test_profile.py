@@ -1,4 +1,4 @@
-"""bench.profile: op kinds, time attribution, MACs per kind, ORT / TensorRT sources, bandwidth and roofline.
+"""bench.profiling: op kinds, time attribution, MACs per kind, ORT / TensorRT sources, bandwidth and roofline.
 
 Timing assertions are shares of one profile (never absolute times): a module made of one heavy op must put most
 of its time in that op's kind, whatever the machine's speed or load.
@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.profile.attribute import KIND_COLUMNS, MODULE_COLUMNS, TOP_COLUMNS
-from bench.profile.bandwidth import Roofline, add_roofline, measure_roofline, triad_bandwidth
-from bench.profile.case import profile_model, profile_registry_model
-from bench.profile.macs import count_costs, total_macs, totals_by_kind
-from bench.profile.modules import ROOT, Group, group_of, module_groups
-from bench.profile.opkinds import OP_KINDS, classify_aten, conv_kind, is_kind, kind_order
-from bench.profile.ort_events import NodeInfo, _torchscript_path, classify_onnx, parse_ort_profile
-from bench.profile.trt_events import classify_trt_layer, parse_trt_trace
+from bench.profiling.attribute import KIND_COLUMNS, MODULE_COLUMNS, TOP_COLUMNS
+from bench.profiling.bandwidth import Roofline, add_roofline, measure_roofline, triad_bandwidth
+from bench.profiling.case import profile_model, profile_registry_model
+from bench.profiling.macs import count_costs, total_macs, totals_by_kind
+from bench.profiling.modules import ROOT, Group, group_of, module_groups
+from bench.profiling.opkinds import OP_KINDS, classify_aten, conv_kind, is_kind, kind_order
+from bench.profiling.ort_events import NodeInfo, _torchscript_path, classify_onnx, parse_ort_profile
+from bench.profiling.trt_events import classify_trt_layer, parse_trt_trace
 from models.complexity import count_macs
 from models.registry import build_model, example_input
 

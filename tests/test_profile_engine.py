@@ -77,3 +77,16 @@ def test_profile_flag_is_validated_like_every_flag(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown model 'nope'" in err[0]
     assert not any(tmp_path.iterdir())
+
+
+def test_the_python_api_profiles(tmp_path):
+    import bench
+
+    run = bench.profile(["block:relu-linear"], level="block", res=[64], threads=1, min_time=0.1, max_time=0.3,
+                        out=tmp_path, report=False)
+    assert run.results["profile_source"].tolist() == ["torch"]
+    kinds = run.profile[run.profile["breakdown"] == "op_kind"]
+    assert kinds["time_share"].sum() == pytest.approx(1.0) and "matmul" in set(kinds["op_kind"])
+    import bench.profiling  # the package of the profilers does not shadow the API function
+
+    assert callable(bench.profile)

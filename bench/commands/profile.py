@@ -1,5 +1,5 @@
 """`run_bench.py profile [matrix options]`: `run --profile` under its own name. Each case is timed as `run` times
-it, then profiled in a pass apart from the timing (bench.profile), so the profiler's overhead never touches a
+it, then profiled in a pass apart from the timing (bench.profiling), so the profiler's overhead never touches a
 latency figure; profile.parquet, traces/ and the report's "Where the time goes" say where the time goes."""
 from __future__ import annotations
 

@@ -113,12 +113,12 @@ def _measure(case: Case, row: dict, stage: Stage, after_build: AfterBuild | None
 
 
 def _profile(case: Case, row: dict) -> list[dict]:
-    """The profiled pass, after and apart from the timed one (bench.profile): the rows of profile.parquet, and
+    """The profiled pass, after and apart from the timed one (bench.profiling): the rows of profile.parquet, and
     on the row the profiler's source, its time per iteration and its overhead against the timed median. A case
     whose profiling fails keeps its timing: the reason goes to profile_reason."""
     from bench.backends import Unsupported
-    from bench.profile import profile_case
-    from bench.profile.rows import profile_rows
+    from bench.profiling import profile_case
+    from bench.profiling.rows import profile_rows
 
     try:
         prof = profile_case(case, workdir=case.extra.get("workdir"), trace_path=case.extra.get("trace_path"))
@@ -321,7 +321,7 @@ def run_calibration(spec: Mapping[str, Any]) -> dict:
     threads = int(spec.get("threads") or 0)
     cal = calibrate(spec["device"], spec["precision"], threads, float(spec.get("seconds", 0.6)))
     if spec.get("bandwidth"):  # the roofline's slope, for --profile
-        from bench.profile.bandwidth import triad_bandwidth
+        from bench.profiling.bandwidth import triad_bandwidth
 
         bw = triad_bandwidth(spec["device"], spec["precision"], threads)
         cal["bandwidth_gb_per_s"] = bw.get("gb_per_s")

@@ -97,21 +97,23 @@ def write_report(run_dirs: list[Path], out_html: Path) -> Path:
 
 def _context(runs: list, m: Merged, stage: Path, figures_dir: str, html_name: str) -> dict:
     """Everything the page and the summary show; the figures are drawn into `stage`."""
-    from bench.analysis.report import data, html, methodology, plots, published
+    from bench.analysis.report import data, html, methodology, plots, profile_view, published
 
     sp, sp_notes = data.speedups(m)
     ex, ex_notes = data.scaling_exponents(m)
     refs, ref_notes = published.reference_models(m)
     figs = plots.build_figures(m, sp, stage)
+    profile, profile_figs = profile_view.section(m, stage)
     title = ("Token-mixer benchmark: " + ", ".join(r.run_id for r in runs)) if len(runs) <= 3 else \
         f"Token-mixer benchmark: {len(runs)} runs merged"
     table = html.case_table(m)
     return dict(
         title=title, generated=html.now_utc(), runs=runs, n_cases=len(m.results), n_ok=len(m.ok),
-        status_counts=data.status_counts(m), missing=_missing_notes(m, sp_notes + ex_notes, figs),
+        status_counts=data.status_counts(m),
+        missing=_missing_notes(m, sp_notes + ex_notes, figs + profile_figs),
         health=data.health_warnings(m),
         headline=html.headline(m, sp, ex), mobile_proxy=data.MOBILE_PROXY,
-        figures=html.figure_view(figs), refs=html.reference_view(refs), ref_notes=ref_notes,
+        figures=html.figure_view(figs), profile=profile, refs=html.reference_view(refs), ref_notes=ref_notes,
         table=table, method=methodology.methodology(m), figures_dir=figures_dir, html_name=html_name,
         table_meta=dict(columns=[dict(col=h["col"], label=h["label"], num=h["num"]) for h in table["headers"]],
                         runs=[r.run_id for r in runs]),
@@ -146,6 +148,7 @@ def _move_figures(stage: Path, fig_dir: Path) -> None:
     """The new figure files into the figures folder (each a rename); the previous report's figures that this one
     no longer has are removed, so the folder holds this report's figures and nothing of ours besides."""
     from bench.analysis.report.plots import FIGURES
+    from bench.analysis.report.profile_view import PROFILE_FIGURES
 
     new = sorted(p for p in stage.iterdir() if p.is_file())
     if new:
@@ -154,7 +157,8 @@ def _move_figures(stage: Path, fig_dir: Path) -> None:
         os.replace(p, fig_dir / p.name)
     if not fig_dir.is_dir():
         return
-    stale = {f"{key}{ext}" for key, *_ in FIGURES for ext in (".png", ".svg")} - {p.name for p in new}
+    stale = {f"{key}{ext}" for key, *_ in FIGURES + PROFILE_FIGURES for ext in (".png", ".svg")} - \
+        {p.name for p in new}
     for old in fig_dir.iterdir():
         if old.name in stale and old.is_file():
             old.unlink()

@@ -242,6 +242,13 @@ def _md_noisy(table: dict) -> list[str]:
     return lines + [""]
 
 
+def profile_markdown(view: dict | None) -> list[str]:
+    """The short "Where the time goes" (imported here: profile_view builds on this module's formatters)."""
+    from bench.analysis.report.profile_view import markdown
+
+    return markdown(view)
+
+
 def render_markdown(ctx: dict) -> str:
     e = md_escape
     lines = [f"# {e(ctx['title'])}", "", f"Runs: {', '.join(e(r['run_id']) for r in ctx['method']['runs'])}  ",
@@ -252,6 +259,7 @@ def render_markdown(ctx: dict) -> str:
         lines += ["**What is missing**", ""] + [f"- {e(x)}" for x in ctx["missing"]] + [""]
     for dev in ctx["headline"]:
         lines += _md_headline(dev)
+    lines += profile_markdown(ctx.get("profile"))
     lines += _md_not_ok(ctx["table"])
     lines += _md_noisy(ctx["table"])
     lines.append(f"Figures: {e(ctx['figures_dir'])} (PNG and SVG). Full report: {e(ctx['html_name'])}")

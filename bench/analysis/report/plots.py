@@ -96,13 +96,14 @@ def failure_reason(e: BaseException) -> str:
     return f"figure failed ({type(e).__name__}: {first})" if first else f"figure failed ({type(e).__name__})"
 
 
-def build_figures(m: Merged, sp: pd.DataFrame, folder: Path) -> list[Figure]:
+def draw_all(specs: list[tuple[str, str, str, Callable[[], kit.Drawn]]], folder: Path) -> list[Figure]:
+    """Draw each (key, title, caption, draw) into `folder`; a figure that cannot be drawn says why instead."""
     kit.apply_style()
     out: list[Figure] = []
-    for key, title, caption, draw in FIGURES:
+    for key, title, caption, draw in specs:
         f = Figure(key=key, title=title, caption=caption)
         try:
-            res = draw(m, sp)
+            res = draw()
             if isinstance(res, str):
                 f.missing = res
             else:
@@ -115,3 +116,9 @@ def build_figures(m: Merged, sp: pd.DataFrame, folder: Path) -> list[Figure]:
             plt.close("all")
         out.append(f)
     return out
+
+
+def build_figures(m: Merged, sp: pd.DataFrame, folder: Path) -> list[Figure]:
+    """The page's Figures section (FIGURES, in order)."""
+    return draw_all([(key, title, caption, lambda draw=draw: draw(m, sp)) for key, title, caption, draw in FIGURES],
+                    folder)

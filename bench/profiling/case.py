@@ -2,7 +2,7 @@
 
 `Profile` holds the attributed times of one source (torch, onnxruntime, tensorrt) and the MACs / bytes of one
 forward of the same model in the same form (folded where the source folds); its tables come from
-bench.profile.attribute. Each entry point prepares the model the way the suite's backend does (to_device,
+bench.profiling.attribute. Each entry point prepares the model the way the suite's backend does (to_device,
 autocast for fp16/bf16, inference_mode), so the profile explains the latency the suite measures.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from bench.backends.base import Unsupported, autocast_context, set_fp32_math, to_device
-from bench.profile.macs import OpCost, count_costs
-from bench.profile.modules import Group, module_groups
-from bench.profile.torch_events import OpTime, profile_torch
+from bench.profiling.macs import OpCost, count_costs
+from bench.profiling.modules import Group, module_groups
+from bench.profiling.torch_events import OpTime, profile_torch
 
 SOURCES = ("torch", "onnxruntime", "tensorrt")
 
@@ -45,28 +45,28 @@ class Profile:
         return sum(o.time_us for o in self.ops) / 1e3 / max(1, self.iters)
 
     def by_kind(self, roofline: Any = None) -> Any:
-        """One row per op kind (bench.profile.attribute.KIND_COLUMNS), with roofline columns if given one."""
-        from bench.profile.attribute import kind_table
+        """One row per op kind (bench.profiling.attribute.KIND_COLUMNS), with roofline columns if given one."""
+        from bench.profiling.attribute import kind_table
 
         df = kind_table(self.ops, self.costs, self.iters)
         if roofline is not None:
-            from bench.profile.bandwidth import add_roofline
+            from bench.profiling.bandwidth import add_roofline
 
             df = add_roofline(df, roofline)
         return df
 
     def by_module(self) -> Any:
-        from bench.profile.attribute import module_table
+        from bench.profiling.attribute import module_table
 
         return module_table(self.ops, self.costs, self.iters, self.groups)
 
     def by_stage(self) -> Any:
-        from bench.profile.attribute import stage_table
+        from bench.profiling.attribute import stage_table
 
         return stage_table(self.by_module())
 
     def top_ops(self, n: int = 15) -> Any:
-        from bench.profile.attribute import top_ops
+        from bench.profiling.attribute import top_ops
 
         return top_ops(self.ops, self.costs, self.iters, n)
 
@@ -118,7 +118,7 @@ def _ort_run(sess: Any, x: Any, warmup: int, iters: int) -> float | None:
 
 def _ort_nodes(workdir: pathlib.Path, exported: pathlib.Path) -> dict:
     """Nodes of the graph ORT ran (groups, weights), with module paths from the exported graph."""
-    from bench.profile.ort_events import NodeInfo, graph_nodes
+    from bench.profiling.ort_events import NodeInfo, graph_nodes
 
     original = graph_nodes(exported)
     optimized = workdir / "ort_optimized.onnx"
@@ -132,11 +132,11 @@ def _ort_nodes(workdir: pathlib.Path, exported: pathlib.Path) -> dict:
 def profile_onnxruntime_model(model: nn.Module, example: torch.Tensor, *, workdir: str | pathlib.Path | None = None,
                               threads: int = 0, iters: int = 5, warmup: int = 3, opt_level: str = "basic",
                               exporter: str = "torchscript", count: bool = True) -> Profile:
-    """Export to ONNX, profile an ORT CPU session (bench.profile.ort_events), count the folded model's costs
+    """Export to ONNX, profile an ORT CPU session (bench.profiling.ort_events), count the folded model's costs
     (the exporter folds BatchNorm into convs). exporter "dynamo" is the backend's default but ~10x slower."""
     import onnxruntime as ort
 
-    from bench.profile.ort_events import parse_ort_profile, profiled_session
+    from bench.profiling.ort_events import parse_ort_profile, profiled_session
     from models.deploy import fold_conv_bn
     from models.onnx_export import export_onnx
 
@@ -161,7 +161,7 @@ def profile_tensorrt_model(model: nn.Module, example: torch.Tensor, *, workdir: 
                            precision: str = "fp16", iters: int = 5, warmup: int = 3, count: bool = True) -> Profile:
     """Compile with torch-tensorrt as the tensorrt backend does and profile the engines (GPU only)."""
     from bench.backends.trt import _import_torch_tensorrt, tensorrt_compile_kwargs, tensorrt_model_dtype
-    from bench.profile.trt_events import profile_trt
+    from bench.profiling.trt_events import profile_trt
 
     torch_tensorrt, version = _import_torch_tensorrt()
     dev = _setup("cuda", precision, 0)

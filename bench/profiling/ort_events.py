@@ -21,9 +21,9 @@ import pathlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from bench.profile.modules import ROOT, Group, group_of
-from bench.profile.opkinds import conv_kind
-from bench.profile.torch_events import OpTime
+from bench.profiling.modules import ROOT, Group, group_of
+from bench.profiling.opkinds import conv_kind
+from bench.profiling.torch_events import OpTime
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 _CONV = {"Conv", "FusedConv", "NhwcConv", "QLinearConv", "ConvInteger", "NhwcFusedConv"}

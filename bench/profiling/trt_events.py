@@ -6,7 +6,7 @@ profiling_results_dir=..., profile_format="perfetto")`; the C++ runtime then wri
 {"name": layer, "ph": "X", "ts", "dur", "pid": "<engine> Engine Execution", "tid", "args"} with one entry per
 layer and `dur` the layer's time in microseconds SUMMED over every profiled invocation (divide by the runs).
 Layer names carry the aten op each layer came from, `[CONVOLUTION]-[aten_ops.convolution.default]-[/conv_13]`;
-TensorRT joins fused layers with " + ", whose kind is the first by bench.profile.opkinds.fused_kind.
+TensorRT joins fused layers with " + ", whose kind is the first by bench.profiling.opkinds.fused_kind.
 
 A convolution's kind needs its geometry, which the name does not give: pass the engine inspector's layer info
 (`get_layer_info()`, JSON, detailed verbosity: Kernel, Groups, Inputs) and it is read from there; otherwise the
@@ -20,9 +20,9 @@ import pathlib
 import re
 from typing import Any, Mapping
 
-from bench.profile.modules import ROOT
-from bench.profile.opkinds import classify_aten, conv_kind, fused_kind
-from bench.profile.torch_events import OpTime
+from bench.profiling.modules import ROOT
+from bench.profiling.opkinds import classify_aten, conv_kind, fused_kind
+from bench.profiling.torch_events import OpTime
 
 TRACE_SUFFIX = "_engine_exectuion_profile.trace"
 _PART = re.compile(r"\[([A-Za-z_ ]+)\]-\[([^\]]*)\]-\[([^\]]*)\]")

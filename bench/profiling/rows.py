@@ -15,7 +15,7 @@ TOP_OPS = 15  # op rows kept per case: enough for "the top ops per case", small 
 def profile_rows(identity: dict[str, Any], profile: Any, peak_gmacs_per_s: float | None = None,
                  bandwidth_gb_per_s: float | None = None, top: int = TOP_OPS) -> list[dict[str, Any]]:
     """The rows of one case: op_kind rows (with roofline columns), module rows, the `top` ops by time."""
-    from bench.profile.bandwidth import Roofline, add_roofline
+    from bench.profiling.bandwidth import Roofline, add_roofline
 
     roof = None
     if _positive(peak_gmacs_per_s) and _positive(bandwidth_gb_per_s):

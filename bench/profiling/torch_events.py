@@ -1,6 +1,6 @@
 """Where the time goes in eager PyTorch: torch.profiler events -> time per op unit, op kind and module group.
 
-Each profiled iteration runs inside a `record_function(ITERATION)` range and each module group (bench.profile.
+Each profiled iteration runs inside a `record_function(ITERATION)` range and each module group (bench.profiling.
 modules) inside a `record_function("module:<path>")` range, set by forward hooks; with_modules is not used (in
 eager mode it records nothing in torch 2.14). The profiler's tree is walked from each iteration range:
 
@@ -15,7 +15,7 @@ eager mode it records nothing in torch 2.14). The profiler's tree is walked from
 - Self time of a range (iteration or module) is "framework": Python, hooks and dispatch between ops.
 - The module of an event is its innermost module range; outside every range, ROOT.
 
-The same rule runs in the MAC counter (bench.profile.macs), so a kind's MACs and its time cover the same calls.
+The same rule runs in the MAC counter (bench.profiling.macs), so a kind's MACs and its time cover the same calls.
 Profiled times carry the profiler's overhead (a few microseconds per op): `profiled_ms` is the profiled time per
 iteration, to compare with an unprofiled median; use the profile for shares and rates, not for latency.
 """
@@ -33,11 +33,11 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
-from bench.profile.macs import shapes_key
-from bench.profile.modules import ROOT, Group, hooked
-from bench.profile.opkinds import classify_aten, op_base
+from bench.profiling.macs import shapes_key
+from bench.profiling.modules import ROOT, Group, hooked
+from bench.profiling.opkinds import classify_aten, op_base
 
-ITERATION = "densebench.profile.iteration"
+ITERATION = "densebench.profiling.iteration"
 MODULE_PREFIX = "module:"
 _RUNTIME = ("cuda", "cudnn", "cublas", "hip", "cuLaunch", "cuModule", "cuStream")
 

@@ -3,10 +3,10 @@ module group and per op, as tidy pandas DataFrames.
 
 Columns (every table): time_ms (per iteration; the device's time: host self time on a CPU, kernel time on CUDA),
 time_share (of the total; sums to 1), host_ms (host self time per iteration), macs (per forward), mac_share (sums
-to 1 where the model has MACs), bytes (per forward, the lower bound of bench.profile.macs), intensity_macs_per_byte
+to 1 where the model has MACs), bytes (per forward, the lower bound of bench.profiling.macs), intensity_macs_per_byte
 (macs / bytes), gmacs_per_s (achieved: macs / time), gbytes_per_s (achieved: bytes / time, against the triad
 bandwidth), calls (op units per iteration). The kind table leads with op_kind; the module table with module,
-stage and part (bench.profile.modules); the top-ops table with op, op_kind, module, shapes.
+stage and part (bench.profiling.modules); the top-ops table with op, op_kind, module, shapes.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from bench.profile.macs import OpCost
-from bench.profile.modules import ROOT, Group
-from bench.profile.opkinds import kind_order
-from bench.profile.torch_events import OpTime
+from bench.profiling.macs import OpCost
+from bench.profiling.modules import ROOT, Group
+from bench.profiling.opkinds import kind_order
+from bench.profiling.torch_events import OpTime
 
 METRICS = ("time_ms", "time_share", "host_ms", "macs", "mac_share", "bytes", "intensity_macs_per_byte",
            "gmacs_per_s", "gbytes_per_s", "calls")
@@ -65,7 +65,7 @@ def _joined(ops: Iterable[OpTime], costs: Iterable[OpCost], iters: int, keys: li
 
 
 def kind_table(ops: Iterable[OpTime], costs: Iterable[OpCost], iters: int) -> pd.DataFrame:
-    """One row per op kind, in the table's order (bench.profile.opkinds.OP_KINDS)."""
+    """One row per op kind, in the table's order (bench.profiling.opkinds.OP_KINDS)."""
     df = _joined(ops, costs, iters, ["op_kind"])
     df = df.iloc[sorted(range(len(df)), key=lambda i: kind_order(df["op_kind"].iloc[i]))]
     return df.reset_index(drop=True)[list(KIND_COLUMNS)]

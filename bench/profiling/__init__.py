@@ -36,8 +36,8 @@ _EXPORTS = {
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f"bench.profile.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'bench.profile' has no attribute {name!r}")
+        return getattr(importlib.import_module(f"bench.profiling.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'bench.profiling' has no attribute {name!r}")
 
 
 __all__ = list(_EXPORTS)

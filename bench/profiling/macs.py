@@ -5,7 +5,7 @@ the CPU flash-attention kernel), applied the way FlopCounterMode applies them (e
 its CompositeImplicit decomposition; a call that does not decompose is run and counted by its op), so the MACs
 of every kind sum to `models.complexity.count_model_macs` exactly. MACs = FLOPs / 2.
 
-Attribution (the same rule as the profiler's, bench.profile.torch_events): the calls a call decomposes into
+Attribution (the same rule as the profiler's, bench.profiling.torch_events): the calls a call decomposes into
 belong to the *unit* of their outermost classifiable ancestor (the outermost call whose kind is not "other"):
 conv2d -> convolution, matmul -> reshape + bmm, scaled_dot_product_attention -> its math path on the meta
 device. A unit's kind is its outermost call's kind; its MACs are the sum of its leaves'.
@@ -30,8 +30,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.profile.modules import ROOT, Group, hooked
-from bench.profile.opkinds import classify_aten, op_base
+from bench.profiling.modules import ROOT, Group, hooked
+from bench.profiling.opkinds import classify_aten, op_base
 
 _WRITE_ONLY = {"copy", "fill", "zero", "resize", "set", "normal", "uniform", "random", "bernoulli", "exponential"}
 
@@ -128,9 +128,9 @@ class KindCounter(TorchDispatchMode):
 
 def _extra_rules() -> dict:
     # the rule the suite's MAC count adds (CPU flash attention): one source of truth with models.complexity
-    from models.complexity import _EXTRA_FLOP_RULES
+    from models.complexity import EXTRA_FLOP_RULES
 
-    return dict(_EXTRA_FLOP_RULES)
+    return dict(EXTRA_FLOP_RULES)
 
 
 def count_costs(model: nn.Module, example: torch.Tensor, groups: dict[str, Group] | None = None,
