@@ -93,6 +93,22 @@ def test_a_second_writer_is_refused_and_kill_9_loses_nothing(tmp_path):
     assert set(run.samples["case_id"]) == set(run.results["case_id"])
 
 
+def test_sigterm_saves_the_run_as_interrupted_and_resume_finishes_it(tmp_path):
+    out = tmp_path / "results"
+    p = _start(out)
+    run_dir = _wait_rows(p, out, 1)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "--resume" in err, err
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "interrupted"
+    before = _started(run_dir)
+    again = _resume(run_dir)
+    assert again.returncode == 0, again.stderr
+    after = _started(run_dir)
+    assert len(after) == 4 and all(after[c] == t for c, t in before.items())
+
+
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]);"
                                "from bench.results.lock import RunLock; RunLock(sys.argv[1]).acquire();"

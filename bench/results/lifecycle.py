@@ -9,10 +9,9 @@ Nothing measured is lost:
 - one writer: create_run and open_run take the run folder's lock (bench.results.lock) and keep it until
   `RunState.close()` or the process's end; a second writer is refused with the holder's PID.
 - one commit per case: `save` writes samples.parquet (and profile.parquet), then results.parquet (+ .csv), then
-  meta.json, each
-  atomically. A crash, kill -9 or full disk between two of them leaves samples without their row (dropped on
-  load) but never a row without its samples; the loader (bench.results.validate.reconcile) makes them agree, and
-  an ok row whose samples are not all there is measured again by --resume.
+  meta.json, each atomically. A crash, kill -9 or full disk between two of them leaves samples without their row
+  (dropped on load) but never a row without its samples; the loader (bench.results.validate.reconcile) makes them
+  agree, and an ok row whose samples are not all there is measured again by --resume.
 - a failed write (full disk, read-only folder) is one RunFolderError line; the files keep their last commit, and
   --resume finishes the run once the folder is writable.
 - a run is resumed only on the machine that measured it: its rows and calibration are that machine's.

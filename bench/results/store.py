@@ -17,8 +17,7 @@ import pandas as pd
 from bench.files import atomic_write
 from bench.results import validate
 from bench.results.validate import RunFormatError
-from bench.schema import (COLUMNS, COLUMN_NAMES, PROFILE_COLUMN_NAMES, PROFILE_COLUMNS, SAMPLE_COLUMNS,
-                          SCHEMA_VERSION)
+from bench.schema import COLUMNS, PROFILE_COLUMNS, SAMPLE_COLUMNS, SCHEMA_VERSION
 
 RESULTS = "results.parquet"
 RESULTS_CSV = "results.csv"
@@ -44,12 +43,22 @@ class Run:
 
 def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Rows (dicts) -> a DataFrame with exactly the schema's columns, in order, with the schema's dtypes."""
+    return _schema_frame(rows, COLUMNS)
+
+
+def profile_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Profile rows -> a DataFrame with exactly bench.schema.PROFILE_COLUMNS, in order, with their dtypes."""
+    return _schema_frame(rows, PROFILE_COLUMNS)
+
+
+def _schema_frame(rows: Iterable[dict[str, Any]], columns: tuple) -> pd.DataFrame:
+    """The engine's own rows in a schema: missing columns NA, numbers coerced (validate.py is for files read)."""
     df = pd.DataFrame(list(rows))
-    for c in COLUMNS:
+    for c in columns:
         if c.name not in df.columns:
             df[c.name] = pd.NA
-    df = df[list(COLUMN_NAMES)]
-    for c in COLUMNS:
+    df = df[[c.name for c in columns]]
+    for c in columns:
         if c.dtype == "int64":
             df[c.name] = pd.to_numeric(df[c.name], errors="coerce").astype("Int64")
         elif c.dtype == "float64":
@@ -87,23 +96,6 @@ def write_results(run_dir: Path, results: pd.DataFrame) -> None:
 
 def write_samples(run_dir: Path, samples: pd.DataFrame) -> None:
     atomic_write(run_dir / SAMPLES, lambda p: samples.to_parquet(p, index=False))
-
-
-def profile_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Profile rows -> a DataFrame with exactly bench.schema.PROFILE_COLUMNS, in order, with their dtypes."""
-    df = pd.DataFrame(list(rows))
-    for c in PROFILE_COLUMNS:
-        if c.name not in df.columns:
-            df[c.name] = pd.NA
-    df = df[list(PROFILE_COLUMN_NAMES)]
-    for c in PROFILE_COLUMNS:
-        if c.dtype == "int64":
-            df[c.name] = pd.to_numeric(df[c.name], errors="coerce").astype("Int64")
-        elif c.dtype == "float64":
-            df[c.name] = pd.to_numeric(df[c.name], errors="coerce").astype("float64")
-        else:
-            df[c.name] = df[c.name].astype("string")
-    return df
 
 
 def write_profile(run_dir: Path, profile: pd.DataFrame) -> None:
