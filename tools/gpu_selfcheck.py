@@ -9,7 +9,8 @@ reference, prepare, CUDA-event timing, CUDA memory, numerics against eager fp32,
 - onnxruntime and tensorrt fp16 once each (an `unsupported` row with its reason where not installed: e.g.
   torch-tensorrt cannot be carried to the lent GPU machine).
 Then prints GPU metadata (bench.env), NVML energy availability, and one line per case: status, median ms,
-peak CUDA memory, rel_err / numerics_ok, build_s, J/image, reason. Cases stop being started after --budget-s.
+peak CUDA memory, rel_err / numerics_ok, build_s, J/image, reason; msla and softmax eager fp16 at the middle
+resolution also get the profiled pass (bench.profiling on CUDA: kernel time per op kind), one line each. Cases stop being started after --budget-s.
 Without CUDA it prints why and exits 0 without running anything.
 """
 from __future__ import annotations
@@ -87,8 +88,25 @@ def _cases(dev: str, dev_name: str, resolutions: list[int], quick: bool, min_tim
     for model, res, backend, prec in plan(resolutions, quick):
         case = expand([model], [(res, res)], [(dev, dev_name)], [backend], {"cuda": [prec]}, [1], [0],
                       min_time_s=min_time, max_time_s=max_time)[0]
-        out.append(replace(case, extra={"workdir": tempfile.gettempdir(), "min_samples": 10}))
+        extra = {"workdir": tempfile.gettempdir(), "min_samples": 10}
+        if backend == "eager" and prec == "fp16" and res == resolutions[len(resolutions) // 2] and \
+                model in ("evit-b1:msla", "evit-b1:softmax"):  # the CUDA profiled pass (kernels -> aten ops)
+            extra.update(profile=True, trace_path=f"{tempfile.gettempdir()}/selfcheck-{model.replace(':', '-')}"
+                                                  f"-{res}.json.gz")
+        out.append(replace(case, extra=extra))
     return out
+
+
+def _profile_line(result: dict) -> str | None:
+    """One line per profiled case: source, profiled vs timed ms, the three op kinds with most device time."""
+    kinds = [r for r in result.get("profile") or [] if r.get("breakdown") == "op_kind"]
+    row = result["row"]
+    if not kinds:
+        return f"  profile: none ({row.get('profile_reason')})" if row.get("profile_reason") else None
+    top = sorted(kinds, key=lambda r: -(r.get("time_ms") or 0))[:3]
+    return (f"  profile ({row.get('profile_source')}): {row.get('profiled_ms', float('nan')):.2f} ms profiled vs "
+            f"{row.get('latency_ms_median', float('nan')):.2f} ms timed; "
+            + ", ".join(f"{r['op_kind']} {r['time_share']:.0%} of time / {r['mac_share']:.0%} of MACs" for r in top))
 
 
 def _run_all(cases, budget_s: float) -> list[dict]:
@@ -106,10 +124,12 @@ def _run_all(cases, budget_s: float) -> list[dict]:
             print(f"(budget of {budget_s:.0f} s spent: {len(cases) - len(rows)} cases not started)")
             break
         t0 = time.perf_counter()
-        row = {**case.as_row(), **run_case(case)["row"], "wall_s": 0.0}
-        row["wall_s"] = time.perf_counter() - t0
+        result = run_case(case)
+        row = {**case.as_row(), **result["row"], "wall_s": time.perf_counter() - t0}
         rows.append(row)
         print("  ".join(_cells(row)), flush=True)
+        if case.extra.get("profile") and (line := _profile_line(result)):
+            print(line, flush=True)
         gc.collect()
         torch.cuda.empty_cache()
     print()
