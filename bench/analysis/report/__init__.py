@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from bench.files import atomic_write
 from bench.results.store import RunFormatError
@@ -28,7 +28,28 @@ if TYPE_CHECKING:
     from bench.analysis.report.data import Merged
     from bench.analysis.report.plots import Figure
 
-__all__ = ["write_report", "add_report_arguments", "cmd_report", "default_out"]
+__all__ = ["write_report", "add_report_arguments", "cmd_report", "default_out", "parse_budgets", "DEFAULT_BUDGETS"]
+
+DEFAULT_BUDGETS = (33.0, 100.0)  # ms: a 30 fps frame, and an interactive response
+
+
+def parse_budgets(value: str | Sequence[float]) -> tuple[float, ...]:
+    """'33,100' (or numbers) -> (33.0, 100.0): positive, finite, each once, in order. ValueError (one line)
+    otherwise."""
+    items = [t.strip() for t in value.split(",")] if isinstance(value, str) else list(value)
+    out: list[float] = []
+    for t in items:
+        try:
+            b = float(t)
+        except (TypeError, ValueError):
+            raise ValueError(f"--budgets: {t!r} is not a number; accepted: comma list of milliseconds > 0, "
+                             "e.g. 33,100") from None
+        if not (b > 0 and b != float("inf")):
+            raise ValueError(f"--budgets: {t!r} is not a positive finite number of milliseconds")
+        out.append(b)
+    if not out:
+        raise ValueError("--budgets: empty list; accepted: comma list of milliseconds > 0, e.g. 33,100")
+    return tuple(dict.fromkeys(out))
 
 
 def default_out(run_dirs: list[Path], reports_dir: Path = Path("reports")) -> Path:
@@ -61,10 +82,10 @@ def _missing_notes(m: Merged, notes: list[str], figs: list[Figure]) -> list[str]
     return list(dict.fromkeys(out))
 
 
-def write_report(run_dirs: list[Path], out_html: Path) -> Path:
+def write_report(run_dirs: list[Path], out_html: Path, budgets: Sequence[float] | str = DEFAULT_BUDGETS) -> Path:
     """Write the HTML report of `run_dirs` to `out_html`, the Markdown summary to <stem>.md and the figures to
-    <stem>_figures/. Raises RunFormatError for a run that cannot be read, OSError for a file that cannot be
-    written. Returns out_html.
+    <stem>_figures/; `budgets`: the latency budgets (ms) of the budget view. Raises ValueError for a bad budget,
+    RunFormatError for a run that cannot be read, OSError for a file that cannot be written. Returns out_html.
 
     All or nothing: the figures are drawn into a hidden folder beside the report and both texts go to temporaries
     (bench.files.atomic_write); only once everything is written are they renamed into place, so a report that
@@ -75,6 +96,7 @@ def write_report(run_dirs: list[Path], out_html: Path) -> Path:
 
     if not run_dirs:
         raise RunFormatError("no runs given")
+    budgets = parse_budgets(budgets)
     out_html = Path(out_html)
     runs = data.load_runs([Path(p) for p in run_dirs])
     fig_dir = out_html.parent / f"{out_html.stem}_figures"
@@ -82,7 +104,7 @@ def write_report(run_dirs: list[Path], out_html: Path) -> Path:
     out_html.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{fig_dir.name}.", suffix=".tmp", dir=out_html.parent))
     try:
-        ctx = _context(runs, data.merge_runs(runs), stage, fig_dir.name, out_html.name)
+        ctx = _context(runs, data.merge_runs(runs), stage, fig_dir.name, out_html.name, budgets)
         texts = [(out_html.with_suffix(".md"), html.render_markdown(ctx)), (out_html, html.render_html(ctx))]
         _check_targets([p for p, _ in texts], fig_dir)
         _write_all(texts)
@@ -95,9 +117,10 @@ def write_report(run_dirs: list[Path], out_html: Path) -> Path:
     return out_html
 
 
-def _context(runs: list, m: Merged, stage: Path, figures_dir: str, html_name: str) -> dict:
+def _context(runs: list, m: Merged, stage: Path, figures_dir: str, html_name: str,
+             budgets: Sequence[float] = DEFAULT_BUDGETS) -> dict:
     """Everything the page and the summary show; the figures are drawn into `stage`."""
-    from bench.analysis.report import data, html, methodology, plots, profile_view, published
+    from bench.analysis.report import data, decision, html, methodology, plots, profile_view, published
 
     sp, sp_notes = data.speedups(m)
     ex, ex_notes = data.scaling_exponents(m)
@@ -111,7 +134,8 @@ def _context(runs: list, m: Merged, stage: Path, figures_dir: str, html_name: st
         title=title, generated=html.now_utc(), runs=runs, n_cases=len(m.results), n_ok=len(m.ok),
         status_counts=data.status_counts(m),
         missing=_missing_notes(m, sp_notes + ex_notes, figs + profile_figs),
-        health=data.health_warnings(m),
+        health=data.health_warnings(m), warnings=decision.run_warnings(m, health=False),
+        decision=decision.decision_view(m), budgets=decision.budget_view(m, budgets), min_n=decision.MIN_N,
         headline=html.headline(m, sp, ex), mobile_proxy=data.MOBILE_PROXY,
         figures=html.figure_view(figs), profile=profile, refs=html.reference_view(refs), ref_notes=ref_notes,
         table=table, method=methodology.methodology(m), figures_dir=figures_dir, html_name=html_name,
@@ -171,6 +195,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="HTML file to write (default reports/<run-id>.html, or reports/merged-<ids>.html); "
                              "the Markdown summary <stem>.md and figures <stem>_figures/ go beside it")
+    parser.add_argument("--budgets", default=",".join(f"{b:g}" for b in DEFAULT_BUDGETS), metavar="MS[,MS...]",
+                        help="latency budgets in ms for the budget view: which models and settings fit each "
+                             "(default %(default)s)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -178,7 +205,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     runs = list(args.runs)
     out = args.out if getattr(args, "out", None) else default_out(runs)
     try:
-        path = write_report(runs, out)
+        budgets = parse_budgets(getattr(args, "budgets", None) or DEFAULT_BUDGETS)
+    except ValueError as e:
+        print(f"report: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        path = write_report(runs, out, budgets)
     except RunFormatError as e:
         print(f"report: error: {str(e).splitlines()[0] if str(e) else 'bad run'}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from bench.analysis.report import readings
 from bench.analysis.report.data import MOBILE_PROXY, Merged, missing
 from bench.analysis.report.plots import Figure
 from bench.schema import STATUSES
@@ -136,7 +137,7 @@ def headline(m: Merged, sp: pd.DataFrame, ex: pd.DataFrame) -> list[dict]:
             exps.append(dict(model=r["model"], variant=r["variant"], exponent=fnum(r["exponent"]),
                              se=fnum(r["se"], 2), ci=_ci_text(r["ci_low"], r["ci_high"]),
                              r2=f"{r['r2']:.3f}" if np.isfinite(r["r2"]) else "", n=int(r["n_points"]),
-                             resolutions=r["resolutions"], reading=r["reading"]))
+                             resolutions=r["resolutions"], reading=readings.exponent_reading(r)))
         out.append(dict(config=c, mobile=mobile, speedups=tables, exponents=exps))
     return out
 
@@ -144,9 +145,8 @@ def headline(m: Merged, sp: pd.DataFrame, ex: pd.DataFrame) -> list[dict]:
 def _speedup_cell(x: pd.Series) -> dict:
     """One headline cell: the ratio, its CI, win/loss/tie by the CI, and a mark when a side was measured on a busy
     machine (bench.health: the ratio is then not comparable)."""
-    cls = "win" if x["ci_low"] > 1 else ("loss" if x["ci_high"] < 1 else "tie")
-    if not np.isfinite(x["ci_low"]):
-        cls = "win" if x["speedup"] > 1 else "loss"
+    verdict = readings.speedup_verdict(x["speedup"], x["ci_low"], x["ci_high"])  # no CI is never a win
+    cls = {"win": "win", "loss": "loss", "tie": "tie"}.get(verdict, "na")
     title = f"{x['baseline_model']}: {fnum(x['baseline_ms'])} ms; {x['target_model']}: {fnum(x['target_ms'])} ms"
     noisy = bool(x.get("noisy"))
     return dict(text=f"{fnum(x['speedup'])}×" + (" !" if noisy else ""), ci=_ci_text(x["ci_low"], x["ci_high"]),
@@ -165,27 +165,31 @@ def reference_view(refs: list[dict]) -> list[dict]:
         measured = []
         for x in r["measured"]:
             if x["status"] == "ok" and not missing(x["latency_ms"]):
-                measured.append(f"{fnum(x['latency_ms'])} ms on {x['config']}")
+                ci = _ci_text(x.get("ci_low"), x.get("ci_high"))
+                measured.append(f"{fnum(x['latency_ms'])} ms {ci} on {x['config']}".replace("  ", " "))
             else:
                 measured.append(f"{x['status']} on {x['config']}" + (f" ({x['reason']})" if x["reason"] else ""))
         out.append(dict(
             name=r["name"], family=r["family"], dataset=r["dataset"], input_size=r["input_size"],
             pub_params=gnum(r["pub_params_m"]) + "M" if not missing(r["pub_params_m"]) else "",
             pub_macs=gnum(r["pub_macs_g"]) + "G" if not missing(r["pub_macs_g"]) else "",
-            pub_latency=[f"{gnum(v)} ms ({k})" for k, v in r["pub_latency"].items()],
+            pub_latency=[dict(ms=gnum(x["ms"]), hardware=x["hardware"], setting=x["setting"])
+                         for x in r["pub_latency"]],
             pub_miou=gnum(r["pub_miou"]), source=r["pub_source"],
             params=fnum(r["params_m"]) + "M" if r["params_m"] is not None else "",
             macs=fnum(r["macs_g"]) + "G" if r["macs_g"] is not None else "",
-            params_dev=_dev(r["params_m"], r["pub_params_m"]), macs_dev=_dev(r["macs_g"], r["pub_macs_g"]),
+            params_dev=_dev(r["params_dev_pct"], r["counted_as"]), macs_dev=_dev(r["macs_dev_pct"], r["counted_as"]),
             measured=measured if measured else (["not measured at the published input size"] if r["in_results"]
                                                 else ["not measured in these runs"])))
     return out
 
 
-def _dev(ours: float | None, pub: float | None) -> str:
-    if ours is None or missing(pub) or not pub:
+def _dev(pct: float | None, counted_as: str) -> str:
+    """Deviation from the published figure (models.zoo's rule); `counted_as`: the configuration the paper counted
+    on, when not this one."""
+    if missing(pct):
         return ""
-    return f"{100 * (ours - pub) / pub:+.1f}%"
+    return f"{float(pct):+.1f}%" + (f" (counted as {counted_as})" if counted_as else "")
 
 
 def render_html(ctx: dict) -> str:
@@ -249,14 +253,24 @@ def profile_markdown(view: dict | None) -> list[str]:
     return markdown(view)
 
 
+def decision_markdown(decision: list[dict], budgets: list[dict]) -> list[str]:
+    """The decision tables and budget fits (imported here: decision builds on this module's formatters)."""
+    from bench.analysis.report.decision import markdown
+
+    return markdown(decision, budgets)
+
+
 def render_markdown(ctx: dict) -> str:
     e = md_escape
     lines = [f"# {e(ctx['title'])}", "", f"Runs: {', '.join(e(r['run_id']) for r in ctx['method']['runs'])}  ",
              f"Cases: {ctx['n_cases']} ({', '.join(f'{e(k)}: {v}' for k, v in ctx['status_counts'])})", ""]
     if ctx["health"]:
         lines += ["**Warning: measured on a busy machine**", ""] + [f"- {e(x)}" for x in ctx["health"]] + [""]
+    if ctx.get("warnings"):
+        lines += ["**Warnings about the run**", ""] + [f"- {e(x)}" for x in ctx["warnings"]] + [""]
     if ctx["missing"]:
         lines += ["**What is missing**", ""] + [f"- {e(x)}" for x in ctx["missing"]] + [""]
+    lines += decision_markdown(ctx.get("decision") or [], ctx.get("budgets") or [])
     for dev in ctx["headline"]:
         lines += _md_headline(dev)
     lines += profile_markdown(ctx.get("profile"))

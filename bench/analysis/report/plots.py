@@ -45,21 +45,25 @@ FIGURES: tuple[tuple[str, str, str, Callable[[Merged, pd.DataFrame], kit.Drawn]]
      "Median latency per iteration against image size, log-log, one panel per device setting; error bars: "
      "95% CI of the median. A slope of 1 is linear in pixels, 2 quadratic.", lambda m, sp: latency_vs_resolution(m)),
     ("speedup", "Speedup of msla",
-     "Baseline median latency / msla median latency at the same model, device, setting and resolution "
-     "(above the dotted line msla is faster); error bars: 95% CI of the ratio.", lambda m, sp: speedup_plot(sp)),
+     "Baseline median latency / msla median latency at the same model, device, setting and resolution, log "
+     "axis (above the dotted line at 1× msla is faster); error bars: 95% CI of the ratio; hollow markers: the CI "
+     "spans 1 or there is none.", lambda m, sp: speedup_plot(sp)),
     ("peak_memory", "Peak memory vs resolution",
-     "CUDA peak allocated memory, or CPU peak RSS above the worker's baseline.", lambda m, sp: peak_memory(m)),
+     "CUDA peak allocated memory, or CPU peak RSS above the worker's baseline, in MB.",
+     lambda m, sp: peak_memory(m)),
     ("throughput_vs_batch", "Throughput vs batch", "Images per second against batch size.",
      lambda m, sp: throughput_vs_batch(m)),
     ("efficiency", "Hardware efficiency: achieved GMAC/s and fraction of the device's peak",
-     "MACs per second achieved by each model; dashed: the device's measured matmul peak (calibration kernel), "
+     "GMAC/s achieved by each model; dashed: the device's measured matmul peak in GMAC/s (calibration kernel), "
      "right axis: fraction of that peak.", lambda m, sp: efficiency(m)),
     ("macs_vs_latency", "MACs vs latency",
-     "Every ok case: MACs do not predict latency (similar MACs, different mixers, different latencies).",
+     "Every ok case with MACs, one panel per device setting, each point labelled with its resolution; the "
+     "reading per setting is computed from a least-squares fit of log latency on log MACs (R²) and Spearman's "
+     "rank correlation (ρ), by the rule in the methodology.",
      lambda m, sp: macs_vs_latency(m)),
     ("latency_distributions", "Latency distributions",
      "Raw per-iteration samples relative to each case's median (box: quartiles; whiskers: p1 to p99; "
-     "dots: beyond).", lambda m, sp: latency_distributions(m)),
+     "dots: beyond); n: samples of the case.", lambda m, sp: latency_distributions(m)),
 )
 
 

@@ -1,6 +1,6 @@
 """Figures of how the models use the hardware: achieved GMAC/s against the device's peak, MACs against latency
-(MACs do not predict it), and the distribution of the raw samples. Each returns (figure, caption note), or why it
-cannot be drawn from these runs."""
+(whether MACs predict it is computed per setting, readings.macs_reading), and the distribution of the raw samples.
+Each returns (figure, caption note), or why it cannot be drawn from these runs."""
 from __future__ import annotations
 
 import warnings
@@ -11,6 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import NullFormatter
 
 from bench.analysis.report import plotting as kit
+from bench.analysis.report import readings
 from bench.analysis.report.data import Merged
 
 MAX_DIST_CASES = 14
@@ -25,7 +26,7 @@ def _peak_axis(ax: Axes, sub: pd.DataFrame) -> None:
     lo = float(sub["gmacs_per_s"][sub["gmacs_per_s"] > 0].min())
     ax.set_ylim(min(lo, p) / 2, max(p, float(sub["gmacs_per_s"].max())) * 2)
     ax.axhline(p, color="0.2", lw=1, ls="--")
-    ax.text(0.02, p, f" measured peak {p:,.0f}", transform=ax.get_yaxis_transform(), va="bottom", fontsize=7,
+    ax.text(0.02, p, f" measured peak {p:,.0f} GMAC/s", transform=ax.get_yaxis_transform(), va="bottom", fontsize=7,
             color="0.2")
     sec = ax.secondary_yaxis("right", functions=(lambda v, p=p: v / p, lambda v, p=p: v * p))
     sec.set_yscale("log")
@@ -58,6 +59,22 @@ def efficiency(m: Merged) -> kit.Drawn:
     return fig, cut + note
 
 
+def _macs_panel(ax: Axes, sub: pd.DataFrame, colors: dict, markers: dict) -> str:
+    """One setting's cloud, each point labelled with its resolution; returns the setting's computed reading,
+    which is also drawn in the panel."""
+    for variant, s in sub.groupby("variant", sort=True):
+        ax.scatter(s["gmacs"], s["latency_ms_median"], color=colors.get(variant, "0.4"),
+                   marker=markers.get(variant, "o"), s=22, alpha=0.9, edgecolor="white", linewidth=0.4)
+    for r in sub.itertuples():
+        ax.annotate(kit.plain(str(r.resolution).replace("x", "×")), (r.gmacs, r.latency_ms_median),
+                    xytext=(3, 2), textcoords="offset points", fontsize=5, color="0.35")
+    fit = readings.macs_fit(sub["gmacs"], sub["latency_ms_median"])
+    if np.isfinite(fit["r2"]):
+        ax.text(0.02, 0.98, f"log-log R² {fit['r2']:.2f}, n {fit['n']}", transform=ax.transAxes, va="top",
+                fontsize=7, color="0.2")
+    return readings.macs_reading(fit)
+
+
 def macs_vs_latency(m: Merged) -> kit.Drawn:
     ok = m.ok
     d = ok[ok["macs"].notna() & (ok["macs"].astype("float64") > 0)] if len(ok) else ok
@@ -67,20 +84,17 @@ def macs_vs_latency(m: Merged) -> kit.Drawn:
     d["gmacs"] = d["macs"].astype("float64") / 1e9
     big = d[d.groupby("config")["model"].transform("size") >= 3]  # settings with a cloud, not 2 points
     d, facets, cut = kit.facets(big if len(big) else d)
-    colors, styles = kit.variant_colors(d["variant"]), kit.model_styles(d["base"])
+    colors, markers = kit.variant_colors(d["variant"]), kit.variant_markers(d["variant"])
     fig, axes = kit.panels(len(facets))
+    said = []
     for ax, f in zip(axes, facets):
-        sub = d[d["config"] == f]
-        for (variant, base), s in sub.groupby(["variant", "base"], sort=True):
-            ax.scatter(s["gmacs"], s["latency_ms_median"], color=colors.get(variant, "0.4"),
-                       marker=styles.get(str(base), ("o", "-"))[0], s=22, alpha=0.9, edgecolor="white",
-                       linewidth=0.4)
+        said.append(f"{f}: {_macs_panel(ax, d[d['config'] == f], colors, markers)}")
         kit.log_axes(ax)
         ax.set_xlabel("GMACs per batch (log)")
         ax.set_ylabel("median latency, ms (log)")
         kit.titled(ax, f, kit.is_mobile(d, f))
-    kit.legend(fig, colors, styles)
-    return fig, cut
+    kit.legend(fig, colors, {})
+    return fig, cut + " Per setting, " + "; ".join(said) + "."
 
 
 def _ok_samples(m: Merged) -> tuple[pd.DataFrame, str] | str:
@@ -116,7 +130,8 @@ def _boxes(ax: Axes, sub: pd.DataFrame, cases: pd.DataFrame, colors: dict) -> No
     for patch, v in zip(bp["boxes"], cases["variant"]):
         patch.set_facecolor(colors.get(v, "0.7"))
         patch.set_alpha(0.75)
-    ax.set_yticks(range(1, len(cases) + 1), [kit.plain(c) for c in cases["case"]], fontsize=6.5)
+    labels = [f"{c} (n {len(x)})" for c, x in zip(cases["case"], data)]
+    ax.set_yticks(range(1, len(cases) + 1), [kit.plain(c) for c in labels], fontsize=6.5)
 
 
 def latency_distributions(m: Merged) -> kit.Drawn:
@@ -131,7 +146,7 @@ def latency_distributions(m: Merged) -> kit.Drawn:
     more = sum(max(0, len(c) - MAX_DIST_CASES) for c in per.values())
     per = {f: c.iloc[:MAX_DIST_CASES] for f, c in per.items()}
     ncases = max(len(c) for c in per.values())
-    width = max(len(str(c)) for cs in per.values() for c in cs["case"]) * 0.055 + 0.3
+    width = max(len(str(c)) + 8 for cs in per.values() for c in cs["case"]) * 0.055 + 0.3  # + " (n 300)"
     fig, axes = kit.panels(len(facets), legend=True, panel_h=max(1.6, 0.2 * ncases + 0.5), panel_w=4.0,
                            ncol_max=2, left=width, wgap=width + 0.2)
     for ax, f in zip(axes, facets):

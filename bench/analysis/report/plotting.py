@@ -1,7 +1,8 @@
 """The drawing kit shared by every figure of the report: style, panel grid, log axes, series and legend.
 
-Encoding, the same in every figure: colour = token mixer, marker and line style = model (size or block), one panel
-per device setting. Layout is fixed in inches (no tight-bbox pass): one draw per file format, which matters on a
+Encoding, the same in every figure: colour and marker = token mixer (Okabe-Ito colours, colour-blind safe, and a
+marker of its own so that a mixer reads without colour), line style = model (size or block), one panel per device
+setting. Layout is fixed in inches (no tight-bbox pass): one draw per file format, which matters on a
 loaded CI box.
 """
 from __future__ import annotations
@@ -30,7 +31,14 @@ LEGEND_W = 2.3
 # the paper's mixer first, then the others in the zoo's order, then SegFormer's spatial-reduction softmax
 VARIANT_ORDER = ["msla", *(m for m in MIXERS if m != "msla"), "softmax-sr"]
 MARKERS = "osD^vP*Xh<>p"
-LINESTYLES = ["-", "--", "-.", ":"]
+LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3))]
+# Okabe & Ito (2008): distinct under the common colour-vision deficiencies; fixed per mixer in every figure
+OKABE_ITO = ("#0072B2", "#009E73", "#D55E00", "#E69F00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
+MIXER_COLORS = {"msla": "#0072B2", "relu-linear": "#009E73", "softmax": "#D55E00", "large-kernel": "#E69F00",
+                "softmax-sr": "#CC79A7"}
+MIXER_MARKERS = {"msla": "o", "relu-linear": "s", "softmax": "^", "large-kernel": "D", "softmax-sr": "v"}
+EXTRA_COLORS = ("#56B4E9", "#000000", "#F0E442", "0.45", "0.7")
+EXTRA_MARKERS = "PX*hp<>"
 # what a figure builder returns: the figure and a note for its caption, or why it cannot be drawn
 Drawn = tuple[Canvas, str] | str
 
@@ -72,20 +80,29 @@ def multi_point(df: pd.DataFrame, by: list[str], x: str) -> pd.DataFrame:
     return df[df[by[0]].isin(good)]
 
 
-def variant_colors(variants: Iterable[Any]) -> dict[Any, Any]:
-    """Token mixer -> colour: the known mixers always get the same colour, in every figure and report."""
+def _ordered(variants: Iterable[Any]) -> list[Any]:
     vals = list(dict.fromkeys(variants))
-    order = [v for v in VARIANT_ORDER if v in vals] + sorted(str(v) for v in vals if v not in VARIANT_ORDER)
-    pal = sns.color_palette("colorblind", n_colors=max(len(order), len(VARIANT_ORDER)))
-    fixed = {v: pal[i] for i, v in enumerate(VARIANT_ORDER)}
-    extra = iter(pal[len(VARIANT_ORDER):] + sns.color_palette("dark", 10))
-    return {v: fixed[v] if v in fixed else next(extra) for v in order}
+    return [v for v in VARIANT_ORDER if v in vals] + sorted((v for v in vals if v not in VARIANT_ORDER), key=str)
 
 
-def model_styles(bases: Iterable[Any]) -> dict[str, tuple[str, str]]:
-    """Base model -> (marker, line style)."""
+def variant_colors(variants: Iterable[Any]) -> dict[Any, Any]:
+    """Token mixer -> colour: the known mixers always get the same Okabe-Ito colour, in every figure and report;
+    others take the remaining colours in name order."""
+    extra = iter(EXTRA_COLORS * 4)
+    return {v: MIXER_COLORS.get(str(v)) or next(extra) for v in _ordered(variants)}
+
+
+def variant_markers(variants: Iterable[Any]) -> dict[Any, str]:
+    """Token mixer -> marker, fixed like its colour: a mixer is told apart in greyscale and by colour-blind
+    readers too."""
+    extra = iter(EXTRA_MARKERS * 4)
+    return {v: MIXER_MARKERS.get(str(v)) or next(extra) for v in _ordered(variants)}
+
+
+def model_styles(bases: Iterable[Any]) -> dict[str, Any]:
+    """Base model -> line style (the marker belongs to the mixer)."""
     vals = sorted(dict.fromkeys(str(b) for b in bases))
-    return {b: (MARKERS[i % len(MARKERS)], LINESTYLES[i % len(LINESTYLES)]) for i, b in enumerate(vals)}
+    return {b: LINESTYLES[i % len(LINESTYLES)] for i, b in enumerate(vals)}
 
 
 def panels(n: int, legend: bool = True, panel_h: float = PANEL_H, panel_w: float = PANEL_W,
@@ -131,11 +148,13 @@ def resolution_ticks(ax: Axes, d: pd.DataFrame) -> None:
 
 def series(ax: Axes, d: pd.DataFrame, x: str, y: str, lo: str | None, hi: str | None, colors: dict, styles: dict,
            by: str = "model") -> None:
-    """One line per `by` value, coloured by mixer, marked by base model; error bars from the lo/hi columns."""
+    """One line per `by` value, coloured and marked by mixer, line style by base model; error bars from the lo/hi
+    columns."""
+    markers = variant_markers(d["variant"]) if "variant" in d else {}
     for _, s in d.groupby(by, sort=True):
         s = s.sort_values(x)
         variant = s["variant"].iloc[0] if "variant" in s else ""
-        marker, ls = styles.get(str(s["base"].iloc[0]), ("o", "-"))
+        marker, ls = markers.get(variant, "o"), styles.get(str(s["base"].iloc[0]), "-")
         yerr = None
         if lo and hi and s[lo].notna().any():
             low = (s[y] - s[lo].fillna(s[y])).clip(lower=0).to_numpy(dtype=float)
@@ -147,15 +166,17 @@ def series(ax: Axes, d: pd.DataFrame, x: str, y: str, lo: str | None, hi: str | 
 
 
 def legend(fig: Canvas, colors: dict, styles: dict, color_title: str = "token mixer", style_title: str = "model",
-           extra: list[tuple[str, dict]] | None = None) -> None:
-    """The figure's one legend, in the right margin: colours (mixers), then markers (models), then extras."""
+           extra: list[tuple[str, dict]] | None = None, markers: dict | None = None) -> None:
+    """The figure's one legend, in the right margin: mixers (colour and marker; `markers` maps a colour key to
+    its marker where the keys are not mixer names), then models (line style), then extras."""
+    markers = markers if markers is not None else variant_markers(colors)
     handles = [Line2D([], [], color="none", label=color_title)]
-    handles += [Line2D([], [], color=c, lw=2, label=plain(v)) for v, c in colors.items()]
+    handles += [Line2D([], [], color=c, lw=1.5, marker=markers.get(v, "o"), ms=5, label=plain(v))
+                for v, c in colors.items()]
     if styles:
         handles.append(Line2D([], [], color="none", label=" "))
         handles.append(Line2D([], [], color="none", label=style_title))
-        handles += [Line2D([], [], color="0.3", marker=mk, ls=ls, ms=4, label=plain(b))
-                    for b, (mk, ls) in styles.items()]
+        handles += [Line2D([], [], color="0.3", ls=ls, lw=1.3, label=plain(b)) for b, ls in styles.items()]
     for label, kw in extra or []:
         handles.append(Line2D([], [], label=plain(label), **kw))
     fw = fig.get_figwidth()

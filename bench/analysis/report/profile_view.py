@@ -15,6 +15,7 @@ import pandas as pd
 from bench.analysis.report import plots_profile as pp
 from bench.analysis.report import profile_data as pdata
 from bench.analysis.report.data import Merged, missing, text
+from bench.analysis.report.decision import profile_anchor
 from bench.analysis.report.html import figure_view, fnum
 from bench.analysis.report.plots import Figure, draw_all
 from bench.text import markdown_table, md_escape
@@ -100,7 +101,8 @@ def _top_ops_view(p: pd.DataFrame, cases: pd.DataFrame, several: bool) -> list[d
                      shapes=text(r["shapes"]), time_ms=fnum(r["time_ms"]), time_share=pct(r["time_share"]),
                      gmacs=fnum(r["gmacs_per_s"]) if (r["macs"] or 0) > 0 else "")
                 for r in g.to_dict("records")]
-        out.append(dict(case=c["case"], config=c["config"], source=text(c["source"]), rows=rows, open=not several))
+        out.append(dict(case=c["case"], config=c["config"], source=text(c["source"]), rows=rows, open=not several,
+                        anchor=profile_anchor(c["run_id"], c["case_id"])))
     return out
 
 

@@ -1,5 +1,9 @@
-"""Reference models: the registry's published numbers (params, MACs, latency, mIoU) beside what these runs
-measured of the same model, kept apart so that a paper's figure is never read as one of ours."""
+"""Reference models: the registry's published numbers (params, MACs, latency, mIoU) beside ours of the same model,
+kept apart so that a paper's figure is never read as one of ours.
+
+Our params and MACs are counted for every reference model (models.zoo.zoo_frame, the table `run_bench.py models`
+prints, with the same deviation rule), whether or not the runs measured it; our latencies are the runs' rows of
+the model at its published input size, the work the paper timed."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,38 +14,50 @@ from bench.analysis.report.data import Merged
 from models.registry import get_model_info, list_models
 
 
-def _first_num(df: pd.DataFrame, col: str) -> float | None:
-    if not len(df) or col not in df.columns:
-        return None
-    v = pd.to_numeric(df[col], errors="coerce").dropna()
-    return float(v.iloc[0]) if len(v) else None
+def published_latencies(latency_ms: dict[str, float]) -> list[dict[str, Any]]:
+    """The registry's "hardware, setting" -> ms as records: the hardware (before the first comma) and what the
+    paper says of how it was measured (backend, precision, input; the rest of the key)."""
+    out = []
+    for key, ms in latency_ms.items():
+        hardware, _, setting = str(key).partition(",")
+        out.append(dict(ms=float(ms), hardware=hardware.strip(), setting=setting.strip()))
+    return out
 
 
 def _measured(results: pd.DataFrame, name: str, h: int, w: int) -> dict[str, Any]:
-    """Our params, MACs (batch 1) and latencies of `name` at its published input size h x w."""
+    """The runs' rows of `name` at its published input size h x w."""
     mine = results[results["model"] == name] if len(results) else results
     at_size = mine[(mine["height"] == h) & (mine["width"] == w)] if len(mine) else mine
-    params = _first_num(mine, "params")
-    macs = _first_num(at_size[at_size["batch"] == 1] if len(at_size) else at_size, "macs")
     lat = [dict(config=r["config"], status=r["status"], reason=str(r["reason"]),
-                latency_ms=r["latency_ms_median"] if r["status"] == "ok" else None, batch=r["batch"])
+                latency_ms=r["latency_ms_median"] if r["status"] == "ok" else None,
+                ci_low=r.get("latency_ms_ci_low"), ci_high=r.get("latency_ms_ci_high"), batch=r["batch"])
            for r in (at_size.to_dict("records") if len(at_size) else [])]
-    return dict(params_m=params / 1e6 if params is not None else None,
-                macs_g=macs / 1e9 if macs is not None else None, measured=lat, in_results=bool(len(mine)))
+    return dict(measured=lat, in_results=bool(len(mine)))
+
+
+def _ours(names: list[str]) -> dict[str, dict[str, Any]]:
+    """Our params (M) and MACs (G, at the model's input size) with their deviation from the published figure."""
+    from models.zoo import zoo_frame
+
+    df = zoo_frame(names=names)
+    cols = ["params_m", "macs_g", "params_dev_pct", "macs_dev_pct", "counted_as"]
+    return {r["model"]: {c: (None if pd.isna(r[c]) else r[c]) if c != "counted_as" else r[c] for c in cols}
+            for r in df.to_dict("records")}
 
 
 def reference_models(m: Merged) -> tuple[list[dict], list[str]]:
-    """One entry per registry model that has published numbers: published values and our measured ones."""
+    """One entry per registry model that has published numbers: published values and ours."""
+    names = [n for n in list_models() if get_model_info(n).published is not None]
+    if not names:
+        return [], ["the model registry has no published numbers"]
+    ours = _ours(names)
     out: list[dict] = []
-    for name in list_models():
+    for name in names:
         info = get_model_info(name)
         pub = info.published
-        if pub is None:
-            continue
         h, w = info.input_size
         out.append(dict(name=name, family=info.family, dataset=info.dataset or "", input_size=f"{h}x{w}",
-                        pub_params_m=pub.params_m, pub_macs_g=pub.macs_g, pub_latency=dict(pub.latency_ms or {}),
-                        pub_miou=pub.miou, pub_source=pub.source, **_measured(m.results, name, h, w)))
-    if not out:
-        return [], ["the model registry has no published numbers"]
+                        pub_params_m=pub.params_m, pub_macs_g=pub.macs_g,
+                        pub_latency=published_latencies(pub.latency_ms or {}), pub_miou=pub.miou,
+                        pub_source=pub.source, pub_note=pub.note, **ours[name], **_measured(m.results, name, h, w)))
     return out, []
