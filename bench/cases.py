@@ -262,10 +262,11 @@ def select_models(specs: Iterable[str] | None, level: str) -> list[str]:
 def expand(models: list[str], resolutions: list[tuple[int, int]], devices: list[tuple[str, str]],
            backends: list[str], precisions: dict[str, list[str]], batches: list[int], threads: list[int],
            channels_last: bool = False, fold: bool = False, seed: int = 0, min_time_s: float = 0.5,
-           max_time_s: float = 5.0, timeout_s: float = 600.0) -> list[Case]:
+           max_time_s: float = 5.0, timeout_s: float = 600.0, own_size: bool = False) -> list[Case]:
     """All cases, ordered so that the mixers of one resolution run back to back (A/B pairs close in time).
 
-    devices: (device, device_name); precisions: device type -> precisions; threads apply to CPU (CUDA rows: 0).
+    devices: (device, device_name); precisions: device type -> precisions; threads apply to CPU (CUDA rows: 0);
+    own_size: each model only at its own input size among `resolutions` (--res own).
     """
     from models.registry import get_model_info
 
@@ -279,6 +280,8 @@ def expand(models: list[str], resolutions: list[tuple[int, int]], devices: list[
                         for h, w in resolutions:
                             for name in models:
                                 info = get_model_info(name)
+                                if own_size and (h, w) != tuple(info.input_size):
+                                    continue
                                 c = Case(model=name, family=info.family, variant=info.mixer,
                                          level="block" if info.family == "block" else "model", device=dev,
                                          device_name=dev_name, backend=backend, precision=prec, batch=batch,

@@ -43,7 +43,12 @@ def _items(value: Any, what: str) -> list[str]:
     return items
 
 
+OWN_SIZE = "own"  # --res own: each model at its own input size (a reference model's published one)
+
+
 def _resolutions(value: Any) -> list[tuple[int, int]]:
+    if isinstance(value, str) and value.strip() == OWN_SIZE:
+        return []
     if isinstance(value, (int, str)):
         value = [value] if isinstance(value, int) else parse_list(value, "--res")
     out = []
@@ -53,6 +58,13 @@ def _resolutions(value: Any) -> list[tuple[int, int]]:
         else:
             out.append(parse_resolution(str(r)))
     return list(dict.fromkeys(out))
+
+
+def _own_sizes(names: list[str]) -> list[tuple[int, int]]:
+    """The input sizes of `names` (registry input_size), in order, each once."""
+    from models.registry import get_model_info
+
+    return list(dict.fromkeys(tuple(get_model_info(n).input_size) for n in names))
 
 
 def int_list(value: Any, what: str, minimum: int = 1) -> list[int]:
@@ -167,7 +179,10 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
     try:
         sources = load_sources(models_from)
         resolutions = _resolutions("128" if quick and res == DEFAULT_RES else res)
+        own = not resolutions
         names = _models(models, level, resolutions, quick)
+        if own:  # every model's own input size, and only that size for each model
+            resolutions = _own_sizes(names)
         dev_pairs, missing = devices_of(devices, allow_missing)
         backs = choice_list(backends, "--backends", backend_registry.BACKENDS)
         precs = choice_list(precision, "--precision", backend_registry.PRECISIONS) if precision is not None else None
@@ -185,8 +200,9 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
         raise PlanError(str(e)) from None
     cases = expand(names, resolutions, dev_pairs, backs, precisions, batches, thr, channels_last=channels_last,
                    fold=fold, seed=seed, min_time_s=timing["min_time_s"], max_time_s=timing["max_time_s"],
-                   timeout_s=timing["timeout_s"])
+                   timeout_s=timing["timeout_s"], own_size=own)
     config = {"models": names, "level": level, "resolutions": [f"{h}x{w}" for h, w in resolutions],
+              "own_size": own,
               "devices": [d for d, _ in dev_pairs], "device_names": dict(dev_pairs),
               "missing_devices": sorted(missing), "backends": backs, "precisions": precisions, "batches": batches,
               "threads": thr, "threads_default": None if threads is not None else

@@ -165,12 +165,15 @@ def get_model_info(name: str) -> ModelInfo:
 
 
 def resolve_models(specs: list[str]) -> list[str]:
-    """Model names from names, family names, glob patterns (`evit-b1:*`) or `all`, in registry order, no repeats."""
+    """Model names from names, family names, glob patterns (`evit-b1:*`), `published` (every model with published
+    numbers: the reference models) or `all`, in registry order, no repeats."""
     _ensure_loaded()
     out: list[str] = []
     for spec in specs:
         if spec == "all":
             hits = list(_REGISTRY)
+        elif spec == "published" and spec not in _REGISTRY:
+            hits = [n for n, i in _REGISTRY.items() if i.published is not None]
         elif spec in _REGISTRY:
             hits = [spec]
         elif spec in FAMILIES:
@@ -180,7 +183,7 @@ def resolve_models(specs: list[str]) -> list[str]:
         if not hits:
             raise UnknownModelError(
                 f"unknown model {spec!r}; valid: a name ({', '.join(sorted(_REGISTRY))}), a family "
-                f"({', '.join(FAMILIES)}), a pattern such as 'evit-b1:*', or 'all'")
+                f"({', '.join(FAMILIES)}), a pattern such as 'evit-b1:*', 'published' or 'all'")
         out.extend(h for h in hits if h not in out)
     return out
 

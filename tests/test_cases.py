@@ -113,3 +113,16 @@ def test_no_oversubscription_warning_without_cpu_cases():
 
     assert oversubscription_warnings([10**6], ["cuda:0"]) == []
     assert len(oversubscription_warnings([10**6], ["cpu", "cuda:0"])) == 1
+
+
+def test_res_own_puts_each_model_at_its_own_input_size():
+    """`--models published --res own`: the reference models at the input size the papers timed them at."""
+    from bench.plan import make_plan
+    from models.registry import get_model_info, list_models
+
+    plan = make_plan("published", level="model", res="own")
+    published = [n for n in list_models() if get_model_info(n).published is not None]
+    assert sorted(c.model for c in plan.cases) == sorted(published)
+    for c in plan.cases:
+        assert (c.height, c.width) == tuple(get_model_info(c.model).input_size)
+    assert plan.config["own_size"] and set(plan.config["resolutions"]) == {"1024x2048", "512x512"}
