@@ -34,13 +34,14 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def run(models: Any = None, *, out: str | os.PathLike = "results", run_id: str | None = None,
-        report: bool = True, progress: Progress | None = None, log: Callable[[str], None] | None = None,
-        argv: list[str] | None = None, **options: Any) -> Run:
+        report: bool = True, report_dir: str | os.PathLike | None = None, progress: Progress | None = None,
+        log: Callable[[str], None] | None = None, argv: list[str] | None = None, **options: Any) -> Run:
     """Measure a matrix into a new run folder OUT/RUN_ID; returns the stored run.
 
     `options` are bench.plan.make_plan's: level, res, devices, batch, precision, threads, backends, channels_last,
-    fold, min_time, max_time, timeout, repeats, seed, quick, calibrate, allow_missing, models_from. Raises
-    bench.plan.PlanError on bad options (nothing written) and RunInterrupted when interrupted.
+    fold, min_time, max_time, timeout, repeats, seed, quick, calibrate, allow_missing, models_from. The report
+    goes to report_path(run folder, report_dir). Raises bench.plan.PlanError on bad options (nothing written) and
+    RunInterrupted when interrupted.
     """
     plan = make_plan(models, **options)
     state = start(plan, out, run_id=run_id, argv=argv)
@@ -49,7 +50,7 @@ def run(models: Any = None, *, out: str | os.PathLike = "results", run_id: str |
     finally:
         state.close()
     if report:
-        write_run_report(state.run_dir)
+        write_run_report(state.run_dir, report_dir)
     return load_run(state.run_dir)
 
 
@@ -66,9 +67,9 @@ def start(plan: Plan, out: str | os.PathLike, *, run_id: str | None = None,
     return create_run(Path(out), plan.cases, plan.config, run_id=run_id, argv=argv)
 
 
-def resume(path: str | os.PathLike, *, report: bool = True, progress: Progress | None = None,
-           log: Callable[[str], None] | None = None, argv: list[str] | None = None,
-           retry_failed: Iterable[str] = ()) -> Run:
+def resume(path: str | os.PathLike, *, report: bool = True, report_dir: str | os.PathLike | None = None,
+           progress: Progress | None = None, log: Callable[[str], None] | None = None,
+           argv: list[str] | None = None, retry_failed: Iterable[str] = ()) -> Run:
     """Finish an interrupted run without redoing its finished cases; the matrix is the run's own. Cases that
     ended with a status in `retry_failed` (e.g. {"error", "timeout"}) are measured again."""
     state = reopen(path, argv, retry_failed=retry_failed)
@@ -77,7 +78,7 @@ def resume(path: str | os.PathLike, *, report: bool = True, progress: Progress |
     finally:
         state.close()
     if report:
-        write_run_report(state.run_dir)
+        write_run_report(state.run_dir, report_dir)
     return load_run(state.run_dir)
 
 
@@ -116,7 +117,9 @@ def plan_of(state: RunState) -> Plan:
 
 def measure(state: RunState, plan: Plan, *, progress: Progress | None = None,
             log: Callable[[str], None] | None = None) -> RunState:
-    """Run the plan's cases that have no row yet; marks the run complete, or interrupted (and re-raises)."""
+    """Run the plan's cases that have no row yet; marks the run complete, or interrupted (and re-raises). The
+    session's wall time (worker start and calibration included) is added to meta["wall_s"] either way, so that
+    the summary of a resumed run reports the time of all its sessions."""
     from bench.runner import Runner
     from models.user import MODELS_FROM_ENV
 
@@ -134,21 +137,21 @@ def measure(state: RunState, plan: Plan, *, progress: Progress | None = None,
 
             add_instruction_columns(state, plan.cases, log)
     except KeyboardInterrupt:
-        state.mark("interrupted")
+        state.mark("interrupted", wall_s=time.perf_counter() - t0)
         state.save()
         raise RunInterrupted(state) from None
     except OSError as e:  # the machine, not a case: /tmp full, no more processes, ...
-        _stop(state, e)
+        _stop(state, e, time.perf_counter() - t0)
     state.mark("complete", wall_s=time.perf_counter() - t0)
     state.save()
     return state
 
 
-def _stop(state: RunState, e: OSError) -> None:
+def _stop(state: RunState, e: OSError, wall_s: float | None = None) -> None:
     """Stop a run the machine cannot go on with: the stored cases stay, the status says resumable; one line."""
     from bench.results.lifecycle import RunFolderError
 
-    state.mark("interrupted")
+    state.mark("interrupted", wall_s=wall_s)
     try:
         state.save()
     except RunFolderError:
@@ -158,13 +161,26 @@ def _stop(state: RunState, e: OSError) -> None:
                          f"once fixed: --resume {state.run_id}") from None
 
 
-def report_path(run_dir: Path) -> Path:
-    """Where a run's own report goes: reports/<run-id>.html beside the folder of run folders."""
-    return Path(run_dir).parent.parent / "reports" / f"{Path(run_dir).name}.html"
+def report_path(run_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None) -> Path:
+    """Where a run's own report goes: REPORT_DIR/<run-id>.html when given, else reports/ beside the folder of run
+    folders as the user named it (OUT = the run folder's parent): OUT's own parent (the working folder for a
+    one-part OUT such as `results`), or OUT/reports when OUT names no parent of its own to sit in (`.`, `..`, a
+    folder at the file-system root). The path is never resolved, so the report never lands in a shared folder
+    above what the user named (`--out /tmp` writes /tmp/reports, not /reports)."""
+    run_dir = Path(run_dir)
+    name = f"{run_dir.name}.html"
+    if report_dir is not None:
+        return Path(report_dir) / name
+    out = run_dir.parent
+    parent = out.parent
+    if out.name in ("", ".", "..") or (out.is_absolute() and parent == Path(out.anchor)):
+        return out / "reports" / name
+    return parent / "reports" / name
 
 
-def write_run_report(run_dir: Path) -> Path:
-    return report([run_dir], report_path(run_dir))
+def write_run_report(run_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None) -> Path:
+    """The report of one run at report_path(run_dir, report_dir); returns its path."""
+    return report([run_dir], report_path(run_dir, report_dir))
 
 
 def report(runs: Iterable[str | os.PathLike | Run], path: str | os.PathLike) -> Path:

@@ -1,6 +1,7 @@
-"""The compact end-of-run summary: median ms per model x resolution for each device setting, and the speedup of
-multi-scale linear attention (msla) over softmax attention at each resolution; then what is not ok, and whether the
-machine was busy while it measured (bench.health), in words."""
+"""The compact end-of-run summary: median ms with its 95% CI per model x resolution for each device setting, and
+the speedup of multi-scale linear attention (msla) over softmax attention at each resolution; then one line with
+the wall time, how many cases converged and what is not ok, and whether the machine was busy while it measured
+(bench.health), in words. A median without its interval invites reading noise as a difference."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -32,8 +33,27 @@ def _speedup_table(g: pd.DataFrame, order: list[str]) -> pd.DataFrame | None:
     return st.fillna("")
 
 
+def _cell(r: Mapping[str, Any]) -> str:
+    """'4.62 ms [4.58, 4.67]' (median, 95% CI), '*' after it when the CI did not converge; else the status."""
+    if r["status"] != "ok":
+        return str(r["status"])
+    lo, hi = r.get("latency_ms_ci_low"), r.get("latency_ms_ci_high")
+    ci = "" if lo is None or hi is None or pd.isna(lo) or pd.isna(hi) else f" [{_ms(lo)}, {_ms(hi)}]"
+    return f"{_ms(r['latency_ms_median'])} ms{ci}" + ("" if _converged(r) else "*")
+
+
+def _ms(x: float) -> str:
+    """Milliseconds to about three significant digits: enough to read a 1% CI, no more."""
+    return f"{x:.3f}" if x < 1 else f"{x:.2f}" if x < 100 else f"{x:.1f}" if x < 1000 else f"{x:.0f}"
+
+
+def _converged(r: Mapping[str, Any]) -> bool:
+    v = r.get("converged")
+    return bool(v) if v is not None and not pd.isna(v) else False
+
+
 def summary_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """[(title, table)]: per setting, median ms (models x resolutions) and msla speedup over softmax."""
+    """[(title, table)]: per setting, median ms [95% CI] (models x resolutions) and msla speedup over softmax."""
     df = results.copy()
     if df.empty:
         return []
@@ -42,15 +62,34 @@ def summary_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     order = list(dict.fromkeys(df["res"]))
     out = []
     for setting, g in df.groupby("setting", sort=False):
-        cell = g.apply(lambda r: f"{r['latency_ms_median']:.2f}" if r["status"] == "ok" else str(r["status"]), axis=1)
+        cell = [_cell(r) for r in g.to_dict("records")]
         t = g.assign(cell=cell).pivot_table(index="model", columns="res", values="cell", aggfunc="first")
         t = t.reindex(index=list(dict.fromkeys(g["model"])), columns=[c for c in order if c in t.columns])
-        t.columns.name = "median ms"
+        t.columns.name = "median [95% CI]"
         out.append((setting, t.fillna("")))
         st = _speedup_table(g, order)
         if st is not None:
             out.append((setting, st))
     return out
+
+
+def duration(seconds: float) -> str:
+    """'42.0 s', '3 min 42 s', '1 h 05 min'."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s // 60 % 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{seconds:.1f} s"
+
+
+def run_line(results: pd.DataFrame, wall_s: float | None = None) -> str:
+    """'wall time 3 min 42 s; 24 cases, 22 of 23 ok converged (* in the tables: ...)': the run in one line."""
+    parts = [] if wall_s is None or pd.isna(wall_s) else [f"wall time {duration(float(wall_s))}"]
+    ok = results[results["status"] == "ok"] if not results.empty else results
+    conv = sum(_converged(r) for r in ok.to_dict("records"))
+    text = f"{len(results)} cases, {conv} of {len(ok)} ok converged"
+    if conv < len(ok):
+        text += " (* in the tables: the CI of the median was still wider than the target at --max-time)"
+    return "; ".join([*parts, text])
 
 
 def noisy_count(results: pd.DataFrame) -> int:
@@ -66,14 +105,17 @@ def noisy_line(results: pd.DataFrame, health: Mapping[str, Any] | None = None) -
     return noisy_sentence(noisy_count(results), len(results), (health or {}).get("summary"))
 
 
-def format_summary(results: pd.DataFrame, health: Mapping[str, Any] | None = None) -> str:
-    """The tables as text, then one line counting the cases that are not ok and one saying how many were measured
-    on a busy machine (`health`: the run's meta["health"], for the figures)."""
+def format_summary(results: pd.DataFrame, health: Mapping[str, Any] | None = None,
+                   wall_s: float | None = None) -> str:
+    """The tables as text, then one line with the wall time (`wall_s`: the run's meta["wall_s"]) and how many ok
+    cases converged, one counting the cases that are not ok and one saying how many were measured on a busy
+    machine (`health`: the run's meta["health"], for the figures)."""
     lines = []
     for title, t in summary_tables(results):
         lines.append(f"== {title}")
         lines.append(t.to_string())
         lines.append("")
+    lines.append(run_line(results, wall_s))
     bad = results[results["status"] != "ok"] if not results.empty else results
     if len(bad):
         counts = ", ".join(f"{n} {s}" for s, n in bad["status"].value_counts().items())

@@ -1,9 +1,17 @@
-"""`run_bench.py compare BASELINE CURRENT`: per-case ratio of medians, its CI, a test and a verdict."""
+"""`run_bench.py compare BASELINE CURRENT`: per-case ratio of medians, its CI, a test and a verdict.
+
+BASELINE and CURRENT are named as `--resume` and `--baseline` name runs: a run id in the folder of run folders
+(--out, default results/), a run folder, or a results.parquet / results.csv file; anything else is one line and
+exit 2 before anything is loaded."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from bench.cli import UsageError
 
 NAME = "compare"
+RESULTS_FILES = ("results.parquet", "results.csv")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -11,6 +19,42 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     p = sub.add_parser(NAME, help="compare two runs (ratio, CI, test, verdict); exit 1 on a regression",
                        description=(compare.__doc__ or "").split("\n\n")[0])
-    compare.add_compare_arguments(p)
-    p.set_defaults(func=compare.cmd_compare)
+    accepted = "a run id in --out, a run folder or a results.parquet/.csv file"
+    p.add_argument("baseline", metavar="BASELINE", help=f"the baseline run: {accepted}")
+    p.add_argument("current", metavar="CURRENT", help=f"the current run: {accepted}")
+    p.add_argument("--out", default="results", metavar="DIR",
+                   help="folder of run folders where run ids are looked up, as run's --out (default results/)")
+    compare.add_compare_options(p)
+    p.set_defaults(func=main)
     return p
+
+
+def main(a: argparse.Namespace) -> int:
+    """Resolve both runs (UsageError: one line, exit 2), then compare as bench.analysis.compare does."""
+    from bench.analysis.compare import run_compare
+
+    out = Path(a.out)
+    baseline = resolve_run(a.baseline, out, "BASELINE")
+    current = resolve_run(a.current, out, "CURRENT")
+    return run_compare(baseline, current, threshold=a.threshold, alpha=a.alpha, normalize=a.normalize,
+                       markdown=a.markdown, json_path=a.json, allow_noisy=a.allow_noisy)
+
+
+def resolve_run(value: str, out: Path, flag: str) -> str:
+    """The path of a run named by `value`: a run id in `out` first (as --resume reads it), else a run folder or a
+    results file as given. Checked now, so that `run --baseline` refuses a bad name before measuring anything."""
+    accepted = f"accepted: a run id from {out}/, a run folder or a results.parquet/.csv file"
+    if not value or not value.strip():
+        raise UsageError(f"{flag}: empty; {accepted}")
+    candidates = list(dict.fromkeys([out / value, Path(value)]))
+    for path in candidates:
+        if path.is_file():
+            if path.suffix not in (".parquet", ".csv"):
+                raise UsageError(f"{flag}: {path} is not a results file; {accepted}")
+            return str(path)
+        if path.is_dir():
+            if not any((path / f).is_file() for f in RESULTS_FILES):
+                raise UsageError(f"{flag}: {path} is not a run folder (no {' or '.join(RESULTS_FILES)} in it); "
+                                 f"{accepted}")
+            return str(path)
+    raise UsageError(f"{flag}: no run {value!r} in {out}/ and no such folder or file; {accepted}")

@@ -13,15 +13,46 @@ if TYPE_CHECKING:
 NAME = "models"
 
 
+DESCRIPTION = """\
+List the model zoo, one row per model: registry metadata (family, mixer, input size, tokens), params and MACs
+counted here (on the meta device: nothing is built or run), and the published params and MACs beside them with
+the deviation in percent, on the configuration the paper counted. Users' models (--models-from, or the
+DENSEBENCH_MODELS_FROM variable) are listed like built-in ones.
+"""
+
+
+def _families_epilog() -> str:
+    """The families of models.registry.FAMILIES with their models as registered now (never a typed-in list)."""
+    from models.registry import FAMILIES, list_models
+
+    lines = ["families (--family; also accepted by run --models):"]
+    for f in FAMILIES:
+        names = list_models(f)
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        lines.append(f"  {f:<13} {len(names):>2} model(s)" + (f": {shown}" if names else
+                                                               " (users' models: --models-from)"))
+    lines += ["", "examples:", "  run_bench.py models --res 1024x2048",
+              "  run_bench.py models --family block --format csv",
+              "  run_bench.py models --models-from examples/custom_model.py --family user"]
+    return "\n".join(lines)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(NAME, help="list the model zoo (params, MACs, published numbers)",
-                       description="List the model zoo: registry metadata, params, MACs at a resolution, published "
-                                   "numbers.")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    p.add_argument("--res", metavar="N|HxW", help="resolution for the MACs column (default: each model's own)")
-    p.add_argument("--family", help="only this family")
+    from models.registry import FAMILIES
+
+    p = sub.add_parser(NAME, help="list the model zoo (params, MACs, published numbers)", description=DESCRIPTION,
+                       epilog=_families_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="table (default): aligned text for the terminal, ours beside published; csv or json: every "
+                        "column of the zoo frame, for scripts")
+    p.add_argument("--res", metavar="N|HxW",
+                   help="resolution of the MACs and tokens columns, N for NxN or HxW (e.g. 1024x2048); refused when "
+                        "a model cannot take it (default: each model's own input size)")
+    p.add_argument("--family", metavar="FAMILY",
+                   help=f"only the models of this family, one of {', '.join(FAMILIES)} (default: all)")
     p.add_argument("--models-from", action="append", default=[], metavar="SOURCE",
-                   help="also list users' models from a .py file or a package.module (repeatable)")
+                   help="also list users' models from a .py file or an importable package.module (repeatable; "
+                        "DENSEBENCH_MODELS_FROM does the same, paths separated by os.pathsep)")
     p.set_defaults(func=main)
     return p
 

@@ -1,42 +1,113 @@
-"""The run's progress bar: tqdm on stderr weighted by each case's estimated seconds."""
+"""The run's progress bar: tqdm on stderr weighted by each case's estimated seconds, with an ETA that learns."""
 from __future__ import annotations
 
 import os
 import shutil
 import sys
+import time
+from typing import IO, Sequence
+
+RATIO_BOUNDS = (0.05, 20.0)  # how far the measured / estimated ratio may move the ETA
+
+
+def learned_ratio(estimates: Sequence[float], done: int, elapsed_s: float) -> float:
+    """Measured / estimated seconds of the first `done` cases (1.0 before any is done), within RATIO_BOUNDS."""
+    est = float(sum(estimates[:done]))
+    if done <= 0 or est <= 0 or elapsed_s <= 0:
+        return 1.0
+    lo, hi = RATIO_BOUNDS
+    return min(hi, max(lo, elapsed_s / est))
+
+
+def learned_eta(estimates: Sequence[float], done: int, elapsed_s: float) -> float:
+    """Seconds left: the estimates of the cases not done yet, scaled by how the finished ones compared with theirs
+    (`elapsed_s`: the measured wall time of the first `done` cases)."""
+    return learned_ratio(estimates, done, elapsed_s) * float(sum(estimates[done:]))
+
+
+def rough_estimates(cases: Sequence, repeats: int = 1) -> list[float]:
+    """Seconds per case (all its `repeats` processes) without calibration, for --list: the runner's own estimate
+    (Runner.estimate_s) at its default 10 GMAC/s, from each case's MACs (counted on the meta device)."""
+    from types import SimpleNamespace
+
+    from bench.runner import Runner
+
+    macs: dict = {}
+    for c in cases:
+        key = (c.model, c.height, c.width, c.batch)
+        if key not in macs:
+            try:
+                from models.complexity import count_macs
+
+                macs[key] = int(count_macs(*key))
+            except Exception:  # a model that cannot be counted gets the runner's 1 GMAC guess
+                macs[key] = None
+    shim = SimpleNamespace(state=SimpleNamespace(meta={}), _macs=macs)  # estimate_s reads only these two
+    return [repeats * Runner.estimate_s(shim, c, repeats) for c in cases]
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+def _braces(text: str) -> str:
+    """A label as literal text inside a tqdm bar_format."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 class Progress:
-    """Current case, cases done, ETA. The bar advances by each case's estimated seconds
-    (Runner.estimate_s: MACs over the calibrated rate, within the time budgets), so one slow 2048x2048 softmax case
-    weighs what it costs, not 1/N of the run."""
+    """Current case, cases done, ETA. The bar advances by each case's estimated seconds (Runner.estimate_s: MACs
+    over the calibrated rate, within the time budgets), so one slow 2048x2048 softmax case weighs what it costs,
+    not 1/N of the run; the ETA scales the estimates left by measured / estimated of the cases done so far."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, file: IO[str] | None = None):
         self.bar = None
         self.enabled = enabled
+        self.file = file
         self.weights: list[float] | None = None
+        self._t0: float | None = None  # when the first case started
 
     def set_estimates(self, seconds: list[float]) -> None:
         self.weights = [max(0.01, float(x)) for x in seconds]
 
+    def eta_s(self, i: int, n: int, now: float | None = None) -> float:
+        """Seconds left when case `i` of `n` starts."""
+        w = self._w(n)
+        elapsed = 0.0 if self._t0 is None else (time.perf_counter() if now is None else now) - self._t0
+        return learned_eta(w, i, elapsed)
+
+    def _w(self, n: int) -> list[float]:
+        return self.weights if self.weights and len(self.weights) == n else [1.0] * n
+
+    def _make_bar(self, total: float):
+        from tqdm import tqdm
+
+        out = self.file or sys.stderr
+        try:
+            real = os.get_terminal_size(out.fileno()).columns > 0
+        except (OSError, AttributeError, ValueError):
+            real = False
+        # a terminal of unknown size (a pty nobody sized: CI, `docker run -t`) reads as 0 x 0; tqdm would take it
+        # for 0 rows and draw nothing, so the size is given for it
+        fallback = shutil.get_terminal_size((110, 20))
+        return tqdm(total=round(total, 2), file=out, dynamic_ncols=real, leave=False,
+                    ncols=None if real else fallback.columns, nrows=None if real else max(2, fallback.lines),
+                    bar_format="{desc}")
+
     def __call__(self, case, i: int, n: int) -> None:
         if not self.enabled:
             return
-        w = self.weights if self.weights and len(self.weights) == n else [1.0] * n
+        w = self._w(n)
         if self.bar is None:
-            from tqdm import tqdm
-
-            try:
-                real = os.get_terminal_size(sys.stderr.fileno()).columns > 0
-            except OSError:
-                real = False
-            self.bar = tqdm(total=round(sum(w), 2), file=sys.stderr, dynamic_ncols=real, leave=False,
-                            ncols=None if real else shutil.get_terminal_size((110, 20)).columns,
-                            bar_format="{l_bar}{bar}| {postfix} [{elapsed}<{remaining}]")
-        if i:
-            self.bar.update(w[i - 1])
+            self.bar = self._make_bar(sum(w))
+            self._t0 = time.perf_counter()
+        eta = self.eta_s(i, n)
+        self.bar.bar_format = ("{desc}: {percentage:3.0f}%|{bar}| " + _braces(case.label())
+                               + f" [{{elapsed}}<{_clock(eta)}]")
         self.bar.set_description_str(f"{i}/{n}", refresh=False)
-        self.bar.set_postfix_str(case.label(), refresh=True)
+        self.bar.update(max(0.0, sum(w[:i]) - self.bar.n))  # cases the runner skipped still count as done
+        self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -22,7 +22,7 @@ until the 95% CI of the median is within +-1% or --max-time is spent.
 
 Results: OUT/<run-id>/results.parquet, results.csv (one row per case), samples.parquet (every raw sample) and
 meta.json (environment, configuration, calibration), rewritten atomically after every case; an HTML report in
-reports/<run-id>.html next to OUT. Interrupt at any time and finish with --resume RUN_ID.
+reports/<run-id>.html next to OUT (see --report-dir). Interrupt at any time and finish with --resume RUN_ID.
 
 Exit status: 0 done; 1 some case ended in 'error' (or --baseline found a regression); 2 bad input; 3 --baseline
 could not judge cases measured on a busy machine (see --allow-noisy); 130 interrupted.
@@ -49,10 +49,12 @@ DENSEBENCH_ISOLATION=spawn runs a fresh interpreter per case instead of forking 
 
 
 def _matrix_arguments(p: argparse.ArgumentParser) -> None:
+    from models.registry import FAMILIES
+
     m = p.add_argument_group("matrix")
-    m.add_argument("--models", metavar="LIST", help="comma list of model names, families (evit-variant, block, "
-                   "efficientvit, segformer, segnext, user), patterns ('evit-b1:*') or 'all'; default: the four "
-                   "EfficientViT-B1 variants evit-b1:msla,relu-linear,softmax,large-kernel")
+    m.add_argument("--models", metavar="LIST", help=f"comma list of model names, families ({', '.join(FAMILIES)}; "
+                   "see `models --help`), patterns ('evit-b1:*') or 'all'; default: the four EfficientViT-B1 "
+                   "variants evit-b1:msla,relu-linear,softmax,large-kernel")
     m.add_argument("--level", default="both", metavar="{model,block,both}",
                    help="model: whole networks; block: each mixer alone (block:<mixer>) fed the stride-16 map of the "
                         "image; both (default): each model followed by its mixer's block")
@@ -121,8 +123,16 @@ def _output_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--allow-noisy", action="store_true",
                    help="with --baseline: judge cases measured on a busy machine instead of refusing (exit 3)")
     o.add_argument("--no-report", action="store_true", help="do not write the HTML report")
+    o.add_argument("--report-dir", metavar="DIR",
+                   help="folder of the HTML report <run-id>.html (+ .md, figures); default: reports/ beside OUT, "
+                        "in the parent OUT names (the working folder for a one-part OUT such as the default "
+                        "results), or OUT/reports when OUT names no parent to sit in ('.', '..', a folder at the "
+                        "file-system root): never a shared folder above the one you named")
     o.add_argument("--no-calibrate", action="store_true", help="skip the matmul calibration (no frac_of_peak)")
-    o.add_argument("--list", action="store_true", help="print the cases of the matrix and exit (nothing measured)")
+    o.add_argument("--list", action="store_true",
+                   help="print the cases of the matrix, each with a rough estimate of its seconds (MACs at an "
+                        "assumed 10 GMAC/s, no calibration, within the time budgets), and the total; then exit "
+                        "(nothing measured)")
     o.add_argument("-v", "--verbose", action="store_true", help="one line per case on stderr")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
@@ -157,7 +167,7 @@ def main(a: argparse.Namespace) -> int:
     from bench.plan import make_plan
 
     out = Path(a.out)
-    baseline = _baseline(a.baseline, out) if a.baseline else None
+    baseline = _baseline(a.baseline, out) if a.baseline is not None else None
     if a.resume is not None and not a.resume.strip():
         raise UsageError(f"--resume: empty; accepted: a run id from {out}/ or a run folder path")
     if a.retry_failed is not None and not a.resume:
@@ -165,11 +175,9 @@ def main(a: argparse.Namespace) -> int:
     retry = _retry_statuses(a.retry_failed)
     if not a.resume:
         _check_run_id(a.run_id, out)
+    report_dir = _report_dir(a)
     if a.list:
-        cases = _listed_cases(a, out)
-        for c in cases:
-            print(c.case_id)
-        print(f"{len(cases)} cases", file=sys.stderr)
+        _print_list(_listed_cases(a, out), _listed_repeats(a))
         return 0
     if a.resume:
         state = api.reopen(_resume_dir(a.resume, out), a.argv, retry_failed=retry)
@@ -186,7 +194,7 @@ def main(a: argparse.Namespace) -> int:
         rc = _measure(a, state, plan)
     finally:
         state.close()
-    return rc or _finish(a, state, baseline)
+    return rc or _finish(a, state, baseline, report_dir)
 
 
 def _listed_cases(a: argparse.Namespace, out: Path) -> list:
@@ -200,6 +208,52 @@ def _listed_cases(a: argparse.Namespace, out: Path) -> list:
     return validate.check_cases(store.load_run(run_dir).meta, run_dir / store.META)
 
 
+def _listed_repeats(a: argparse.Namespace) -> int:
+    """The processes per case --list estimates (a resumed run's own --repeats is not read: 1 unless given)."""
+    return max(1, a.repeats or 1)
+
+
+def _print_list(cases: list, repeats: int) -> None:
+    """--list: one line per case (its id, a tab, its rough seconds) on stdout; the count and total on stderr."""
+    from bench.analysis.summary import duration
+    from bench.commands.progress import rough_estimates
+
+    per = rough_estimates(cases, repeats)
+    for c, s in zip(cases, per):
+        print(f"{c.case_id}\t~{s:.1f} s")
+    print(f"{len(cases)} cases, about {duration(sum(per))} in all (rough: MACs at an assumed 10 GMAC/s, no "
+          "calibration; start and calibration not included)", file=sys.stderr)
+
+
+def _report_dir(a: argparse.Namespace) -> Path | None:
+    """--report-dir as given (checked writable now, not after the run), or None for the default."""
+    if a.report_dir is None:
+        return None
+    if not a.report_dir.strip():
+        raise UsageError("--report-dir: empty; accepted: a writable folder")
+    path = Path(a.report_dir)
+    _writable_dir(path, "--report-dir")
+    return path
+
+
+def _starting(state, plan) -> str | None:
+    """What the ~10 s before the first case do (start the worker, calibrate), or None when no case is left."""
+    from bench.backends import unsupported_reason
+    from bench.runner import calibration_key
+
+    done = {r.get("case_id") for r in state.rows}
+    todo = [c for c in plan.cases if c.case_id not in done and c.device not in plan.missing
+            and not unsupported_reason(c.backend, c.device_type, c.precision, channels_last=c.channels_last,
+                                       fold=c.folded)]
+    if not todo:
+        return None
+    have = state.meta.get("calibration") or {}
+    keys = list(dict.fromkeys(calibration_key(c) for c in todo if calibration_key(c) not in have))
+    if not plan.config.get("calibrate", True) or not keys:
+        return "starting the worker ..."
+    return f"starting the worker and calibrating {', '.join(keys)} ..."
+
+
 def _measure(a: argparse.Namespace, state, plan) -> int:
     """Measure with a progress bar; 130 when interrupted (Ctrl-C or SIGTERM), with the run saved for --resume."""
     from bench import api
@@ -207,6 +261,9 @@ def _measure(a: argparse.Namespace, state, plan) -> int:
 
     progress = Progress(enabled=not a.quiet and sys.stderr.isatty())
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if a.verbose else None
+    line = None if a.quiet else _starting(state, plan)
+    if line:
+        print(line, file=sys.stderr, flush=True)
     old = signal.signal(signal.SIGTERM, _sigterm)
     try:
         api.measure(state, plan, progress=progress, log=log)
@@ -221,7 +278,7 @@ def _measure(a: argparse.Namespace, state, plan) -> int:
     return 0
 
 
-def _finish(a: argparse.Namespace, state, baseline: str | None) -> int:
+def _finish(a: argparse.Namespace, state, baseline: str | None, report_dir: Path | None = None) -> int:
     """Summary, report and the optional compare against a baseline; 1 when a case errored or a case regressed."""
     from bench import api
     from bench.results import store
@@ -230,11 +287,11 @@ def _finish(a: argparse.Namespace, state, baseline: str | None) -> int:
     if not a.quiet:
         from bench.analysis.summary import format_summary
 
-        print(format_summary(res, state.meta.get("health")))
+        print(format_summary(res, state.meta.get("health"), wall_s=state.meta.get("wall_s")))
     print(f"results: {state.run_dir}")
     if not a.no_report:
         try:
-            print(f"report: {api.write_run_report(state.run_dir)}")
+            print(f"report: {api.write_run_report(state.run_dir, report_dir)}")
         except Exception as e:  # the measurements are stored; a report failure must not lose them
             print(f"report: failed ({type(e).__name__}: {e})".splitlines()[0], file=sys.stderr)
     rc = 1 if (res["status"] == "error").any() else 0
@@ -296,12 +353,9 @@ def _note_ignored(a: argparse.Namespace) -> None:
 
 
 def _baseline(baseline: str, out: Path) -> str:
-    if not Path(baseline).exists() and (out / baseline).is_dir():
-        baseline = str(out / baseline)
-    if not Path(baseline).exists():
-        raise UsageError(f"--baseline: {baseline} does not exist; accepted: a run id in {out}/, a run folder or "
-                         "a results file")
-    return baseline
+    from bench.commands.compare import resolve_run
+
+    return resolve_run(baseline, out, "--baseline")
 
 
 def _check_run_id(run_id: str | None, out: Path) -> None:
@@ -317,17 +371,17 @@ def _check_run_id(run_id: str | None, out: Path) -> None:
                          "finish that run)")
 
 
-def _writable_dir(path: Path) -> None:
+def _writable_dir(path: Path, flag: str = "--out") -> None:
     try:
         probe = path.resolve()
     except (OSError, RuntimeError) as e:  # a symlink loop
-        raise UsageError(f"--out: {path} cannot be resolved ({e}); accepted: a writable folder") from None
+        raise UsageError(f"{flag}: {path} cannot be resolved ({e}); accepted: a writable folder") from None
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise UsageError(f"--out: {probe} is not a folder; accepted: a writable folder")
+        raise UsageError(f"{flag}: {probe} is not a folder; accepted: a writable folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--out: {path} is not writable ({probe} denies writing); accepted: a writable folder")
+        raise UsageError(f"{flag}: {path} is not writable ({probe} denies writing); accepted: a writable folder")
 
 
 def _sigterm(signum, frame):
