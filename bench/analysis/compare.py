@@ -317,8 +317,8 @@ def to_json_dict(df: pd.DataFrame) -> dict[str, Any]:
 # ---------------------------------------------------------------- CLI glue
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("baseline", metavar="BASELINE", help="baseline run folder or results file")
-    parser.add_argument("current", metavar="CURRENT", help="current run folder or results file")
+    parser.add_argument("baseline", metavar="BASELINE", help="baseline run folder or results file (the compare command also takes a run id)")
+    parser.add_argument("current", metavar="CURRENT", help="current run folder or results file (the compare command also takes a run id)")
     add_compare_options(parser)
     return parser
 

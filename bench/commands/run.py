@@ -59,7 +59,9 @@ def _matrix_arguments(p: argparse.ArgumentParser) -> None:
                    help="model: whole networks; block: each mixer alone (block:<mixer>) fed the stride-16 map of the "
                         "image; both (default): each model followed by its mixer's block")
     m.add_argument("--res", default="512,1024,2048", metavar="LIST",
-                   help="comma list of resolutions: N for NxN or HxW (e.g. 1024x2048); default 512,1024,2048")
+                   help="comma list of resolutions: N for NxN or HxW (e.g. 1024x2048), or 'own': each model at its "
+                        "own input size (with --models published: the sizes the papers timed); default "
+                        "512,1024,2048")
     m.add_argument("--devices", default="cpu", metavar="LIST", help="comma list of cpu, cuda, cuda:N; default cpu")
     m.add_argument("--batch", default="1", metavar="LIST", help="comma list of batch sizes; default 1")
     m.add_argument("--precision", metavar="LIST",
