@@ -120,7 +120,7 @@ def write_report(run_dirs: list[Path], out_html: Path, budgets: Sequence[float] 
 def _context(runs: list, m: Merged, stage: Path, figures_dir: str, html_name: str,
              budgets: Sequence[float] = DEFAULT_BUDGETS) -> dict:
     """Everything the page and the summary show; the figures are drawn into `stage`."""
-    from bench.analysis.report import data, decision, html, methodology, plots, profile_view, published
+    from bench.analysis.report import case_table, data, decision, html, methodology, plots, profile_view, published
 
     sp, sp_notes = data.speedups(m)
     ex, ex_notes = data.scaling_exponents(m)
@@ -129,7 +129,7 @@ def _context(runs: list, m: Merged, stage: Path, figures_dir: str, html_name: st
     profile, profile_figs = profile_view.section(m, stage)
     title = ("Token-mixer benchmark: " + ", ".join(r.run_id for r in runs)) if len(runs) <= 3 else \
         f"Token-mixer benchmark: {len(runs)} runs merged"
-    table = html.case_table(m)
+    table = case_table.case_view(m)
     return dict(
         title=title, generated=html.now_utc(), runs=runs, n_cases=len(m.results), n_ok=len(m.ok),
         status_counts=data.status_counts(m),

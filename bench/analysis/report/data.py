@@ -42,6 +42,7 @@ class Merged:
     samples: pd.DataFrame  # every sample, with the case's model/config/resolution joined on
     ok: pd.DataFrame  # ok rows with a finite median latency, duplicates across runs resolved (latest run wins)
     notes: list[str] = field(default_factory=list)  # what is missing or was resolved, for the reader
+    ab: pd.DataFrame | None = None  # cases measured in more than one run, side by side (ab_pairs, AB_COLUMNS)
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
@@ -124,8 +125,11 @@ def _ok_rows(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     lat = results["latency_ms_median"].astype("float64")
     ok = results[(results["status"] == "ok") & np.isfinite(lat) & (lat > 0)]
     dup = ok.duplicated(subset=["model", *MATCH], keep="last")
+    twice = ok[dup | ok.duplicated(subset=["model", *MATCH], keep=False)]
+    ab = "the runs are side by side (both medians, their CIs, the ratio) in the A/B table of the case section, " \
+        if twice["run_id"].nunique() > 1 else ""
     notes = [f"{int(dup.sum())} case(s) measured in more than one run: the latest run given is used in the "
-             "headline and plots (all rows stay in the case table)"] if dup.any() else []
+             f"headline and plots; {ab}all rows stay in the case table"] if dup.any() else []
     return ok[~dup].copy(), notes
 
 
@@ -151,7 +155,69 @@ def merge_runs(runs: list[Run]) -> Merged:
             run.meta = {}
     results = _all_results(runs)
     ok, notes = _ok_rows(results)
-    return Merged(runs=runs, results=results, samples=_all_samples(runs, results), ok=ok, notes=notes)
+    m = Merged(runs=runs, results=results, samples=_all_samples(runs, results), ok=ok, notes=notes)
+    m.ab = ab_pairs(m)
+    return m
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the same case in several runs: A/B
+
+CASE_KEY = ("model", *MATCH)
+AB_COLUMNS = ("model", "config", "resolution", "megapixels", "run_a", "run_b", "status_a", "status_b", "reason_a",
+              "reason_b", "a_ms", "a_ci_low", "a_ci_high", "b_ms", "b_ci_low", "b_ci_high", "ratio", "ci_low",
+              "ci_high", "ci_method", "noisy")
+
+
+def _latency(r: dict) -> float:
+    """The row's median latency when it is usable (status ok, finite, > 0), else nan."""
+    try:
+        v = float(r.get("latency_ms_median"))
+    except (TypeError, ValueError):
+        return float("nan")
+    return v if r.get("status") == "ok" and math.isfinite(v) and v > 0 else float("nan")
+
+
+def _ab_row(a: dict, b: dict, index: dict[tuple, list[np.ndarray]]) -> dict[str, Any]:
+    """One A/B pair of the same case: B/A median latency with its CI (as for speedups: bootstrap of the raw
+    samples, else the bounds from the two medians' CIs); no ratio unless both sides have a latency."""
+    a_ms, b_ms = _latency(a), _latency(b)
+    ratio = lo = hi = float("nan")
+    how = "none"
+    if math.isfinite(a_ms) and math.isfinite(b_ms):
+        ratio = b_ms / a_ms
+        lo, hi, how = _ratio_ci(index.get((str(a["run_id"]), str(a["case_id"]))),
+                                index.get((str(b["run_id"]), str(b["case_id"]))), a, b)
+
+    def f(r: dict, col: str) -> float:
+        return float(r[col]) if math.isfinite(_latency(r)) and not missing(r.get(col)) else float("nan")
+
+    return dict(model=a["model"], config=a["config"], resolution=a["resolution"], megapixels=a["megapixels"],
+                run_a=str(a["run_id"]), run_b=str(b["run_id"]), status_a=str(a["status"]), status_b=str(b["status"]),
+                reason_a=text(a.get("reason")), reason_b=text(b.get("reason")), a_ms=a_ms,
+                a_ci_low=f(a, "latency_ms_ci_low"), a_ci_high=f(a, "latency_ms_ci_high"), b_ms=b_ms,
+                b_ci_low=f(b, "latency_ms_ci_low"), b_ci_high=f(b, "latency_ms_ci_high"), ratio=ratio, ci_low=lo,
+                ci_high=hi, ci_method=how, noisy=bool(a.get("noisy")) or bool(b.get("noisy")))
+
+
+def ab_pairs(m: Merged) -> pd.DataFrame:
+    """Every case (model and MATCH columns) measured in more than one run, whatever its status: A is its row of
+    the first run given, B its row of each later run (one pair per later run; a run's last row of the case)."""
+    res = m.results
+    if not len(res) or "_run_order" not in res.columns:
+        return pd.DataFrame(columns=list(AB_COLUMNS))
+    key = list(CASE_KEY)
+    n_runs = res.groupby(key, dropna=False, sort=False)["run_id"].transform("nunique")
+    multi = res[n_runs > 1]
+    if not len(multi):
+        return pd.DataFrame(columns=list(AB_COLUMNS))
+    index = samples_by_process(m.samples, ["run_id", "case_id"])
+    rows = []
+    for _, g in multi.groupby(key, dropna=False, sort=False):
+        recs = g.sort_values("_run_order", kind="stable").drop_duplicates("run_id", keep="last").to_dict("records")
+        rows += [_ab_row(recs[0], b, index) for b in recs[1:]]
+    df = pd.DataFrame(rows, columns=list(AB_COLUMNS))
+    return df.sort_values(["config", "model", "megapixels", "run_b"], kind="stable").reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

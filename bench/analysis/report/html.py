@@ -234,6 +234,20 @@ def _md_not_ok(table: dict) -> list[str]:
     return lines + [""]
 
 
+def _md_ab(ab: dict | None) -> list[str]:
+    """Cases measured in two runs, side by side (ab_view's rows)."""
+    if not ab or not ab["rows"]:
+        return []
+    cols = ["model", "setting", "resolution", "A", "B", "B / A", "reading"]
+    rows = [[r["model"], r["setting"], r["resolution"], f"{r['a']['ms']} {r['a']['ci']}".strip(),
+             f"{r['b']['ms']} {r['b']['ci']}".strip(), f"{r['ratio']} {r['ratio_ci']}".strip(), r["reading"]]
+            for r in ab["rows"][:MD_MAX_NOT_OK]]
+    lines = [f"## The same cases in two runs (A/B, {ab['n']}: {ab['summary']})", "", markdown_table(cols, rows)]
+    if ab["n"] > MD_MAX_NOT_OK:
+        lines.append(f"\n({ab['n'] - MD_MAX_NOT_OK} more in the HTML report)")
+    return lines + [""]
+
+
 def _md_noisy(table: dict) -> list[str]:
     noisy = [r for r in table["rows"] if r["noisy"]]
     if not noisy:
@@ -274,6 +288,7 @@ def render_markdown(ctx: dict) -> str:
     for dev in ctx["headline"]:
         lines += _md_headline(dev)
     lines += profile_markdown(ctx.get("profile"))
+    lines += _md_ab(ctx["table"].get("ab"))
     lines += _md_not_ok(ctx["table"])
     lines += _md_noisy(ctx["table"])
     lines.append(f"Figures: {e(ctx['figures_dir'])} (PNG and SVG). Full report: {e(ctx['html_name'])}")
