@@ -35,18 +35,28 @@ class RunInterrupted(KeyboardInterrupt):
 
 def run(models: Any = None, *, out: str | os.PathLike = "results", run_id: str | None = None,
         report: bool = True, report_dir: str | os.PathLike | None = None, progress: Progress | None = None,
-        log: Callable[[str], None] | None = None, argv: list[str] | None = None, **options: Any) -> Run:
+        log: Callable[[str], None] | None = None, argv: list[str] | None = None, cluster: str | None = None,
+        hosts: list[str] | None = None, **options: Any) -> Run:
     """Measure a matrix into a new run folder OUT/RUN_ID; returns the stored run.
 
     `options` are bench.plan.make_plan's: level, res, devices, batch, precision, threads, backends, channels_last,
-    fold, min_time, max_time, timeout, repeats, seed, quick, calibrate, allow_missing, models_from. The report
-    goes to report_path(run folder, report_dir). Raises bench.plan.PlanError on bad options (nothing written) and
+    fold, min_time, max_time, timeout, repeats, seed, quick, calibrate, allow_missing, models_from. `cluster`: a
+    Ray address (or 'local') to measure on its nodes (bench.fleet; `hosts` narrows them). The report goes to
+    report_path(run folder, report_dir). Raises bench.plan.PlanError on bad options (nothing written) and
     RunInterrupted when interrupted.
     """
-    plan = make_plan(models, **options)
+    if cluster:
+        from bench.fleet import measure_on_cluster, plan_on_cluster
+
+        plan = plan_on_cluster(cluster, hosts, models, **options)
+    else:
+        plan = make_plan(models, **options)
     state = start(plan, out, run_id=run_id, argv=argv)
     try:
-        measure(state, plan, progress=progress, log=log)
+        if cluster:
+            measure_on_cluster(state, plan, cluster, hosts=hosts, progress=progress, log=log)
+        else:
+            measure(state, plan, progress=progress, log=log)
     finally:
         state.close()
     if report:

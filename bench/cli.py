@@ -24,8 +24,9 @@ class Parser(argparse.ArgumentParser):
 
 def _commands() -> tuple:
     from bench.commands import ab, check, compare, models, profile, report, run
+    from bench.fleet import command as node
 
-    return run, profile, models, report, compare, check, ab
+    return run, profile, models, report, compare, check, ab, node
 
 
 def build_parser() -> tuple[Parser, list[str]]:

@@ -141,9 +141,12 @@ def _output_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The matrix, timing and output options (`run`'s, shared with `profile`)."""
+    from bench.fleet.command import add_cluster_arguments
+
     _matrix_arguments(p)
     _timing_arguments(p)
     _output_arguments(p)
+    add_cluster_arguments(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -166,6 +169,7 @@ def plan_options(a: argparse.Namespace) -> dict:
 
 def main(a: argparse.Namespace) -> int:
     from bench import api
+    from bench.fleet.command import check_resume, plan_for_args
     from bench.plan import make_plan
 
     out = Path(a.out)
@@ -175,6 +179,8 @@ def main(a: argparse.Namespace) -> int:
     if a.retry_failed is not None and not a.resume:
         raise UsageError("--retry-failed: only with --resume RUN_ID (a new run has no failed cases yet)")
     retry = _retry_statuses(a.retry_failed)
+    if a.hosts is not None and not a.cluster:
+        raise UsageError("--hosts: only with --cluster ADDRESS (the hosts are the cluster's nodes)")
     if not a.resume:
         _check_run_id(a.run_id, out)
     report_dir = _report_dir(a)
@@ -182,13 +188,14 @@ def main(a: argparse.Namespace) -> int:
         _print_list(_listed_cases(a, out), _listed_repeats(a))
         return 0
     if a.resume:
+        check_resume(a, _resume_dir(a.resume, out))
         state = api.reopen(_resume_dir(a.resume, out), a.argv, retry_failed=retry)
         plan = api.plan_of(state)
         _warn(plan)
         _note_ignored(a)
         _note_redo(state)
     else:
-        plan = make_plan(**plan_options(a))
+        plan = plan_for_args(a, plan_options(a)) if a.cluster else make_plan(**plan_options(a))
         _warn(plan)
         _writable_dir(out)
         state = api.start(plan, out, run_id=a.run_id, argv=[sys.executable, PROG, *a.argv])
@@ -196,6 +203,10 @@ def main(a: argparse.Namespace) -> int:
         rc = _measure(a, state, plan)
     finally:
         state.close()
+        if a.cluster:
+            from bench.fleet.cluster import disconnect
+
+            disconnect()
     return rc or _finish(a, state, baseline, report_dir)
 
 
@@ -260,6 +271,7 @@ def _measure(a: argparse.Namespace, state, plan) -> int:
     """Measure with a progress bar; 130 when interrupted (Ctrl-C or SIGTERM), with the run saved for --resume."""
     from bench import api
     from bench.commands.progress import Progress
+    from bench.fleet.command import measurer
 
     progress = Progress(enabled=not a.quiet and sys.stderr.isatty())
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if a.verbose else None
@@ -268,7 +280,7 @@ def _measure(a: argparse.Namespace, state, plan) -> int:
         print(line, file=sys.stderr, flush=True)
     old = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        api.measure(state, plan, progress=progress, log=log)
+        measurer(a)(state, plan, progress=progress, log=log)
     except api.RunInterrupted:
         progress.close()
         print(f"interrupted: {len(state.rows)} of {len(plan.cases)} cases stored in {state.run_dir}; finish with "

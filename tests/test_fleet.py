@@ -1,0 +1,218 @@
+"""Fleet runs on a real Ray cluster (ray.cluster_utils.Cluster, no mocks): nodes on this machine that differ by
+their custom resources, host labels and declared device names, so each is a host and a device class of its own.
+
+One cluster for the module (starting Ray and probing a node costs seconds on 2 cores): node-a (class "Fleet CPU
+A"), node-b and node-c (both "Fleet CPU B", so a case lost on one is retried on the other); node-c hangs every
+case (DENSEBENCH_FAULT) so that removing it always catches a case mid-way. node-d comes and goes in the
+resume test.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[fleet]')")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from bench import api  # noqa: E402
+from bench.cli import UsageError  # noqa: E402
+from bench.fleet.cluster import FleetError, connect  # noqa: E402
+from bench.fleet.hygiene import DEVICE_NAMES_ENV, NODE_ENV, node_env_record  # noqa: E402
+from bench.fleet.inventory import list_nodes  # noqa: E402
+from bench.fleet.measure import measure_on_cluster  # noqa: E402
+from bench.fleet.plan import cluster_plan  # noqa: E402
+from bench.fleet.records import HOST_LABEL, NODE_LOST  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)
+
+# a --quick-like matrix: two mixer blocks at 64x64, 2 threads (Ray would give 1), short budgets, no calibration
+OPTIONS = dict(models="block:msla,block:relu-linear", level="block", res=64, min_time=0.05, max_time=0.2,
+               timeout=60, threads=2, calibrate=False)
+
+
+def _node(cluster: Cluster, host: str, name: str, fault: str | None = None):
+    env = {NODE_ENV: node_env_record(), DEVICE_NAMES_ENV: json.dumps({"cpu": name})}
+    if fault:
+        env["DENSEBENCH_FAULT"] = fault
+    return cluster.add_node(num_cpus=1, resources={"densebench-cpu": 1}, labels={HOST_LABEL: host}, env_vars=env)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    nodes = {"node-a": _node(c, "node-a", "Fleet CPU A"), "node-b": _node(c, "node-b", "Fleet CPU B"),
+             "node-c": _node(c, "node-c", "Fleet CPU B", fault="hang@block:*")}
+    c.wait_for_nodes()
+    connect(c.address)
+    yield c, nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+def _run(tmp_path, c, hosts, progress=None, **options):
+    plan = cluster_plan(list_nodes(hosts), c.address, **{**OPTIONS, **options})
+    state = api.start(plan, tmp_path)
+    try:
+        measure_on_cluster(state, plan, c.address, hosts=hosts, progress=progress)
+    finally:
+        state.close()
+    return plan, api.load_run(state.run_dir)
+
+
+def _remove_when(c, node, started: threading.Event, after_s: float = 3.0) -> threading.Thread:
+    """Kill `node` (no graceful drain) `after_s` seconds after a case was handed to it."""
+    def go():
+        started.wait(120)
+        time.sleep(after_s)
+        c.remove_node(node, allow_graceful=False)
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t
+
+
+def test_every_node_lands_in_one_run_with_its_host_and_threads(cluster, tmp_path):
+    c, _ = cluster
+    plan, run = _run(tmp_path, c, ["node-a", "node-b"])
+    res = run.results.set_index("case_id")
+    assert len(plan.cases) == 4 and set(res.index) == {k.case_id for k in plan.cases}
+    assert (res["status"] == "ok").all(), res[["status", "reason"]]
+    assert dict(zip(res["device_name"], res["host"])) == {"Fleet CPU A": "node-a", "Fleet CPU B": "node-b"}
+    assert run.meta["status"] == "complete"
+    assert (res["threads"] == 2).all()
+    assert [json.loads(b)["torch_threads"] for b in res["backend_info"]] == [2] * 4  # not Ray's OMP_NUM_THREADS=1
+    nodes = run.meta["fleet"]["nodes"]
+    assert set(nodes) >= {"node-a", "node-b"} and nodes["node-a"]["devices"] == {"cpu": "Fleet CPU A"}
+    assert nodes["node-a"]["ray_env_fixed"]["OMP_NUM_THREADS"][0] == "1"  # what Ray had set, removed
+    assert set(run.samples["case_id"]) == set(res.index)
+
+
+def test_node_lost_mid_case_is_retried_on_its_class(cluster, tmp_path):
+    c, nodes = cluster
+    started = threading.Event()
+    on_c = _remove_when(c, nodes["node-c"], started)
+
+    class_b = []
+
+    def progress(case, i, n):
+        class_b.append(case.device_name == "Fleet CPU B")
+        if sum(class_b) >= 2:
+            started.set()  # both class-B nodes have a case (one resolution each): node-c's hangs
+
+    plan, run = _run(tmp_path, c, ["node-a", "node-b", "node-c"], progress, res="64,96")
+    on_c.join()
+    res = run.results.set_index("case_id")
+    assert len(res) == 8 and (res["status"] == "ok").all(), res[["status", "host", "reason"]]
+    assert set(res.loc[res["device_name"] == "Fleet CPU B", "host"]) == {"node-b"}
+    retried = run.meta["fleet"]["retried"]
+    assert [(r["lost"], r["to"]) for r in retried] == [("node-c", "node-b")]
+
+
+def test_lost_node_without_a_peer_gives_node_lost_rows_and_resume_completes(cluster, tmp_path):
+    c, nodes = cluster
+    d = _node(c, "node-d", "Fleet CPU D", fault="hang@block:*")
+    c.wait_for_nodes()
+    started = threading.Event()
+    on_d = _remove_when(c, d, started)
+
+    def progress(case, i, n):
+        if case.device_name == "Fleet CPU D":
+            started.set()
+
+    plan, run = _run(tmp_path, c, ["node-a", "node-d"], progress)
+    on_d.join()
+    res = run.results.set_index("case_id")
+    lost = res[res["device_name"] == "Fleet CPU D"]
+    assert len(lost) == 1 and lost["status"].tolist() == ["error"]
+    assert lost["reason"].iloc[0].startswith(f"{NODE_LOST}: node-d")
+    assert run.meta["status"] == "interrupted"  # the other class-D case waits for a node of its class
+    kept = res[res["device_name"] == "Fleet CPU A"]
+    assert (kept["status"] == "ok").all() and len(kept) == 2
+
+    _node(c, "node-d", "Fleet CPU D")  # the board is back, healthy
+    c.wait_for_nodes()
+    state = api.reopen(run.path, retry_failed=["error"])
+    try:
+        measure_on_cluster(state, api.plan_of(state), c.address)
+    finally:
+        state.close()
+    done = api.load_run(run.path)
+    after = done.results.set_index("case_id")
+    assert done.meta["status"] == "complete" and set(after.index) == {k.case_id for k in plan.cases}
+    assert (after["status"] == "ok").all(), after[["status", "reason"]]
+    assert set(after.loc[after["device_name"] == "Fleet CPU D", "host"]) == {"node-d"}
+    for cid in kept.index:  # nothing measured before is lost or measured again
+        assert after.loc[cid, "latency_ms_median"] == kept.loc[cid, "latency_ms_median"]
+        assert after.loc[cid, "started_at"] == kept.loc[cid, "started_at"]
+    old = run.samples[run.samples["case_id"].isin(kept.index)].reset_index(drop=True)
+    new = done.samples[done.samples["case_id"].isin(kept.index)].reset_index(drop=True)
+    assert old["latency_ms"].tolist() == new["latency_ms"].tolist()
+
+
+def test_a_device_no_node_has_is_one_line(cluster):
+    c, _ = cluster
+    with pytest.raises(FleetError, match=r"--devices cuda: no node of the cluster has it") as e:
+        cluster_plan(list_nodes(["node-a"]), c.address, **{**OPTIONS, "devices": "cuda"})
+    assert isinstance(e.value, UsageError) and "\n" not in str(e.value)
+    with pytest.raises(FleetError, match="--hosts: nowhere not in the cluster"):
+        list_nodes(["nowhere"])
+
+
+def test_unreachable_address_is_one_line():
+    from bench.fleet.cluster import _reachable
+
+    with pytest.raises(FleetError, match="unreachable"):
+        _reachable("127.0.0.1:1")
+    with pytest.raises(FleetError, match="not HOST:PORT"):
+        _reachable("nohost")
+
+
+def test_ray_not_installed_is_one_line(monkeypatch):
+    import sys
+
+    from bench.fleet.cluster import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees where it is not installed
+    with pytest.raises(FleetError, match=r"needs Ray, which is not installed; accepted: pip install -e '.\[fleet\]'"):
+        import_ray()
+
+
+def test_node_command_advertises_devices_and_keeps_the_dashboard_off(capsys):
+    import argparse
+
+    from bench.fleet import command
+
+    p = argparse.ArgumentParser()
+    command.add_parser(p.add_subparsers())
+    a = p.parse_args(["node", "--head", "--devices", "cpu,cuda:0", "--device-name", "cuda:0=Jetson AGX Orin",
+                      "--host", "orin 1", "--dry-run"])
+    assert a.func(a) == 0
+    line = capsys.readouterr().out
+    assert '"densebench-cpu": 1, "densebench-cuda:0": 1' in line and "--labels=densebench-host=orin-1" in line
+    assert "--include-dashboard=false" in line and "--num-gpus=0" in line and "Jetson AGX Orin" in line
+    with pytest.raises(UsageError, match="--device-name"):
+        a = p.parse_args(["node", "--head", "--devices", "cpu", "--device-name", "cuda:0=x", "--dry-run"])
+        a.func(a)
+
+
+def test_cluster_flags_choose_the_measuring_function(tmp_path):
+    import argparse
+
+    from bench.fleet.command import add_cluster_arguments, check_resume, measurer
+
+    p = argparse.ArgumentParser()
+    add_cluster_arguments(p)
+    assert measurer(p.parse_args([])) is api.measure
+    m = measurer(p.parse_args(["--cluster", "local", "--hosts", "a,b"]))
+    assert m.func is measure_on_cluster and m.keywords == {"address": "local", "hosts": ["a", "b"]}
+    with pytest.raises(UsageError, match="--hosts: only with --cluster"):
+        measurer(p.parse_args(["--hosts", "a"]))
+
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "meta.json").write_text(json.dumps({"run_id": "r1", "fleet": {"nodes": {"node-a": {}}}}))
+    with pytest.raises(UsageError, match="a cluster run .*--resume r1 --cluster ADDRESS"):
+        check_resume(p.parse_args([]), run)
+    check_resume(p.parse_args(["--cluster", "local"]), run)
