@@ -216,3 +216,48 @@ def test_cluster_flags_choose_the_measuring_function(tmp_path):
     with pytest.raises(UsageError, match="a cluster run .*--resume r1 --cluster ADDRESS"):
         check_resume(p.parse_args([]), run)
     check_resume(p.parse_args(["--cluster", "local"]), run)
+
+
+def test_driver_killed_loses_nothing_and_resume_redoes_only_the_rest(cluster, tmp_path):
+    """kill -9 of the driver (`run_bench.py run --cluster`) after its first row: that row and its samples stay, and
+    --resume on the cluster measures only the cases that have no row."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from bench.results.store import load_run
+
+    c, _ = cluster
+    out = tmp_path / "results"
+    argv = [sys.executable, "run_bench.py", "run", "--cluster", c.address, "--hosts", "node-a", "--models",
+            OPTIONS["models"], "--level", "block", "--res", "64,128", "--min-time", "0.05", "--max-time", "0.2",
+            "--threads", "2", "--no-calibrate", "--no-report", "-q", "--out", str(out), "--run-id", "killed"]
+    p = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            if len(load_run(out / "killed").results) >= 1:
+                break
+        except Exception:  # the folder or its first commit is not there yet
+            pass
+        time.sleep(0.2)
+    assert p.poll() is None, p.stderr.read().decode()[-2000:]
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(30)
+    before = load_run(out / "killed")
+    assert 1 <= len(before.results) < 4
+    kept = before.results.set_index("case_id")
+    state = api.reopen(out / "killed")
+    try:
+        measure_on_cluster(state, api.plan_of(state), c.address, hosts=["node-a"])
+    finally:
+        state.close()
+    done = load_run(out / "killed")
+    after = done.results.set_index("case_id")
+    assert len(after) == 4 and (after["status"] == "ok").all() and done.meta["status"] == "complete"
+    for cid in kept.index:
+        assert after.loc[cid, "started_at"] == kept.loc[cid, "started_at"]
+        assert after.loc[cid, "latency_ms_median"] == kept.loc[cid, "latency_ms_median"]
+    old = before.samples[before.samples["case_id"].isin(kept.index)]["latency_ms"].tolist()
+    assert done.samples[done.samples["case_id"].isin(kept.index)]["latency_ms"].tolist() == old
