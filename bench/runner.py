@@ -236,7 +236,7 @@ class Runner:
         st.meta["cases_done"] = sum(1 for r in st.rows if self._processes_done(r) >= self.repeats)
         st.meta["updated_at"] = now_iso()
         st.save()
-        self.log(_line(st.rows[rows_at[case.case_id]]))
+        self.log(row_line(st.rows[rows_at[case.case_id]]))
 
     def _store(self, case: Case, rep: int, full: dict, samples: list[float], rows_at: dict, procs: dict) -> None:
         """Add one process's row and samples to the run: its samples join the case's, its row is pooled with the
@@ -358,7 +358,8 @@ def _child_error(out: Outcome) -> str:
                                                f"exit {out.exit_code} signal {out.signal}")
 
 
-def _line(row: dict) -> str:
+def row_line(row: dict) -> str:
+    """The one line --verbose prints per finished case (the local runner and the fleet driver)."""
     lab = case_label(row, device="device")
     noisy = f" [noisy: {row.get('noisy_reason')}]" if row.get("noisy") else ""
     if row.get("status") == "ok":

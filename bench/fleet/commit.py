@@ -23,7 +23,7 @@ def host_calibration(state: RunState, host: str) -> dict:
     return dict(((fleet_meta(state).get("nodes") or {}).get(host) or {}).get("calibration") or {})
 
 
-def _put_row(state: RunState, row: dict) -> None:
+def put_row(state: RunState, row: dict) -> None:
     """Replace the case's row (a retried case) or add it; its earlier samples go with an earlier row."""
     cid = row["case_id"]
     at = next((i for i, r in enumerate(state.rows) if r.get("case_id") == cid), None)
@@ -59,7 +59,7 @@ def _note_host(state: RunState, res: CaseResult) -> None:
 def commit_result(state: RunState, res: CaseResult, round_trip_s: float | None = None) -> dict:
     """Store one node's case in the run and commit; returns the stored row."""
     row = {**res.row, "run_id": state.run_id, "host": res.host}
-    _put_row(state, row)
+    put_row(state, row)
     state.samples.extend({"run_id": state.run_id, "case_id": res.case_id, "repeat": 0, "iter": j, "latency_ms": v}
                          for j, v in enumerate(res.samples))
     state.profile.extend({**p, "run_id": state.run_id, "case_id": res.case_id} for p in res.profile)
@@ -68,7 +68,7 @@ def commit_result(state: RunState, res: CaseResult, round_trip_s: float | None =
     _note_host(state, res)
     if round_trip_s is not None:  # the driver's wait beyond the node task's own time: Ray's share of a case
         fleet_meta(state).setdefault("ray_s", {})[res.case_id] = round(max(0.0, round_trip_s - res.wall_s), 4)
-    _save(state)
+    save(state)
     return row
 
 
@@ -77,10 +77,10 @@ def commit_lost(state: RunState, case: Case, host: str, detail: str, started_at:
     row = {**case.as_row(), "status": "error", "reason": f"{NODE_LOST}: {host} ({detail})"[:400],
            "run_id": state.run_id, "host": host, "started_at": started_at, "wall_s": wall_s, "noisy": False,
            "noisy_reason": ""}
-    _put_row(state, row)
+    put_row(state, row)
     fleet_meta(state).setdefault("lost", []).append({"case_id": case.case_id, "host": host, "at": now_iso(),
                                                      "detail": detail[:200]})
-    _save(state)
+    save(state)
     return row
 
 
@@ -89,7 +89,7 @@ def note_retry(state: RunState, case: Case, lost_host: str, to_host: str) -> Non
                                                         "to": to_host, "at": now_iso()})
 
 
-def _save(state: RunState) -> None:
+def save(state: RunState) -> None:
     state.meta["cases_done"] = sum(1 for r in state.rows if r.get("status"))
     state.meta["updated_at"] = now_iso()
     state.save()

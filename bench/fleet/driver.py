@@ -29,15 +29,15 @@ WAIT_S = 2.0  # the longest ray.wait, so that Ctrl-C and dead nodes are seen pro
 
 
 @dataclass
-class _Item:
+class Item:
     case: Case
     retried: bool = False
     avoid: str | None = None  # the host a retried case was lost on
 
 
 @dataclass
-class _Flight:
-    item: _Item
+class Flight:
+    item: Item
     slot: Slot
     t0: float = field(default_factory=time.perf_counter)
     started_at: str = field(default_factory=now_iso)
@@ -57,7 +57,7 @@ def _group(case: Case) -> str:
     return case.case_id.split("|", 1)[1]
 
 
-class _Dispatch:
+class Dispatch:
     """The queues per device class, the case in flight per slot, and the Ray calls."""
 
     def __init__(self, state: RunState, plan: Plan, nodes: list[NodeInfo], log: Callable[[str], None]):
@@ -66,15 +66,15 @@ class _Dispatch:
         self.ray = import_ray()
         self.state, self.plan, self.log = state, plan, log
         self.slots = _slots(nodes)
-        self.queues: dict[DeviceClass, deque[_Item]] = {}
-        self.flights: dict[Any, _Flight] = {}
+        self.queues: dict[DeviceClass, deque[Item]] = {}
+        self.flights: dict[Any, Flight] = {}
         self.task = self.ray.remote(max_retries=0)(run_case)
         self.sent = 0
         self.owner: dict[str, str] = {}  # pair group -> the slot that measures it (see _group)
 
     def add(self, cases: list[Case]) -> None:
         for c in cases:
-            self.queues.setdefault(case_class(c), deque()).append(_Item(c))
+            self.queues.setdefault(case_class(c), deque()).append(Item(c))
 
     def _busy(self) -> set[str]:
         return {f.slot.key for f in self.flights.values()}
@@ -99,7 +99,7 @@ class _Dispatch:
                 if progress:
                     progress(item.case, self.sent - 1, total)
 
-    def _submit(self, item: _Item, slot: Slot) -> None:
+    def _submit(self, item: Item, slot: Slot) -> None:
         from dataclasses import replace
 
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -113,7 +113,7 @@ class _Dispatch:
         ref = self.task.options(num_cpus=cpus, resources={f"densebench-{slot.device}": 1},
                                 scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False)
                                 ).remote(case.to_spec(), ctx)
-        self.flights[ref] = _Flight(_Item(case, item.retried, item.avoid), slot)
+        self.flights[ref] = Flight(Item(case, item.retried, item.avoid), slot)
         self.sent += 1
 
     def drop_node(self, node_id: str) -> None:

@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 
 from bench.fleet import commit
 from bench.fleet.cluster import connect, import_ray
-from bench.fleet.driver import WAIT_S, _Dispatch, _Flight, _Item
+from bench.fleet.driver import WAIT_S, Dispatch, Flight, Item
 from bench.fleet.inventory import list_nodes, live_node_ids, nodes_meta
 from bench.plan import Plan
 from bench.results.lifecycle import RunState
@@ -44,7 +44,7 @@ def _node_died(node_id: str, wait_s: float = NODE_DEATH_WAIT_S) -> bool:
     return True
 
 
-def _failed(d: _Dispatch, f: _Flight, e: BaseException, log: Callable[[str], None]) -> None:
+def _failed(d: Dispatch, f: Flight, e: BaseException, log: Callable[[str], None]) -> None:
     """A task that gave no result: our code failed there (an error row), or the node or worker was lost (retry
     once on another node of the class, else a 'node lost' row)."""
     ray = import_ray()
@@ -54,8 +54,8 @@ def _failed(d: _Dispatch, f: _Flight, e: BaseException, log: Callable[[str], Non
     if isinstance(e, ray.exceptions.RayTaskError):
         row = {**case.as_row(), "status": "error", "reason": f"fleet task failed on {slot.host}: {detail}"[:400],
                "run_id": d.state.run_id, "host": slot.host, "started_at": f.started_at, "wall_s": wall}
-        commit._put_row(d.state, row)
-        commit._save(d.state)
+        commit.put_row(d.state, row)
+        commit.save(d.state)
         log(f"{case.label()}: error on {slot.host}: {detail}")
         return
     if _node_died(slot.node_id):
@@ -64,15 +64,15 @@ def _failed(d: _Dispatch, f: _Flight, e: BaseException, log: Callable[[str], Non
     others = [s for s in d.slots.get((case.device_type, case.device_name), []) if s.host != slot.host]
     if not f.item.retried and others:
         commit.note_retry(d.state, case, slot.host, others[0].host)
-        d.queues[(case.device_type, case.device_name)].appendleft(_Item(case, retried=True, avoid=slot.host))
+        d.queues[(case.device_type, case.device_name)].appendleft(Item(case, retried=True, avoid=slot.host))
         log(f"{case.label()}: lost on {slot.host}, retried once on another node of its class")
         return
     commit.commit_lost(d.state, case, slot.host, detail, f.started_at, wall)
     log(f"{case.label()}: error: node lost: {slot.host}")
 
 
-def _loop(d: _Dispatch, total: int, progress, log: Callable[[str], None]) -> None:
-    from bench.runner import _line
+def _loop(d: Dispatch, total: int, progress, log: Callable[[str], None]) -> None:
+    from bench.runner import row_line
 
     ray = import_ray()
     d.fill(progress, total)
@@ -85,7 +85,7 @@ def _loop(d: _Dispatch, total: int, progress, log: Callable[[str], None]) -> Non
             except Exception as e:  # noqa: BLE001 - every Ray error is sorted out in _failed
                 _failed(d, f, e, log)
             else:
-                log(_line(commit.commit_result(d.state, res, time.perf_counter() - f.t0)))
+                log(row_line(commit.commit_result(d.state, res, time.perf_counter() - f.t0)))
         if not ready:
             alive = live_node_ids()
             for f in [f for f in d.flights.values() if f.slot.node_id not in alive]:
@@ -118,7 +118,7 @@ def measure_on_cluster(state: RunState, plan: Plan, address: str, *, hosts: Iter
     todo = _pending(state, plan)
     state.meta["status"] = "running"
     state.save()
-    d = _Dispatch(state, plan, nodes, log)
+    d = Dispatch(state, plan, nodes, log)
     d.add(todo)
     t0 = time.perf_counter()
     try:
