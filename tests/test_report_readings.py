@@ -102,3 +102,12 @@ def test_a_ratio_without_ci_is_never_green():
     assert _speedup_cell(x)["cls"] == "win"
     x.update(ci_low=0.9, ci_high=3.5)
     assert _speedup_cell(x)["cls"] == "tie"
+
+
+def test_a_ratio_resting_on_few_samples_is_never_green():
+    """evit-b1:softmax at 2048 gets one timed iteration on a 2-core VM: its bootstrap CI is not a verdict."""
+    x = dict(speedup=4.6, ci_low=4.0, ci_high=4.8, baseline="softmax", baseline_model="a", target_model="b",
+             baseline_ms=4.6, target_ms=1.0, noisy=False, n_min=1)
+    cell = _speedup_cell(x)
+    assert cell["cls"] == "na" and "few samples" in cell["title"]
+    assert readings.speedup_verdict(4.6, 4.0, 4.8, readings.MIN_N) == "win"

@@ -31,7 +31,7 @@ _FILL = (("model", "?"), ("variant", ""), ("level", ""), ("device_name", "unknow
          ("precision", "?"), ("reason", ""), ("noisy_reason", ""))
 SPEEDUP_COLUMNS = ("config", "device_name", "mobile_proxy", "base", "level", "resolution", "height", "width",
                    "megapixels", "baseline", "speedup", "ci_low", "ci_high", "ci_method", "target_ms", "baseline_ms",
-                   "target_model", "baseline_model", "noisy")
+                   "target_model", "baseline_model", "noisy", "n_min")
 
 
 @dataclass
@@ -254,7 +254,15 @@ def _speedup_row(r: dict, baseline: str, index: dict[tuple, list[np.ndarray]]) -
                 level=r["level"], resolution=t["resolution"], height=int(r["height"]), width=int(r["width"]),
                 megapixels=t["megapixels"], baseline=baseline, speedup=b_ms / t_ms, ci_low=lo, ci_high=hi,
                 ci_method=how, target_ms=t_ms, baseline_ms=b_ms, target_model=t["model"],
-                baseline_model=b["model"], noisy=bool(t["noisy"]) or bool(b["noisy"]))
+                baseline_model=b["model"], noisy=bool(t["noisy"]) or bool(b["noisy"]),
+                n_min=min(_n(t.get("n")), _n(b.get("n"))))  # the fewer samples of the two sides
+
+
+def _n(v: Any) -> float:
+    try:
+        return float(v) if v is not None and np.isfinite(float(v)) else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _unfinished_baselines(results: pd.DataFrame) -> list[str]:

@@ -22,7 +22,7 @@ from bench.analysis.report.html import fnum
 from bench.cases import case_label
 from bench.text import markdown_table, md_escape
 
-MIN_N = 6  # below this many samples the CI of the median covers less than its level (bench.schema ci_level)
+from bench.analysis.report.readings import MIN_N  # noqa: E402 - fewer samples decide nothing
 FAILED = ("oom", "timeout", "error", "unknown")
 GROUP = ["level", "config", "base", "height", "width"]
 MD_MAX_GROUPS = 40

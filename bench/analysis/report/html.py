@@ -145,9 +145,11 @@ def headline(m: Merged, sp: pd.DataFrame, ex: pd.DataFrame) -> list[dict]:
 def _speedup_cell(x: pd.Series) -> dict:
     """One headline cell: the ratio, its CI, win/loss/tie by the CI, and a mark when a side was measured on a busy
     machine (bench.health: the ratio is then not comparable)."""
-    verdict = readings.speedup_verdict(x["speedup"], x["ci_low"], x["ci_high"])  # no CI is never a win
-    cls = {"win": "win", "loss": "loss", "tie": "tie"}.get(verdict, "na")
+    verdict = readings.speedup_verdict(x["speedup"], x["ci_low"], x["ci_high"], x.get("n_min"))
+    cls = {"win": "win", "loss": "loss", "tie": "tie"}.get(verdict, "na")  # no CI or few samples: neither
     title = f"{x['baseline_model']}: {fnum(x['baseline_ms'])} ms; {x['target_model']}: {fnum(x['target_ms'])} ms"
+    if verdict in ("no CI", "few samples"):
+        title += f"; {verdict} (fewer than {readings.MIN_N} samples or no CI): neither a win nor a loss"
     noisy = bool(x.get("noisy"))
     return dict(text=f"{fnum(x['speedup'])}×" + (" !" if noisy else ""), ci=_ci_text(x["ci_low"], x["ci_high"]),
                 cls=cls + (" noisy" if noisy else ""),

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure as Canvas
 
+from bench.analysis.report.readings import MIN_N
 from bench.analysis.report import plotting as kit
 from bench.analysis.report.data import Merged
 from bench.analysis.report.plots_hardware import efficiency, latency_distributions, macs_vs_latency
@@ -47,7 +48,7 @@ FIGURES: tuple[tuple[str, str, str, Callable[[Merged, pd.DataFrame], kit.Drawn]]
     ("speedup", "Speedup of msla",
      "Baseline median latency / msla median latency at the same model, device, setting and resolution, log "
      "axis (above the dotted line at 1× msla is faster); error bars: 95% CI of the ratio; hollow markers: the CI "
-     "spans 1 or there is none.", lambda m, sp: speedup_plot(sp)),
+     f"spans 1, there is none, or a side has fewer than {MIN_N} samples.", lambda m, sp: speedup_plot(sp)),
     ("peak_memory", "Peak memory vs resolution",
      "CUDA peak allocated memory, or CPU peak RSS above the worker's baseline, in MB.",
      lambda m, sp: peak_memory(m)),

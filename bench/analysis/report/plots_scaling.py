@@ -74,9 +74,9 @@ def _ratio_axis(ax, values: pd.Series) -> None:
 
 def _undecided(ax, sub: pd.DataFrame, colors: dict) -> None:
     """Points whose CI spans 1 or is missing drawn hollow: only a CI above 1 reads as msla faster."""
-    verdict = [readings.speedup_verdict(s, lo, hi) for s, lo, hi in zip(sub["speedup"], sub["ci_low"],
-                                                                          sub["ci_high"])]
-    u = sub[[v in ("tie", "no CI") for v in verdict]]
+    verdict = [readings.speedup_verdict(s, lo, hi, n) for s, lo, hi, n in zip(sub["speedup"], sub["ci_low"],
+                                                                                sub["ci_high"], sub["n_min"])]
+    u = sub[[v in ("tie", "no CI", "few samples") for v in verdict]]
     markers = kit.variant_markers(u["baseline"])
     for baseline, g in u.groupby("baseline"):
         ax.scatter(g["megapixels"], g["speedup"], s=22, facecolor="white", edgecolor=colors.get(baseline, "0.4"),
@@ -107,7 +107,7 @@ def speedup_plot(sp: pd.DataFrame) -> kit.Drawn:
         kit.titled(ax, f, kit.is_mobile(d, f))
     kit.legend(fig, {f"vs {k}": v for k, v in bl_colors.items()}, styles, color_title="baseline mixer",
                markers={f"vs {k}": mk for k, mk in kit.variant_markers(bl_colors).items()},
-               extra=[("CI spans 1 or no CI", dict(color="0.3", marker="o", mfc="white", ls="none", ms=5))])
+               extra=[("CI spans 1, no CI or few samples", dict(color="0.3", marker="o", mfc="white", ls="none", ms=5))])
     return fig, cut + readings.speedup_note(d)
 
 

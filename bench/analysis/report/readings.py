@@ -22,6 +22,7 @@ from scipy import stats as st
 
 from bench.analysis.report.data import fit_exponent
 
+MIN_N = 6  # below this many samples the CI of the median covers less than its level (bench.schema ci_level)
 MIN_R2 = 0.8
 MAX_CI_WIDTH = 1.0
 BANDS = ((0.8, "sub-linear"), (1.3, "near linear"), (1.7, "between linear and quadratic"),
@@ -32,8 +33,8 @@ RULES = (f"A scaling exponent is read as a band (sub-linear below 0.8, near line
          f"{MAX_CI_WIDTH:g} wide and R² ≥ {MIN_R2:g} (3 or more sizes); otherwise it is inconclusive. MACs predict "
          f"latency well when the log-log fit of latency on MACs over a setting's ok cases has R² ≥ {GOOD_R2:g} "
          f"with a positive slope, do not when R² < {POOR_R2:g}, roughly in between; fewer than {MIN_POINTS} cases "
-         f"give no reading. A speedup is a win or a loss only when its 95% CI excludes 1; a ratio with no CI is "
-         f"never a win.")
+         f"give no reading. A speedup is a win or a loss only when its 95% CI excludes 1; a ratio with no CI, or a side "
+         f"with fewer than {MIN_N} samples, is never a win.")
 
 
 def _band(k: float) -> str:
@@ -118,10 +119,13 @@ def macs_reading(fit: dict[str, Any]) -> str:
     return f"MACs predict latency only roughly ({nums})"
 
 
-def speedup_verdict(speedup: float, lo: float, hi: float) -> str:
-    """'win', 'loss', 'tie' (the CI spans 1) or 'no CI': a ratio is a win only when its CI lies above 1."""
+def speedup_verdict(speedup: float, lo: float, hi: float, n_min: float | None = None) -> str:
+    """'win', 'loss', 'tie' (the CI spans 1), 'no CI', or 'few samples' (a side with fewer than MIN_N samples,
+    `n_min`): a ratio is a win only when its CI lies above 1 and rests on enough samples."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or not math.isfinite(speedup):
         return "no CI"
+    if n_min is not None and not n_min >= MIN_N:
+        return "few samples"
     return "win" if lo > 1 else "loss" if hi < 1 else "tie"
 
 
@@ -130,9 +134,11 @@ def speedup_note(sp: pd.DataFrame) -> str:
     missing)."""
     parts = []
     for baseline, g in sp.groupby("baseline", sort=True):
-        v = pd.Series([speedup_verdict(s, lo, hi) for s, lo, hi in zip(g["speedup"], g["ci_low"], g["ci_high"])])
+        v = pd.Series([speedup_verdict(s, lo, hi, n) for s, lo, hi, n in zip(g["speedup"], g["ci_low"],
+                                                                             g["ci_high"], g["n_min"])])
         c = v.value_counts()
         parts.append(f"vs {baseline}: msla faster at {int(c.get('win', 0))} of {len(v)} points (CI above 1), "
                      f"slower at {int(c.get('loss', 0))} (CI below 1), not told apart at {int(c.get('tie', 0))} "
-                     f"(CI spans 1)" + (f", no CI at {int(c['no CI'])}" if c.get("no CI") else ""))
+                     f"(CI spans 1)" + (f", no CI at {int(c['no CI'])}" if c.get("no CI") else "")
+                     + (f", fewer than {MIN_N} samples at {int(c['few samples'])}" if c.get("few samples") else ""))
     return (" Read off the plotted points: " + "; ".join(parts) + ".") if parts else ""
