@@ -316,16 +316,9 @@ class Runner:
         return self._groups.setdefault(case_id, {})
 
     def estimate_s(self, case: Case, repeats: int = 1) -> float:
-        """Rough wall time of one process of a case for the ETA: overhead + first call + warm-up + sampling (its
-        share of the budget with `repeats` processes), with one call's time guessed from its MACs at 30% of the
-        device's calibrated rate (10 GMAC/s when unknown)."""
-        rate = (self.state.meta.get("calibration", {}).get(calibration_key(case)) or {}).get("gmacs_per_s") or 10.0
-        macs = self._macs.get((case.model, case.height, case.width, case.batch)) or 1e9
-        call = macs / (0.3 * rate * 1e9)
-        lo, hi = case.min_time_s / repeats, case.max_time_s / repeats
-        warm = max(2 * call, min(max(0.5, 0.3 * hi), 10 * call))
-        sampling = max(call, min(hi, max(lo, 30 * call / repeats)))
-        return 0.3 + call + warm + sampling
+        """estimate_case_s at the device's calibrated rate, from the case's MACs."""
+        rate = (self.state.meta.get("calibration", {}).get(calibration_key(case)) or {}).get("gmacs_per_s")
+        return estimate_case_s(case, self._macs.get((case.model, case.height, case.width, case.batch)), rate, repeats)
 
     def _isolation_for(self, iso: _Isolation, case: Case) -> _Isolation:
         """Where the case runs (bench.launch.isolation: `for_device`), noting in meta.json when CUDA cases leave
@@ -356,6 +349,17 @@ def _child_error(out: Outcome) -> str:
     """Why a calibration or probe child gave no result, in a few words."""
     return (out.result or {}).get("error") or ("timeout" if out.timed_out else
                                                f"exit {out.exit_code} signal {out.signal}")
+
+
+def estimate_case_s(case: Case, macs: float | None, rate_gmacs: float | None, repeats: int = 1) -> float:
+    """Rough wall time of one process of a case for the ETA and --list: overhead + first call + warm-up +
+    sampling (its share of the budget with `repeats` processes), with one call's time guessed from its MACs (1 GMAC
+    when unknown) at 30% of the device's rate (10 GMAC/s when not calibrated)."""
+    call = (macs or 1e9) / (0.3 * (rate_gmacs or 10.0) * 1e9)
+    lo, hi = case.min_time_s / repeats, case.max_time_s / repeats
+    warm = max(2 * call, min(max(0.5, 0.3 * hi), 10 * call))
+    sampling = max(call, min(hi, max(lo, 30 * call / repeats)))
+    return 0.3 + call + warm + sampling
 
 
 def row_line(row: dict) -> str:

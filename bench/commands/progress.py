@@ -27,10 +27,8 @@ def learned_eta(estimates: Sequence[float], done: int, elapsed_s: float) -> floa
 
 def rough_estimates(cases: Sequence, repeats: int = 1) -> list[float]:
     """Seconds per case (all its `repeats` processes) without calibration, for --list: the runner's own estimate
-    (Runner.estimate_s) at its default 10 GMAC/s, from each case's MACs (counted on the meta device)."""
-    from types import SimpleNamespace
-
-    from bench.runner import Runner
+    (bench.runner.estimate_case_s) at its default 10 GMAC/s, from each case's MACs (counted on the meta device)."""
+    from bench.runner import estimate_case_s
 
     macs: dict = {}
     for c in cases:
@@ -42,8 +40,8 @@ def rough_estimates(cases: Sequence, repeats: int = 1) -> list[float]:
                 macs[key] = int(count_macs(*key))
             except Exception:  # a model that cannot be counted gets the runner's 1 GMAC guess
                 macs[key] = None
-    shim = SimpleNamespace(state=SimpleNamespace(meta={}), _macs=macs)  # estimate_s reads only these two
-    return [repeats * Runner.estimate_s(shim, c, repeats) for c in cases]
+    return [repeats * estimate_case_s(c, macs[(c.model, c.height, c.width, c.batch)], None, repeats)
+            for c in cases]
 
 
 def _clock(seconds: float) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from bench.analysis.report.data import Merged, ab_pairs
-from bench.analysis.report.html import fnum
+from bench.analysis.report.html import ci_text, fnum
 
 
 def _finite(*vs: Any) -> bool:
@@ -26,7 +26,7 @@ def _ms(v: Any) -> str:
 
 
 def _ci(lo: Any, hi: Any, unit: str = "") -> str:
-    return f"[{fnum(lo)}, {fnum(hi)}]{unit}" if _finite(lo, hi) else ""
+    return ci_text(lo, hi) + unit if _finite(lo, hi) else ""
 
 
 def reading(r: dict) -> tuple[str, str]:

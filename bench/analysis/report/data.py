@@ -255,10 +255,11 @@ def _speedup_row(r: dict, baseline: str, index: dict[tuple, list[np.ndarray]]) -
                 megapixels=t["megapixels"], baseline=baseline, speedup=b_ms / t_ms, ci_low=lo, ci_high=hi,
                 ci_method=how, target_ms=t_ms, baseline_ms=b_ms, target_model=t["model"],
                 baseline_model=b["model"], noisy=bool(t["noisy"]) or bool(b["noisy"]),
-                n_min=min(_n(t.get("n")), _n(b.get("n"))))  # the fewer samples of the two sides
+                n_min=min(number(t.get("n")), number(b.get("n"))))  # the fewer samples of the two sides
 
 
-def _n(v: Any) -> float:
+def number(v: Any) -> float:
+    """v as a finite float, else NaN (None, text, inf): what a comparison of two rows may divide by."""
     try:
         return float(v) if v is not None and np.isfinite(float(v)) else float("nan")
     except (TypeError, ValueError):

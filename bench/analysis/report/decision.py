@@ -17,12 +17,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.analysis.report.data import Merged, health_warnings, missing, text
-from bench.analysis.report.html import fnum
+from bench.analysis.report.data import Merged, health_warnings, missing, number, text
+from bench.analysis.report.html import ci_text, fnum
+from bench.analysis.report.readings import MIN_N  # fewer samples than this decide nothing
 from bench.cases import case_label
 from bench.text import markdown_table, md_escape
 
-from bench.analysis.report.readings import MIN_N  # noqa: E402 - fewer samples decide nothing
 FAILED = ("oom", "timeout", "error", "unknown")
 GROUP = ["level", "config", "base", "height", "width"]
 MD_MAX_GROUPS = 40
@@ -46,23 +46,15 @@ def profiled_cases(m: Merged) -> set[tuple[str, str]]:
     return out
 
 
-def _f(v: Any) -> float:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-    return x if np.isfinite(x) else float("nan")
-
-
 def doubts(r: dict) -> list[str]:
     """Why a row's latency cannot decide a comparison: busy machine, too few samples, no CI."""
     out = []
     if bool(r.get("noisy")):
         out.append("busy machine")
-    n = _f(r.get("n"))
+    n = number(r.get("n"))
     if not np.isfinite(n) or n < MIN_N:
         out.append(f"n={int(n) if np.isfinite(n) else '?'} (fewer than {MIN_N} samples)")
-    lo, hi = _f(r.get("latency_ms_ci_low")), _f(r.get("latency_ms_ci_high"))
+    lo, hi = number(r.get("latency_ms_ci_low")), number(r.get("latency_ms_ci_high"))
     if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
         out.append("no CI")
     return out
@@ -71,9 +63,9 @@ def doubts(r: dict) -> list[str]:
 def compare_pair(fast: dict, slow: dict) -> dict[str, Any]:
     """`slow` / `fast` median ratio (>= 1) with the interval the two CIs allow (slow's low / fast's high, slow's
     high / fast's low), and the verdict: 'faster' (whole interval above 1), 'not resolved', or 'flagged'."""
-    ratio = _f(slow["latency_ms_median"]) / _f(fast["latency_ms_median"])
-    lo = _f(slow.get("latency_ms_ci_low")) / _f(fast.get("latency_ms_ci_high"))
-    hi = _f(slow.get("latency_ms_ci_high")) / _f(fast.get("latency_ms_ci_low"))
+    ratio = number(slow["latency_ms_median"]) / number(fast["latency_ms_median"])
+    lo = number(slow.get("latency_ms_ci_low")) / number(fast.get("latency_ms_ci_high"))
+    hi = number(slow.get("latency_ms_ci_high")) / number(fast.get("latency_ms_ci_low"))
     why = [f"{text(x['variant'])}: {d}" for x in (fast, slow) for d in doubts(x)]
     if why:
         verdict = "flagged"
@@ -134,7 +126,7 @@ def budget_fits(m: Merged, budgets: Sequence[float]) -> list[dict[str, Any]]:
     for b in budgets:
         fits = []
         for r in (models.to_dict("records") if len(models) else []):
-            med, hi = _f(r["latency_ms_median"]), _f(r.get("latency_ms_ci_high"))
+            med, hi = number(r["latency_ms_median"]), number(r.get("latency_ms_ci_high"))
             if med <= b:
                 fits.append(dict(row=r, median=med, ci_high=hi, margin=b - med,
                                  ci_fits=None if not np.isfinite(hi) else bool(hi <= b), doubts=doubts(r)))
@@ -181,10 +173,6 @@ def run_warnings(m: Merged, health: bool = True) -> list[str]:
 # views (formatted strings for the page and the summary)
 
 
-def _ci(lo: float, hi: float) -> str:
-    return f"[{fnum(lo)}, {fnum(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else ""
-
-
 def _pair_view(p: dict) -> dict[str, str]:
     ratio = f"{fnum(p['ratio'])}×"
     if p["verdict"] == "faster":
@@ -193,7 +181,7 @@ def _pair_view(p: dict) -> dict[str, str]:
         say = f"{p['faster']} vs {p['slower']}: not resolved ({p['why']})"
     else:
         say = f"{p['faster']} vs {p['slower']}: flagged, not a win ({p['why']})"
-    return dict(faster=p["faster"], slower=p["slower"], ratio=ratio, ci=_ci(p["ci_low"], p["ci_high"]),
+    return dict(faster=p["faster"], slower=p["slower"], ratio=ratio, ci=ci_text(p["ci_low"], p["ci_high"]),
                 verdict=p["verdict"], cls={"faster": "win", "not resolved": "tie"}.get(p["verdict"], "flag"),
                 text=say)
 
@@ -214,7 +202,7 @@ def decision_view(m: Merged) -> list[dict]:
             key = (text(r["run_id"]), text(r["case_id"]))
             mixers.append(dict(variant=text(r["variant"]), model=text(r["model"]),
                                median=fnum(r["latency_ms_median"]),
-                               ci=_ci(_f(r.get("latency_ms_ci_low")), _f(r.get("latency_ms_ci_high"))),
+                               ci=ci_text(number(r.get("latency_ms_ci_low")), number(r.get("latency_ms_ci_high"))),
                                n=text(r.get("n")), doubts="; ".join(doubts(r)),
                                converged="no" if not missing(r.get("converged")) and not r["converged"] else "",
                                anchor=profile_anchor(*key) if key in profiled else ""))

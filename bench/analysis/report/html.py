@@ -97,7 +97,8 @@ def case_table(m: Merged) -> dict:
     return dict(headers=[dict(col=c, label=lab, num=k != "s") for c, lab, k in TABLE_COLUMNS], rows=rows)
 
 
-def _ci_text(lo: Any, hi: Any, digits: int = 3) -> str:
+def ci_text(lo: Any, hi: Any, digits: int = 3) -> str:
+    """'[lo, hi]' of a CI in the report's number format, '' when a bound is missing or not finite."""
     if missing(lo) or missing(hi) or not (np.isfinite(lo) and np.isfinite(hi)):
         return ""
     return f"[{fnum(lo, digits)}, {fnum(hi, digits)}]"
@@ -135,7 +136,7 @@ def headline(m: Merged, sp: pd.DataFrame, ex: pd.DataFrame) -> list[dict]:
         exps = []
         for r in e.sort_values(["level", "model"]).to_dict("records"):
             exps.append(dict(model=r["model"], variant=r["variant"], exponent=fnum(r["exponent"]),
-                             se=fnum(r["se"], 2), ci=_ci_text(r["ci_low"], r["ci_high"]),
+                             se=fnum(r["se"], 2), ci=ci_text(r["ci_low"], r["ci_high"]),
                              r2=f"{r['r2']:.3f}" if np.isfinite(r["r2"]) else "", n=int(r["n_points"]),
                              resolutions=r["resolutions"], reading=readings.exponent_reading(r)))
         out.append(dict(config=c, mobile=mobile, speedups=tables, exponents=exps))
@@ -151,7 +152,7 @@ def _speedup_cell(x: pd.Series) -> dict:
     if verdict in ("no CI", "few samples"):
         title += f"; {verdict} (fewer than {readings.MIN_N} samples or no CI): neither a win nor a loss"
     noisy = bool(x.get("noisy"))
-    return dict(text=f"{fnum(x['speedup'])}×" + (" !" if noisy else ""), ci=_ci_text(x["ci_low"], x["ci_high"]),
+    return dict(text=f"{fnum(x['speedup'])}×" + (" !" if noisy else ""), ci=ci_text(x["ci_low"], x["ci_high"]),
                 cls=cls + (" noisy" if noisy else ""),
                 title=title + ("; measured on a busy machine (see noisy_reason)" if noisy else ""))
 
@@ -167,7 +168,7 @@ def reference_view(refs: list[dict]) -> list[dict]:
         measured = []
         for x in r["measured"]:
             if x["status"] == "ok" and not missing(x["latency_ms"]):
-                ci = _ci_text(x.get("ci_low"), x.get("ci_high"))
+                ci = ci_text(x.get("ci_low"), x.get("ci_high"))
                 measured.append(f"{fnum(x['latency_ms'])} ms {ci} on {x['config']}".replace("  ", " "))
             else:
                 measured.append(f"{x['status']} on {x['config']}" + (f" ({x['reason']})" if x["reason"] else ""))
