@@ -81,6 +81,23 @@ def case_label(row: Mapping[str, Any], device: str | None = None) -> str:
     return f"{_value(row, 'model') or '?'} {_res(row)} {setting_label(row, device)}"
 
 
+def base_name(model: Any) -> str:
+    """The model size a mixer is swapped in: `evit-b1:msla` -> `evit-b1`, `block:softmax` -> `block`; a name
+    without ':' (a reference model, a user's model) is its own."""
+    m = "" if model is None else str(model)
+    return m.rsplit(":", 1)[0] if ":" in m else m
+
+
+def group_key(row: Mapping[str, Any]) -> str:
+    """The decision group of a case: level, model size (base_name), resolution and device setting. The cases of
+    one group are what a design review compares (the four mixers of evit-b1 at 2048 on one setting; users' models
+    named `mine:a`, `mine:b` form a group of their own), and the interleaved design measures them in the same
+    processes."""
+    return (f"{_value(row, 'level')}|{base_name(_value(row, 'model'))}|{_res(row)}|{_value(row, 'device_name')}|"
+            f"{_value(row, 'backend')}{_layout(row)}|{_value(row, 'precision')}|b{_int(row, 'batch')}|"
+            f"t{_int(row, 'threads')}")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the case record
 

@@ -81,14 +81,26 @@ COLUMNS: tuple[Column, ...] = (
     # efficiency
     Column("gmacs_per_s", "float64", "macs / median latency"),
     Column("device_peak_gmacs_per_s", "float64", "the device's measured matmul rate (calibration kernel)"),
-    Column("frac_of_peak", "float64", "gmacs_per_s / device_peak_gmacs_per_s"),
+    Column("frac_of_peak", "float64", "gmacs_per_s / device_peak_gmacs_per_s (the peak: the larger of the "
+                                      "calibrations at the start and the end of the run, each taken on a quiet "
+                                      "machine where it could be)"),
+    Column("frac_of_peak_note", "string", "why frac_of_peak is above 1 (the calibration kernel ran slower than this "
+                                          "case's own matmuls); empty when it is not"),
     # work counted, not timed (--metric instructions)
     Column("instructions", "float64", "CPU instructions per forward pass (valgrind callgrind, 1 thread, median of "
                                       "several forwards in one valgrind process); deterministic on a shared VM"),
     Column("instructions_spread_pct", "float64", "(max - min) / median of the counted forwards, percent"),
+    # how the case was measured
+    Column("design", "string", "interleaved: measured in the same processes as the other mixers of its decision "
+                               "group, in rotating balanced order (pairs.parquet has the paired ratios); isolated: "
+                               "its own processes (other devices, backends that own the process, --design isolated)"),
+    Column("group_id", "string", "the decision group of an interleaved case (bench.cases.group_key); empty when "
+                                 "isolated"),
     # machine health
     Column("noisy", "bool", "measured while the machine was busy or drifting beyond the bounds (see noisy_reason)"),
     Column("noisy_reason", "string", "what was wrong with the machine during the case (empty when not noisy)"),
+    Column("remeasured", "int64", "processes of this case measured again after the machine was busy and a wait for "
+                                  "a quiet machine (--wait-quiet); their first measurement is discarded"),
     # numerics and backend
     Column("rel_err", "float64", "||y - y_ref|| / ||y_ref|| against eager fp32 on the same input"),
     Column("numerics_ok", "bool", "rel_err within the precision's tolerance"),
@@ -147,3 +159,41 @@ PROFILE_COLUMNS = tuple(c for c in COLUMNS if c.name in PROFILE_IDENTITY) + (
     Column("bandwidth_gb_per_s", "float64", "the device setting's calibrated triad bandwidth (the slope)"),
 )
 PROFILE_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in PROFILE_COLUMNS)
+
+# The paired decisions of interleaved groups: pairs.parquet, one row per pair of cases of one decision group (the
+# mixers of one level x device setting x model size x resolution measured in the same processes). Each process
+# gives the median over its cycles of log(t_slow / t_fast); the pair's ratio and interval are over processes (a
+# Student t interval of their mean), so the interval includes how far processes disagree, and the machine's drift,
+# shared by both sides of every cycle, cancels.
+PAIR_DECISIONS = ("faster", "tied", "not resolved")
+PAIR_COLUMNS: tuple[Column, ...] = (
+    Column("run_id", "string", "run folder name"),
+    Column("group_id", "string", "the decision group (bench.cases.group_key)"),
+    Column("level", "string", "model or block"),
+    Column("base", "string", "model size: the model name before ':' (evit-b1, block)"),
+    Column("device", "string", ""), Column("device_name", "string", ""), Column("backend", "string", ""),
+    Column("precision", "string", ""), Column("batch", "int64", ""), Column("threads", "int64", ""),
+    Column("channels_last", "bool", ""), Column("folded", "bool", ""),
+    Column("height", "int64", ""), Column("width", "int64", ""),
+    Column("fast_case_id", "string", "case_id of the side with the lower mean time"),
+    Column("slow_case_id", "string", "case_id of the other side"),
+    Column("fast", "string", "variant (mixer) of the faster side"), Column("slow", "string", "variant of the slower"),
+    Column("fast_model", "string", ""), Column("slow_model", "string", ""),
+    Column("ratio", "float64", "slow / fast: exp of the mean over processes of the per-process median log ratio (>= 1)"),
+    Column("ci_low", "float64", "interval of the ratio (Student t over processes, exp)"),
+    Column("ci_high", "float64", ""),
+    Column("ci_level", "float64", "confidence of [ci_low, ci_high] (the sequential rule's per-look level, Bonferroni "
+                                  "over the looks; at least 0.95)"),
+    Column("n_processes", "int64", "processes that measured both sides"),
+    Column("sd_log", "float64", "SD over processes of the per-process log ratio"),
+    Column("tie", "float64", "equivalence margin (--tie): a ratio within 1 +- tie is a tie"),
+    Column("verdict", "string", "faster (interval above 1 + tie), tied (interval inside the margin) or not resolved"),
+    Column("reason", "string", "the rule's words: the interval against the margin, where it stopped"),
+    Column("against_fastest", "bool", "the pair compares the group's fastest side with another: these decide the group"),
+    Column("group_verdict", "string", "resolved (every pair against the fastest is faster or tied) or not resolved"),
+    Column("fastest", "string", "variant with the lowest time in the group"),
+    Column("noisy", "bool", "some process of the pair stayed noisy after the waits for a quiet machine"),
+    Column("noisy_reason", "string", ""),
+    Column("design", "string", "interleaved"),
+)
+PAIR_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in PAIR_COLUMNS)

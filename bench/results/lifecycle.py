@@ -44,6 +44,7 @@ class RunState:
     rows: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
     profile: list[dict] = field(default_factory=list)  # profile.parquet rows (--profile)
+    pairs: list[dict] = field(default_factory=list)  # pairs.parquet rows (interleaved groups' decisions)
     lock: RunLock | None = None
     redo: list[str] = field(default_factory=list)  # case_ids found unfinished on load (open_run)
 
@@ -78,6 +79,8 @@ class RunState:
                 store.write_samples(self.run_dir, store.samples_frame(self.samples))
                 if self.profile:
                     store.write_profile(self.run_dir, store.profile_frame(self.profile))
+            if self.pairs:  # before results: the loader keeps only pairs whose rows are committed
+                store.write_pairs(self.run_dir, store.pairs_frame(self.pairs))
             store.write_results(self.run_dir, store.results_frame(self.rows))
             store.write_meta(self.run_dir, self.meta)
         except OSError as e:
@@ -97,6 +100,7 @@ class RunState:
         self.rows = [r for r in self.rows if r.get("case_id") not in ids]
         self.samples = [s for s in self.samples if s.get("case_id") not in ids]
         self.profile = [p for p in self.profile if p.get("case_id") not in ids]
+        self.pairs = [p for p in self.pairs if p.get("fast_case_id") not in ids and p.get("slow_case_id") not in ids]
 
     def close(self) -> None:
         """Give the run folder's lock back (the process's end does too)."""
@@ -169,8 +173,10 @@ def open_run(run_dir: Path) -> RunState:
         redo = [r["case_id"] for r in rows if r.get("status") == "ok" and (r.get("n") or 0) > 0]
     profile = [] if run.profile is None else [{k: (None if _isna(v) else v) for k, v in r.items()}
                                               for r in run.profile.to_dict("records")]
+    pairs = [] if run.pairs is None else [{k: (None if _isna(v) else v) for k, v in r.items()}
+                                          for r in run.pairs.to_dict("records")]
     state = RunState(run_dir=run_dir, meta=dict(run.meta), rows=rows, samples=run.samples.to_dict("records"),
-                     profile=profile, lock=lock)
+                     profile=profile, pairs=pairs, lock=lock)
     state._drop(redo)
     state.redo = redo
     return state

@@ -17,12 +17,14 @@ import pandas as pd
 from bench.files import atomic_write
 from bench.results import validate
 from bench.results.validate import RunFormatError
-from bench.schema import COLUMNS, PROFILE_COLUMNS, SAMPLE_COLUMNS, SCHEMA_VERSION
+from bench.schema import COLUMNS, PAIR_COLUMNS, PROFILE_COLUMNS, SAMPLE_COLUMNS, SCHEMA_VERSION
 
 RESULTS = "results.parquet"
 RESULTS_CSV = "results.csv"
 SAMPLES = "samples.parquet"
 PROFILE = "profile.parquet"
+PAIRS = "pairs.parquet"
+PAIRS_CSV = "pairs.csv"
 TRACES = "traces"
 META = "meta.json"
 
@@ -35,6 +37,7 @@ class Run:
     meta: dict[str, Any]
     unfinished: list[str] = field(default_factory=list)  # ok rows whose samples are not all stored (validate)
     profile: pd.DataFrame | None = None  # profile.parquet (--profile), None when the run has none
+    pairs: pd.DataFrame | None = None  # pairs.parquet (interleaved groups' paired decisions), None when none
 
     @property
     def run_id(self) -> str:
@@ -49,6 +52,11 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 def profile_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Profile rows -> a DataFrame with exactly bench.schema.PROFILE_COLUMNS, in order, with their dtypes."""
     return _schema_frame(rows, PROFILE_COLUMNS)
+
+
+def pairs_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Pair rows -> a DataFrame with exactly bench.schema.PAIR_COLUMNS, in order, with their dtypes."""
+    return _schema_frame(rows, PAIR_COLUMNS)
 
 
 def _schema_frame(rows: Iterable[dict[str, Any]], columns: tuple) -> pd.DataFrame:
@@ -102,6 +110,11 @@ def write_profile(run_dir: Path, profile: pd.DataFrame) -> None:
     atomic_write(run_dir / PROFILE, lambda p: profile.to_parquet(p, index=False))
 
 
+def write_pairs(run_dir: Path, pairs: pd.DataFrame) -> None:
+    atomic_write(run_dir / PAIRS, lambda p: pairs.to_parquet(p, index=False))
+    atomic_write(run_dir / PAIRS_CSV, lambda p: pairs.to_csv(p, index=False))
+
+
 def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
     meta = {"schema_version": SCHEMA_VERSION, **meta}
 
@@ -141,7 +154,14 @@ def load_run(path: str | os.PathLike) -> Run:
     if (run_dir / PROFILE).exists():
         profile = validate.typed_profile(_read_table(run_dir / PROFILE, "profile"), run_dir / PROFILE)
         profile = profile[profile["case_id"].isin(results["case_id"])].reset_index(drop=True)  # committed cases
-    return Run(path=run_dir, results=results, samples=samples, meta=meta, unfinished=unfinished, profile=profile)
+    pairs = None
+    if (run_dir / PAIRS).exists():
+        pairs = validate.typed_pairs(_read_table(run_dir / PAIRS, "pairs"), run_dir / PAIRS)
+        committed = set(results["case_id"].dropna().astype(str))
+        keep = pairs["fast_case_id"].isin(committed) & pairs["slow_case_id"].isin(committed)
+        pairs = pairs[keep].reset_index(drop=True)  # pairs of committed rows only
+    return Run(path=run_dir, results=results, samples=samples, meta=meta, unfinished=unfinished, profile=profile,
+               pairs=pairs)
 
 
 def _read_table(path: Path, what: str) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.schema import COLUMNS, PROFILE_COLUMNS, SAMPLE_COLUMNS, STATUSES
+from bench.schema import COLUMNS, PAIR_COLUMNS, PAIR_DECISIONS, PROFILE_COLUMNS, SAMPLE_COLUMNS, STATUSES
 
 INT64_MAX = 2**63 - 1
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -117,6 +117,23 @@ def typed_profile(df: pd.DataFrame, where: Path | str) -> pd.DataFrame:
         i = int(np.flatnonzero((bad | out["case_id"].isna()).to_numpy())[0])
         raise RunFormatError(f"{where}: row {i + 1}: a profile row needs a case_id and a breakdown of op_kind, "
                              "module or op")
+    return out
+
+
+def typed_pairs(df: pd.DataFrame, where: Path | str) -> pd.DataFrame:
+    """pairs.parquet in the pair schema (bench.schema.PAIR_COLUMNS): every row names both cases and a verdict."""
+    missing = [c for c in ("fast_case_id", "slow_case_id", "ratio", "verdict") if c not in df.columns]
+    if missing:
+        raise RunFormatError(f"{where}: not a pairs table of this suite (missing columns {', '.join(missing)})")
+    out = pd.DataFrame(index=range(len(df)))
+    for c in PAIR_COLUMNS:
+        col = df[c.name].reset_index(drop=True) if c.name in df.columns else pd.Series([pd.NA] * len(df))
+        out[c.name] = _typed(col, c.dtype, c.name, where)
+    bad = ~out["verdict"].isin(PAIR_DECISIONS) | out["fast_case_id"].isna() | out["slow_case_id"].isna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise RunFormatError(f"{where}: row {i + 1}: a pair row needs fast_case_id, slow_case_id and a verdict of "
+                             f"{', '.join(PAIR_DECISIONS)}")
     return out
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats as st
 
 from bench.analysis.summary import noisy_line
-from bench.cases import IDENTITY, setting_label
+from bench.cases import IDENTITY, base_name, setting_label
 from bench.results.store import Run, load_run, samples_by_process
 from bench.stats import ratio_ci
 
@@ -67,8 +67,7 @@ def _i(v: Any) -> str:
 
 def _base_name(model: Any) -> str:
     """`evit-b1:msla` -> `evit-b1`; `block:softmax` -> `block`; a reference model keeps its name."""
-    m = text(model)
-    return m.rsplit(":", 1)[0] if ":" in m else m
+    return base_name(text(model))
 
 
 def is_mobile_proxy(row: dict | pd.Series) -> bool:
