@@ -42,6 +42,10 @@ STEAL_MAX = 0.05
 #   METHODOLOGY) and 30 consecutive 0.25-s probes 1 s apart differed by up to 22% (median 3%), with or without a
 #   CPU hog (the probe's median does not see contention); a tighter bound would flag quiet runs.
 DRIFT_MAX = 0.30
+# Waiting for a quiet machine (--wait-quiet): the others' CPU is read over a window with no child running; a
+# process flagged busy is measured again after a wait at most MAX_REMEASURE times.
+QUIET_WINDOW_S = 2.0
+MAX_REMEASURE = 2
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,18 @@ def process_health(before: CpuMark, after: CpuMark, child_cpu_s: float | None, c
     return ProcessHealth(repeat=repeat, wall_s=round(wall, 3), others_cores=None if others is None else
                          round(others, 3), steal_frac=round(steal, 4), load_avg=round(os.getloadavg()[0], 2),
                          probe_before=probe_before)
+
+
+def busy_reason(h: ProcessHealth, bounds: Bounds | None = None) -> str:
+    """What made a process busy, known as soon as it ends (other processes' CPU, steal); "" when neither bound
+    was passed. Drift needs the next probe and is judged later (judge)."""
+    b = bounds or BOUNDS
+    why = []
+    if h.others_cores is not None and h.others_cores > b.others_cores:
+        why.append(f"other processes used {h.others_cores:.2f} cores (bound {b.others_cores:g})")
+    if h.steal_frac > b.steal_frac:
+        why.append(f"steal {100 * h.steal_frac:.0f}% (bound {100 * b.steal_frac:g}%)")
+    return "; ".join(why)
 
 
 def drift(a: float | None, b: float | None) -> float | None:
@@ -217,6 +233,50 @@ class Guard:
         recs = self.cases.setdefault(case_id, [])
         recs.append(asdict(process_health(before, after, child_cpu_s, self.cores, rep, last)))
         self._pending.append((case_id, len(recs) - 1))
+
+    def busy(self, before: CpuMark, after: CpuMark, child_cpu_s: float | None) -> str:
+        """busy_reason of a process that just ended ("" when it was measured on a quiet machine)."""
+        return busy_reason(process_health(before, after, child_cpu_s, self.cores, 0, None), self.bounds)
+
+    def quiet_reason(self, window_s: float = QUIET_WINDOW_S) -> str:
+        """Why the machine is not quiet now ("" when it is): other processes' CPU and steal over `window_s` with
+        no child running, then the speed probe against the median of the run's probes (drift bound)."""
+        m0 = cpu_mark()
+        time.sleep(window_s)
+        why = self.busy(m0, cpu_mark(), 0.0)
+        if why:
+            return why
+        rates = [p["gmacs_per_s"] for p in self.probes if p.get("gmacs_per_s")]
+        self.run_probe("quiet check")
+        now = self.probes[-1].get("gmacs_per_s")
+        d = drift(now, statistics.median(rates)) if rates and now else None
+        if d is not None and d > self.bounds.drift:
+            return f"speed probe {now:.1f} GMAC/s is {100 * d:.0f}% off the run's median (bound " \
+                   f"{100 * self.bounds.drift:g}%)"
+        return ""
+
+    def wait_quiet(self, limit_s: float, why: str, say: Callable[[str], None]) -> bool:
+        """Wait (up to limit_s) until quiet_reason() is ""; True when the machine became quiet. Every wait is
+        recorded in meta["health"]["waits"] (when, why, how long, the outcome)."""
+        t0 = time.perf_counter()
+        waited, quiet = 0.0, False
+        say(f"waiting for a quiet machine: {why} (up to {limit_s:g} s, --wait-quiet)")
+        last_say = t0
+        while waited < limit_s:
+            reason = self.quiet_reason(min(QUIET_WINDOW_S, max(0.2, limit_s - waited)))
+            waited = time.perf_counter() - t0
+            if not reason:
+                quiet = True
+                break
+            if time.perf_counter() - last_say >= 10.0:
+                say(f"waiting for a quiet machine: {reason} ({waited:.0f} of {limit_s:g} s)")
+                last_say = time.perf_counter()
+        self.h.setdefault("waits", []).append({"at_s": round(t0 - self._t0, 2), "why": why,
+                                               "waited_s": round(waited, 2), "quiet": quiet})
+        self.h["waited_s"] = round(float(self.h.get("waited_s") or 0.0) + waited, 2)
+        say(f"machine quiet after {waited:.0f} s: measuring again" if quiet else
+            f"machine still busy after {waited:.0f} s: measuring on; rows measured now will be marked noisy")
+        return quiet
 
     def verdict(self, case_id: str, repeats: int = 1) -> tuple[bool, str]:
         return verdict(self.cases.get(case_id, []), self.probes, repeats, self.bounds)

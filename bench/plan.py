@@ -161,17 +161,45 @@ def oversubscription_warnings(threads: Iterable[int], devices: Iterable[str]) ->
             "in their rows)" for t in threads if t > n]
 
 
+def design_options(design: str, budget: float | None, tie: float, wait_quiet: float, quick: bool) -> dict[str, Any]:
+    """--design, --budget, --tie, --wait-quiet checked (PlanError) and as config keys."""
+    from bench.groups.budget import DEFAULT_BUDGET_S, DESIGNS
+
+    if design not in DESIGNS:
+        raise PlanError(f"--design: {design!r} is not accepted; accepted: {', '.join(DESIGNS)}")
+    b = _seconds("--budget", budget if budget is not None else (20.0 if quick else DEFAULT_BUDGET_S))
+    try:
+        t = float(tie)
+    except (TypeError, ValueError):
+        t = math.nan
+    if not (0 < t < 1):
+        raise PlanError(f"--tie: {tie!r} is not accepted; accepted: a fraction between 0 and 1 (0.02: 2%)")
+    try:
+        w = float(wait_quiet)
+    except (TypeError, ValueError):
+        w = math.nan
+    if not (0 <= w <= 86400):
+        raise PlanError(f"--wait-quiet: {wait_quiet!r} is not accepted; accepted: seconds from 0 (never wait) to "
+                        "86400")
+    return {"design": design, "budget_s": b, "tie": t, "wait_quiet_s": w}
+
+
 def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES, devices: Any = "cpu",
               batch: Any = 1, precision: Any = None, threads: Any = None, backends: Any = "eager",
               channels_last: bool = False, fold: bool = False, min_time: float | None = None,
               max_time: float | None = None, timeout: float | None = None, repeats: int | None = None,
               seed: int = 0, quick: bool = False, calibrate: bool = True, allow_missing: bool = False,
-              models_from: Iterable[str] = (), metric: str = "time", profile: bool = False) -> Plan:
+              models_from: Iterable[str] = (), metric: str = "time", profile: bool = False,
+              design: str = "interleaved", budget: float | None = None, tie: float = 0.02,
+              wait_quiet: float = 120.0) -> Plan:
     """Validate the options and expand the matrix. Raises PlanError; writes nothing.
 
     Defaults are the main job's: the four EfficientViT-B1 variants and their mixers alone, at 512, 1024 and 2048,
     on the CPU with as many threads as physical cores, eager fp32 (fp16 on CUDA). `quick` is a seconds-long smoke
     matrix (evit-b1 msla and softmax, 128x128, 1 thread, short budgets); explicit options still apply.
+    design "interleaved" (default) measures the cases of one decision in the same processes until it is decided
+    or `budget` seconds are spent (bench.groups); "isolated" gives every case its own processes. `tie`: the
+    equivalence margin of a paired decision; `wait_quiet`: the longest wait for a quiet machine (0: never wait).
     """
     from bench import backends as backend_registry
     from bench.env import physical_cores, usable_cpus
@@ -193,6 +221,7 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= INT64_MAX:
             raise PlanError(f"--seed: {seed!r} is not accepted; accepted: an integer from 0 to {INT64_MAX}")
         timing = timing_options(quick, min_time, max_time, timeout, repeats)
+        timing.update(design_options(design, budget, tie, wait_quiet, quick))
         if metric not in METRICS:
             raise PlanError(f"--metric: {metric!r} is not accepted; accepted: {', '.join(METRICS)}")
         check_environment()

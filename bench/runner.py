@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from bench import health
-from bench.cases import Case, case_label
+from bench.calibration import CALIBRATION_TIMEOUT_S, Calibrations, calibration_key
+from bench.cases import Case, case_label, group_key
+from bench.groups.budget import DEFAULT_BUDGET_S, form_groups
+from bench.groups.pairs import DEFAULT_TIE
 from bench.env import free_memory_bytes, now_iso
 from bench.launch.childenv import MALLOC_ENV, child_env
 from bench.launch.faults import FAULT_ENV
@@ -31,21 +34,22 @@ from bench.launch.isolation import ForkServer, Outcome, _Isolation, make_isolati
 from bench.launch.outcome import classify
 from bench.results.lifecycle import RunState, _isna
 
-CALIBRATION_TIMEOUT_S = 180.0
 HEALTH_TIMEOUT_S = 60.0
-
-
-def calibration_key(case: Case) -> str:
-    return f"{case.device}|{case.precision}|t{case.threads}"
+BUSY_RECHECK_S = 30.0  # after a wait that found no quiet, the machine is looked at again at most this often
 
 
 class Runner:
-    """Runs the cases of a RunState that have no row yet. `progress(case, i, n)` and `log(line)` are optional."""
+    """Runs the cases of a RunState that have no row yet. `progress(case, i, n)` and `log(line)` are optional.
+
+    design "interleaved": the cases of one decision group share processes (bench.groups), the rest run alone;
+    "isolated": every case in its own processes. wait_quiet_s > 0: a process measured while other processes used
+    the CPU is measured again after waiting (up to that long) for a quiet machine (bench.health)."""
 
     def __init__(self, state: RunState, cases: list[Case], *, allow_missing: set[str] | None = None,
                  progress=None, log: Callable[[str], None] | None = None, isolation: str | None = None,
                  calibrate: bool = True, repeats: int = 1, child_env: Mapping[str, str] | None = None,
-                 profile: bool = False):
+                 profile: bool = False, design: str = "isolated", budget_s: float = DEFAULT_BUDGET_S,
+                 tie: float = DEFAULT_TIE, wait_quiet_s: float = 0.0):
         if repeats < 1:
             raise ValueError("repeats must be >= 1")
         self.state = state
@@ -58,11 +62,21 @@ class Runner:
         self.calibrate = calibrate
         self.profile = profile  # a profiled pass after the timed one, in each case's first process
         self.child_env = dict(child_env or {})  # e.g. DENSEBENCH_MODELS_FROM: the children import users' models
+        self.design, self.budget_s, self.tie, self.wait_quiet_s = design, budget_s, tie, wait_quiet_s
         self._macs: dict = {}
         self._model_reason: dict = {}
         self._fit: dict = {}
         self._groups: dict[str, dict[int, list[float]]] | None = None
         self._guard: health.Guard  # made by run(), with the run's isolation
+        self._iso: _Isolation | None = None
+        self._workdir: Path | None = None
+        self._fault: str | None = None
+        self._rows_at: dict[str, int] = {}
+        self._procs: dict[str, list[dict]] = {}
+        self._remeasured: dict[str, int] = {}
+        self._busy_since: float | None = None  # a wait found no quiet machine: later waits are short checks
+        self.cal = Calibrations(state.meta, lambda spec, case: self._isolation_for(self._iso, case).run(
+            spec, CALIBRATION_TIMEOUT_S), self._quiet_for, self.log, bandwidth=profile)
         self.overheads: list[float] = []  # child wall time minus its own measuring time (per ok case)
 
     def _processes_done(self, row: dict | None) -> int:
@@ -133,25 +147,15 @@ class Runner:
         return self._macs[key]
 
     def _peak(self, iso: _Isolation, case: Case) -> float | None:
-        if not self.calibrate:
-            return None
-        cal = self.state.meta.setdefault("calibration", {})
-        key = calibration_key(case)
-        if key not in cal:
-            spec = {"kind": "calibrate", "device": case.device, "precision": case.precision,
-                    "threads": case.threads, "bandwidth": self.profile}
-            out = self._isolation_for(iso, case).run(spec, CALIBRATION_TIMEOUT_S)
-            cal[key] = (out.result or {}).get("calibration") or {"error": _child_error(out)}
-            self.log(f"calibration {key}: {cal[key].get('gmacs_per_s', cal[key].get('error'))}")
-        return cal[key].get("gmacs_per_s")
+        self._iso = self._iso or iso
+        return self.cal.peak(case) if self.calibrate else None
 
     def _bandwidth(self, case: Case) -> float | None:
         """The device setting's triad bandwidth (calibrated with the peak when profiling), or None."""
-        return (self.state.meta.get("calibration", {}).get(calibration_key(case)) or {}).get("bandwidth_gb_per_s")
+        return self.cal.bandwidth(case)
 
     # -- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> RunState:
-        todo = self.pending()
         st = self.state
         st.meta["status"] = "running"
         st.save(results_only=True)
@@ -160,38 +164,23 @@ class Runner:
         st.meta["isolation"] = iso.name
         st.meta["malloc_env"] = {k: child_env()[k] for k in MALLOC_ENV}
         self._guard = health.Guard(st.meta, lambda: self._health_probe(iso))
-        fault = os.environ.get(FAULT_ENV)
+        self._iso, self._workdir, self._fault = iso, workdir, os.environ.get(FAULT_ENV)
+        self._rows_at = {r["case_id"]: i for i, r in enumerate(st.rows) if r.get("case_id")}
         try:
+            groups, todo = self._split()
             to_spawn = [c for c in todo if not self._static(c, fit=False)]
-            if isinstance(iso, ForkServer) and to_spawn:
+            if isinstance(iso, ForkServer) and (to_spawn or groups):
                 iso.launch()  # imports torch in the background while the parent traces the models below
             to_spawn = [c for c in to_spawn if not self._fit_check(c)]
-            for case in to_spawn:
+            for case in [*to_spawn, *(c for g in groups for c in g)]:
                 self._macs_of(case)
-            R = self.repeats
-            rows_at = {r["case_id"]: i for i, r in enumerate(st.rows) if r.get("case_id")}
-            done = {c.case_id: self._processes_done(st.rows[rows_at[c.case_id]] if c.case_id in rows_at else None)
-                    for c in todo}
-            # pass p runs process p of every case that has fewer than p + 1: slow drift spreads over all cases
-            schedule = [(p, c) for p in range(R) for c in todo if done[c.case_id] <= p]
-            if self.progress and hasattr(self.progress, "set_estimates"):
-                if self.calibrate:  # calibrate every device setting up front: the ETA below needs the rates
-                    for case in to_spawn:
-                        self._peak(iso, case)
-                per = {c.case_id: self.estimate_s(c, R) for c in to_spawn}
-                self.progress.set_estimates([per.get(c.case_id, 0.05) for _, c in schedule])
-            procs: dict[str, list[dict]] = {}  # per-process rows of this session, for pooling
-            for i, (rep, case) in enumerate(schedule):
-                at = rows_at.get(case.case_id)
-                if rep > 0 and at is not None and st.rows[at].get("status") != "ok":
-                    continue  # failed or decided statically in an earlier pass: the case is complete
-                if self.progress:
-                    self.progress(case, i, len(schedule))
-                self._run_one(iso, case, rep, rows_at, procs, workdir, fault)
-            if self._guard.probed:
-                self._probe(iso, "end", None, rows_at)
-                self._guard.summarize()
-                st.save()
+            if self.calibrate:  # every device setting up front, on a quiet machine: the estimates need the rates
+                for case in [*to_spawn, *(c for g in groups for c in g)]:
+                    self._peak(iso, case)
+            if groups:
+                self._run_groups(groups)
+            self._run_isolated(todo, to_spawn)
+            self._close_run()
         finally:
             iso.close()
             if isinstance(iso, ForkServer):
@@ -202,41 +191,152 @@ class Runner:
                                               "max": max(self.overheads), "n": len(self.overheads)}
         return st
 
+    def _split(self) -> tuple[list[list[Case]], list[Case]]:
+        """(groups still open for the interleaved design, cases for the isolated path that still need a process)."""
+        if self.design != "interleaved":
+            return [], self.pending()
+        closed = {gid for gid, g in (self.state.meta.get("groups") or {}).items() if g.get("status") != "open"}
+        fine = [c for c in self.cases if not self._static(c)]
+        groups, _ = form_groups(fine)
+        groups = [g for g in groups if group_key(g[0].as_row()) not in closed]
+        grouped = {c.case_id for g in groups for c in g}
+        return groups, [c for c in self.pending() if c.case_id not in grouped
+                        and group_key(c.as_row()) not in closed]
+
+    def _run_groups(self, groups: list[list[Case]]) -> None:
+        from bench.groups.budget import plan_groups
+        from bench.groups.schedule import GroupScheduler, resume_runs
+
+        plans = plan_groups(groups, self.budget_s, lambda c: self.estimate_call_s(c))
+        self.state.meta["budget_s"] = self.budget_s
+        runs = resume_runs(plans, self.state, self._groups_of)
+        GroupScheduler(self, self._iso, self.budget_s, self.tie).run(runs)
+
+    def _run_isolated(self, todo: list[Case], to_spawn: list[Case]) -> None:
+        """Today's path: process p of every case that has fewer than p + 1 (passes), so drift spreads over all."""
+        st, R, rows_at = self.state, self.repeats, self._rows_at
+        done = {c.case_id: self._processes_done(st.rows[rows_at[c.case_id]] if c.case_id in rows_at else None)
+                for c in todo}
+        schedule = [(p, c) for p in range(R) for c in todo if done[c.case_id] <= p]
+        if self.progress and hasattr(self.progress, "set_estimates"):
+            per = {c.case_id: self.estimate_s(c, R) for c in to_spawn}
+            self.progress.set_estimates([per.get(c.case_id, 0.05) for _, c in schedule])
+        for i, (rep, case) in enumerate(schedule):
+            at = rows_at.get(case.case_id)
+            if rep > 0 and at is not None and st.rows[at].get("status") != "ok":
+                continue  # failed or decided statically in an earlier pass: the case is complete
+            if self.progress:
+                self.progress(case, i, len(schedule))
+            self._run_one(self._iso, case, rep, rows_at, self._procs, self._workdir, self._fault)
+
+    def _close_run(self) -> None:
+        """The end probe, the calibrations repeated (peak = the larger), frac_of_peak redone, a last save."""
+        if self._guard.probed:
+            self._probe(self._iso, "end", None, self._rows_at)
+        if self.calibrate and self.state.rows:
+            cases = [c for c in self.cases if c.case_id in self._rows_at]
+            self.cal.repeat_at_end(cases)
+            self.cal.apply(self.state.rows)
+        self._guard.summarize()
+        self.state.save()
+
     def _run_one(self, iso: _Isolation, case: Case, rep: int, rows_at: dict, procs: dict, workdir: Path,
                  fault: str | None) -> None:
         """Process number `rep` of a case: run it (or decide it statically), pool, store the row and save."""
-        st = self.state
+        self._iso, self._workdir, self._fault, self._rows_at, self._procs = iso, workdir, fault, rows_at, procs
         started = now_iso()
         t0 = time.perf_counter()
-        samples: list[float] = []
         static = self._static(case) if rep == 0 else None
         if static:
-            row = {"status": static[0], "reason": static[1]}
-        else:
-            case = self._process_case(iso, case, workdir, fault, profile=self.profile and rep == 0)
+            self.commit(case, rep, {"status": static[0], "reason": static[1], "design": "isolated"}, [], started,
+                        time.perf_counter() - t0, None)
+            return
+        case = self.process_case(case, profile=self.profile and rep == 0)
+        out, marks, redo = self.run_guarded(case.to_spec(), case.timeout_s, case.device_type, case.label(), rep)
+        row, samples = classify(out, case.timeout_s)
+        row.update(design="isolated", remeasured=redo)
+        if out.result and row.get("status") == "ok":
+            self._note_overhead(out, samples)
+        self.commit(case, rep, row, samples, started, out.wall_s, marks,
+                    profile=(out.result or {}).get("profile") if row.get("status") == "ok" else None)
+
+    # -- what the group scheduler (bench.groups.schedule) and the isolated path share --------------------------------
+    def process_case(self, case: Case, profile: bool = False) -> Case:
+        """The case as one of its processes runs it (MACs, calibrated peak, workdir, fault, budget share)."""
+        return self._process_case(self._iso, case, self._workdir, self._fault, profile=profile)
+
+    def run_guarded(self, spec: dict, timeout_s: float, device_type: str, what: str,
+                    rep: int = 0) -> tuple[Outcome, tuple, int]:
+        """Run one child; when the machine was busy meanwhile, wait for quiet (--wait-quiet) and run it again (at
+        most health.MAX_REMEASURE times). (outcome, its CPU marks for the guard, times measured again)."""
+        redo = 0
+        while True:
             when = self._guard.due(rep)
             if when:
-                self._probe(iso, when, rep, rows_at)
-            t0 = time.perf_counter()
+                self._probe(self._iso, when, rep, self._rows_at)
             before = health.cpu_mark()
-            out = self._isolation_for(iso, case).run(case.to_spec(), case.timeout_s)
-            self._guard.record(case.case_id, rep, before, health.cpu_mark(), out.cpu_s)
-            row, samples = classify(out, case.timeout_s)
-            if out.result and row.get("status") == "ok":
-                self._note_overhead(out, samples)
-                st.profile.extend({**r, "run_id": st.run_id, "case_id": case.case_id}
-                                  for r in out.result.get("profile") or [])
+            out = self._isolation_for(self._iso, device_type).run(spec, timeout_s)
+            marks = (before, health.cpu_mark(), out.cpu_s)
+            why = self._guard.busy(*marks)
+            if not why or redo >= health.MAX_REMEASURE or not self._wait_for_quiet(f"{what}: {why}"):
+                return out, marks, redo
+            redo += 1
+
+    def commit(self, case: Case, rep: int, row: dict, samples: list[float], started: str, wall_s: float,
+               marks: tuple | None, profile: list | None = None) -> None:
+        """One process's row of a case: health record, pooled with its earlier processes, stored, saved, logged."""
+        st = self.state
+        if marks is not None:
+            self._guard.record(case.case_id, rep, *marks)
+        if profile:
+            st.profile.extend({**r, "run_id": st.run_id, "case_id": case.case_id} for r in profile)
         full = {**case.as_row(), **{k: v for k, v in row.items() if v is not None},
-                "run_id": st.run_id, "host": st.meta.get("host"), "started_at": started,
-                "wall_s": time.perf_counter() - t0}
+                "run_id": st.run_id, "host": st.meta.get("host"), "started_at": started, "wall_s": wall_s}
         full.update(case.as_row())  # identity is the parent's, whatever the child said
-        self._store(case, rep, full, samples, rows_at, procs)
-        self._mark_noisy(case.case_id, rows_at)
+        self._remeasured[case.case_id] = self._remeasured.get(case.case_id, 0) + int(row.get("remeasured") or 0)
+        self._store(case, rep, full, samples, self._rows_at, self._procs)
+        stored = st.rows[self._rows_at[case.case_id]]
+        stored.update(design=row.get("design", "isolated"), group_id=row.get("group_id"),
+                      remeasured=self._remeasured[case.case_id])
+        if stored.get("design") == "interleaved":
+            stored["converged"] = None  # the group's decision, not a per-case CI target, ends its measuring
+        self._mark_noisy(case.case_id, self._rows_at)
+        self.save()
+        self.log(row_line(stored))
+
+    def save(self) -> None:
+        st = self.state
         self._guard.summarize()
         st.meta["cases_done"] = sum(1 for r in st.rows if self._processes_done(r) >= self.repeats)
         st.meta["updated_at"] = now_iso()
         st.save()
-        self.log(row_line(st.rows[rows_at[case.case_id]]))
+
+    # -- waiting for a quiet machine ----------------------------------------------------------------------------
+    def say(self, line: str) -> None:
+        """A line the user sees with or without --verbose (waits, calibrations on a busy machine)."""
+        note = getattr(self.progress, "note", None)
+        (note or self.log)(line)
+
+    def _wait_for_quiet(self, why: str) -> bool:
+        """Wait for a quiet machine (True when it came); after a wait that found none, only a short look at most
+        every BUSY_RECHECK_S, so that a machine busy for good costs one wait, not one per process."""
+        if self.wait_quiet_s <= 0:
+            return False
+        if self._busy_since is not None:
+            if time.perf_counter() - self._busy_since < BUSY_RECHECK_S or self._guard.quiet_reason():
+                return False
+            self._busy_since = None
+            self.say("the machine is quiet again: measuring again")
+            return True
+        if self._guard.wait_quiet(self.wait_quiet_s, why, self.say):
+            return True
+        self._busy_since = time.perf_counter()
+        return False
+
+    def _quiet_for(self, what: str) -> bool:
+        """Before a calibration: True when the machine is quiet now or became quiet within --wait-quiet."""
+        why = self._guard.quiet_reason(1.0)
+        return not why or self._wait_for_quiet(f"{what}: {why}")
 
     def _store(self, case: Case, rep: int, full: dict, samples: list[float], rows_at: dict, procs: dict) -> None:
         """Add one process's row and samples to the run: its samples join the case's, its row is pooled with the
@@ -315,15 +415,22 @@ class Runner:
                     0 if r is None or _isna(r) else int(r), []).append(float(s["latency_ms"]))
         return self._groups.setdefault(case_id, {})
 
+    def estimate_call_s(self, case: Case) -> float:
+        """One call's seconds guessed from the case's MACs at the device's calibrated rate."""
+        from bench.groups.budget import call_s
+
+        rate = (self.state.meta.get("calibration", {}).get(calibration_key(case)) or {}).get("gmacs_per_s")
+        return call_s(self._macs.get((case.model, case.height, case.width, case.batch)), rate)
+
     def estimate_s(self, case: Case, repeats: int = 1) -> float:
         """estimate_case_s at the device's calibrated rate, from the case's MACs."""
         rate = (self.state.meta.get("calibration", {}).get(calibration_key(case)) or {}).get("gmacs_per_s")
         return estimate_case_s(case, self._macs.get((case.model, case.height, case.width, case.batch)), rate, repeats)
 
-    def _isolation_for(self, iso: _Isolation, case: Case) -> _Isolation:
+    def _isolation_for(self, iso: _Isolation, case: Case | str) -> _Isolation:
         """Where the case runs (bench.launch.isolation: `for_device`), noting in meta.json when CUDA cases leave
         the fork server for fresh interpreters."""
-        chosen = iso.for_device(case.device_type)
+        chosen = iso.for_device(case if isinstance(case, str) else case.device_type)
         if chosen is not iso and "isolation_cuda" not in self.state.meta:
             self.state.meta["isolation_cuda"] = "spawn (the fork server had loaded the CUDA driver)"
             self.log("fork server loaded the CUDA driver: CUDA cases run in fresh interpreters")

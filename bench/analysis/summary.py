@@ -1,15 +1,18 @@
-"""The compact end-of-run summary: median ms with its 95% CI per model x resolution for each device setting, and
+"""The compact end-of-run summary: median ms with its CI per model x resolution for each device setting (the
+confidence a CI reaches is printed beside it where that is not 95%: fewer than 6 samples; one sample has none), and
 the speedup of multi-scale linear attention (msla) over softmax attention at each resolution; then one line with
 the wall time, how many cases converged and what is not ok, and whether the machine was busy while it measured
 (bench.health), in words. A median without its interval invites reading noise as a difference."""
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import pandas as pd
 
 from bench.cases import setting_label
 from bench.health import noisy_sentence
+from bench.stats import NOMINAL, median_ci_level
 
 
 def _res(h: int, w: int) -> str:
@@ -33,12 +36,41 @@ def _speedup_table(g: pd.DataFrame, order: list[str]) -> pd.DataFrame | None:
     return st.fillna("")
 
 
+def _number(v: Any) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return x if math.isfinite(x) else math.nan
+
+
+def ci_level(r: Mapping[str, Any]) -> float:
+    """The confidence the row's CI of the median reaches: latency_ms_ci_level, else (a row of one process written
+    before it was recorded) bench.stats.median_ci_level(n); nan when unknown."""
+    level = _number(r.get("latency_ms_ci_level"))
+    n, repeats = _number(r.get("n")), _number(r.get("repeats"))
+    if math.isnan(level) and not math.isnan(n) and not repeats > 1:
+        level = median_ci_level(int(n))
+    return level
+
+
+def _reaches(level: float) -> bool:
+    return level >= NOMINAL - 5e-4
+
+
 def _cell(r: Mapping[str, Any]) -> str:
-    """'4.62 ms [4.58, 4.67]' (median, 95% CI), '*' after it when the CI did not converge; else the status."""
+    """'4.62 ms [4.58, 4.67]' (median, 95% CI), '4.6 ms [4.1, 5.0] 75%' (a CI below 95%, its level), '6000 ms
+    n=1, no CI' (one sample), '*' after it when the CI did not converge; else the status."""
     if r["status"] != "ok":
         return str(r["status"])
-    lo, hi = r.get("latency_ms_ci_low"), r.get("latency_ms_ci_high")
-    ci = "" if lo is None or hi is None or pd.isna(lo) or pd.isna(hi) else f" [{_ms(lo)}, {_ms(hi)}]"
+    lo, hi, n, level = r.get("latency_ms_ci_low"), r.get("latency_ms_ci_high"), _number(r.get("n")), ci_level(r)
+    if n <= 1:
+        ci = " n=1, no CI"
+    elif lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        ci = ""
+    else:
+        ci = f" [{_ms(lo)}, {_ms(hi)}]" + ("" if _reaches(level) else
+                                           " level?" if math.isnan(level) else f" {100 * level:.3g}%")
     return f"{_ms(r['latency_ms_median'])} ms{ci}" + ("" if _converged(r) else "*")
 
 
@@ -53,7 +85,8 @@ def _converged(r: Mapping[str, Any]) -> bool:
 
 
 def summary_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """[(title, table)]: per setting, median ms [95% CI] (models x resolutions) and msla speedup over softmax."""
+    """[(title, table)]: per setting, median ms [CI] (models x resolutions; the header says 95% only when every
+    CI of the table reaches it) and msla speedup over softmax."""
     df = results.copy()
     if df.empty:
         return []
@@ -65,7 +98,8 @@ def summary_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         cell = [_cell(r) for r in g.to_dict("records")]
         t = g.assign(cell=cell).pivot_table(index="model", columns="res", values="cell", aggfunc="first")
         t = t.reindex(index=list(dict.fromkeys(g["model"])), columns=[c for c in order if c in t.columns])
-        t.columns.name = "median [95% CI]"
+        ok = [ci_level(r) for r in g.to_dict("records") if r["status"] == "ok"]
+        t.columns.name = "median [95% CI]" if all(_reaches(x) for x in ok) else "median [CI, 95% unless shown]"
         out.append((setting, t.fillna("")))
         st = _speedup_table(g, order)
         if st is not None:

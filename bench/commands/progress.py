@@ -30,18 +30,33 @@ def rough_estimates(cases: Sequence, repeats: int = 1) -> list[float]:
     (bench.runner.estimate_case_s) at its default 10 GMAC/s, from each case's MACs (counted on the meta device)."""
     from bench.runner import estimate_case_s
 
-    macs: dict = {}
+    macs = _macs(cases)
+    return [repeats * estimate_case_s(c, macs[(c.model, c.height, c.width, c.batch)], None, repeats)
+            for c in cases]
+
+
+def rough_groups(cases: Sequence, budget_s: float) -> tuple[list, list]:
+    """(the interleaved groups' plans with their share of the budget, the cases left isolated), for --list."""
+    from bench.groups.budget import call_s, form_groups, plan_groups
+
+    groups, alone = form_groups(cases)
+    macs = _macs(cases)
+    plans = plan_groups(groups, budget_s, lambda c: call_s(macs[(c.model, c.height, c.width, c.batch)], None))
+    return plans, [c for c in cases if c in alone]
+
+
+def _macs(cases: Sequence) -> dict:
+    out: dict = {}
     for c in cases:
         key = (c.model, c.height, c.width, c.batch)
-        if key not in macs:
+        if key not in out:
             try:
                 from models.complexity import count_macs
 
-                macs[key] = int(count_macs(*key))
+                out[key] = int(count_macs(*key))
             except Exception:  # a model that cannot be counted gets the runner's 1 GMAC guess
-                macs[key] = None
-    return [repeats * estimate_case_s(c, macs[(c.model, c.height, c.width, c.batch)], None, repeats)
-            for c in cases]
+                out[key] = None
+    return out
 
 
 def _clock(seconds: float) -> str:
@@ -59,10 +74,12 @@ class Progress:
     over the calibrated rate, within the time budgets), so one slow 2048x2048 softmax case weighs what it costs,
     not 1/N of the run; the ETA scales the estimates left by measured / estimated of the cases done so far."""
 
-    def __init__(self, enabled: bool, file: IO[str] | None = None):
+    def __init__(self, enabled: bool, file: IO[str] | None = None, heartbeat_s: float | None = None):
         self.bar = None
         self.enabled = enabled
         self.file = file
+        self.current = ""
+        self.heartbeat = Heartbeat(heartbeat_s, lambda: self.current, file)
         self.weights: list[float] | None = None
         self._t0: float | None = None  # when the first case started
 
@@ -94,6 +111,7 @@ class Progress:
                     bar_format="{desc}")
 
     def __call__(self, case, i: int, n: int) -> None:
+        self.current = f"{case.label()} ({i + 1} of {n})"
         if not self.enabled:
             return
         w = self._w(n)
@@ -107,7 +125,63 @@ class Progress:
         self.bar.update(max(0.0, sum(w[:i]) - self.bar.n))  # cases the runner skipped still count as done
         self.bar.refresh()
 
+    def group(self, g, spent_s: float, budget_s: float) -> None:
+        """An interleaved group's next process: the bar shows the budget spent and the group."""
+        self.current = f"{g.gid} process {len(g.processes) + 1}"
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = self._make_bar(max(1.0, budget_s))
+            self._t0 = time.perf_counter()
+        self.bar.bar_format = ("{desc}: {percentage:3.0f}%|{bar}| " + _braces(self.current)
+                               + f" [{{elapsed}}, budget {budget_s:.0f} s]")
+        self.bar.set_description_str(f"{spent_s:.0f} s", refresh=False)
+        self.bar.update(max(0.0, min(budget_s, spent_s) - self.bar.n))
+        self.bar.refresh()
+
+    def note(self, line: str) -> None:
+        """A line the user must see (waiting for a quiet machine, ...): above the bar, or a plain line."""
+        self.heartbeat.said()
+        if self.bar is not None:
+            self.bar.write(line, file=self.file or sys.stderr)
+        else:
+            print(line, file=self.file or sys.stderr, flush=True)
+
     def close(self) -> None:
+        self.heartbeat.stop()
         if self.bar is not None:
             self.bar.update(max(0.0, self.bar.total - self.bar.n))
             self.bar.close()
+
+
+class Heartbeat:
+    """Without a terminal (CI logs, `| tee`), a line at least every `every_s` seconds while nothing else was
+    printed: what is being measured and for how long, so that a piped run is never silent for minutes."""
+
+    def __init__(self, every_s: float | None, current, file: IO[str] | None = None):
+        import threading
+
+        self.every_s, self.current, self.file = every_s, current, file
+        self._last = self._t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = None
+        if every_s:
+            self._thread = threading.Thread(target=self._beat, name="densebench-heartbeat", daemon=True)
+            self._thread.start()
+
+    def said(self) -> None:
+        """Something was printed: the next beat is due every_s from now."""
+        self._last = time.perf_counter()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(1.0, self.every_s)):
+            if time.perf_counter() - self._last >= self.every_s:
+                what = self.current() or "starting"
+                print(f"[{_clock(time.perf_counter() - self._t0)}] still measuring: {what}",
+                      file=self.file or sys.stderr, flush=True)
+                self.said()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)

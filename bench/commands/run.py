@@ -10,6 +10,7 @@ from pathlib import Path
 from bench.cli import PROG, UsageError
 
 NAME = "run"
+HEARTBEAT_S = 30.0  # without a terminal, a line at least this often
 
 RUN_DESCRIPTION = """\
 Measure token mixers for high-resolution segmentation (EfficientViT multi-scale linear attention vs softmax
@@ -91,6 +92,20 @@ def _timing_arguments(p: argparse.ArgumentParser) -> None:
                    help="measure each case in R separate processes, interleaved (pass 1 of every case, then pass "
                         "2, ...), sharing its time budget; the row pools their samples and its CI includes how far "
                         "the processes disagree (default 1; see docs/METHODOLOGY.md for when it pays)")
+    t.add_argument("--design", choices=("interleaved", "isolated"), default="interleaved",
+                   help="interleaved (default): the cases of one decision (the mixers of one model size, resolution "
+                        "and setting) measured in the same processes in rotating balanced order, until every pair "
+                        "against the fastest is decided or --budget is spent; isolated: every case in its own "
+                        "processes, timed until its CI is within +-1%% or --max-time")
+    t.add_argument("--budget", type=float, default=None, metavar="S",
+                   help="seconds of measuring the interleaved groups may spend in all, split by the cost of a "
+                        "process and spent first on the open decisions (default 420; --list shows the split)")
+    t.add_argument("--tie", type=float, default=0.02, metavar="F",
+                   help="equivalence margin of a paired decision: a ratio whose interval lies within 1 +- F is "
+                        "'tied', one clear above 1 + F is 'faster' (default 0.02)")
+    t.add_argument("--wait-quiet", type=float, default=120.0, metavar="S",
+                   help="when other processes used the CPU during a process, wait up to S seconds for a quiet "
+                        "machine and measure that process again (default 120; 0: never wait, flag it noisy)")
     t.add_argument("--metric", choices=("time", "instructions"), default="time",
                    help="time (default): latency only; instructions: also count CPU instructions per forward pass "
                         "under valgrind (callgrind, 1 thread), deterministic where time is not (CPU cases only; "
@@ -164,7 +179,8 @@ def plan_options(a: argparse.Namespace) -> dict:
                 threads=a.threads, backends=a.backends, channels_last=a.channels_last, fold=a.fold,
                 min_time=a.min_time, max_time=a.max_time, timeout=a.timeout, repeats=a.repeats, seed=a.seed,
                 quick=a.quick, calibrate=not a.no_calibrate, allow_missing=a.allow_missing,
-                models_from=a.models_from, metric=a.metric, profile=a.profile)
+                models_from=a.models_from, metric=a.metric, profile=a.profile, design=a.design, budget=a.budget,
+                tie=a.tie, wait_quiet=a.wait_quiet)
 
 
 def main(a: argparse.Namespace) -> int:
@@ -185,7 +201,7 @@ def main(a: argparse.Namespace) -> int:
         _check_run_id(a.run_id, out)
     report_dir = _report_dir(a)
     if a.list:
-        _print_list(_listed_cases(a, out), _listed_repeats(a))
+        _print_list(_listed_cases(a, out), _listed_repeats(a), _listed_design(a, out))
         return 0
     if a.resume:
         check_resume(a, _resume_dir(a.resume, out))
@@ -226,16 +242,39 @@ def _listed_repeats(a: argparse.Namespace) -> int:
     return max(1, a.repeats or 1)
 
 
-def _print_list(cases: list, repeats: int) -> None:
-    """--list: one line per case (its id, a tab, its rough seconds) on stdout; the count and total on stderr."""
-    from bench.analysis.summary import duration
-    from bench.commands.progress import rough_estimates
+def _listed_design(a: argparse.Namespace, out: Path) -> dict:
+    """The design, budget and tie --list states (a resumed run's own)."""
+    from bench.plan import design_options
 
-    per = rough_estimates(cases, repeats)
-    for c, s in zip(cases, per):
-        print(f"{c.case_id}\t~{s:.1f} s")
-    print(f"{len(cases)} cases, about {duration(sum(per))} in all (rough: MACs at an assumed 10 GMAC/s, no "
-          "calibration; start and calibration not included)", file=sys.stderr)
+    if a.resume:
+        from bench.results import store
+
+        cfg = store.load_run(_resume_dir(a.resume, out)).meta.get("config") or {}
+        return {"design": cfg.get("design", "isolated"), "budget_s": float(cfg.get("budget_s") or 0.0)}
+    return design_options(a.design, a.budget, a.tie, a.wait_quiet, a.quick)
+
+
+def _print_list(cases: list, repeats: int, design: dict) -> None:
+    """--list: one line per case (its id, a tab, its rough seconds or its group) on stdout; the count, total and
+    the budget's split on stderr."""
+    from bench.analysis.summary import duration
+    from bench.commands.progress import rough_estimates, rough_groups
+
+    groups, alone = rough_groups(cases, design["budget_s"]) if design.get("design") == "interleaved" else ([], cases)
+    per = rough_estimates(alone, repeats)
+    grouped = {c.case_id: g.group_id for g in groups for c in g.cases}
+    for c in cases:
+        print(f"{c.case_id}\tgroup {grouped[c.case_id]}" if c.case_id in grouped else
+              f"{c.case_id}\t~{per[alone.index(c)]:.1f} s")
+    if groups:
+        from bench.groups.budget import describe
+
+        for line in describe(groups, design["budget_s"]):
+            print(line, file=sys.stderr)
+    total = sum(per) + (design["budget_s"] if groups else 0.0)
+    print(f"{len(cases)} cases ({len(grouped)} in {len(groups)} interleaved groups), about {duration(total)} of "
+          "measuring at most (rough: MACs at an assumed 10 GMAC/s, no calibration; start, calibration and waits "
+          "for a quiet machine not included)", file=sys.stderr)
 
 
 def _report_dir(a: argparse.Namespace) -> Path | None:
@@ -273,8 +312,14 @@ def _measure(a: argparse.Namespace, state, plan) -> int:
     from bench.commands.progress import Progress
     from bench.fleet.command import measurer
 
-    progress = Progress(enabled=not a.quiet and sys.stderr.isatty())
-    log = (lambda s: print(s, file=sys.stderr, flush=True)) if a.verbose else None
+    tty = sys.stderr.isatty()
+    progress = Progress(enabled=not a.quiet and tty, heartbeat_s=None if a.quiet or tty else HEARTBEAT_S)
+
+    def say(line: str) -> None:  # -v, or no terminal: one line per finished case or group look
+        progress.heartbeat.said()
+        print(line, file=sys.stderr, flush=True)
+
+    log = say if a.verbose or not (tty or a.quiet) else None
     line = None if a.quiet else _starting(state, plan)
     if line:
         print(line, file=sys.stderr, flush=True)

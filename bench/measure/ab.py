@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from bench.ab.spec import ABSpec, Side
 from bench.cases import CaseError
-from bench.measure.child import Stage, _failure, _setup
+from bench.measure.child import Stage, failure_row, setup
 
 MIN_CYCLES = 3
 BLOCK_MIN_MS = 1.0  # a block of a very fast case is made at least this long (timer resolution, loop overhead)
@@ -49,7 +49,7 @@ def run_ab_spec(spec: Mapping[str, Any], stage: Stage) -> dict:
         samples = _measure(s, row, stage)
         row["status"], row["reason"] = "ok", ""
     except BaseException as e:  # noqa: BLE001 - every failure becomes a row
-        row.update(_failure(e, stage.name))
+        row.update(failure_row(e, stage.name))
         samples = []
     return {"row": row, "samples": samples}
 
@@ -59,7 +59,7 @@ def _measure(s: ABSpec, row: dict, stage: Stage) -> list[list]:
     from models.registry import example_input
 
     case = s.case
-    row.update(_setup(case))
+    row.update(setup(case))
     keys = ("a", "b") if s.mode == "abba" else (s.mode,)
     x = example_input(case.model, case.height, case.width, case.batch, seed=case.seed)  # one tensor for both
     fns = {}

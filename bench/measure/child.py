@@ -66,12 +66,12 @@ def run_case(case: Case, stage: Stage | None = None, after_build: AfterBuild | N
         samples = _measure(case, row, stage, after_build)
         row["status"], row["reason"] = "ok", ""
     except BaseException as e:  # noqa: BLE001 - every failure becomes a row
-        row.update(_failure(e, stage.name))
+        row.update(failure_row(e, stage.name))
         samples = []
     return {"row": row, "samples": samples, "profile": row.pop("_profile", [])}
 
 
-def _failure(e: BaseException, where: str) -> dict[str, str]:
+def failure_row(e: BaseException, where: str) -> dict[str, str]:
     from bench.backends import Unsupported
     from bench.measure.memory import is_oom_error
 
@@ -86,7 +86,7 @@ def _failure(e: BaseException, where: str) -> dict[str, str]:
 
 def _measure(case: Case, row: dict, stage: Stage, after_build: AfterBuild | None) -> list[float]:
     """The steps of one case; each adds its columns to `row` and its notes to `info` (-> backend_info)."""
-    info = _setup(case)
+    info = setup(case)
     _check_supported(case)
     stage("build")
     built = _build(case, row, stage)
@@ -126,7 +126,7 @@ def _profile(case: Case, row: dict) -> list[dict]:
         row["profile_reason"] = (str(e).splitlines() or [""])[0][:400]
         return []
     except Exception as e:  # noqa: BLE001 - the timing is measured; profiling must not lose it
-        row["profile_reason"] = _failure(e, "profile")["reason"]
+        row["profile_reason"] = failure_row(e, "profile")["reason"]
         return []
     median = row.get("latency_ms_median")
     row["profile_source"], row["profiled_ms"] = prof.source, prof.profiled_ms
@@ -134,7 +134,7 @@ def _profile(case: Case, row: dict) -> list[dict]:
     return profile_rows(row, prof, case.extra.get("device_peak_gmacs_per_s"), case.extra.get("bandwidth_gb_per_s"))
 
 
-def _setup(case: Case) -> dict[str, Any]:
+def setup(case: Case) -> dict[str, Any]:
     """Threads (CPU), current device (CUDA) and seed, before anything allocates; returns the first notes."""
     import torch
 
@@ -144,6 +144,48 @@ def _setup(case: Case) -> dict[str, Any]:
         torch.cuda.set_device(torch.device(case.device))
     torch.manual_seed(case.seed)
     return {"torch_threads": torch.get_num_threads(), "pid": os.getpid()}
+
+
+@dataclass
+class PreparedSide:
+    """One case built, referenced and prepared in a process that holds several (bench.measure.interleaved)."""
+
+    fn: Callable[[], Any]  # the prepared call, keeping its first output
+    first: list  # the first output (filled by the first call)
+    y_ref: Any  # eager fp32 reference output (None where the case is the reference itself)
+    info: dict  # the backend's notes
+    built: Built
+
+
+def prepare_side(case: Case, row: dict, stage: Stage, label: str = "") -> PreparedSide:
+    """The steps of `_measure` up to the timing for one side of an interleaved group: supported, build,
+    reference, prepare; adds params, MACs and build_s to `row`. Raises what those steps raise."""
+    _check_supported(case)
+    stage(f"build{label}")
+    built = _build(case, row, stage)
+    y_ref = None
+    if not _is_reference(case):
+        stage(f"reference{label}")
+        y_ref = _reference(case, built)
+    stage(f"prepare{label}")
+    prepared = _prepare(case, built, row)
+    fn, first = _keep_first_output(prepared.fn)
+    return PreparedSide(fn, first, y_ref, dict(prepared.info), built)
+
+
+def side_numerics(case: Case, side: PreparedSide, row: dict, info: dict) -> None:
+    """rel_err / numerics_ok of a side's first output against its reference (as `_numerics`)."""
+    _numerics(case, side.first, side.y_ref, row, info)
+
+
+def measure_energy(case: Case, fn: Callable[[], Any], median_ms: float, info: dict, stage: Stage) -> dict:
+    """The energy columns of a prepared call (NVML on CUDA; a note elsewhere)."""
+    return _energy(case, fn, median_ms, info, stage)
+
+
+def profile_side(case: Case, row: dict) -> list[dict]:
+    """The profiled pass of one case (bench.profiling), apart from the timing: its profile.parquet rows."""
+    return _profile(case, row)
 
 
 def _check_supported(case: Case) -> None:
@@ -348,6 +390,10 @@ def run_case_file(spec_path: str, result_path: str, after_build: AfterBuild | No
             out = (run_calibration if spec["kind"] == "calibrate" else run_health_probe)(spec)
         except BaseException as e:  # noqa: BLE001 - the parent records the error in meta.json
             out = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+    elif spec.get("kind") == "group":  # the cases of a decision group in one process (bench.measure.interleaved)
+        from bench.measure.interleaved import run_group_spec
+
+        out = run_group_spec(spec, stage)
     elif spec.get("kind") == "ab":  # A and B interleaved in one process (bench.ab); imported only when asked
         from bench.measure.ab import run_ab_spec
 

@@ -1,5 +1,6 @@
 """The A/B view of merged runs: a case measured in more than one run is shown with both runs side by side (both
-medians, their 95% CIs and the ratio B/A with its CI) instead of the latest run silently replacing the others.
+medians, their CIs and the ratio B/A with its CI, each labelled with the confidence it reaches where that is not
+95%) instead of the latest run silently replacing the others.
 
 Formatted strings only (the page escapes them); the numbers come from `data.ab_pairs`.
 """
@@ -10,8 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from bench.analysis.report.data import Merged, ab_pairs
-from bench.analysis.report.html import ci_text, fnum
+from bench.analysis.report.data import Merged, ab_pairs, missing
+from bench.analysis.report.html import ci_label, fnum
+from bench.analysis.report.readings import MIN_N
 
 
 def _finite(*vs: Any) -> bool:
@@ -25,17 +27,22 @@ def _ms(v: Any) -> str:
     return f"{fnum(v)} ms" if _finite(v) else ""
 
 
-def _ci(lo: Any, hi: Any, unit: str = "") -> str:
-    return ci_text(lo, hi) + unit if _finite(lo, hi) else ""
+def _ci(lo: Any, hi: Any, level: Any, n: Any = None, unit: str = "", at_least: bool = False) -> str:
+    return ci_label(lo, hi, level, n=n, unit=unit, at_least=at_least) if _finite(lo, hi) else ""
 
 
 def reading(r: dict) -> tuple[str, str]:
-    """(words, css class) for one pair: B slower, faster or not resolved, judged by the CI of B/A."""
+    """(words, css class) for one pair: B slower, faster or not resolved, judged by the CI of B/A; no verdict
+    where a side has fewer than MIN_N samples or was measured on a busy machine."""
     if not _finite(r["ratio"]):
         sides = [f"{side}: {r[f'status_{side.lower()}']}" for side in ("A", "B")]
         return f"no ratio ({', '.join(sides)})", "na"
     if not _finite(r["ci_low"], r["ci_high"]):
         return "no CI: not resolved", "tie"
+    if _finite(r.get("n_min")) and r["n_min"] < MIN_N:
+        return f"a side has fewer than {MIN_N} samples: not resolved", "tie"
+    if not missing(r.get("noisy")) and bool(r.get("noisy")):
+        return "a side measured on a busy machine: no verdict", "flag"
     if r["ci_low"] > 1:
         return f"B slower by {100 * (r['ratio'] - 1):.1f}%", "loss"
     if r["ci_high"] < 1:
@@ -49,7 +56,8 @@ def _side(r: dict, side: str) -> dict[str, str]:
     status = r[f"status_{s}"]
     reason = r[f"reason_{s}"]
     return dict(run=r[f"run_{s}"], ms=_ms(r[f"{s}_ms"]) if ok else status,
-                ci=_ci(r[f"{s}_ci_low"], r[f"{s}_ci_high"], " ms") if ok else reason,
+                ci=_ci(r[f"{s}_ci_low"], r[f"{s}_ci_high"], r.get(f"{s}_ci_level"), r.get(f"{s}_n"), " ms")
+                if ok else reason,
                 ok="1" if ok else "")
 
 
@@ -59,7 +67,9 @@ def rows(ab: pd.DataFrame) -> list[dict[str, Any]]:
         words, cls = reading(r)
         out.append(dict(model=r["model"], setting=r["config"], resolution=r["resolution"], a=_side(r, "A"),
                         b=_side(r, "B"), ratio=f"{fnum(r['ratio'])}×" if _finite(r["ratio"]) else "–",
-                        ratio_ci=_ci(r["ci_low"], r["ci_high"]), ci_method=r["ci_method"], reading=words, cls=cls,
+                        ratio_ci=_ci(r["ci_low"], r["ci_high"], r.get("ci_level"),
+                                     at_least=r["ci_method"] == "bounds"),
+                        ci_method=r["ci_method"], reading=words, cls=cls,
                         noisy=bool(r["noisy"])))
     return out
 
@@ -72,6 +82,7 @@ def view(m: Merged) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for r in out:
         counts[r["cls"]] = counts.get(r["cls"], 0) + 1
-    summary = [f"{counts[k]} {w}" for k, w in (("loss", "B slower"), ("win", "B faster"),
-                                                ("tie", "not resolved"), ("na", "without a ratio")) if counts.get(k)]
+    summary = [f"{counts[k]} {w}" for k, w in (("loss", "B slower"), ("win", "B faster"), ("tie", "not resolved"),
+                                                ("flag", "on a busy machine"), ("na", "without a ratio"))
+               if counts.get(k)]
     return dict(rows=out, n=len(out), pairs=[dict(a=a, b=b) for a, b in pairs], summary=", ".join(summary))

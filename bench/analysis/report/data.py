@@ -1,4 +1,5 @@
-"""Tidy frames for the report: merged runs, speedups of msla, scaling-exponent fits.
+"""Tidy frames for the report: merged runs (with their paired decisions, pairs.parquet), speedups of msla, A/B of
+cases measured in several runs; the scaling-exponent fits are in `scaling` (re-exported here).
 
 Everything here is pandas/numpy in, pandas out: no plotting and no HTML, so the numbers can be tested alone. The
 published numbers of the registry are in `published`, the facts of how the runs were taken in `methodology`.
@@ -12,12 +13,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as st
-
+from bench.analysis.report.scaling import exponent_word, fit_exponent, scaling_exponents  # noqa: F401 (API)
 from bench.analysis.summary import noisy_line
 from bench.cases import IDENTITY, base_name, setting_label
 from bench.results.store import Run, load_run, samples_by_process
-from bench.stats import ratio_ci
+from bench.stats import median_ci_level, ratio_ci
 
 # Rows are matched on these to compute a speedup: the case identity without the model (only the mixer differs),
 # with device_key for device_name. device_key is device_name, plus the host where two merged hosts report the same
@@ -31,7 +31,7 @@ _FILL = (("model", "?"), ("variant", ""), ("level", ""), ("device_name", "unknow
          ("precision", "?"), ("reason", ""), ("noisy_reason", ""))
 SPEEDUP_COLUMNS = ("config", "device_name", "mobile_proxy", "base", "level", "resolution", "height", "width",
                    "megapixels", "baseline", "speedup", "ci_low", "ci_high", "ci_method", "target_ms", "baseline_ms",
-                   "target_model", "baseline_model", "noisy", "n_min")
+                   "target_model", "baseline_model", "noisy", "n_min", "ci_level")
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Merged:
     ok: pd.DataFrame  # ok rows with a finite median latency, duplicates across runs resolved (latest run wins)
     notes: list[str] = field(default_factory=list)  # what is missing or was resolved, for the reader
     ab: pd.DataFrame | None = None  # cases measured in more than one run, side by side (ab_pairs, AB_COLUMNS)
+    pairs: pd.DataFrame | None = None  # every run's pairs.parquet (bench.schema.PAIR_COLUMNS, run_id filled)
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
@@ -148,13 +149,21 @@ def _all_samples(runs: list[Run], results: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).merge(results[keep], on=["run_id", "case_id"], how="inner")
 
 
+def _all_pairs(runs: list[Run]) -> pd.DataFrame | None:
+    """The paired decisions of every run's interleaved groups, run_id filled; None when no run has any."""
+    frames = [p.assign(run_id=p["run_id"].fillna(run.run_id).astype("string")) for run in runs
+              if isinstance(p := getattr(run, "pairs", None), pd.DataFrame) and len(p)]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
 def merge_runs(runs: list[Run]) -> Merged:
     for run in runs:
         if not isinstance(run.meta, dict):
             run.meta = {}
     results = _all_results(runs)
     ok, notes = _ok_rows(results)
-    m = Merged(runs=runs, results=results, samples=_all_samples(runs, results), ok=ok, notes=notes)
+    m = Merged(runs=runs, results=results, samples=_all_samples(runs, results), ok=ok, notes=notes,
+               pairs=_all_pairs(runs))
     m.ab = ab_pairs(m)
     return m
 
@@ -165,7 +174,7 @@ def merge_runs(runs: list[Run]) -> Merged:
 CASE_KEY = ("model", *MATCH)
 AB_COLUMNS = ("model", "config", "resolution", "megapixels", "run_a", "run_b", "status_a", "status_b", "reason_a",
               "reason_b", "a_ms", "a_ci_low", "a_ci_high", "b_ms", "b_ci_low", "b_ci_high", "ratio", "ci_low",
-              "ci_high", "ci_method", "noisy")
+              "ci_high", "ci_method", "noisy", "a_ci_level", "b_ci_level", "ci_level", "a_n", "b_n", "n_min")
 
 
 def _latency(r: dict) -> float:
@@ -196,7 +205,10 @@ def _ab_row(a: dict, b: dict, index: dict[tuple, list[np.ndarray]]) -> dict[str,
                 reason_a=text(a.get("reason")), reason_b=text(b.get("reason")), a_ms=a_ms,
                 a_ci_low=f(a, "latency_ms_ci_low"), a_ci_high=f(a, "latency_ms_ci_high"), b_ms=b_ms,
                 b_ci_low=f(b, "latency_ms_ci_low"), b_ci_high=f(b, "latency_ms_ci_high"), ratio=ratio, ci_low=lo,
-                ci_high=hi, ci_method=how, noisy=bool(a.get("noisy")) or bool(b.get("noisy")))
+                ci_high=hi, ci_method=how, noisy=bool(a.get("noisy")) or bool(b.get("noisy")),
+                a_ci_level=ci_level(a), b_ci_level=ci_level(b), ci_level=ratio_level(how, a, b),
+                a_n=number(a.get("n")), b_n=number(b.get("n")), n_min=float(np.fmin(number(a.get("n")),
+                                                                                   number(b.get("n")))))
 
 
 def ab_pairs(m: Merged) -> pd.DataFrame:
@@ -242,6 +254,27 @@ def _ratio_ci(target_groups: list[np.ndarray] | None, base_groups: list[np.ndarr
     return float("nan"), float("nan"), "none"
 
 
+def ci_level(r: dict) -> float:
+    """The confidence a row's CI of the median reaches: latency_ms_ci_level as recorded; for a row of one process
+    written before it was recorded, bench.stats.median_ci_level(n) (95% from 6 samples, less below); else nan."""
+    level = number(r.get("latency_ms_ci_level"))
+    if np.isfinite(level):
+        return level
+    n, repeats = number(r.get("n")), number(r.get("repeats"))
+    if not np.isfinite(n) or (np.isfinite(repeats) and repeats > 1):
+        return float("nan")
+    return median_ci_level(int(n))
+
+
+def ratio_level(how: str, a: dict, b: dict) -> float:
+    """The confidence of a ratio's CI from _ratio_ci (`how`): the bootstrap's 95% where both sides' CIs reach
+    95% (a bootstrap of a tiny sample does not: the lower level of the two), at least the product of the two
+    levels for the bounds (it covers whenever both CIs do), nan without a CI."""
+    if how == "bootstrap":
+        return float(np.min([0.95, ci_level(a), ci_level(b)]))
+    return ci_level(a) * ci_level(b) if how == "bounds" else float("nan")
+
+
 def _speedup_row(r: dict, baseline: str, index: dict[tuple, list[np.ndarray]]) -> dict[str, Any]:
     """One matched (msla, baseline) pair of the merge: r holds the msla columns as *_t, the baseline's as *_b."""
     t = {k[:-2]: v for k, v in r.items() if k.endswith("_t")}
@@ -254,7 +287,8 @@ def _speedup_row(r: dict, baseline: str, index: dict[tuple, list[np.ndarray]]) -
                 megapixels=t["megapixels"], baseline=baseline, speedup=b_ms / t_ms, ci_low=lo, ci_high=hi,
                 ci_method=how, target_ms=t_ms, baseline_ms=b_ms, target_model=t["model"],
                 baseline_model=b["model"], noisy=bool(t["noisy"]) or bool(b["noisy"]),
-                n_min=min(number(t.get("n")), number(b.get("n"))))  # the fewer samples of the two sides
+                n_min=min(number(t.get("n")), number(b.get("n"))),  # the fewer samples of the two sides
+                ci_level=ratio_level(how, t, b))
 
 
 def number(v: Any) -> float:
@@ -303,79 +337,6 @@ def speedups(m: Merged) -> tuple[pd.DataFrame, list[str]]:
     if len(df):
         df = df.sort_values(["config", "base", "baseline", "megapixels"]).reset_index(drop=True)
     return df, notes + _unfinished_baselines(m.results)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# scaling exponent
-
-
-def fit_exponent(pixels: Any, latency_ms: Any, conf: float = 0.95) -> dict[str, Any]:
-    """Least-squares fit of log(latency) = a + k log(pixels): exponent k, its standard error and CI.
-
-    With 2 distinct sizes the fit is exact (no SE); with fewer, no fit.
-    """
-    x = np.log(np.asarray(pixels, dtype="float64"))
-    y = np.log(np.asarray(latency_ms, dtype="float64"))
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    n = int(x.size)
-    out = dict(n_points=n, n_sizes=int(np.unique(x).size), exponent=float("nan"), se=float("nan"),
-               ci_low=float("nan"), ci_high=float("nan"), r2=float("nan"))
-    if out["n_sizes"] < 2:
-        return out
-    xm, ym = x.mean(), y.mean()
-    sxx = float(((x - xm) ** 2).sum())
-    k = float(((x - xm) * (y - ym)).sum() / sxx)
-    a = ym - k * xm
-    resid = y - (a + k * x)
-    sst = float(((y - ym) ** 2).sum())
-    out["exponent"] = k
-    out["r2"] = 1.0 - float((resid ** 2).sum()) / sst if sst > 0 else 1.0
-    if n > 2:
-        s2 = float((resid ** 2).sum()) / (n - 2)
-        se = math.sqrt(s2 / sxx)
-        t = float(st.t.ppf(0.5 + conf / 2, n - 2))
-        out.update(se=se, ci_low=k - t * se, ci_high=k + t * se)
-    return out
-
-
-def exponent_word(k: float) -> str:
-    """A reading of a scaling exponent for the headline table."""
-    if not np.isfinite(k):
-        return ""
-    if k < 0.8:
-        return "sub-linear (fixed costs dominate)"
-    if k < 1.3:
-        return "near linear"
-    if k < 1.7:
-        return "between linear and quadratic"
-    return "near quadratic"
-
-
-def scaling_exponents(m: Merged) -> tuple[pd.DataFrame, list[str]]:
-    """The exponent of latency in pixels per setting and model; notes name the models measured at one size only."""
-    cols = ["config", "device_name", "mobile_proxy", "model", "variant", "level", "n_points", "n_sizes",
-            "resolutions", "exponent", "se", "ci_low", "ci_high", "r2", "reading"]
-    notes: list[str] = []
-    ok = m.ok
-    if not len(ok):
-        return pd.DataFrame(columns=cols), ["no ok measurements: scaling exponents not available"]
-    rows = []
-    single: dict[str, list[str]] = {}
-    for (config, model), g in ok.groupby(["config", "model"], sort=True):
-        f = fit_exponent(g["pixels"], g["latency_ms_median"])
-        res = ", ".join(r for r in g.sort_values("pixels")["resolution"].drop_duplicates())
-        if f["n_sizes"] < 2:
-            single.setdefault(f"{config} ({res})", []).append(str(model))
-            continue
-        first = g.iloc[0]
-        rows.append(dict(config=config, device_name=first["device_name"], mobile_proxy=bool(first["mobile_proxy"]),
-                         model=model, variant=first["variant"], level=first["level"], resolutions=res,
-                         reading=exponent_word(f["exponent"]), **f))
-    for where, models in single.items():
-        names = ", ".join(models[:6]) + (f" and {len(models) - 6} more" if len(models) > 6 else "")
-        notes.append(f"one resolution only on {where}: no scaling exponent for {names}")
-    return pd.DataFrame(rows, columns=cols), notes
 
 
 def health_warnings(m: Merged) -> list[str]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis.report import readings
-from bench.analysis.report.data import MOBILE_PROXY, Merged, missing
+from bench.analysis.report.data import MOBILE_PROXY, Merged, missing, number
 from bench.analysis.report.plots import Figure
 from bench.schema import STATUSES
 from bench.text import markdown_table, md_escape
@@ -29,7 +29,8 @@ TABLE_COLUMNS = (
     ("precision", "precision", "s"), ("batch", "batch", "i"), ("threads", "threads", "i"),
     ("resolution", "resolution", "s"), ("status", "status", "s"), ("reason", "reason", "s"),
     ("latency_ms_median", "median ms", "n"), ("latency_ms_ci_low", "CI low", "n"),
-    ("latency_ms_ci_high", "CI high", "n"), ("n", "samples", "i"), ("repeats", "processes", "i"),
+    ("latency_ms_ci_high", "CI high", "n"), ("latency_ms_ci_level", "CI level", "p"), ("n", "samples", "i"),
+    ("repeats", "processes", "i"), ("design", "design", "s"),
     ("latency_ms_repeat_cv", "process CV %", "n"), ("converged", "converged", "b"),
     ("noisy", "busy machine", "b"), ("noisy_reason", "machine during the case", "s"),
     ("throughput_ips", "images/s", "n"), ("peak_mem_mb", "peak MB", "n"), ("macs", "GMACs", "g"),
@@ -104,6 +105,36 @@ def ci_text(lo: Any, hi: Any, digits: int = 3) -> str:
     return f"[{fnum(lo, digits)}, {fnum(hi, digits)}]"
 
 
+NOMINAL = 0.95  # the level a bare "[lo, hi]" stands for (the headers say "CI", the legends "95% unless shown")
+
+
+def level_text(level: Any, at_least: bool = False) -> str:
+    """A confidence as a percentage: '80%', '93.8%', '99.4%'; `at_least`: a lower bound, rounded down ('≥90.2%');
+    '' when unknown."""
+    x = number(level)
+    if not np.isfinite(x):
+        return ""
+    pct = math.floor(x * 1000 + 1e-6) / 10 if at_least else round(x * 100, 1)
+    return ("≥" if at_least else "") + f"{pct:.1f}".rstrip("0").rstrip(".") + "%"
+
+
+def ci_label(lo: Any, hi: Any, level: Any, n: Any = None, at_least: bool = False, unit: str = "") -> str:
+    """An interval as the report prints it, never claiming more confidence than it reaches: '[lo, hi]' (unit
+    after it) at 95%, '[lo, hi] 80%' at any other level (`at_least`: '≥90.2%', a lower bound), '[lo, hi] (level
+    not recorded)'; a single sample (`n` 1) is 'n=1, no CI', never '[x, x]'; '' without bounds."""
+    k = number(n)
+    if np.isfinite(k) and k <= 1:
+        return f"n={int(k)}, no CI"
+    ci = ci_text(lo, hi)
+    if not ci:
+        return ""
+    ci += unit
+    x = number(level)
+    if not np.isfinite(x):
+        return f"{ci} (level not recorded)"
+    return ci if abs(x - NOMINAL) < 5e-4 and not at_least else f"{ci} {level_text(x, at_least)}"
+
+
 def headline(m: Merged, sp: pd.DataFrame, ex: pd.DataFrame) -> list[dict]:
     """Per device setting: the speedup matrix (base model x resolution, per baseline) and the exponent table."""
     configs = list(dict.fromkeys(list(sp["config"]) + list(ex["config"])))
@@ -144,17 +175,20 @@ def headline(m: Merged, sp: pd.DataFrame, ex: pd.DataFrame) -> list[dict]:
 
 
 def _speedup_cell(x: pd.Series) -> dict:
-    """One headline cell: the ratio, its CI, win/loss/tie by the CI, and a mark when a side was measured on a busy
-    machine (bench.health: the ratio is then not comparable)."""
-    verdict = readings.speedup_verdict(x["speedup"], x["ci_low"], x["ci_high"], x.get("n_min"))
-    cls = {"win": "win", "loss": "loss", "tie": "tie"}.get(verdict, "na")  # no CI or few samples: neither
+    """One headline cell: the ratio, its CI with the confidence it reaches, win/loss/tie by the CI; a flagged
+    side (fewer than MIN_N samples, no CI, or measured on a busy machine, bench.health) makes it neither a win nor
+    a loss, and a busy one is outlined and marked "!"."""
+    noisy = bool(x.get("noisy")) if not missing(x.get("noisy")) else False
+    verdict = readings.speedup_verdict(x["speedup"], x["ci_low"], x["ci_high"], x.get("n_min"), noisy)
+    cls = {"win": "win", "loss": "loss", "tie": "tie", "busy machine": "flag"}.get(verdict, "na")
     title = f"{x['baseline_model']}: {fnum(x['baseline_ms'])} ms; {x['target_model']}: {fnum(x['target_ms'])} ms"
     if verdict in ("no CI", "few samples"):
         title += f"; {verdict} (fewer than {readings.MIN_N} samples or no CI): neither a win nor a loss"
-    noisy = bool(x.get("noisy"))
-    return dict(text=f"{fnum(x['speedup'])}×" + (" !" if noisy else ""), ci=ci_text(x["ci_low"], x["ci_high"]),
-                cls=cls + (" noisy" if noisy else ""),
-                title=title + ("; measured on a busy machine (see noisy_reason)" if noisy else ""))
+    ci = ci_label(x["ci_low"], x["ci_high"], x.get("ci_level"), n=x.get("n_min"),
+                  at_least=x.get("ci_method") == "bounds")
+    return dict(text=f"{fnum(x['speedup'])}×" + (" !" if noisy else ""), ci=ci, cls=cls + (" noisy" if noisy else ""),
+                title=title + ("; a side was measured on a busy machine (see noisy_reason): neither a win nor a "
+                               "loss" if noisy else ""))
 
 
 def gnum(v: Any) -> str:
@@ -168,7 +202,7 @@ def reference_view(refs: list[dict]) -> list[dict]:
         measured = []
         for x in r["measured"]:
             if x["status"] == "ok" and not missing(x["latency_ms"]):
-                ci = ci_text(x.get("ci_low"), x.get("ci_high"))
+                ci = ci_label(x.get("ci_low"), x.get("ci_high"), x.get("ci_level"), n=x.get("n"))
                 measured.append(f"{fnum(x['latency_ms'])} ms {ci} on {x['config']}".replace("  ", " "))
             else:
                 measured.append(f"{x['status']} on {x['config']}" + (f" ({x['reason']})" if x["reason"] else ""))
@@ -214,7 +248,8 @@ def _md_headline(dev: dict) -> list[str]:
     lines = [f"## {e(dev['config'])}" + (f" ({e(MOBILE_PROXY)})" if dev["mobile"] else ""), ""]
     for t in dev["speedups"]:
         rows = [[row["base"], *(f"{c['text']} {c['ci']}".strip() for c in row["cells"])] for row in t["rows"]]
-        lines += [f"Speedup of msla over {e(t['baseline'])} (95% CI):", "",
+        lines += [f"Speedup of msla over {e(t['baseline'])} (baseline / msla median; under it the CI, 95% unless "
+                  "its level is shown; a cell marked ! has a side measured on a busy machine, no verdict):", "",
                   markdown_table(["model", *t["resolutions"]], rows, align="l" + "r" * len(t["resolutions"])), ""]
     if dev["exponents"]:
         rows = [[x["model"], x["exponent"], x["se"], x["ci"], x["reading"], x["resolutions"]]

@@ -44,11 +44,14 @@ class Figure:
 FIGURES: tuple[tuple[str, str, str, Callable[[Merged, pd.DataFrame], kit.Drawn]], ...] = (
     ("latency_vs_resolution", "Latency vs resolution",
      "Median latency per iteration against image size, log-log, one panel per device setting; error bars: "
-     "95% CI of the median. A slope of 1 is linear in pixels, 2 quadratic.", lambda m, sp: latency_vs_resolution(m)),
+     f"the CI of the median, 95% for a case with {MIN_N} or more samples (with fewer, (min, max), which covers "
+     "less). A slope of 1 is linear in pixels, 2 quadratic.", lambda m, sp: latency_vs_resolution(m)),
     ("speedup", "Speedup of msla",
      "Baseline median latency / msla median latency at the same model, device, setting and resolution, log "
-     "axis (above the dotted line at 1× msla is faster); error bars: 95% CI of the ratio; hollow markers: the CI "
-     f"spans 1, there is none, or a side has fewer than {MIN_N} samples.", lambda m, sp: speedup_plot(sp)),
+     "axis (above the dotted line at 1× msla is faster); error bars: the CI of the ratio, at the confidence the "
+     "headline table shows beside it (95% unless shown); hollow markers: no verdict (the CI spans 1, there is "
+     f"none, a side has fewer than {MIN_N} samples or was measured on a busy machine).",
+     lambda m, sp: speedup_plot(sp)),
     ("peak_memory", "Peak memory vs resolution",
      "CUDA peak allocated memory, or CPU peak RSS above the worker's baseline, in MB.",
      lambda m, sp: peak_memory(m)),

@@ -37,8 +37,9 @@ def latency_vs_resolution(m: Merged) -> kit.Drawn:
     d = kit.multi_point(m.ok, ["config", "model"], "pixels")
     if not len(d):
         return "every model was measured at a single resolution: no scaling to plot"
-    return _vs_resolution(d, "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high",
-                          "median latency, ms (log)", reading=True)
+    fig, note = _vs_resolution(d, "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high",
+                               "median latency, ms (log)", reading=True)
+    return fig, note + readings.level_note(d)
 
 
 def peak_memory(m: Merged) -> kit.Drawn:
@@ -73,10 +74,12 @@ def _ratio_axis(ax, values: pd.Series) -> None:
 
 
 def _undecided(ax, sub: pd.DataFrame, colors: dict) -> None:
-    """Points whose CI spans 1 or is missing drawn hollow: only a CI above 1 reads as msla faster."""
-    verdict = [readings.speedup_verdict(s, lo, hi, n) for s, lo, hi, n in zip(sub["speedup"], sub["ci_low"],
-                                                                                sub["ci_high"], sub["n_min"])]
-    u = sub[[v in ("tie", "no CI", "few samples") for v in verdict]]
+    """Points without a verdict drawn hollow (the CI spans 1 or is missing, a side has few samples or was measured
+    on a busy machine): only a CI above 1 from quiet, well-sampled sides reads as msla faster."""
+    noisy = sub["noisy"].fillna(False) if "noisy" in sub.columns else pd.Series(False, index=sub.index)
+    verdict = [readings.speedup_verdict(s, lo, hi, n, bool(b)) for s, lo, hi, n, b in
+               zip(sub["speedup"], sub["ci_low"], sub["ci_high"], sub["n_min"], noisy)]
+    u = sub[[v not in ("win", "loss") for v in verdict]]
     markers = kit.variant_markers(u["baseline"])
     for baseline, g in u.groupby("baseline"):
         ax.scatter(g["megapixels"], g["speedup"], s=22, facecolor="white", edgecolor=colors.get(baseline, "0.4"),
@@ -107,7 +110,7 @@ def speedup_plot(sp: pd.DataFrame) -> kit.Drawn:
         kit.titled(ax, f, kit.is_mobile(d, f))
     kit.legend(fig, {f"vs {k}": v for k, v in bl_colors.items()}, styles, color_title="baseline mixer",
                markers={f"vs {k}": mk for k, mk in kit.variant_markers(bl_colors).items()},
-               extra=[("CI spans 1, no CI or few samples", dict(color="0.3", marker="o", mfc="white", ls="none", ms=5))])
+               extra=[("no verdict (see caption)", dict(color="0.3", marker="o", mfc="white", ls="none", ms=5))])
     return fig, cut + readings.speedup_note(d)
 
 

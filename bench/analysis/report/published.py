@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.analysis.report.data import Merged
+from bench.analysis.report.data import Merged, ci_level
 from models.registry import get_model_info, list_models
 
 
@@ -30,7 +30,8 @@ def _measured(results: pd.DataFrame, name: str, h: int, w: int) -> dict[str, Any
     at_size = mine[(mine["height"] == h) & (mine["width"] == w)] if len(mine) else mine
     lat = [dict(config=r["config"], status=r["status"], reason=str(r["reason"]),
                 latency_ms=r["latency_ms_median"] if r["status"] == "ok" else None,
-                ci_low=r.get("latency_ms_ci_low"), ci_high=r.get("latency_ms_ci_high"), batch=r["batch"])
+                ci_low=r.get("latency_ms_ci_low"), ci_high=r.get("latency_ms_ci_high"), ci_level=ci_level(r),
+                n=r.get("n"), batch=r["batch"])
            for r in (at_size.to_dict("records") if len(at_size) else [])]
     return dict(measured=lat, in_results=bool(len(mine)))
 

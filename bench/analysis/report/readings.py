@@ -8,8 +8,12 @@ Rules (documented in the report's methodology through RULES):
 - MACs vs latency, per device setting over its ok cases: log-log least squares of latency on MACs and Spearman's
   rank correlation. "predict latency well" when R^2 >= GOOD_R2 and the slope is positive, "do not predict" when
   R^2 < POOR_R2 or the slope is not positive, "only roughly" between; fewer than MIN_POINTS cases: no reading.
-- a speedup is a win (or a loss) only when its 95% CI lies entirely above (below) 1; a ratio without a CI (one
-  sample or one process, no bootstrap and no bounds) is "no CI", never a win.
+- a speedup is a win (or a loss) only when its CI lies entirely above (below) 1 and neither side is flagged; a
+  ratio without a CI (one sample or one process, no bootstrap and no bounds) is "no CI", a side with fewer than
+  MIN_N samples "few samples", a side measured on a busy machine "busy machine": never a win, never counted as
+  one in a caption.
+- every interval is labelled with the confidence it reaches (data.ci_level, data.ratio_level) where that is not
+  95%; a caption says how many plotted intervals fall short of it.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from bench.analysis.report.data import fit_exponent
+from bench.analysis.report.data import ci_level, fit_exponent
 
 MIN_N = 6  # below this many samples the CI of the median covers less than its level (bench.schema ci_level)
 MIN_R2 = 0.8
@@ -33,8 +37,14 @@ RULES = (f"A scaling exponent is read as a band (sub-linear below 0.8, near line
          f"{MAX_CI_WIDTH:g} wide and R² ≥ {MIN_R2:g} (3 or more sizes); otherwise it is inconclusive. MACs predict "
          f"latency well when the log-log fit of latency on MACs over a setting's ok cases has R² ≥ {GOOD_R2:g} "
          f"with a positive slope, do not when R² < {POOR_R2:g}, roughly in between; fewer than {MIN_POINTS} cases "
-         f"give no reading. A speedup is a win or a loss only when its 95% CI excludes 1; a ratio with no CI, or a side "
-         f"with fewer than {MIN_N} samples, is never a win.")
+         f"give no reading. A speedup is a win or a loss only when its CI excludes 1; a ratio with no CI, a side "
+         f"with fewer than {MIN_N} samples or a side measured on a busy machine is neither, and a caption does not "
+         f"count it as a verdict. Every interval is shown with the confidence it reaches where that is not 95% (a "
+         f"median's CI from fewer than {MIN_N} samples is (min, max), which covers less; one sample has no CI); a "
+         f"ratio bounded by two CIs covers at least the product of their levels (≥). In the decision table a pair "
+         f"of mixers measured in the same processes (interleaved) is decided by its paired interval over processes "
+         f"at the confidence the sequential rule reached: faster when it lies above 1 + the tie margin, tied when "
+         f"it lies within it, else not resolved; a pair measured on a busy machine is flagged, never a win.")
 
 
 def _band(k: float) -> str:
@@ -119,14 +129,32 @@ def macs_reading(fit: dict[str, Any]) -> str:
     return f"MACs predict latency only roughly ({nums})"
 
 
-def speedup_verdict(speedup: float, lo: float, hi: float, n_min: float | None = None) -> str:
-    """'win', 'loss', 'tie' (the CI spans 1), 'no CI', or 'few samples' (a side with fewer than MIN_N samples,
-    `n_min`): a ratio is a win only when its CI lies above 1 and rests on enough samples."""
+def speedup_verdict(speedup: float, lo: float, hi: float, n_min: float | None = None, noisy: bool = False) -> str:
+    """'win', 'loss', 'tie' (the CI spans 1), 'no CI', 'few samples' (a side with fewer than MIN_N samples,
+    `n_min`) or 'busy machine' (`noisy`: a side measured while the machine was busy): a ratio is a win only when
+    its CI lies above 1, rests on enough samples and was measured on a quiet machine."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or not math.isfinite(speedup):
         return "no CI"
     if n_min is not None and not n_min >= MIN_N:
         return "few samples"
+    if not pd.isna(noisy) and bool(noisy):
+        return "busy machine"
     return "win" if lo > 1 else "loss" if hi < 1 else "tie"
+
+
+def level_note(d: pd.DataFrame) -> str:
+    """How many plotted medians have a CI below 95% (fewer than MIN_N samples: (min, max)) or none (one sample),
+    read off their rows (data.ci_level); '' when every one reaches 95%."""
+    if not len(d):
+        return ""
+    levels = [ci_level(r) for r in d.to_dict("records")]
+    n = pd.to_numeric(d["n"], errors="coerce") if "n" in d.columns else pd.Series(math.nan, index=d.index)
+    single = int((n <= 1).sum())
+    short = sum(1 for x, k in zip(levels, n) if not k <= 1 and not (math.isfinite(x) and x >= 0.95 - 5e-4))
+    parts = ([f"{short} plotted point(s) have a CI below 95% or of unrecorded level (their bar is (min, max) of "
+              f"fewer than {MIN_N} samples; level in the case table)"] if short else []) + \
+        ([f"{single} point(s) rest on one sample: no CI, no bar"] if single else [])
+    return (" " + "; ".join(parts) + ".") if parts else ""
 
 
 def speedup_note(sp: pd.DataFrame) -> str:
@@ -134,11 +162,14 @@ def speedup_note(sp: pd.DataFrame) -> str:
     missing)."""
     parts = []
     for baseline, g in sp.groupby("baseline", sort=True):
-        v = pd.Series([speedup_verdict(s, lo, hi, n) for s, lo, hi, n in zip(g["speedup"], g["ci_low"],
-                                                                             g["ci_high"], g["n_min"])])
+        noisy = g["noisy"] if "noisy" in g.columns else pd.Series(False, index=g.index)
+        v = pd.Series([speedup_verdict(s, lo, hi, n, bool(b)) for s, lo, hi, n, b in
+                       zip(g["speedup"], g["ci_low"], g["ci_high"], g["n_min"], noisy.fillna(False))])
         c = v.value_counts()
         parts.append(f"vs {baseline}: msla faster at {int(c.get('win', 0))} of {len(v)} points (CI above 1), "
                      f"slower at {int(c.get('loss', 0))} (CI below 1), not told apart at {int(c.get('tie', 0))} "
                      f"(CI spans 1)" + (f", no CI at {int(c['no CI'])}" if c.get("no CI") else "")
-                     + (f", fewer than {MIN_N} samples at {int(c['few samples'])}" if c.get("few samples") else ""))
+                     + (f", fewer than {MIN_N} samples at {int(c['few samples'])}" if c.get("few samples") else "")
+                     + (f", a side measured on a busy machine at {int(c['busy machine'])} (no verdict)"
+                        if c.get("busy machine") else ""))
     return (" Read off the plotted points: " + "; ".join(parts) + ".") if parts else ""
