@@ -25,8 +25,9 @@ Results: OUT/<run-id>/results.parquet, results.csv (one row per case), samples.p
 meta.json (environment, configuration, calibration), rewritten atomically after every case; an HTML report in
 reports/<run-id>.html next to OUT (see --report-dir). Interrupt at any time and finish with --resume RUN_ID.
 
-Exit status: 0 done; 1 some case ended in 'error' (or --baseline found a regression); 2 bad input; 3 --baseline
-could not judge cases measured on a busy machine (see --allow-noisy); 130 interrupted.
+Exit status: 0 done; 1 some case ended in 'error' (or --baseline found a regression); 2 bad input; 3 a decision
+rests on cases measured on a busy machine even after waiting for a quiet one (the last lines say what to do), or
+--baseline could not judge them (see --allow-noisy); 130 interrupted.
 """
 
 RUN_EPILOG = """\
@@ -354,12 +355,44 @@ def _finish(a: argparse.Namespace, state, baseline: str | None, report_dir: Path
         except Exception as e:  # the measurements are stored; a report failure must not lose them
             print(f"report: failed ({type(e).__name__}: {e})".splitlines()[0], file=sys.stderr)
     rc = 1 if (res["status"] == "error").any() else 0
+    shaky = noisy_decisions(res)
+    if shaky:
+        for line in next_steps(shaky, state.meta.get("health") or {}):
+            print(line, file=sys.stderr)
+        rc = rc or 3
     if baseline:
         from bench.analysis.compare import run_compare
 
         cmp = run_compare(baseline, state.run_dir, allow_noisy=a.allow_noisy)
         rc = next((c for c in (1, 2, 3) if c in (rc, cmp)), 0)  # a regression or an error wins over "not judged"
     return rc
+
+
+def noisy_decisions(res) -> list[str]:
+    """The decision groups (group_key of ok rows with two or more mixers) that rest on a noisy row."""
+    from bench.cases import group_key
+
+    ok = res[res["status"] == "ok"]
+    if not len(ok):
+        return []
+    keys = [group_key(r) for r in ok.to_dict("records")]
+    noisy = ok["noisy"].fillna(False).astype(bool).tolist()
+    count: dict[str, int] = {}
+    for k in keys:
+        count[k] = count.get(k, 0) + 1
+    return sorted({k for k, n in zip(keys, noisy) if n and count[k] >= 2})
+
+
+def next_steps(groups: list[str], health: dict) -> list[str]:
+    """The last lines of a run whose decisions rest on noisy rows: which, why, and what to do next."""
+    waits = health.get("waits") or []
+    waited = sum(float(w.get("waited_s") or 0) for w in waits)
+    return [f"{PROG}: {len(groups)} decision(s) rest on rows measured on a busy machine (exit 3): "
+            + ", ".join(groups[:4]) + (f" and {len(groups) - 4} more" if len(groups) > 4 else ""),
+            f"  waited {waited:.0f} s for a quiet machine in {len(waits)} wait(s); it did not stay quiet",
+            "  next: measure again when the machine is quiet (--wait-quiet S waits longer), or use fewer threads "
+            "than free cores (--threads 1), or compare the pair with `run_bench.py ab --a X --b Y` (same "
+            "processes, shared noise), or a quieter machine"]
 
 
 def _warn(plan) -> None:

@@ -1,0 +1,181 @@
+"""The interleaved design of the main job (bench.groups, bench.measure.interleaved): paired decisions with the
+right orientation, a copy of a model never a win, busy periods waited out, a machine that never quiets ends with
+exit 3 and the next step, and a piped run prints progress."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.groups import pairs as P
+from bench.measure.interleaved import cycle_order
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = str(ROOT / "tests" / "group_models.py")
+GROUP = dict(models="gtest:a,gtest:b", level="model", res="64", threads="1", models_from=[MODELS],
+             calibrate=False, report=False)
+
+
+def _busy(seconds: float, procs: int = 2) -> list[subprocess.Popen]:
+    """Processes that keep `procs` cores busy for `seconds` (a real busy machine, not a mock)."""
+    code = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(procs)]
+
+
+def _pairs(run) -> list[dict]:
+    assert run.pairs is not None and len(run.pairs), "an interleaved run writes pairs.parquet"
+    return run.pairs.to_dict("records")
+
+
+# -- the rule and the order -----------------------------------------------------------------------------------------
+
+def test_cycle_order_is_balanced_and_rotates():
+    for n in (2, 3, 4, 5):
+        for c in range(n):
+            order = cycle_order(n, c)
+            assert sorted(order) == sorted(list(range(n)) * 2)
+            mean_pos = [np.mean([k for k, s in enumerate(order) if s == side]) for side in range(n)]
+            assert all(math.isclose(m, (2 * n - 1) / 2) for m in mean_pos)  # linear drift adds alike
+        firsts = {cycle_order(n, c)[0] for c in range(n)}
+        assert firsts == set(range(n))  # every side leads once per n cycles (Latin square)
+
+
+def test_linear_drift_cancels_in_the_process_ratio():
+    # sides of 1.0 and 1.1 ms on a machine slowing linearly by 1% per block: the paired ratio stays 1.1
+    cyc = []
+    for c in range(6):
+        order = cycle_order(2, c)
+        t = [[], []]
+        for k, s in enumerate(order):
+            t[s].append((1.0, 1.1)[s] * (1 + 0.01 * (4 * c + k)))
+        cyc.append([np.mean(t[0]), np.mean(t[1])])
+    v = P.process_log_ratio(np.asarray(cyc), 0, 1)
+    assert math.isclose(math.exp(v), 1.1, rel_tol=2e-3)
+
+
+def test_rule_orientation_tie_and_open():
+    slow_b = [math.log(1.30) + e for e in (0.01, -0.01, 0.0, 0.005, -0.004)]
+    d = P.judge_pair(slow_b, 0, 1, tie=0.02)
+    assert (d.fast, d.slow, d.verdict) == (0, 1, "faster") and d.ratio > 1.25
+    d = P.judge_pair([-v for v in slow_b], 0, 1, tie=0.02)
+    assert (d.fast, d.slow, d.verdict) == (1, 0, "faster")  # the other way round: side 1 is the faster
+    tied = [0.001, -0.002, 0.0015, -0.001, 0.0005, 0.0, -0.0005, 0.001]
+    assert P.judge_pair(tied, 0, 1, tie=0.02).verdict == "tied"
+    assert P.judge_pair([0.05, -0.04, 0.03], 0, 1, tie=0.02).verdict == "not resolved"
+    assert P.judge_pair([0.3], 0, 1, tie=0.02).verdict == "not resolved"  # one process: no interval
+    assert P.look_confidence() >= 0.95
+
+
+# -- real runs ------------------------------------------------------------------------------------------------------
+
+def test_slower_side_is_decided_faster_with_the_right_orientation(tmp_path):
+    import bench
+
+    run = bench.run(out=tmp_path, budget=60, wait_quiet=0, **GROUP)
+    res = run.results.set_index("model")
+    assert set(res["design"]) == {"interleaved"} and res["group_id"].nunique() == 1
+    (p,) = _pairs(run)
+    assert (p["fast_model"], p["slow_model"], p["verdict"]) == ("gtest:a", "gtest:b", "faster"), p["reason"]
+    assert p["ratio"] > 1.2 and p["ci_low"] > 1 + p["tie"] and p["ci_level"] >= 0.95
+    assert p["n_processes"] >= P.CHECKPOINTS[0] and p["group_verdict"] == "resolved"
+    assert res.loc["gtest:b", "latency_ms_median"] > res.loc["gtest:a", "latency_ms_median"]
+    assert (res["repeats"] >= P.CHECKPOINTS[0]).all()  # absolute latencies pooled over the processes
+    assert run.meta["groups"][p["group_id"]]["status"] == "resolved"
+
+
+def test_a_copy_of_itself_is_never_a_win(tmp_path):
+    import bench
+
+    run = bench.run(out=tmp_path, budget=25, wait_quiet=0, **{**GROUP, "models": "gtest:a,gtest:a2"})
+    (p,) = _pairs(run)
+    assert p["verdict"] in ("tied", "not resolved"), p["reason"]
+
+
+def test_resume_goes_on_from_the_stored_processes(tmp_path):
+    """The group's processes are rebuilt from samples.parquet: a resumed open group keeps what it measured."""
+    import bench
+    from bench.groups.budget import plan_groups
+    from bench.groups.schedule import resume_runs
+    from bench.results.lifecycle import open_run
+
+    run = bench.run(out=tmp_path, budget=60, wait_quiet=0, **GROUP)
+    state = open_run(run.path)
+    try:
+        from bench.plan import make_plan
+
+        plan = make_plan(**{k: v for k, v in GROUP.items() if k != "report"})
+        groups = [list(plan.cases)]
+        by = {}
+        for s in state.samples:
+            by.setdefault(s["case_id"], {}).setdefault(int(s["repeat"]), []).append(float(s["latency_ms"]))
+        (g,) = resume_runs(plan_groups(groups, 60, lambda c: 0.01), state, lambda cid: by.get(cid, {}))
+        (p,) = _pairs(run)
+        assert len(g.processes) == p["n_processes"]
+        again = P.judge_pair(P.pair_values(g.processes, 0, 1), 0, 1, tie=0.02)
+        assert math.isclose(again.ratio, p["ratio"], rel_tol=1e-9)
+    finally:
+        state.close()
+
+
+def test_a_busy_period_is_waited_out_and_the_rows_are_not_noisy(tmp_path):
+    import bench
+
+    hogs = _busy(15.0)
+    try:
+        run = bench.run(out=tmp_path, budget=60, wait_quiet=90, **GROUP)
+    finally:
+        for h in hogs:
+            h.kill()
+    waits = run.meta["health"].get("waits") or []
+    assert any(w["quiet"] for w in waits), waits
+    res = run.results
+    assert not res["noisy"].fillna(False).astype(bool).any(), res["noisy_reason"].tolist()
+    assert (res["remeasured"] >= 1).any()
+
+
+def test_a_machine_that_never_quiets_ends_noisy_with_exit_3_and_the_next_step(tmp_path):
+    """Piped (no terminal): progress lines, then the noisy decision, exit 3 and what to do next."""
+    hogs = _busy(240.0)
+    try:
+        p = subprocess.run([sys.executable, "run_bench.py", "--models-from", MODELS, "--models", "gtest:a,gtest:b",
+                            "--level", "model", "--res", "64", "--threads", "1", "--wait-quiet", "3", "--budget",
+                            "15", "--no-calibrate", "--no-report", "--out", str(tmp_path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=230)
+    finally:
+        for h in hogs:
+            h.kill()
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert "waiting for a quiet machine" in p.stderr
+    assert "gtest" in p.stderr and "process" in p.stderr  # per-case / per-group lines without -v or a terminal
+    assert "rest on rows measured on a busy machine" in p.stderr and "--threads 1" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_isolated_design_keeps_todays_path(tmp_path):
+    import bench
+
+    run = bench.run(out=tmp_path, design="isolated", wait_quiet=0, min_time=0.05, max_time=0.2, **GROUP)
+    assert set(run.results["design"]) == {"isolated"}
+    assert run.pairs is None
+
+
+@pytest.mark.parametrize("flag,value,words", [("--design", "paired", "--design"), ("--budget", "0", "--budget"),
+                                              ("--tie", "1.5", "--tie"), ("--wait-quiet", "-1", "--wait-quiet")])
+def test_bad_design_options_are_one_line_and_exit_2(flag, value, words):
+    p = subprocess.run([sys.executable, "run_bench.py", flag, value, "--list"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) <= 2
+
+
+def test_list_states_the_budget_and_its_split():
+    p = subprocess.run([sys.executable, "run_bench.py", "--list", "--budget", "300", "--res", "512"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "budget 300 s" in p.stderr and "share ~" in p.stderr and "interleaved groups" in p.stderr
