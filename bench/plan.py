@@ -161,9 +161,25 @@ def oversubscription_warnings(threads: Iterable[int], devices: Iterable[str]) ->
             "in their rows)" for t in threads if t > n]
 
 
-def design_options(design: str, budget: float | None, tie: float, wait_quiet: float, quick: bool) -> dict[str, Any]:
+WAIT_QUIET_ENV = "DENSEBENCH_WAIT_QUIET"  # the default of --wait-quiet (e.g. 0 in a test suite that makes noise)
+DEFAULT_WAIT_QUIET_S = 120.0
+
+
+def default_wait_quiet() -> float | str:
+    """--wait-quiet's default: DENSEBENCH_WAIT_QUIET when set, else 120 s (checked with the option)."""
+    v = os.environ.get(WAIT_QUIET_ENV)
+    return DEFAULT_WAIT_QUIET_S if v is None else v
+
+
+def design_options(design: str, budget: float | None, tie: float, wait_quiet: float | str | None,
+                   quick: bool) -> dict[str, Any]:
     """--design, --budget, --tie, --wait-quiet checked (PlanError) and as config keys."""
     from bench.groups.budget import DEFAULT_BUDGET_S, DESIGNS
+
+    what = "--wait-quiet"
+    if wait_quiet is None:
+        wait_quiet, what = default_wait_quiet(), ("--wait-quiet" if WAIT_QUIET_ENV not in os.environ
+                                                  else WAIT_QUIET_ENV)
 
     if design not in DESIGNS:
         raise PlanError(f"--design: {design!r} is not accepted; accepted: {', '.join(DESIGNS)}")
@@ -179,8 +195,7 @@ def design_options(design: str, budget: float | None, tie: float, wait_quiet: fl
     except (TypeError, ValueError):
         w = math.nan
     if not (0 <= w <= 86400):
-        raise PlanError(f"--wait-quiet: {wait_quiet!r} is not accepted; accepted: seconds from 0 (never wait) to "
-                        "86400")
+        raise PlanError(f"{what}: {wait_quiet!r} is not accepted; accepted: seconds from 0 (never wait) to 86400")
     return {"design": design, "budget_s": b, "tie": t, "wait_quiet_s": w}
 
 
@@ -191,7 +206,7 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
               seed: int = 0, quick: bool = False, calibrate: bool = True, allow_missing: bool = False,
               models_from: Iterable[str] = (), metric: str = "time", profile: bool = False,
               design: str = "interleaved", budget: float | None = None, tie: float = 0.02,
-              wait_quiet: float = 120.0) -> Plan:
+              wait_quiet: float | None = None) -> Plan:
     """Validate the options and expand the matrix. Raises PlanError; writes nothing.
 
     Defaults are the main job's: the four EfficientViT-B1 variants and their mixers alone, at 512, 1024 and 2048,
@@ -199,7 +214,8 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
     matrix (evit-b1 msla and softmax, 128x128, 1 thread, short budgets); explicit options still apply.
     design "interleaved" (default) measures the cases of one decision in the same processes until it is decided
     or `budget` seconds are spent (bench.groups); "isolated" gives every case its own processes. `tie`: the
-    equivalence margin of a paired decision; `wait_quiet`: the longest wait for a quiet machine (0: never wait).
+    equivalence margin of a paired decision; `wait_quiet`: the longest wait for a quiet machine (0: never wait;
+    default DENSEBENCH_WAIT_QUIET or 120 s).
     """
     from bench import backends as backend_registry
     from bench.env import physical_cores, usable_cpus

@@ -2,6 +2,7 @@
 are undone afterwards, so every other test sees the built-in zoo only."""
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -20,3 +21,8 @@ def restore_registry(monkeypatch):
     for name in set(sys.modules) - before:
         if name.startswith("densebench_user_"):
             del sys.modules[name]
+
+
+# The suite runs processes side by side on purpose (a killed run's leftovers, busy loops, two runs at once), so the
+# runs it starts do not wait for a quiet machine unless a test asks (--wait-quiet / wait_quiet=...).
+os.environ.setdefault("DENSEBENCH_WAIT_QUIET", "0")

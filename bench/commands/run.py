@@ -47,6 +47,7 @@ examples:
 
 test-only: DENSEBENCH_FAULT=crash|hang|oom|error|sigkill[@MODEL_PATTERN] makes every child fail that way;
 DENSEBENCH_ISOLATION=spawn runs a fresh interpreter per case instead of forking from a preloaded server.
+DENSEBENCH_WAIT_QUIET=S is the default of --wait-quiet (e.g. 0 where the run shares the machine on purpose).
 """
 
 
@@ -104,9 +105,10 @@ def _timing_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--tie", type=float, default=0.02, metavar="F",
                    help="equivalence margin of a paired decision: a ratio whose interval lies within 1 +- F is "
                         "'tied', one clear above 1 + F is 'faster' (default 0.02)")
-    t.add_argument("--wait-quiet", type=float, default=120.0, metavar="S",
+    t.add_argument("--wait-quiet", type=float, default=None, metavar="S",
                    help="when other processes used the CPU during a process, wait up to S seconds for a quiet "
-                        "machine and measure that process again (default 120; 0: never wait, flag it noisy)")
+                        "machine and measure that process again (default 120, or DENSEBENCH_WAIT_QUIET; 0: never "
+                        "wait, flag it noisy)")
     t.add_argument("--metric", choices=("time", "instructions"), default="time",
                    help="time (default): latency only; instructions: also count CPU instructions per forward pass "
                         "under valgrind (callgrind, 1 thread), deterministic where time is not (CPU cases only; "

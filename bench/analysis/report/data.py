@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from bench.analysis.report.scaling import exponent_word, fit_exponent, scaling_exponents  # noqa: F401 (API)
 from bench.analysis.summary import noisy_line
 from bench.cases import IDENTITY, base_name, setting_label
@@ -275,20 +276,22 @@ def ratio_level(how: str, a: dict, b: dict) -> float:
     return ci_level(a) * ci_level(b) if how == "bounds" else float("nan")
 
 
-def _speedup_row(r: dict, baseline: str, index: dict[tuple, list[np.ndarray]]) -> dict[str, Any]:
-    """One matched (msla, baseline) pair of the merge: r holds the msla columns as *_t, the baseline's as *_b."""
+def _speedup_row(r: dict, baseline: str, index: dict[tuple, list[np.ndarray]], on_pair=None) -> dict[str, Any]:
+    """One matched (msla, baseline) pair of the merge: r holds the msla columns as *_t, the baseline's as *_b;
+    `on_pair(t, b)`: what the run's paired decision of the two (interleaved) cases replaces (pairs.speedup_override)."""
     t = {k[:-2]: v for k, v in r.items() if k.endswith("_t")}
     b = {k[:-2]: v for k, v in r.items() if k.endswith("_b")}
     lo, hi, how = _ratio_ci(index.get((str(t["run_id"]), str(t["case_id"]))),
                             index.get((str(b["run_id"]), str(b["case_id"]))), t, b)
     t_ms, b_ms = float(t["latency_ms_median"]), float(b["latency_ms_median"])
-    return dict(config=t["config"], device_name=t["device_name"], mobile_proxy=t["mobile_proxy"], base=r["base"],
+    out = dict(config=t["config"], device_name=t["device_name"], mobile_proxy=t["mobile_proxy"], base=r["base"],
                 level=r["level"], resolution=t["resolution"], height=int(r["height"]), width=int(r["width"]),
                 megapixels=t["megapixels"], baseline=baseline, speedup=b_ms / t_ms, ci_low=lo, ci_high=hi,
                 ci_method=how, target_ms=t_ms, baseline_ms=b_ms, target_model=t["model"],
                 baseline_model=b["model"], noisy=bool(t["noisy"]) or bool(b["noisy"]),
                 n_min=min(number(t.get("n")), number(b.get("n"))),  # the fewer samples of the two sides
                 ci_level=ratio_level(how, t, b))
+    return {**out, **(on_pair(t, b) if on_pair else {})}
 
 
 def number(v: Any) -> float:
@@ -317,7 +320,9 @@ def speedups(m: Merged) -> tuple[pd.DataFrame, list[str]]:
     ok = m.ok
     if not len(ok):
         return pd.DataFrame(columns=list(SPEEDUP_COLUMNS)), ["no ok measurements: speedups not available"]
-    index = samples_by_process(m.samples, ["run_id", "case_id"])
+    from bench.analysis.report.pairs import speedup_override  # here: pairs builds on this module
+
+    index, on_pair = samples_by_process(m.samples, ["run_id", "case_id"]), speedup_override(m.pairs)
     tgt = ok[ok["variant"] == TARGET]
     notes = [] if len(tgt) else [f"no {TARGET} rows: speedups not available"]
     rows = []
@@ -332,7 +337,7 @@ def speedups(m: Merged) -> tuple[pd.DataFrame, list[str]]:
         if not len(j):
             notes.append(f"no {TARGET} and {baseline} rows measured at the same model size, device, setting and "
                          f"resolution: speedup over {baseline} not available")
-        rows += [_speedup_row(r, baseline, index) for r in j.to_dict("records")]
+        rows += [_speedup_row(r, baseline, index, on_pair) for r in j.to_dict("records")]
     df = pd.DataFrame(rows, columns=list(SPEEDUP_COLUMNS))
     if len(df):
         df = df.sort_values(["config", "base", "baseline", "megapixels"]).reset_index(drop=True)

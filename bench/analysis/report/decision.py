@@ -83,7 +83,8 @@ def compare_pair(fast: dict, slow: dict) -> dict[str, Any]:
         verdict = "not resolved"
     return dict(faster=text(fast["variant"]), slower=text(slow["variant"]), ratio=ratio, ci_low=lo, ci_high=hi,
                 ci_level=ratio_level("bounds", fast, slow), at_least=True, paired=False, n_processes=None,
-                tie=float("nan"), verdict=verdict,
+                n_min=float(np.fmin(number(fast.get("n")), number(slow.get("n")))), tie=float("nan"),
+                verdict=verdict,
                 why="; ".join(why) if why else ("" if verdict == "faster" else "CIs overlap"))
 
 
@@ -185,6 +186,10 @@ def run_warnings(m: Merged, health: bool = True) -> list[str]:
     few = ok[~(n >= MIN_N)]
     if len(few):
         out.append(f"{len(few)} ok case(s) with fewer than {MIN_N} samples: no win rests on them: {_names(few)}")
+    busy = m.pairs[m.pairs["noisy"].fillna(False).astype(bool)] if m.pairs is not None and len(m.pairs) else ()
+    if len(busy):
+        out.append(f"{len(busy)} paired decision(s) measured on a busy machine (some process of the pair stayed "
+                   f"noisy): flagged, no win rests on them")
     bad = res[res["status"].isin(FAILED)]
     if len(bad):
         counts = ", ".join(f"{v} {k}" for k, v in bad["status"].value_counts().items())
@@ -202,7 +207,7 @@ def _pair_view(p: dict) -> dict[str, str]:
     css class (win green, tied neutral, not resolved grey, flagged yellow) and the sentence."""
     ratio = f"{fnum(p['ratio'])}×"
     return dict(faster=p["faster"], slower=p["slower"], ratio=ratio, verdict=p["verdict"],
-                ci=ci_label(p["ci_low"], p["ci_high"], p["ci_level"], at_least=p["at_least"]),
+                ci=ci_label(p["ci_low"], p["ci_high"], p["ci_level"], n=p.get("n_min"), at_least=p["at_least"]),
                 design=paired.design_text(p), cls=paired.VERDICT_CLASS.get(p["verdict"], "flag"),
                 text=paired.sentence(p, ratio))
 

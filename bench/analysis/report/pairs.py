@@ -10,7 +10,7 @@ machine's drift, shared by both sides of every cycle, cancels. A pair measured w
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -106,3 +106,22 @@ def sentence(p: dict, ratio: str) -> str:
     if p["verdict"] == "not resolved":
         return f"{p['faster']} vs {p['slower']}: not resolved ({p['why'] or 'interval too wide'})"
     return f"{p['faster']} vs {p['slower']}: flagged, not a win ({p['why']})"
+
+
+def speedup_override(pairs: pd.DataFrame | None) -> Callable[[dict, dict], dict]:
+    """For data.speedups: msla (`t`) and a baseline (`b`) measured interleaved with a pair row take the pair's
+    ratio (baseline / msla time, oriented from slow / fast), interval and level (ci_method "paired"), and a pair
+    measured on a busy machine makes the point noisy; {} for any other two rows."""
+    idx = index(pairs)
+
+    def override(t: dict, b: dict) -> dict:
+        p = find(t, b, idx)
+        if p is None:
+            return {}
+        ratio, lo, hi = number(p.get("ratio")), number(p.get("ci_low")), number(p.get("ci_high"))
+        if text(t.get("case_id")) != text(p.get("fast_case_id")):  # msla is the slower side
+            ratio, lo, hi = (1 / x if x > 0 else float("nan") for x in (ratio, hi, lo))
+        return dict(speedup=ratio, ci_low=lo, ci_high=hi, ci_method="paired", ci_level=number(p.get("ci_level")),
+                    noisy=_flag(t.get("noisy")) or _flag(b.get("noisy")) or _flag(p.get("noisy")))
+
+    return override

@@ -151,8 +151,8 @@ def level_note(d: pd.DataFrame) -> str:
     n = pd.to_numeric(d["n"], errors="coerce") if "n" in d.columns else pd.Series(math.nan, index=d.index)
     single = int((n <= 1).sum())
     short = sum(1 for x, k in zip(levels, n) if not k <= 1 and not (math.isfinite(x) and x >= 0.95 - 5e-4))
-    parts = ([f"{short} plotted point(s) have a CI below 95% or of unrecorded level (their bar is (min, max) of "
-              f"fewer than {MIN_N} samples; level in the case table)"] if short else []) + \
+    parts = ([f"{short} plotted point(s) have a CI below 95% or of unrecorded level (fewer than {MIN_N} samples: "
+              f"(min, max); or too few processes; the level is in the case table)"] if short else []) + \
         ([f"{single} point(s) rest on one sample: no CI, no bar"] if single else [])
     return (" " + "; ".join(parts) + ".") if parts else ""
 
