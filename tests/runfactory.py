@@ -287,3 +287,34 @@ def profiled_run(root: Path, run_id: str = "fixture-profile", models=PROFILED, c
     write_profile(d, profile_frame(prows))
     write_meta(d, {"run_id": run_id, "started_at": "2025-11-27T09:00:00Z", "env": dict(ENV)})
     return d
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the interleaved design: rows measured in the same processes as their decision group, and their pairs.parquet
+
+
+def interleave(row: dict) -> dict:
+    """The row measured interleaved with its decision group (design, group_id as the engine writes them)."""
+    from bench.cases import group_key
+
+    return dict(row, design="interleaved", group_id=group_key(row))
+
+
+def pair_row(fast: dict, slow: dict, ratio: float, ci_low: float, ci_high: float, verdict: str, *,
+             ci_level: float = 0.9938, n_processes: int = 12, tie: float = 0.02, fastest: str | None = None,
+             noisy: bool = False, noisy_reason: str = "", reason: str = "", **extra) -> dict:
+    """One pairs.parquet row (bench.schema.PAIR_COLUMNS) of two interleaved result rows; the rest of the columns
+    are filled by bench.results.store.pairs_frame."""
+    from bench.cases import base_name
+
+    row = dict(run_id=fast["run_id"], group_id=fast.get("group_id"), level=fast["level"],
+               base=base_name(fast["model"]), device=fast["device"], device_name=fast["device_name"],
+               backend=fast["backend"], precision=fast["precision"], batch=fast["batch"], threads=fast["threads"],
+               channels_last=fast["channels_last"], folded=fast["folded"], height=fast["height"],
+               width=fast["width"], fast_case_id=fast["case_id"], slow_case_id=slow["case_id"],
+               fast=fast["variant"], slow=slow["variant"], fast_model=fast["model"], slow_model=slow["model"],
+               ratio=ratio, ci_low=ci_low, ci_high=ci_high, ci_level=ci_level, n_processes=n_processes,
+               sd_log=0.01, tie=tie, verdict=verdict, reason=reason or f"interval [{ci_low}, {ci_high}]",
+               fastest=fastest or fast["variant"], noisy=noisy, noisy_reason=noisy_reason, design="interleaved")
+    row.update(extra)
+    return row

@@ -43,7 +43,7 @@ def test_review_sections_in_chromium(browser, review_report):  # noqa: F811
         "  r => Array.from(r.cells).map(c => c.textContent.trim()));")
     assert len(mixer_rows) == 8 and all(r[2] and r[3].startswith("[") for r in mixer_rows), mixer_rows
     pairs = d.find_elements("css selector", "#decision .decision-pair")
-    assert len(pairs) == 12 and all(p.get_attribute("data-verdict") in ("faster", "not resolved", "flagged")
+    assert len(pairs) == 12 and all(p.get_attribute("data-verdict") in ("faster", "tied", "not resolved", "flagged")
                                     for p in pairs)
     heads = [h.text for h in d.find_elements("css selector", "#budgets h3.budget")]
     fits = dec.budget_fits(m, (1.0, 33.0))
