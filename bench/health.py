@@ -234,6 +234,13 @@ class Guard:
         recs.append(asdict(process_health(before, after, child_cpu_s, self.cores, rep, last)))
         self._pending.append((case_id, len(recs) - 1))
 
+    def forget(self, case_ids) -> None:
+        """Drop the records of these cases (measured again from scratch)."""
+        ids = set(case_ids)
+        for cid in ids:
+            self.cases.pop(cid, None)
+        self._pending = [(c, i) for c, i in self._pending if c not in ids]
+
     def busy(self, before: CpuMark, after: CpuMark, child_cpu_s: float | None) -> str:
         """busy_reason of a process that just ended ("" when it was measured on a quiet machine)."""
         return busy_reason(process_health(before, after, child_cpu_s, self.cores, 0, None), self.bounds)

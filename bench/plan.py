@@ -238,6 +238,9 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
             raise PlanError(f"--seed: {seed!r} is not accepted; accepted: an integer from 0 to {INT64_MAX}")
         timing = timing_options(quick, min_time, max_time, timeout, repeats)
         timing.update(design_options(design, budget, tie, wait_quiet, quick))
+        if timing["repeats"] > 1 and design != "isolated":
+            raise PlanError(f"--repeats {timing['repeats']}: only with --design isolated (the interleaved design "
+                            "measures each decision group in as many processes as its decision needs)")
         if metric not in METRICS:
             raise PlanError(f"--metric: {metric!r} is not accepted; accepted: {', '.join(METRICS)}")
         check_environment()

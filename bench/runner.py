@@ -178,7 +178,8 @@ class Runner:
                 for case in [*to_spawn, *(c for g in groups for c in g)]:
                     self._peak(iso, case)
             if groups:
-                self._run_groups(groups)
+                fallen = self._run_groups(groups)
+                todo, to_spawn = todo + fallen, to_spawn + fallen
             self._run_isolated(todo, to_spawn)
             self._close_run()
         finally:
@@ -200,17 +201,30 @@ class Runner:
         groups, _ = form_groups(fine)
         groups = [g for g in groups if group_key(g[0].as_row()) not in closed]
         grouped = {c.case_id for g in groups for c in g}
-        return groups, [c for c in self.pending() if c.case_id not in grouped
-                        and group_key(c.as_row()) not in closed]
+        return groups, [c for c in self.pending() if c.case_id not in grouped]
 
-    def _run_groups(self, groups: list[list[Case]]) -> None:
+    def forget(self, case_ids: list[str]) -> None:
+        """Drop what this session knows of these cases (rows moved, pooled processes, sample index)."""
+        self._rows_at.clear()
+        self._rows_at.update({r["case_id"]: i for i, r in enumerate(self.state.rows) if r.get("case_id")})
+        for cid in case_ids:
+            self._procs.pop(cid, None)
+            self._remeasured.pop(cid, None)
+            if self._groups is not None:
+                self._groups.pop(cid, None)
+        self._guard.forget(case_ids)
+
+    def _run_groups(self, groups: list[list[Case]]) -> list[Case]:
+        """Measure the interleaved groups; returns the cases of groups whose shared process failed."""
         from bench.groups.budget import plan_groups
         from bench.groups.schedule import GroupScheduler, resume_runs
 
         plans = plan_groups(groups, self.budget_s, lambda c: self.estimate_call_s(c))
         self.state.meta["budget_s"] = self.budget_s
         runs = resume_runs(plans, self.state, self._groups_of)
-        GroupScheduler(self, self._iso, self.budget_s, self.tie).run(runs)
+        sched = GroupScheduler(self, self._iso, self.budget_s, self.tie)
+        sched.run(runs)
+        return sched.fallen
 
     def _run_isolated(self, todo: list[Case], to_spawn: list[Case]) -> None:
         """Today's path: process p of every case that has fewer than p + 1 (passes), so drift spreads over all."""

@@ -272,7 +272,7 @@ def test_report_of_a_real_quick_run(tmp_path):
     """End to end: `run_bench.py --quick --repeats 2` measures real cases in two processes each and writes its
     report through write_report (speedup CIs from the bootstrap over processes)."""
     res = tmp_path / "results"
-    cmd = [sys.executable, str(ROOT / "run_bench.py"), "--quick", "--repeats", "2", "--out", str(res), "-q"]
+    cmd = [sys.executable, str(ROOT / "run_bench.py"), "--quick", "--design", "isolated", "--repeats", "2", "--out", str(res), "-q"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     runs = sorted(d for d in res.iterdir() if (d / "results.parquet").exists())

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 BASE = [sys.executable, str(REPO / "run_bench.py"), "--models", "block:msla,block:relu-linear", "--level", "block",
         "--res", "64,96,128", "--threads", "1", "--min-time", "0.02", "--max-time", "0.1", "--no-report",
         "--no-calibrate", "-q"]
+ISOLATED = ["--design", "isolated"]
 
 
 def _rows(run_dir: Path) -> pd.DataFrame:
@@ -128,7 +129,7 @@ def test_repeats_pool_processes_and_resume_adds_the_missing_ones(tmp_path):
     from bench.results.store import write_results, write_samples
 
     out = tmp_path / "results"
-    r = subprocess.run(BASE + ["--res", "64", "--repeats", "3", "--out", str(out), "--run-id", "rep"], cwd=REPO,
+    r = subprocess.run(BASE + ISOLATED + ["--res", "64", "--repeats", "3", "--out", str(out), "--run-id", "rep"], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     run_dir = out / "rep"

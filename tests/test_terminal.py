@@ -26,7 +26,7 @@ from models.registry import FAMILIES
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--models", "block:msla,block:softmax", "--level", "block", "--res", "64", "--min-time", "0.05",
-        "--max-time", "0.2", "--no-calibrate"]
+        "--max-time", "0.2", "--no-calibrate", "--design", "isolated"]
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -211,7 +211,7 @@ def test_compare_bad_run_is_one_line(tmp_path, args, needles):
 # -- --list and models --help -----------------------------------------------------------------------------------
 
 def test_list_shows_estimates_and_total(tmp_path, capsys):
-    assert main(["--list", "--models", "block:msla,block:softmax", "--level", "block", "--res", "64,2048",
+    assert main(["--list", "--design", "isolated", "--models", "block:msla,block:softmax", "--level", "block", "--res", "64,2048",
                  "--out", str(tmp_path / "r")]) == 0
     cap = capsys.readouterr()
     lines = cap.out.splitlines()

@@ -106,6 +106,7 @@ class GroupScheduler:
         self.r, self.iso, self.budget_s, self.tie, self.process_time_s = runner, iso, budget_s, tie, process_time_s
         self.spent_s = 0.0
         self.runs: list[GroupRun] = []
+        self.fallen: list = []  # cases whose group process failed: the runner measures them alone
 
     # -- the loop ---------------------------------------------------------------------------------------------------
     def run(self, runs: list[GroupRun]) -> None:
@@ -116,6 +117,8 @@ class GroupScheduler:
                 self._look(g, final=False)
         while any(g.open for g in runs):
             for g in [g for g in runs if g.open]:
+                if not g.open:
+                    continue
                 why = self._refused(g)
                 if why:
                     self._look(g, final=True, stop=why)
@@ -156,6 +159,9 @@ class GroupScheduler:
         self.spent_s += out.wall_s
         g.spent_s += out.wall_s
         status, _ = classify(out, timeout)
+        if status.get("status") != "ok":  # the shared process died (a crash, a hang, oom): each case alone
+            self._fall_back(g, f"process {rep + 1} of the group: {status.get('status')}: {status.get('reason')}")
+            return
         result = out.result or {}
         side_rows = result.get("rows") if status.get("status") == "ok" else None
         cyc = np.full((0, len(g.plan.cases)), math.nan)
@@ -177,6 +183,18 @@ class GroupScheduler:
             r.commit(g.plan.cases[i], rep, row, samples.get(k, []) if row.get("status") == "ok" else [], started,
                      out.wall_s, marks, profile=row.pop("_profile", None))
         g.processes.append(cyc)
+
+    def _fall_back(self, g: GroupRun, why: str) -> None:
+        """The group's cases leave it for the isolated path (each in its own processes, so the one that crashes or
+        hangs fails alone); what the group measured of them is dropped, and meta.json says why."""
+        st = self.r.state
+        ids = [c.case_id for c in g.plan.cases]
+        st._drop(ids)
+        self.r.forget(ids)
+        g.status, g.stop = "isolated", f"measured case by case: {why}"
+        self.fallen.extend(g.plan.cases)
+        self.r.say(f"{g.gid}: {g.stop}")
+        self._commit(g)
 
     # -- the look ---------------------------------------------------------------------------------------------------
     def _look(self, g: GroupRun, final: bool, stop: str = "") -> None:
