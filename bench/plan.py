@@ -269,6 +269,8 @@ def check_environment() -> None:
         isolation_kind()
     except ValueError as e:
         raise PlanError(str(e)) from None
+    if WAIT_QUIET_ENV in os.environ:
+        design_options("interleaved", None, 0.02, None, False)  # checks DENSEBENCH_WAIT_QUIET on its own
 
 
 def resolve_sources(models_from: Iterable[str]) -> list[str]:

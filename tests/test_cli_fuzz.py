@@ -32,7 +32,11 @@ RUN_FLAGS = {  # flag -> (accepted values, refused values)
     "--min-time": (["0.1"], ["nan", "inf", "-1", "x", "1e400", ""]),
     "--max-time": (["1", "2.5"], ["nan", "inf", "-1", "0", "x", ""]),
     "--timeout": (["60"], ["nan", "inf", "-1", "0", "x", ""]),
-    "--repeats": (["1", "3"], ["0", "-1", "1.5", "x", BIG, ""]),
+    "--repeats": (["1"], ["0", "-1", "1.5", "x", BIG, ""]),  # above 1 only with --design isolated (test_groups)
+    "--design": (["interleaved", "isolated"], ["", "x", "paired"]),
+    "--budget": (["60", "0.5"], ["nan", "inf", "-1", "0", "x", ""]),
+    "--tie": (["0.02", "0.1"], ["nan", "0", "1", "-0.1", "x", ""]),
+    "--wait-quiet": (["0", "30"], ["nan", "inf", "-1", "x", ""]),
     "--seed": (["0", "7"], ["-1", "1.5", "x", BIG, ""]),
     "--metric": (["time"], ["x", ""]),
     "--run-id": (["a1", "run.2_x-y"], ["", "../up", "a/b", ".hidden", "x" * 101, "é"]),
@@ -40,6 +44,7 @@ RUN_FLAGS = {  # flag -> (accepted values, refused values)
 RUN_ENV = {
     "DENSEBENCH_ISOLATION": (["fork", "spawn"], ["x", "threads"]),
     "DENSEBENCH_MODELS_FROM": ([], ["/no/such/file.py", "no_such_package.module"]),
+    "DENSEBENCH_WAIT_QUIET": (["0", "30"], ["x", "-1", "nan", ""]),
 }
 COMPARE_FLAGS = {
     "--threshold": (["0.05", "0.2", "0"], ["nan", "inf", "-0.1", "x", ""]),

@@ -112,6 +112,37 @@ def run_figures(run_dir: Path) -> dict:
             "waited_s": h.get("waited_s", 0.0), "noisy_rows": int(res["noisy"].fillna(False).astype(bool).sum())}
 
 
+def readme_table(run_dir: Path) -> str:
+    """The README's table of a run: medians per level and resolution, and msla against softmax and large-kernel
+    as paired ratios with their intervals and verdicts (interleaved runs; isolated runs: ratios of medians)."""
+    from bench.results.store import load_run
+
+    run = load_run(run_dir)
+    ok = run.results[run.results["status"] == "ok"]
+    mixers = ("msla", "relu-linear", "softmax", "large-kernel")
+    pairs = run.pairs.to_dict("records") if run.pairs is not None else []
+    lines = ["| level | image | " + " | ".join(mixers) + " | softmax / msla | large-kernel / msla | fastest |",
+             "|---|---|" + "---|" * (len(mixers) + 3)]
+    for (level, h, w), g in ok.groupby(["level", "height", "width"], sort=False):
+        med = {r["variant"]: r["latency_ms_median"] for r in g.to_dict("records")}
+        cells = [f"{med[m]:.1f}" if m in med else "-" for m in mixers]
+        gid = str(g["group_id"].iloc[0]) if "group_id" in g and g["group_id"].notna().any() else ""
+        mine = [p for p in pairs if p["group_id"] == gid]
+        for other in ("softmax", "large-kernel"):
+            p = next((p for p in mine if {p["fast"], p["slow"]} == {"msla", other}), None)
+            if p is None:
+                cells.append(f"{med[other] / med['msla']:.2f}x" if other in med and "msla" in med else "-")
+                continue
+            r, lo, hi = (p["ratio"], p["ci_low"], p["ci_high"]) if p["fast"] == "msla" else \
+                (1 / p["ratio"], 1 / p["ci_high"], 1 / p["ci_low"])
+            cells.append(f"{r:.2f}x [{lo:.2f}, {hi:.2f}] {p['verdict']}")
+        best = next((p["fastest"] for p in mine), min(med, key=med.get) if med else "-")
+        verdict = next((p["group_verdict"] for p in mine), "")
+        cells.append(f"{best} ({verdict})" if verdict else best)
+        lines.append(f"| {level} | {h}x{w} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.bench_repro", description=__doc__.split("\n\n")[0])
     ap.add_argument("--res", default="512,1024,2048")
@@ -119,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="quiet,quiet,loaded", help="comma list of quiet / loaded")
     ap.add_argument("--out", default="/tmp/densebench-repro")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--table", metavar="RUN_DIR", help="print the README table of a stored run and exit")
     ap.add_argument("extra", nargs="*", help="more run_bench.py options (after --)")
     a = ap.parse_args(argv)
+    if a.table:
+        print(readme_table(Path(a.table)))
+        return 0
     out = Path(a.out)
     designs, kinds = a.designs.split(","), a.runs.split(",")
     runs: dict[str, list[tuple[str, Path]]] = {d: [] for d in designs}
@@ -137,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs = {f"{i + 1}-{j + 1} ({runs[d][i][0]}/{runs[d][j][0]})": compare_runs(decs[i], decs[j])
                  for i, j in itertools.combinations(range(len(decs)), 2)}
         report["designs"][d] = {"runs": figs, "pairs": pairs}
+    for d in designs:
+        print(f"\n{d}, run 1:\n{readme_table(runs[d][0][1])}")
     text = json.dumps(report, indent=2, default=str)
     print(text)
     if a.json:

@@ -71,7 +71,12 @@ def _cell(r: Mapping[str, Any]) -> str:
     else:
         ci = f" [{_ms(lo)}, {_ms(hi)}]" + ("" if _reaches(level) else
                                            " level?" if math.isnan(level) else f" {100 * level:.3g}%")
-    return f"{_ms(r['latency_ms_median'])} ms{ci}" + ("" if _converged(r) else "*")
+    return f"{_ms(r['latency_ms_median'])} ms{ci}" + ("" if _converged(r) or _paired(r) else "*")
+
+
+def _paired(r: Mapping[str, Any]) -> bool:
+    """Measured in an interleaved group: its group's decision, not a per-case CI target, ended its measuring."""
+    return str(r.get("design") or "") == "interleaved"
 
 
 def _ms(x: float) -> str:
@@ -119,11 +124,31 @@ def run_line(results: pd.DataFrame, wall_s: float | None = None) -> str:
     """'wall time 3 min 42 s; 24 cases, 22 of 23 ok converged (* in the tables: ...)': the run in one line."""
     parts = [] if wall_s is None or pd.isna(wall_s) else [f"wall time {duration(float(wall_s))}"]
     ok = results[results["status"] == "ok"] if not results.empty else results
-    conv = sum(_converged(r) for r in ok.to_dict("records"))
-    text = f"{len(results)} cases, {conv} of {len(ok)} ok converged"
-    if conv < len(ok):
+    recs = ok.to_dict("records")
+    alone = [r for r in recs if not _paired(r)]
+    conv = sum(_converged(r) for r in alone)
+    text = f"{len(results)} cases"
+    if len(recs) > len(alone):
+        text += f", {len(recs) - len(alone)} measured side by side in their decision groups"
+    if alone:
+        text += f", {conv} of {len(alone)} ok {'isolated ' if len(recs) > len(alone) else ''}converged"
+    if conv < len(alone):
         text += " (* in the tables: the CI of the median was still wider than the target at --max-time)"
     return "; ".join([*parts, text])
+
+
+def decisions_line(pairs: pd.DataFrame | None) -> str:
+    """'decisions: 5 of 6 groups resolved; against the fastest: 9 faster, 3 tied, 2 not resolved' ("" without
+    paired decisions)."""
+    if pairs is None or not len(pairs):
+        return ""
+    vs = pairs[pairs["against_fastest"].fillna(False).astype(bool)]
+    groups = pairs.drop_duplicates("group_id")
+    resolved = int((groups["group_verdict"] == "resolved").sum())
+    counts = ", ".join(f"{int((vs['verdict'] == v).sum())} {v}" for v in ("faster", "tied", "not resolved"))
+    noisy = int(vs["noisy"].fillna(False).astype(bool).sum())
+    return (f"decisions: {resolved} of {len(groups)} groups resolved; pairs against the fastest: {counts}"
+            + (f" ({noisy} resting on a busy machine)" if noisy else ""))
 
 
 def noisy_count(results: pd.DataFrame) -> int:
@@ -140,7 +165,7 @@ def noisy_line(results: pd.DataFrame, health: Mapping[str, Any] | None = None) -
 
 
 def format_summary(results: pd.DataFrame, health: Mapping[str, Any] | None = None,
-                   wall_s: float | None = None) -> str:
+                   wall_s: float | None = None, pairs: pd.DataFrame | None = None) -> str:
     """The tables as text, then one line with the wall time (`wall_s`: the run's meta["wall_s"]) and how many ok
     cases converged, one counting the cases that are not ok and one saying how many were measured on a busy
     machine (`health`: the run's meta["health"], for the figures)."""
@@ -150,6 +175,9 @@ def format_summary(results: pd.DataFrame, health: Mapping[str, Any] | None = Non
         lines.append(t.to_string())
         lines.append("")
     lines.append(run_line(results, wall_s))
+    said = decisions_line(pairs)
+    if said:
+        lines.append(said)
     bad = results[results["status"] != "ok"] if not results.empty else results
     if len(bad):
         counts = ", ".join(f"{n} {s}" for s, n in bad["status"].value_counts().items())

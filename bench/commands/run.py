@@ -18,16 +18,22 @@ attention, ReLU linear attention and large-kernel convolutions) across resolutio
 
 Cases are model x resolution x device x backend x precision x batch x threads. Each case runs in its own child
 process with a timeout: a crash, an out-of-memory or a hang becomes a row with a status (ok, oom, timeout, error,
-unsupported, skipped) and a reason, and the run goes on. Timing: first call apart, warm-up, then per-call samples
+unsupported, skipped) and a reason, and the run goes on. Timing (the default interleaved design): the mixers
+of one decision (one model size, resolution and setting) are measured in the same short processes in rotating
+balanced order, until every pair against the fastest is faster or tied by a paired interval over processes, or
+--budget is spent; a process measured while other processes used the CPU is measured again after waiting for a
+quiet machine (--wait-quiet). Lone cases, and --design isolated: first call apart, warm-up, then per-call samples
 until the 95% CI of the median is within +-1% or --max-time is spent.
 
-Results: OUT/<run-id>/results.parquet, results.csv (one row per case), samples.parquet (every raw sample) and
-meta.json (environment, configuration, calibration), rewritten atomically after every case; an HTML report in
+Results: OUT/<run-id>/results.parquet, results.csv (one row per case), samples.parquet (every raw sample),
+pairs.parquet/.csv (the paired decisions) and meta.json (environment, configuration, calibration, groups),
+rewritten atomically after every process; an HTML report in
 reports/<run-id>.html next to OUT (see --report-dir). Interrupt at any time and finish with --resume RUN_ID.
 
 Exit status: 0 done; 1 some case ended in 'error' (or --baseline found a regression); 2 bad input; 3 a decision
-rests on cases measured on a busy machine even after waiting for a quiet one (the last lines say what to do), or
---baseline could not judge them (see --allow-noisy); 130 interrupted.
+rests on cases measured on a busy machine even after waiting for a quiet one (the last lines say what to do;
+--wait-quiet 0 turns the waits and this status off, the rows stay flagged), or --baseline could not judge them
+(see --allow-noisy); 130 interrupted.
 """
 
 RUN_EPILOG = """\
@@ -349,7 +355,8 @@ def _finish(a: argparse.Namespace, state, baseline: str | None, report_dir: Path
     if not a.quiet:
         from bench.analysis.summary import format_summary
 
-        print(format_summary(res, state.meta.get("health"), wall_s=state.meta.get("wall_s")))
+        pairs = store.pairs_frame(state.pairs) if state.pairs else None
+        print(format_summary(res, state.meta.get("health"), wall_s=state.meta.get("wall_s"), pairs=pairs))
     print(f"results: {state.run_dir}")
     if not a.no_report:
         try:
@@ -358,7 +365,8 @@ def _finish(a: argparse.Namespace, state, baseline: str | None, report_dir: Path
             print(f"report: failed ({type(e).__name__}: {e})".splitlines()[0], file=sys.stderr)
     rc = 1 if (res["status"] == "error").any() else 0
     shaky = noisy_decisions(res)
-    if shaky:
+    waits = float((state.meta.get("config") or {}).get("wait_quiet_s") or 0.0) > 0  # 0: the user chose not to
+    if shaky and waits:
         for line in next_steps(shaky, state.meta.get("health") or {}):
             print(line, file=sys.stderr)
         rc = rc or 3
