@@ -178,4 +178,29 @@ def test_list_states_the_budget_and_its_split():
     p = subprocess.run([sys.executable, "run_bench.py", "--list", "--budget", "300", "--res", "512"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert "budget 300 s" in p.stderr and "share ~" in p.stderr and "interleaved groups" in p.stderr
+    assert "budget 300 s" in p.stderr and "share ~" in p.stderr and "in 2 interleaved groups" in p.stderr
+
+
+def test_heartbeat_speaks_when_nothing_else_did():
+    """Without a terminal a line comes at least every heartbeat interval, naming what is being measured."""
+    import io
+
+    from bench.commands.progress import Heartbeat
+
+    buf = io.StringIO()
+    hb = Heartbeat(0.3, lambda: "block|block|64x64 process 2", buf)
+    try:
+        time.sleep(1.5)
+    finally:
+        hb.stop()
+    beats = [ln for ln in buf.getvalue().splitlines() if "still measuring: block|block|64x64 process 2" in ln]
+    assert 2 <= len(beats) <= 6, buf.getvalue()
+    quiet = io.StringIO()
+    hb = Heartbeat(1.0, lambda: "x", quiet)
+    try:
+        for _ in range(8):  # something is said every 0.2 s: no beat is due
+            hb.said()
+            time.sleep(0.2)
+    finally:
+        hb.stop()
+    assert quiet.getvalue() == ""

@@ -281,9 +281,10 @@ def _print_list(cases: list, repeats: int, design: dict) -> None:
         for line in describe(groups, design["budget_s"]):
             print(line, file=sys.stderr)
     total = sum(per) + (design["budget_s"] if groups else 0.0)
-    print(f"{len(cases)} cases ({len(grouped)} in {len(groups)} interleaved groups), about {duration(total)} of "
-          "measuring at most (rough: MACs at an assumed 10 GMAC/s, no calibration; start, calibration and waits "
-          "for a quiet machine not included)", file=sys.stderr)
+    print(f"{len(cases)} cases, about {duration(total)} in all (rough: MACs at an assumed 10 GMAC/s, no "
+          "calibration; start, calibration and waits for a quiet machine not included"
+          + (f"; {len(grouped)} cases in {len(groups)} interleaved groups, at most their budget" if groups else "")
+          + ")", file=sys.stderr)
 
 
 def _report_dir(a: argparse.Namespace) -> Path | None:

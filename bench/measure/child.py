@@ -157,12 +157,15 @@ class PreparedSide:
     built: Built
 
 
-def prepare_side(case: Case, row: dict, stage: Stage, label: str = "") -> PreparedSide:
-    """The steps of `_measure` up to the timing for one side of an interleaved group: supported, build,
-    reference, prepare; adds params, MACs and build_s to `row`. Raises what those steps raise."""
+def prepare_side(case: Case, row: dict, stage: Stage, label: str = "",
+                 after_build: AfterBuild | None = None) -> PreparedSide:
+    """The steps of `_measure` up to the timing for one side of an interleaved group: supported, build, the
+    caller's hook, reference, prepare; adds params, MACs and build_s to `row`. Raises what those steps raise."""
     _check_supported(case)
     stage(f"build{label}")
     built = _build(case, row, stage)
+    if after_build is not None:
+        after_build(case, stage)
     y_ref = None
     if not _is_reference(case):
         stage(f"reference{label}")
@@ -393,7 +396,7 @@ def run_case_file(spec_path: str, result_path: str, after_build: AfterBuild | No
     elif spec.get("kind") == "group":  # the cases of a decision group in one process (bench.measure.interleaved)
         from bench.measure.interleaved import run_group_spec
 
-        out = run_group_spec(spec, stage)
+        out = run_group_spec(spec, stage, after_build)
     elif spec.get("kind") == "ab":  # A and B interleaved in one process (bench.ab); imported only when asked
         from bench.measure.ab import run_ab_spec
 

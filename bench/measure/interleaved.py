@@ -25,7 +25,8 @@ import time
 from typing import Any, Callable, Mapping
 
 from bench.cases import Case, CaseError
-from bench.measure.child import Stage, failure_row, measure_energy, prepare_side, profile_side, setup, side_numerics
+from bench.measure.child import (AfterBuild, Stage, failure_row, measure_energy, prepare_side, profile_side, setup,
+                                 side_numerics)
 
 BLOCK_MIN_MS = 1.0
 MAX_BLOCK = 10_000
@@ -38,7 +39,7 @@ def cycle_order(n: int, c: int) -> list[int]:
     return rot + rot[::-1]
 
 
-def run_group_spec(spec: Mapping[str, Any], stage: Stage) -> dict:
+def run_group_spec(spec: Mapping[str, Any], stage: Stage, after_build: AfterBuild | None = None) -> dict:
     """{"row": {status}, "rows": [one per side], "cycles": [[ms per side], ...], "samples": [[side, ms], ...]}."""
     try:
         cases = [Case.from_spec(c) for c in spec["cases"]]
@@ -47,7 +48,7 @@ def run_group_spec(spec: Mapping[str, Any], stage: Stage) -> dict:
         return {"row": {"status": "error", "reason": f"group spec: {e}"}, "rows": [], "cycles": [], "samples": []}
     rows = [c.as_row() for c in cases]
     try:
-        cycles, samples = _measure(cases, rows, stage, process_time, spec)
+        cycles, samples = _measure(cases, rows, stage, process_time, spec, after_build)
         status = {"status": "ok", "reason": ""}
     except BaseException as e:  # noqa: BLE001 - a failure of the shared loop fails every side of this process
         status = failure_row(e, stage.name)
@@ -56,13 +57,13 @@ def run_group_spec(spec: Mapping[str, Any], stage: Stage) -> dict:
     return {"row": status, "rows": rows, "cycles": cycles, "samples": samples}
 
 
-def _measure(cases: list[Case], rows: list[dict], stage: Stage, process_time: float,
-             spec: Mapping[str, Any]) -> tuple[list[list[float]], list[list]]:
+def _measure(cases: list[Case], rows: list[dict], stage: Stage, process_time: float, spec: Mapping[str, Any],
+             after_build: AfterBuild | None) -> tuple[list[list[float]], list[list]]:
     info = setup(cases[0])
     sides: list[tuple[int, Any]] = []  # (index, prepared side) of the sides that built
     for i, case in enumerate(cases):
         try:
-            sides.append((i, prepare_side(case, rows[i], stage, label=f" {i + 1}/{len(cases)}")))
+            sides.append((i, prepare_side(case, rows[i], stage, f" {i + 1}/{len(cases)}", after_build)))
         except BaseException as e:  # noqa: BLE001 - this side fails, the others are measured
             rows[i].update(failure_row(e, stage.name))
     if not sides:
