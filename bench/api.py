@@ -130,7 +130,7 @@ def measure(state: RunState, plan: Plan, *, progress: Progress | None = None,
     """Run the plan's cases that have no row yet; marks the run complete, or interrupted (and re-raises). The
     session's wall time (worker start and calibration included) is added to meta["wall_s"] either way, so that
     the summary of a resumed run reports the time of all its sessions."""
-    from bench.groups.budget import DEFAULT_BUDGET_S
+    from bench.groups.budget import DEFAULT_BUDGET_S, PROCESS_TIME_S
     from bench.groups.pairs import DEFAULT_TIE
     from bench.runner import Runner
     from models.user import MODELS_FROM_ENV
@@ -144,7 +144,8 @@ def measure(state: RunState, plan: Plan, *, progress: Progress | None = None,
                     design=str(plan.config.get("design") or "isolated"),
                     budget_s=float(plan.config.get("budget_s") or DEFAULT_BUDGET_S),
                     tie=float(plan.config.get("tie") or DEFAULT_TIE),
-                    wait_quiet_s=float(plan.config.get("wait_quiet_s") or 0.0))
+                    wait_quiet_s=float(plan.config.get("wait_quiet_s") or 0.0),
+                    process_time_s=float(plan.config.get("process_time_s") or PROCESS_TIME_S))
     t0 = time.perf_counter()
     try:
         runner.run()

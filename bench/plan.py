@@ -196,7 +196,10 @@ def design_options(design: str, budget: float | None, tie: float, wait_quiet: fl
         w = math.nan
     if not (0 <= w <= 86400):
         raise PlanError(f"{what}: {wait_quiet!r} is not accepted; accepted: seconds from 0 (never wait) to 86400")
-    return {"design": design, "budget_s": b, "tie": t, "wait_quiet_s": w}
+    from bench.groups.budget import PROCESS_TIME_S, QUICK_PROCESS_TIME_S
+
+    return {"design": design, "budget_s": b, "tie": t, "wait_quiet_s": w,
+            "process_time_s": QUICK_PROCESS_TIME_S if quick else PROCESS_TIME_S}
 
 
 def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES, devices: Any = "cpu",

@@ -24,9 +24,11 @@ from typing import Callable, Mapping
 from bench import health
 from bench.calibration import CALIBRATION_TIMEOUT_S, Calibrations, calibration_key
 from bench.cases import Case, case_label, group_key
-from bench.groups.budget import DEFAULT_BUDGET_S, form_groups
+from bench.groups.budget import DEFAULT_BUDGET_S, PROCESS_TIME_S, form_groups
 from bench.groups.pairs import DEFAULT_TIE
-from bench.env import free_memory_bytes, now_iso
+from bench.precheck import CaseChecks
+from bench.quiet import QuietWaits
+from bench.env import now_iso
 from bench.launch.childenv import MALLOC_ENV, child_env
 from bench.launch.faults import FAULT_ENV
 from bench.launch.workdir import make_workdir
@@ -35,7 +37,6 @@ from bench.launch.outcome import classify
 from bench.results.lifecycle import RunState, _isna
 
 HEALTH_TIMEOUT_S = 60.0
-BUSY_RECHECK_S = 30.0  # after a wait that found no quiet, the machine is looked at again at most this often
 
 
 class Runner:
@@ -49,7 +50,7 @@ class Runner:
                  progress=None, log: Callable[[str], None] | None = None, isolation: str | None = None,
                  calibrate: bool = True, repeats: int = 1, child_env: Mapping[str, str] | None = None,
                  profile: bool = False, design: str = "isolated", budget_s: float = DEFAULT_BUDGET_S,
-                 tie: float = DEFAULT_TIE, wait_quiet_s: float = 0.0):
+                 tie: float = DEFAULT_TIE, wait_quiet_s: float = 0.0, process_time_s: float = PROCESS_TIME_S):
         if repeats < 1:
             raise ValueError("repeats must be >= 1")
         self.state = state
@@ -63,9 +64,8 @@ class Runner:
         self.profile = profile  # a profiled pass after the timed one, in each case's first process
         self.child_env = dict(child_env or {})  # e.g. DENSEBENCH_MODELS_FROM: the children import users' models
         self.design, self.budget_s, self.tie, self.wait_quiet_s = design, budget_s, tie, wait_quiet_s
-        self._macs: dict = {}
-        self._model_reason: dict = {}
-        self._fit: dict = {}
+        self.process_time_s = process_time_s  # of one interleaved group process
+        self.checks = CaseChecks(self.missing, self.log)
         self._groups: dict[str, dict[int, list[float]]] | None = None
         self._guard: health.Guard  # made by run(), with the run's isolation
         self._iso: _Isolation | None = None
@@ -74,9 +74,9 @@ class Runner:
         self._rows_at: dict[str, int] = {}
         self._procs: dict[str, list[dict]] = {}
         self._remeasured: dict[str, int] = {}
-        self._busy_since: float | None = None  # a wait found no quiet machine: later waits are short checks
+        self._waits: QuietWaits | None = None
         self.cal = Calibrations(state.meta, lambda spec, case: self._isolation_for(self._iso, case).run(
-            spec, CALIBRATION_TIMEOUT_S), self._quiet_for, self.log, bandwidth=profile)
+            spec, CALIBRATION_TIMEOUT_S), lambda what: self.waits.before(what), self.log, bandwidth=profile)
         self.overheads: list[float] = []  # child wall time minus its own measuring time (per ok case)
 
     def _processes_done(self, row: dict | None) -> int:
@@ -95,56 +95,13 @@ class Runner:
 
     # -- pre-child decisions ------------------------------------------------------------------------------------
     def _static(self, case: Case, fit: bool = True) -> tuple[str, str] | None:
-        """(status, reason) decided without a child: absent device, unsupported combination, would not fit."""
-        if case.device in self.missing:
-            return "skipped", f"device {case.device} is not present on this machine (--allow-missing)"
-        bad_model = self._model_check(case)
-        if bad_model:
-            return "error", bad_model
-        from bench.backends import unsupported_reason
-
-        r = unsupported_reason(case.backend, case.device_type, case.precision, channels_last=case.channels_last,
-                               fold=case.folded)
-        if r:
-            return "unsupported", r
-        return self._fit_check(case) if fit else None
-
-    def _model_check(self, case: Case) -> str | None:
-        """Why the model cannot be measured at all (its builder raises, returns no Module, or its output is not a
-        dense map), from one meta-device forward; users' models are the ones this catches."""
-        key = (case.model, case.height, case.width, case.batch)
-        if key not in self._model_reason:
-            from models.registry import check_model
-
-            self._model_reason[key] = check_model(case.model, case.height, case.width, case.batch)
-        return self._model_reason[key]
+        return self.checks.static(case, fit)
 
     def _fit_check(self, case: Case) -> tuple[str, str] | None:
-        from bench.measure.memory import fit_reason, materialises_scores
-
-        if "softmax" not in case.variant or not materialises_scores(case.device_type, case.backend, case.precision):
-            return None
-        key = (case.model, case.height, case.width, case.batch, case.precision, case.device)
-        if key not in self._fit:
-            try:
-                self._fit[key] = fit_reason(case.model, case.height, case.width, case.batch, case.precision,
-                                            free_memory_bytes(case.device))
-            except Exception as e:  # an estimate must never stop the run
-                self.log(f"memory estimate failed for {case.label()}: {type(e).__name__}: {e}")
-                self._fit[key] = None
-        return ("skipped", self._fit[key]) if self._fit[key] else None
+        return self.checks.fit(case)
 
     def _macs_of(self, case: Case) -> int | None:
-        key = (case.model, case.height, case.width, case.batch)
-        if key not in self._macs:
-            try:
-                from models.complexity import count_macs
-
-                self._macs[key] = int(count_macs(case.model, case.height, case.width, case.batch))
-            except Exception as e:
-                self.log(f"count_macs failed for {case.model}: {type(e).__name__}: {e}")
-                self._macs[key] = None
-        return self._macs[key]
+        return self.checks.macs(case)
 
     def _peak(self, iso: _Isolation, case: Case) -> float | None:
         self._iso = self._iso or iso
@@ -222,7 +179,7 @@ class Runner:
         plans = plan_groups(groups, self.budget_s, lambda c: self.estimate_call_s(c))
         self.state.meta["budget_s"] = self.budget_s
         runs = resume_runs(plans, self.state, self._groups_of)
-        sched = GroupScheduler(self, self._iso, self.budget_s, self.tie)
+        sched = GroupScheduler(self, self._iso, self.budget_s, self.tie, self.process_time_s)
         sched.run(runs)
         return sched.fallen
 
@@ -247,6 +204,11 @@ class Runner:
         """The end probe, the calibrations repeated (peak = the larger), frac_of_peak redone, a last save."""
         if self._guard.probed:
             self._probe(self._iso, "end", None, self._rows_at)
+        noisy = {str(r.get("case_id")): str(r.get("noisy_reason") or "") for r in self.state.rows if r.get("noisy")}
+        for p in self.state.pairs:  # a probe after a group closed may have flagged a side since (drift)
+            why = "; ".join(f"{p[k]}: {noisy[p[c]]}" for k, c in (("fast", "fast_case_id"), ("slow", "slow_case_id"))
+                            if p.get(c) in noisy)
+            p["noisy"], p["noisy_reason"] = bool(why), why
         if self.calibrate and self.state.rows:
             cases = [c for c in self.cases if c.case_id in self._rows_at]
             self.cal.repeat_at_end(cases)
@@ -292,7 +254,7 @@ class Runner:
             out = self._isolation_for(self._iso, device_type).run(spec, timeout_s)
             marks = (before, health.cpu_mark(), out.cpu_s)
             why = self._guard.busy(*marks)
-            if not why or redo >= health.MAX_REMEASURE or not self._wait_for_quiet(f"{what}: {why}"):
+            if not why or redo >= health.MAX_REMEASURE or not self.waits.wait(f"{what}: {why}"):
                 return out, marks, redo
             redo += 1
 
@@ -325,61 +287,24 @@ class Runner:
         st.meta["updated_at"] = now_iso()
         st.save()
 
-    # -- waiting for a quiet machine ----------------------------------------------------------------------------
+    # -- waiting for a quiet machine (bench.quiet) -----------------------------------------------------------------
     def say(self, line: str) -> None:
         """A line the user sees with or without --verbose (waits, calibrations on a busy machine)."""
         note = getattr(self.progress, "note", None)
         (note or self.log)(line)
 
-    def _wait_for_quiet(self, why: str) -> bool:
-        """Wait for a quiet machine (True when it came); after a wait that found none, only a short look at most
-        every BUSY_RECHECK_S, so that a machine busy for good costs one wait, not one per process."""
-        if self.wait_quiet_s <= 0:
-            return False
-        if self._busy_since is not None:
-            if time.perf_counter() - self._busy_since < BUSY_RECHECK_S or self._guard.quiet_reason():
-                return False
-            self._busy_since = None
-            self.say("the machine is quiet again: measuring again")
-            return True
-        if self._guard.wait_quiet(self.wait_quiet_s, why, self.say):
-            return True
-        self._busy_since = time.perf_counter()
-        return False
-
-    def _quiet_for(self, what: str) -> bool:
-        """Before a calibration: True when the machine is quiet now or became quiet within --wait-quiet."""
-        why = self._guard.quiet_reason(1.0)
-        return not why or self._wait_for_quiet(f"{what}: {why}")
+    @property
+    def waits(self) -> QuietWaits:
+        if self._waits is None or self._waits.guard is not self._guard:
+            self._waits = QuietWaits(self._guard, self.wait_quiet_s, self.say)
+        return self._waits
 
     def _store(self, case: Case, rep: int, full: dict, samples: list[float], rows_at: dict, procs: dict) -> None:
-        """Add one process's row and samples to the run: its samples join the case's, its row is pooled with the
-        case's earlier processes (or makes the case that failure)."""
-        from bench.results import repeats as rp
+        """Add one process's row and samples to the run (bench.results.repeats.add_process)."""
+        from bench.results.repeats import add_process
 
-        st = self.state
-        prev = st.rows[rows_at[case.case_id]] if case.case_id in rows_at else None
-        by_rep = self._groups_of(case.case_id)  # indexed before this process's samples join the run's
-        st.samples.extend({"run_id": st.run_id, "case_id": case.case_id, "repeat": rep, "iter": j, "latency_ms": v}
-                          for j, v in enumerate(samples))
-        if samples:
-            by_rep.setdefault(rep, []).extend(float(v) for v in samples)
-        if full.get("status") != "ok":
-            full = rp.failed(full, rep, self.repeats)
-        else:
-            mine = procs.setdefault(case.case_id, [prev] if prev is not None and prev.get("status") == "ok" else [])
-            mine.append(full)
-            groups = [g for _, g in sorted(by_rep.items())]
-            full = rp.pool_rows(mine, groups) if len(mine) > 1 else {**full, "repeats": 1,
-                                                                      "latency_ms_repeat_cv": float("nan")}
-            if prev is not None:
-                full["started_at"] = prev.get("started_at") or full["started_at"]
-                full["wall_s"] = float(prev.get("wall_s") or 0.0) + float(full.get("wall_s") or 0.0)
-        if prev is not None:
-            st.rows[rows_at[case.case_id]] = full
-        else:
-            rows_at[case.case_id] = len(st.rows)
-            st.rows.append(full)
+        add_process(self.state, case.case_id, rep, full, samples, rows_at, procs, self._groups_of(case.case_id),
+                    self.repeats)
 
     def _process_case(self, iso: _Isolation, case: Case, workdir: Path, fault: str | None,
                       profile: bool = False) -> Case:
@@ -434,12 +359,12 @@ class Runner:
         from bench.groups.budget import call_s
 
         rate = (self.state.meta.get("calibration", {}).get(calibration_key(case)) or {}).get("gmacs_per_s")
-        return call_s(self._macs.get((case.model, case.height, case.width, case.batch)), rate)
+        return call_s(self.checks.known_macs(case), rate)
 
     def estimate_s(self, case: Case, repeats: int = 1) -> float:
         """estimate_case_s at the device's calibrated rate, from the case's MACs."""
         rate = (self.state.meta.get("calibration", {}).get(calibration_key(case)) or {}).get("gmacs_per_s")
-        return estimate_case_s(case, self._macs.get((case.model, case.height, case.width, case.batch)), rate, repeats)
+        return estimate_case_s(case, self.checks.known_macs(case), rate, repeats)
 
     def _isolation_for(self, iso: _Isolation, case: Case | str) -> _Isolation:
         """Where the case runs (bench.launch.isolation: `for_device`), noting in meta.json when CUDA cases leave

@@ -186,3 +186,30 @@ def format_summary(results: pd.DataFrame, health: Mapping[str, Any] | None = Non
     if noisy:
         lines.append(f"warning: {noisy}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def noisy_decisions(res: pd.DataFrame) -> list[str]:
+    """The decision groups (group_key of ok rows with two or more mixers) that rest on a noisy row."""
+    from bench.cases import group_key
+
+    ok = res[res["status"] == "ok"]
+    if not len(ok):
+        return []
+    keys = [group_key(r) for r in ok.to_dict("records")]
+    noisy = ok["noisy"].fillna(False).astype(bool).tolist()
+    count: dict[str, int] = {}
+    for k in keys:
+        count[k] = count.get(k, 0) + 1
+    return sorted({k for k, n in zip(keys, noisy) if n and count[k] >= 2})
+
+
+def next_steps(groups: list[str], health: dict, prog: str = "run_bench.py") -> list[str]:
+    """The last lines of a run whose decisions rest on noisy rows: which, why, and what to do next."""
+    waits = health.get("waits") or []
+    waited = sum(float(w.get("waited_s") or 0) for w in waits)
+    return [f"{prog}: {len(groups)} decision(s) rest on rows measured on a busy machine (exit 3): "
+            + ", ".join(groups[:4]) + (f" and {len(groups) - 4} more" if len(groups) > 4 else ""),
+            f"  waited {waited:.0f} s for a quiet machine in {len(waits)} wait(s); it did not stay quiet",
+            "  next: measure again when the machine is quiet (--wait-quiet S waits longer), or use fewer threads "
+            "than free cores (--threads 1), or compare the pair with `run_bench.py ab --a X --b Y` (same "
+            "processes, shared noise), or a quieter machine"]

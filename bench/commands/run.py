@@ -107,7 +107,7 @@ def _timing_arguments(p: argparse.ArgumentParser) -> None:
                         "processes, timed until its CI is within +-1%% or --max-time")
     t.add_argument("--budget", type=float, default=None, metavar="S",
                    help="seconds of measuring the interleaved groups may spend in all, split by the cost of a "
-                        "process and spent first on the open decisions (default 420; --list shows the split)")
+                        "process and spent first on the open decisions (default 480; --list shows the split)")
     t.add_argument("--tie", type=float, default=0.02, metavar="F",
                    help="equivalence margin of a paired decision: a ratio whose interval lies within 1 +- F is "
                         "'tied', one clear above 1 + F is 'faster' (default 0.02)")
@@ -210,11 +210,13 @@ def main(a: argparse.Namespace) -> int:
         _check_run_id(a.run_id, out)
     report_dir = _report_dir(a)
     if a.list:
-        _print_list(_listed_cases(a, out), _listed_repeats(a), _listed_design(a, out))
+        from bench.commands.listing import print_list
+
+        print_list(a, out)
         return 0
     if a.resume:
-        check_resume(a, _resume_dir(a.resume, out))
-        state = api.reopen(_resume_dir(a.resume, out), a.argv, retry_failed=retry)
+        check_resume(a, resume_dir(a.resume, out))
+        state = api.reopen(resume_dir(a.resume, out), a.argv, retry_failed=retry)
         plan = api.plan_of(state)
         _warn(plan)
         _note_ignored(a)
@@ -235,56 +237,12 @@ def main(a: argparse.Namespace) -> int:
     return rc or _finish(a, state, baseline, report_dir)
 
 
-def _listed_cases(a: argparse.Namespace, out: Path) -> list:
-    """--list: the matrix the flags plan, or with --resume the run's own (read without taking its lock)."""
-    from bench.plan import make_plan
-    from bench.results import store, validate
-
-    if not a.resume:
-        return make_plan(**plan_options(a)).cases
-    run_dir = _resume_dir(a.resume, out)
-    return validate.check_cases(store.load_run(run_dir).meta, run_dir / store.META)
 
 
-def _listed_repeats(a: argparse.Namespace) -> int:
-    """The processes per case --list estimates (a resumed run's own --repeats is not read: 1 unless given)."""
-    return max(1, a.repeats or 1)
 
 
-def _listed_design(a: argparse.Namespace, out: Path) -> dict:
-    """The design, budget and tie --list states (a resumed run's own)."""
-    from bench.plan import design_options
-
-    if a.resume:
-        from bench.results import store
-
-        cfg = store.load_run(_resume_dir(a.resume, out)).meta.get("config") or {}
-        return {"design": cfg.get("design", "isolated"), "budget_s": float(cfg.get("budget_s") or 0.0)}
-    return design_options(a.design, a.budget, a.tie, a.wait_quiet, a.quick)
 
 
-def _print_list(cases: list, repeats: int, design: dict) -> None:
-    """--list: one line per case (its id, a tab, its rough seconds or its group) on stdout; the count, total and
-    the budget's split on stderr."""
-    from bench.analysis.summary import duration
-    from bench.commands.progress import rough_estimates, rough_groups
-
-    groups, alone = rough_groups(cases, design["budget_s"]) if design.get("design") == "interleaved" else ([], cases)
-    per = rough_estimates(alone, repeats)
-    grouped = {c.case_id: g.group_id for g in groups for c in g.cases}
-    for c in cases:
-        print(f"{c.case_id}\tgroup {grouped[c.case_id]}" if c.case_id in grouped else
-              f"{c.case_id}\t~{per[alone.index(c)]:.1f} s")
-    if groups:
-        from bench.groups.budget import describe
-
-        for line in describe(groups, design["budget_s"]):
-            print(line, file=sys.stderr)
-    total = sum(per) + (design["budget_s"] if groups else 0.0)
-    print(f"{len(cases)} cases, about {duration(total)} in all (rough: MACs at an assumed 10 GMAC/s, no "
-          "calibration; start, calibration and waits for a quiet machine not included"
-          + (f"; {len(grouped)} cases in {len(groups)} interleaved groups, at most their budget" if groups else "")
-          + ")", file=sys.stderr)
 
 
 def _report_dir(a: argparse.Namespace) -> Path | None:
@@ -365,10 +323,12 @@ def _finish(a: argparse.Namespace, state, baseline: str | None, report_dir: Path
         except Exception as e:  # the measurements are stored; a report failure must not lose them
             print(f"report: failed ({type(e).__name__}: {e})".splitlines()[0], file=sys.stderr)
     rc = 1 if (res["status"] == "error").any() else 0
+    from bench.analysis.summary import next_steps, noisy_decisions
+
     shaky = noisy_decisions(res)
     waits = float((state.meta.get("config") or {}).get("wait_quiet_s") or 0.0) > 0  # 0: the user chose not to
     if shaky and waits:
-        for line in next_steps(shaky, state.meta.get("health") or {}):
+        for line in next_steps(shaky, state.meta.get("health") or {}, PROG):
             print(line, file=sys.stderr)
         rc = rc or 3
     if baseline:
@@ -379,31 +339,8 @@ def _finish(a: argparse.Namespace, state, baseline: str | None, report_dir: Path
     return rc
 
 
-def noisy_decisions(res) -> list[str]:
-    """The decision groups (group_key of ok rows with two or more mixers) that rest on a noisy row."""
-    from bench.cases import group_key
-
-    ok = res[res["status"] == "ok"]
-    if not len(ok):
-        return []
-    keys = [group_key(r) for r in ok.to_dict("records")]
-    noisy = ok["noisy"].fillna(False).astype(bool).tolist()
-    count: dict[str, int] = {}
-    for k in keys:
-        count[k] = count.get(k, 0) + 1
-    return sorted({k for k, n in zip(keys, noisy) if n and count[k] >= 2})
 
 
-def next_steps(groups: list[str], health: dict) -> list[str]:
-    """The last lines of a run whose decisions rest on noisy rows: which, why, and what to do next."""
-    waits = health.get("waits") or []
-    waited = sum(float(w.get("waited_s") or 0) for w in waits)
-    return [f"{PROG}: {len(groups)} decision(s) rest on rows measured on a busy machine (exit 3): "
-            + ", ".join(groups[:4]) + (f" and {len(groups) - 4} more" if len(groups) > 4 else ""),
-            f"  waited {waited:.0f} s for a quiet machine in {len(waits)} wait(s); it did not stay quiet",
-            "  next: measure again when the machine is quiet (--wait-quiet S waits longer), or use fewer threads "
-            "than free cores (--threads 1), or compare the pair with `run_bench.py ab --a X --b Y` (same "
-            "processes, shared noise), or a quieter machine"]
 
 
 def _warn(plan) -> None:
@@ -434,7 +371,7 @@ def _note_redo(state) -> None:
         print(f"{PROG}: note: {len(retried)} failed case(s) are measured again (--retry-failed)", file=sys.stderr)
 
 
-def _resume_dir(resume: str, out: Path) -> Path:
+def resume_dir(resume: str, out: Path) -> Path:
     run_dir = Path(resume) if (os.sep in resume or Path(resume).is_dir()) and not (out / resume).is_dir() \
         else out / resume
     if not (run_dir / "meta.json").is_file():

@@ -3,10 +3,10 @@
 A group is the cases of one decision (bench.cases.group_key: level, model size, resolution, device setting) that
 can share a process: two or more of them, on a backend that leaves the process to its caller (eager, compile,
 onnxruntime; TensorRT engines and CUDA graphs own the device state and stay isolated). The budget (`--budget`, the
-seconds of measuring the whole run may spend on its groups) is split in proportion to each group's estimated cost
-of one process with every side; time a group leaves unspent when it resolves early goes to the groups still open,
-in the same proportions. A 2 s forward at 2048 therefore gets the time it needs, and a 5 ms block that resolves
-after three processes gives the rest back.
+seconds of measuring the whole run may spend on its groups) is spent in rounds, one process of every open group
+per round (bench.groups.schedule), so its planned split is in proportion to each group's cost of one process;
+time a group leaves unspent when it resolves early goes to the groups still open. A 2 s forward at 2048 therefore
+gets the time it needs, and a 5 ms block that resolves after three processes gives the rest back.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from bench.cases import Case, group_key
 SHARED_BACKENDS = ("eager", "compile", "onnxruntime")
 DESIGNS = ("interleaved", "isolated")
 PROCESS_TIME_S = 1.5  # cycles per process run at least this long (and at least 2 cycles, 1 for very long ones)
-DEFAULT_BUDGET_S = 420.0  # the default matrix (24 cases, 6 groups) within 10 minutes on a 2-vCPU VM
+QUICK_PROCESS_TIME_S = 0.3  # --quick: a smoke run, not a measurement to quote
+DEFAULT_BUDGET_S = 480.0  # the default matrix (24 cases, 6 groups) within 10 minutes on a 2-vCPU VM
 PROCESS_OVERHEAD_S = 0.4  # fork, imports left, result file (measured: per_case_overhead_s of an isolated run)
 WARM_CALLS = 3  # first call + the timer's two warm-up calls, per side
 
@@ -76,7 +77,8 @@ def plan_groups(groups: Sequence[Sequence[Case]], budget_s: float,
 
 def describe(plans: Sequence[GroupPlan], budget_s: float) -> list[str]:
     """--list's lines about the budget: the whole and each group's share (by the estimated cost of a process)."""
-    lines = [f"budget {budget_s:g} s of measuring for {len(plans)} interleaved group(s), split by the estimated cost "
-             "of one process; a group that resolves early gives the rest of its share to the open ones"]
+    lines = [f"budget {budget_s:g} s of measuring for {len(plans)} interleaved group(s), spent in rounds of one "
+             "process per open group (planned split below, by the estimated cost of a process); a group that "
+             "resolves early leaves the rest to the open ones"]
     lines += [f"  {p.group_id}: {len(p.cases)} sides, share ~{p.share_s:.0f} s" for p in plans]
     return lines

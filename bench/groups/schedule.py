@@ -1,12 +1,14 @@
 """Measuring interleaved groups: round after round, one process of every open group, until each is decided.
 
 Round r runs one process of every group whose decision is still open (like the runner's passes, so slow drift of
-the machine spreads over all groups). A process measures the group's active sides (bench.measure.interleaved):
+the machine spreads over all groups, and every open group gets the same number of processes whatever one costs). A process measures the group's active sides (bench.measure.interleaved):
 the fastest side and every side whose pair against it is still open; a side decided against the fastest (faster by
 more than the margin, or tied) is left out of later processes, so its time goes to the pairs still open. The
 pairs are looked at (bench.groups.pairs) when the group's process count reaches a checkpoint, and once more when
 it stops. A group stops when every pair against its fastest side is decided (resolved), at the last checkpoint, or
-when its allowance of the budget (bench.groups.budget) is spent (then "not resolved", with the interval).
+when the run's budget has no room for its next process (then "not resolved", with the interval): a group that
+resolves early leaves the rest of the budget to the open ones, and at the end the cheap open groups go on using
+what the expensive ones cannot.
 
 Everything measured is committed after every process, through the runner (pooled rows, samples, pairs.parquet,
 meta.json's `groups`), so a killed run keeps it; --resume rebuilds each group's processes from samples.parquet
@@ -120,6 +122,9 @@ class GroupScheduler:
                 if not g.open:
                     continue
                 why = self._refused(g)
+                if why and not g.processes:  # not one process left for it: its cases are measured alone
+                    self._fall_back(g, f"no process of the group fitted: {why}")
+                    continue
                 if why:
                     self._look(g, final=True, stop=why)
                     continue
@@ -133,21 +138,14 @@ class GroupScheduler:
             return f"the last checkpoint ({P.CHECKPOINTS[-1]} processes)"
         est = g.next_process_s()
         if self.spent_s + (0 if n < P.CHECKPOINTS[0] else est) > self.budget_s:
-            return f"the run's budget ({self.budget_s:g} s) is spent"
-        if n >= P.CHECKPOINTS[0] and g.spent_s + est > self._allowance(g):
-            return f"its share of the budget ({self._allowance(g):.0f} s) is spent"
+            left = max(0.0, self.budget_s - self.spent_s)
+            return f"the budget ({self.budget_s:g} s; {left:.0f} s left, a process ~{est:.0f} s)"
         return ""
-
-    def _allowance(self, g: GroupRun) -> float:
-        """Its share plus, in proportion to the open groups' shares, what the closed groups left unspent."""
-        left = sum(max(0.0, x.plan.share_s - x.spent_s) for x in self.runs if not x.open)
-        open_share = sum(x.plan.share_s for x in self.runs if x.open) or 1.0
-        return g.plan.share_s + left * g.plan.share_s / open_share
 
     # -- one process ------------------------------------------------------------------------------------------------
     def _process(self, g: GroupRun) -> None:
         r, rep = self.r, len(g.processes)
-        sides = list(g.active)
+        sides = [i for i in g.active if i not in g.failed]
         cases = [r.process_case(g.plan.cases[i], profile=r.profile and rep == 0) for i in sides]
         spec = {"kind": "group", "cases": [c.to_spec() for c in cases], "process_time_s": self.process_time_s,
                 "energy": rep == 0, "profile": rep == 0}
@@ -163,7 +161,7 @@ class GroupScheduler:
             self._fall_back(g, f"process {rep + 1} of the group: {status.get('status')}: {status.get('reason')}")
             return
         result = out.result or {}
-        side_rows = result.get("rows") if status.get("status") == "ok" else None
+        side_rows = result.get("rows")
         cyc = np.full((0, len(g.plan.cases)), math.nan)
         if side_rows:
             got = np.asarray(result.get("cycles") or [], dtype=np.float64).reshape(-1, len(sides))
@@ -192,6 +190,7 @@ class GroupScheduler:
         st._drop(ids)
         self.r.forget(ids)
         g.status, g.stop = "isolated", f"measured case by case: {why}"
+        g.processes.clear()  # no paired decision rests on what the group measured before it fell back
         self.fallen.extend(g.plan.cases)
         self.r.say(f"{g.gid}: {g.stop}")
         self._commit(g)

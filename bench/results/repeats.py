@@ -88,3 +88,31 @@ def _f(x) -> float:
         return float(x) if x is not None else float("nan")
     except (TypeError, ValueError):
         return float("nan")
+
+
+def add_process(state, case_id: str, rep: int, full: dict, samples: list[float], rows_at: dict, procs: dict,
+                by_rep: dict[int, list[float]], repeats: int) -> None:
+    """One process's row and samples join a run (a RunState): the samples are appended, the row is pooled with the
+    case's earlier processes (`procs`: this session's rows per case; `by_rep`: the case's samples per process,
+    indexed before these join) or makes the case that failure; `rows_at` maps case_id -> its row's index."""
+    prev = state.rows[rows_at[case_id]] if case_id in rows_at else None
+    state.samples.extend({"run_id": state.run_id, "case_id": case_id, "repeat": rep, "iter": j, "latency_ms": v}
+                         for j, v in enumerate(samples))
+    if samples:
+        by_rep.setdefault(rep, []).extend(float(v) for v in samples)
+    if full.get("status") != "ok":
+        full = failed(full, rep, repeats)
+    else:
+        mine = procs.setdefault(case_id, [prev] if prev is not None and prev.get("status") == "ok" else [])
+        mine.append(full)
+        groups = [g for _, g in sorted(by_rep.items())]
+        full = pool_rows(mine, groups) if len(mine) > 1 else {**full, "repeats": 1,
+                                                               "latency_ms_repeat_cv": float("nan")}
+        if prev is not None:
+            full["started_at"] = prev.get("started_at") or full["started_at"]
+            full["wall_s"] = float(prev.get("wall_s") or 0.0) + float(full.get("wall_s") or 0.0)
+    if prev is not None:
+        state.rows[rows_at[case_id]] = full
+    else:
+        rows_at[case_id] = len(state.rows)
+        state.rows.append(full)
