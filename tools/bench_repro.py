@@ -113,33 +113,58 @@ def run_figures(run_dir: Path) -> dict:
 
 
 def readme_table(run_dir: Path) -> str:
-    """The README's table of a run: medians per level and resolution, and msla against softmax and large-kernel
-    as paired ratios with their intervals and verdicts (interleaved runs; isolated runs: ratios of medians)."""
+    """The README's table of a run: per level and resolution each mixer's median, and for an interleaved group
+    each mixer against the group's fastest as the paired ratio, its interval and verdict (isolated runs: the
+    ratio of medians, no interval)."""
     from bench.results.store import load_run
 
     run = load_run(run_dir)
     ok = run.results[run.results["status"] == "ok"]
     mixers = ("msla", "relu-linear", "softmax", "large-kernel")
     pairs = run.pairs.to_dict("records") if run.pairs is not None else []
-    lines = ["| level | image | " + " | ".join(mixers) + " | softmax / msla | large-kernel / msla | fastest |",
-             "|---|---|" + "---|" * (len(mixers) + 3)]
+    lines = ["| level | image | fastest | " + " | ".join(f"{m}: ms (x fastest)" for m in mixers) + " |",
+             "|---|---|---|" + "---|" * len(mixers)]
     for (level, h, w), g in ok.groupby(["level", "height", "width"], sort=False):
         med = {r["variant"]: r["latency_ms_median"] for r in g.to_dict("records")}
-        cells = [f"{med[m]:.1f}" if m in med else "-" for m in mixers]
-        gid = str(g["group_id"].iloc[0]) if "group_id" in g and g["group_id"].notna().any() else ""
-        mine = [p for p in pairs if p["group_id"] == gid]
-        for other in ("softmax", "large-kernel"):
-            p = next((p for p in mine if {p["fast"], p["slow"]} == {"msla", other}), None)
-            if p is None:
-                cells.append(f"{med[other] / med['msla']:.2f}x" if other in med and "msla" in med else "-")
+        gid = str(g["group_id"].iloc[0]) if g["group_id"].notna().any() else ""
+        mine = [p for p in pairs if p["group_id"] == gid and p["against_fastest"]]
+        best = mine[0]["fastest"] if mine else min(med, key=med.get)
+        cells = []
+        for m in mixers:
+            if m not in med:
+                cells.append("-")
                 continue
-            r, lo, hi = (p["ratio"], p["ci_low"], p["ci_high"]) if p["fast"] == "msla" else \
-                (1 / p["ratio"], 1 / p["ci_high"], 1 / p["ci_low"])
-            cells.append(f"{r:.2f}x [{lo:.2f}, {hi:.2f}] {p['verdict']}")
-        best = next((p["fastest"] for p in mine), min(med, key=med.get) if med else "-")
-        verdict = next((p["group_verdict"] for p in mine), "")
-        cells.append(f"{best} ({verdict})" if verdict else best)
-        lines.append(f"| {level} | {h}x{w} | " + " | ".join(cells) + " |")
+            p = next((p for p in mine if m in (p["fast"], p["slow"]) and m != best), None)
+            if m == best:
+                cells.append(f"{med[m]:.1f}")
+            elif p is not None:
+                r, lo, hi = (p["ratio"], p["ci_low"], p["ci_high"]) if p["slow"] == m else \
+                    (1 / p["ratio"], 1 / p["ci_high"], 1 / p["ci_low"])
+                cells.append(f"{med[m]:.1f} ({r:.2f}x [{lo:.2f}, {hi:.2f}] {p['verdict']})")
+            else:
+                cells.append(f"{med[m]:.1f} ({med[m] / med[best]:.2f}x)")
+        verdict = f" ({mine[0]['group_verdict']})" if mine else ""
+        lines.append(f"| {level} | {h}x{w} | {best}{verdict} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    """The figures of a report (this tool's JSON) as two Markdown tables: per run, and per pair of runs."""
+    lines = ["| design | run | wall | waited | decisions resolved | groups open at 2048 | n per evit-b1 case at 2048 "
+             "| noisy rows |", "|---|---|---:|---:|---:|---:|---|---:|"]
+    for d, rep in report["designs"].items():
+        for i, r in enumerate(rep["runs"]):
+            n = ", ".join(f"{m.split(':')[1]} {v}" for m, v in r["n_evit_b1_2048"].items())
+            lines.append(f"| {d} | {i + 1} ({r['kind']}) | {float(r['wall_s'] or 0) / 60:.1f} min | "
+                         f"{float(r['waited_s'] or 0):.0f} s | {r['resolved']} of {r['decisions']} | "
+                         f"{r['groups_open_2048']} | {n} | {r['noisy_rows']} |")
+    lines += ["", "| design | runs | opposite winners | resolved ratios inside the other run's interval |",
+              "|---|---|---:|---:|"]
+    for d, rep in report["designs"].items():
+        for k, c in rep["pairs"].items():
+            share = "-" if c["inside_share"] is None else f"{c['inside']} of {c['resolved_compared']} " \
+                f"({100 * c['inside_share']:.0f}%)"
+            lines.append(f"| {d} | {k} | {c['opposite_winners']} | {share} |")
     return "\n".join(lines)
 
 
@@ -151,10 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="/tmp/densebench-repro")
     ap.add_argument("--json", default=None)
     ap.add_argument("--table", metavar="RUN_DIR", help="print the README table of a stored run and exit")
+    ap.add_argument("--summarize", metavar="JSON", help="print the figures of an earlier --json as Markdown and exit")
     ap.add_argument("extra", nargs="*", help="more run_bench.py options (after --)")
     a = ap.parse_args(argv)
     if a.table:
         print(readme_table(Path(a.table)))
+        return 0
+    if a.summarize:
+        print(markdown(json.loads(Path(a.summarize).read_text())))
         return 0
     out = Path(a.out)
     designs, kinds = a.designs.split(","), a.runs.split(",")
@@ -176,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{d}, run 1:\n{readme_table(runs[d][0][1])}")
     text = json.dumps(report, indent=2, default=str)
     print(text)
+    print(markdown(report))
     if a.json:
         Path(a.json).write_text(text)
     return 0
