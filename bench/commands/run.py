@@ -46,7 +46,7 @@ other commands:
 
 examples:
   run_bench.py --quick                                   seconds-long smoke run on the CPU
-  run_bench.py --devices cpu --res 512,1024,2048         the default CPU matrix (about 4 minutes on 2 cores)
+  run_bench.py --devices cpu --res 512,1024,2048         the default CPU matrix (about 9 minutes on 2 cores)
   run_bench.py --devices cuda --res 1024x2048 --backends eager,compile --precision fp16,fp32
   run_bench.py --models evit-b1:msla --level block --threads 1,2 --res 512
   run_bench.py --resume 20250101-120000-ab12
