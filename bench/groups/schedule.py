@@ -192,7 +192,7 @@ class GroupScheduler:
         g.status, g.stop = "isolated", f"measured case by case: {why}"
         g.processes.clear()  # no paired decision rests on what the group measured before it fell back
         self.fallen.extend(g.plan.cases)
-        self.r.say(f"{g.gid}: {g.stop}")
+        self.r.log(f"{g.gid}: {g.stop}")
         self._commit(g)
 
     # -- the look ---------------------------------------------------------------------------------------------------
