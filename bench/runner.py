@@ -204,11 +204,9 @@ class Runner:
         """The end probe, the calibrations repeated (peak = the larger), frac_of_peak redone, a last save."""
         if self._guard.probed:
             self._probe(self._iso, "end", None, self._rows_at)
-        noisy = {str(r.get("case_id")): str(r.get("noisy_reason") or "") for r in self.state.rows if r.get("noisy")}
-        for p in self.state.pairs:  # a probe after a group closed may have flagged a side since (drift)
-            why = "; ".join(f"{p[k]}: {noisy[p[c]]}" for k, c in (("fast", "fast_case_id"), ("slow", "slow_case_id"))
-                            if p.get(c) in noisy)
-            p["noisy"], p["noisy_reason"] = bool(why), why
+        from bench.groups.schedule import mark_noisy_pairs
+
+        mark_noisy_pairs(self.state)  # a probe after a group closed may have flagged a side since (drift)
         if self.calibrate and self.state.rows:
             cases = [c for c in self.cases if c.case_id in self._rows_at]
             self.cal.repeat_at_end(cases)
@@ -401,7 +399,9 @@ def estimate_case_s(case: Case, macs: float | None, rate_gmacs: float | None, re
     """Rough wall time of one process of a case for the ETA and --list: overhead + first call + warm-up +
     sampling (its share of the budget with `repeats` processes), with one call's time guessed from its MACs (1 GMAC
     when unknown) at 30% of the device's rate (10 GMAC/s when not calibrated)."""
-    call = (macs or 1e9) / (0.3 * (rate_gmacs or 10.0) * 1e9)
+    from bench.groups.budget import call_s
+
+    call = call_s(macs, rate_gmacs)
     lo, hi = case.min_time_s / repeats, case.max_time_s / repeats
     warm = max(2 * call, min(max(0.5, 0.3 * hi), 10 * call))
     sampling = max(call, min(hi, max(lo, 30 * call / repeats)))

@@ -166,15 +166,14 @@ PROFILE_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in PROFILE_COLUMNS)
 # Student t interval of their mean), so the interval includes how far processes disagree, and the machine's drift,
 # shared by both sides of every cycle, cancels.
 PAIR_DECISIONS = ("faster", "tied", "not resolved")
+PAIR_SETTING = ("device", "device_name", "backend", "precision", "batch", "threads", "channels_last", "folded",
+                "height", "width")
 PAIR_COLUMNS: tuple[Column, ...] = (
     Column("run_id", "string", "run folder name"),
     Column("group_id", "string", "the decision group (bench.cases.group_key)"),
     Column("level", "string", "model or block"),
     Column("base", "string", "model size: the model name before ':' (evit-b1, block)"),
-    Column("device", "string", ""), Column("device_name", "string", ""), Column("backend", "string", ""),
-    Column("precision", "string", ""), Column("batch", "int64", ""), Column("threads", "int64", ""),
-    Column("channels_last", "bool", ""), Column("folded", "bool", ""),
-    Column("height", "int64", ""), Column("width", "int64", ""),
+) + tuple(c for c in COLUMNS if c.name in PAIR_SETTING) + (
     Column("fast_case_id", "string", "case_id of the side with the lower mean time"),
     Column("slow_case_id", "string", "case_id of the other side"),
     Column("fast", "string", "variant (mixer) of the faster side"), Column("slow", "string", "variant of the slower"),

@@ -24,6 +24,7 @@ import numpy as np
 
 from bench.groups import pairs as P
 from bench.groups.budget import PROCESS_TIME_S, GroupPlan, process_s
+from bench.cases import base_name
 from bench.env import now_iso
 from bench.launch.outcome import classify
 
@@ -218,8 +219,8 @@ class GroupScheduler:
     def _commit(self, g: GroupRun) -> None:
         """The group's pairs (replacing its earlier ones) and its state in meta.json, then a save."""
         st = self.r.state
-        noisy = {str(r.get("case_id")): str(r.get("noisy_reason") or "busy") for r in st.rows if r.get("noisy")}
-        st.pairs = [p for p in st.pairs if p.get("group_id") != g.gid] + pair_rows(g, self.tie, st.run_id, noisy)
+        st.pairs = [p for p in st.pairs if p.get("group_id") != g.gid] + pair_rows(g, self.tie, st.run_id)
+        mark_noisy_pairs(st)
         st.meta.setdefault("groups", {})[g.gid] = {
             "status": g.status, "stop": g.stop, "processes": len(g.processes), "spent_s": round(g.spent_s, 2),
             "share_s": round(g.plan.share_s, 2), "cases": [c.case_id for c in g.plan.cases],
@@ -230,9 +231,18 @@ class GroupScheduler:
         self.r.log(group_line(g, st.pairs))
 
 
-def pair_rows(g: GroupRun, tie: float, run_id: str, noisy: dict[str, str]) -> list[dict]:
-    """pairs.parquet rows of a group: every pair of its usable sides, with the group's verdict and fastest; a pair
-    is noisy when either side's row is (`noisy`: case_id -> noisy_reason)."""
+def mark_noisy_pairs(state: Any) -> None:
+    """Every pair of a run is noisy when either side's row is, with the sides' reasons."""
+    noisy = {str(r.get("case_id")): str(r.get("noisy_reason") or "busy") for r in state.rows if r.get("noisy")}
+    for p in state.pairs:
+        why = "; ".join(f"{p[k]}: {noisy[p[c]]}" for k, c in (("fast", "fast_case_id"), ("slow", "slow_case_id"))
+                        if p.get(c) in noisy)
+        p["noisy"], p["noisy_reason"] = bool(why), why
+
+
+def pair_rows(g: GroupRun, tie: float, run_id: str) -> list[dict]:
+    """pairs.parquet rows of a group: every pair of its usable sides, with the group's verdict and fastest (their
+    noisy flags are set by mark_noisy_pairs)."""
     usable = g.usable
     if len(usable) < 2 or not g.processes:
         return []
@@ -243,19 +253,17 @@ def pair_rows(g: GroupRun, tie: float, run_id: str, noisy: dict[str, str]) -> li
     out = []
     for d in decided:
         f, s = cases[d.fast], cases[d.slow]
-        why = "; ".join(f"{x.variant}: {noisy[x.case_id]}" for x in (f, s) if x.case_id in noisy)
         out.append(dict(
-            run_id=run_id, group_id=g.gid, level=c0.level, base=f.model.rsplit(":", 1)[0] if ":" in f.model
-            else f.model, device=c0.device, device_name=c0.device_name, backend=c0.backend,
-            precision=c0.precision, batch=c0.batch, threads=c0.threads, channels_last=c0.channels_last,
+            run_id=run_id, group_id=g.gid, level=c0.level, base=base_name(f.model), device=c0.device,
+            device_name=c0.device_name, backend=c0.backend, precision=c0.precision, batch=c0.batch, threads=c0.threads, channels_last=c0.channels_last,
             folded=c0.folded, height=c0.height, width=c0.width, fast_case_id=f.case_id, slow_case_id=s.case_id,
             fast=f.variant, slow=s.variant, fast_model=f.model, slow_model=s.model, ratio=d.ratio,
             ci_low=math.exp(d.lo) if math.isfinite(d.lo) else math.nan,
             ci_high=math.exp(d.hi) if math.isfinite(d.hi) else math.nan, ci_level=d.confidence,
             n_processes=d.n, sd_log=d.sd, tie=tie, verdict=d.verdict, reason=d.reason,
             against_fastest=best in (d.fast, d.slow), group_verdict="resolved" if g.status == "resolved"
-            else "not resolved", fastest=cases[best].variant if best is not None else "", noisy=bool(why),
-            noisy_reason=why, design="interleaved"))
+            else "not resolved", fastest=cases[best].variant if best is not None else "", noisy=False,
+            noisy_reason="", design="interleaved"))
     return out
 
 

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 from bench.ab.spec import ABSpec, Side
 from bench.cases import CaseError
 from bench.measure.child import Stage, failure_row, setup
+from bench.measure.interleaved import cpu_blocks, cuda_blocks
 
 MIN_CYCLES = 3
 BLOCK_MIN_MS = 1.0  # a block of a very fast case is made at least this long (timer resolution, loop overhead)
@@ -134,30 +135,17 @@ def abba_statistic(cycles: Any) -> float:
     return float(np.median(np.log((c[:, 1] + c[:, 2]) / (c[:, 0] + c[:, 3]))))
 
 
-def _cpu_cycle(fa: Callable[[], Any], fb: Callable[[], Any], k: int) -> tuple[float, ...]:
+ABBA = [0, 1, 1, 0]
+
+
+def _cpu_cycle(fa: Callable[[], Any], fb: Callable[[], Any], k: int) -> list[float]:
     """(A1, B1, B2, A2) in ms per call, each block of k calls timed as one perf_counter_ns interval."""
-    ns = time.perf_counter_ns
-    out = []
-    for fn in (fa, fb, fb, fa):
-        t = ns()
-        for _ in range(k):
-            fn()
-        out.append((ns() - t) / 1e6 / k)
-    return tuple(out)
+    return cpu_blocks([fa, fb], ABBA, k)
 
 
-def _cuda_cycle(fa: Callable[[], Any], fb: Callable[[], Any], k: int) -> tuple[float, ...]:
+def _cuda_cycle(fa: Callable[[], Any], fb: Callable[[], Any], k: int) -> list[float]:
     """(A1, B1, B2, A2) in ms per call: a CUDA event pair around each block, one synchronisation per cycle."""
-    import torch
-
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(4)]
-    for (start, end), fn in zip(events, (fa, fb, fb, fa)):
-        start.record()
-        for _ in range(k):
-            fn()
-        end.record()
-    events[-1][1].synchronize()
-    return tuple(start.elapsed_time(end) / k for start, end in events)
+    return cuda_blocks([fa, fb], ABBA, k)
 
 
 # ---------------------------------------------------------------------------------------------------------------

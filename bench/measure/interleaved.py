@@ -103,7 +103,7 @@ def _timed_cycles(device_type: str, fns: list[Callable[[], Any]], rows: list[dic
         k = int(min(MAX_BLOCK, max(1, math.ceil(BLOCK_MIN_MS / max(min(est), 1e-6)))))
         cycle_ms = 2 * k * sum(est)
         min_cycles = 1 if cycle_ms / 1e3 >= process_time else 2
-        run = _cuda_cycle if device_type == "cuda" else _cpu_cycle
+        run = cuda_blocks if device_type == "cuda" else cpu_blocks
         if cycle_ms / 1e3 < DISCARD_BELOW * process_time:
             run(fns, cycle_order(len(fns), 0), k)  # discarded: it carries the switch from warm-up
         cycles, blocks = [], []
@@ -123,7 +123,7 @@ def _timed_cycles(device_type: str, fns: list[Callable[[], Any]], rows: list[dic
     return cycles, flat, k
 
 
-def _cpu_cycle(fns: list[Callable[[], Any]], order: list[int], k: int) -> list[float]:
+def cpu_blocks(fns: list[Callable[[], Any]], order: list[int], k: int) -> list[float]:
     """ms per call of each block of the cycle, in `order`; each block of k calls is one perf_counter_ns interval."""
     ns = time.perf_counter_ns
     out = []
@@ -136,7 +136,7 @@ def _cpu_cycle(fns: list[Callable[[], Any]], order: list[int], k: int) -> list[f
     return out
 
 
-def _cuda_cycle(fns: list[Callable[[], Any]], order: list[int], k: int) -> list[float]:
+def cuda_blocks(fns: list[Callable[[], Any]], order: list[int], k: int) -> list[float]:
     """ms per call of each block: a CUDA event pair around each block, one synchronisation per cycle."""
     import torch
 
