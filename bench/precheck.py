@@ -8,17 +8,19 @@ fails never stops the run: it is logged and the case goes on.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from bench.cases import Case
 from bench.env import free_memory_bytes
+from models.user import ModelSourceError
 
 
 class CaseChecks:
     """The runner's pre-child decisions and MAC counts, cached per model and size."""
 
-    def __init__(self, missing: set[str], log: Callable[[str], None]):
+    def __init__(self, missing: set[str], log: Callable[[str], None], cases: Iterable[Case] = ()):
         self.missing, self.log = missing, log
+        self.cases = list(cases)  # users' models among them are checked in one probe child, on the first ask
         self._macs: dict = {}
         self._model_reason: dict = {}
         self._fit: dict = {}
@@ -45,8 +47,22 @@ class CaseChecks:
         if key not in self._model_reason:
             from models.registry import check_model
 
-            self._model_reason[key] = check_model(case.model, case.height, case.width, case.batch)
+            self._prefetch_users_models()
+            try:
+                self._model_reason[key] = check_model(case.model, case.height, case.width, case.batch)
+            except ModelSourceError as e:  # its source no longer imports in a child: the reason of its rows
+                self._model_reason[key] = str(e)
         return self._model_reason[key]
+
+    def _prefetch_users_models(self) -> None:
+        """Users' models of every case checked and counted at once, in a child (bench.launch.usercode)."""
+        from bench.launch.usercode import prefetch
+
+        keys, self.cases = [(c.model, c.height, c.width, c.batch) for c in self.cases], []
+        try:
+            prefetch(keys)
+        except ModelSourceError as e:  # each model is then asked alone, and its rows get the reason
+            self.log(f"users' models could not be checked together: {e}")
 
     def fit(self, case: Case) -> tuple[str, str] | None:
         """("skipped", reason) when the case's attention scores alone would not fit in free memory."""

@@ -65,7 +65,7 @@ class Runner:
         self.child_env = dict(child_env or {})  # e.g. DENSEBENCH_MODELS_FROM: the children import users' models
         self.design, self.budget_s, self.tie, self.wait_quiet_s = design, budget_s, tie, wait_quiet_s
         self.process_time_s = process_time_s  # of one interleaved group process
-        self.checks = CaseChecks(self.missing, self.log)
+        self.checks = CaseChecks(self.missing, self.log, cases)
         self._groups: dict[str, dict[int, list[float]]] | None = None
         self._guard: health.Guard  # made by run(), with the run's isolation
         self._iso: _Isolation | None = None
@@ -225,7 +225,7 @@ class Runner:
             self.commit(case, rep, {"status": static[0], "reason": static[1], "design": "isolated"}, [], started,
                         time.perf_counter() - t0, None)
             return
-        case = self.process_case(case, profile=self.profile and rep == 0)
+        case = self.process_case(case, first=rep == 0, profile=self.profile and rep == 0)
         out, marks, redo = self.run_guarded(case.to_spec(), case.timeout_s, case.device_type, case.label(), rep)
         row, samples = classify(out, case.timeout_s)
         row.update(design="isolated", remeasured=redo)
@@ -235,9 +235,11 @@ class Runner:
                     profile=(out.result or {}).get("profile") if row.get("status") == "ok" else None)
 
     # -- what the group scheduler (bench.groups.schedule) and the isolated path share --------------------------------
-    def process_case(self, case: Case, profile: bool = False) -> Case:
-        """The case as one of its processes runs it (MACs, calibrated peak, workdir, fault, budget share)."""
-        return self._process_case(self._iso, case, self._workdir, self._fault, profile=profile)
+    def process_case(self, case: Case, first: bool = True, profile: bool = False) -> Case:
+        """The case as one of its processes runs it (MACs, calibrated peak, workdir, fault, budget share); the
+        first process also measures eager fp32's own numerics (a float64 forward)."""
+        case = self._process_case(self._iso, case, self._workdir, self._fault, profile=profile)
+        return replace(case, extra={**case.extra, "numerics64": first})
 
     def run_guarded(self, spec: dict, timeout_s: float, device_type: str, what: str,
                     rep: int = 0) -> tuple[Outcome, tuple, int]:

@@ -66,10 +66,16 @@ def count_macs(name: str, height: int | None = None, width: int | None = None, b
 
 @lru_cache(maxsize=None)
 def _macs_per_image(name: str, height: int, width: int) -> int:
+    remote = get_model_info(name).remote
+    if remote is not None:  # a user's model file's model: counted in a child process
+        return remote.counts(height, width)["macs"]
     x = torch.empty(input_shape(name, height, width, 1), device="meta")
     return count_model_macs(_meta_model(name), x)
 
 
 @lru_cache(maxsize=None)
 def params_of(name: str) -> int:
+    info = get_model_info(name)
+    if info.remote is not None:
+        return info.remote.counts(*info.input_size)["params"]
     return count_params(_meta_model(name))

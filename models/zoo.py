@@ -1,10 +1,12 @@
 """The zoo as a table: every registered model with our params/MACs beside the published ones."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from models.complexity import count_macs, params_of
-from models.registry import get_model_info, list_models
+from models.registry import ModelCheckError, get_model_info, list_models
 
 
 def zoo_frame(height: int | None = None, width: int | None = None, names: list[str] | None = None) -> pd.DataFrame:
@@ -19,8 +21,10 @@ def zoo_frame(height: int | None = None, width: int | None = None, names: list[s
         h, w = (height or info.input_size[0]), (width or info.input_size[1])
         pub = info.published
         same_res = (h, w) == tuple(info.input_size)
-        macs = count_macs(name, h, w)
-        params = params_of(name)
+        try:
+            macs, params, reason = count_macs(name, h, w), params_of(name), ""
+        except ModelCheckError as e:  # a user's model that does not build or run: its row says why
+            macs, params, reason = math.nan, math.nan, str(e)
         # the deviation from a published figure is measured on the configuration the paper counted
         ref = pub.counted_as if pub and pub.counted_as else name
         ref_macs, ref_params = (macs, params) if ref == name else (count_macs(ref, h, w), params_of(ref))
@@ -35,6 +39,7 @@ def zoo_frame(height: int | None = None, width: int | None = None, names: list[s
         row["macs_dev_pct"] = (100 * (ref_macs / 1e9 / row["published_macs_g"] - 1)
                                if row["published_macs_g"] else None)
         row["published_note"] = pub.note if pub else ""
+        row["reason"] = reason
         row["counted_as"] = ref if ref != name else ""
         if pub:
             row["published_latency_ms"] = "; ".join(f"{k}: {v:g}" for k, v in pub.latency_ms.items())

@@ -78,6 +78,11 @@ def main(a: argparse.Namespace) -> int:
         if bad:
             raise UsageError(f"--res: {bad[0]} (accepted: multiples of each model's size_multiple, e.g. 512, "
                              "1024x2048)")
+    from bench.launch.usercode import prefetch
+    from models.registry import get_model_info
+
+    # users' models are counted in one child process (bench.launch.usercode), all at once
+    prefetch([(n, h or get_model_info(n).input_size[0], w or get_model_info(n).input_size[1], 1) for n in names])
     df = zoo_frame(height=h, width=w, names=names)
     if a.format == "csv":
         sys.stdout.write(df.to_csv(index=False))
@@ -106,5 +111,7 @@ def format_zoo_table(df: pd.DataFrame) -> str:
              num(r.published_macs_g, "g"), pct(r.macs_dev_pct, bool(r.counted_as))) for r in df.itertuples(index=False)]
     notes = sorted({n for n in df.get("published_note", []) if isinstance(n, str) and n})
     footer = ["", "pub. = published (papers); dev = ours vs published, on the configuration the paper counted."]
+    footer += [f"{r.model}: not counted: {r.reason}" for r in df.itertuples(index=False)
+               if isinstance(getattr(r, "reason", ""), str) and r.reason]
     footer += [f"* {n}: the deviation is measured on that configuration" for n in notes]
     return "\n".join([text_table(head, rows, right=range(3, 11)), *footer])

@@ -61,7 +61,8 @@ def _session(ctx: dict, device: str) -> _Session:
     from bench.launch.isolation import make_isolation
     from bench.launch.workdir import make_workdir
     from bench.runner import Runner
-    from models.user import MODELS_FROM_ENV, load_model_sources
+    from bench.launch.usercode import DEFAULT_TIMEOUT_S, register_sources
+    from models.user import MODELS_FROM_ENV
 
     key = (ctx["run_id"], device)
     _close_all(keep=key)
@@ -69,7 +70,7 @@ def _session(ctx: dict, device: str) -> _Session:
         return _SESSIONS[key]
     fixed = restore_env()  # before any child starts: the children inherit os.environ
     sources = ctx.get("models_from") or []
-    load_model_sources(sources)
+    register_sources(sources, float(ctx.get("timeout_s") or DEFAULT_TIMEOUT_S))  # users' code: in a child
     child_env = {MODELS_FROM_ENV: os.pathsep.join(sources)} if sources else None
     workdir = make_workdir(ctx["run_id"])
     (workdir / "run").mkdir()

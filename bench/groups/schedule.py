@@ -147,7 +147,7 @@ class GroupScheduler:
     def _process(self, g: GroupRun) -> None:
         r, rep = self.r, len(g.processes)
         sides = [i for i in g.active if i not in g.failed]
-        cases = [r.process_case(g.plan.cases[i], profile=r.profile and rep == 0) for i in sides]
+        cases = [r.process_case(g.plan.cases[i], first=rep == 0, profile=r.profile and rep == 0) for i in sides]
         spec = {"kind": "group", "cases": [c.to_spec() for c in cases], "process_time_s": self.process_time_s,
                 "energy": rep == 0, "profile": rep == 0}
         timeout = max(c.timeout_s for c in cases)

@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import traceback
+from typing import TextIO
 
 from bench.launch.faults import inject_after_build
 from bench.measure.child import run_case_file
@@ -57,7 +58,20 @@ def _preload_or_say_why() -> bool:
     except ModelSourceError as e:
         print(f"densebench worker: {e}", file=sys.stderr, flush=True)
         return False
+    except BaseException as e:  # noqa: BLE001 - a user's file that calls sys.exit() at import, say
+        print(f"densebench worker: importing the model sources raised {type(e).__name__}: {e}", file=sys.stderr,
+              flush=True)
+        return False
     return True
+
+
+def _protocol_channel() -> TextIO:
+    """The server's answers go to a duplicate of its stdout; fd 1 and sys.stdout become stderr, so that a
+    user's model file that prints at import (or a library that does) never corrupts the protocol."""
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return channel
 
 
 def _set_pdeathsig() -> None:
@@ -110,9 +124,9 @@ def _cuda_touched() -> bool:
 def serve() -> int:
     _set_pdeathsig()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C goes to the whole group
+    out = _protocol_channel()
     if not _preload_or_say_why():
         return 2
-    out = sys.stdout
     out.write(json.dumps({"ready": True, "pid": os.getpid(), "cuda_touched": _cuda_touched()}) + "\n")
     out.flush()
     for line in sys.stdin:

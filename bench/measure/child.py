@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 
 from bench.cases import Case, CaseError
 from bench.files import atomic_write_json
+from bench.measure.outputs import OutputError, TorchState, check_dense, float64_reference
 
 
 class Stage:
@@ -77,6 +78,8 @@ def failure_row(e: BaseException, where: str) -> dict[str, str]:
 
     if isinstance(e, Unsupported):
         return {"status": "unsupported", "reason": (str(e).splitlines() or [""])[0][:400]}
+    if isinstance(e, OutputError):  # the model's own doing, said in full: no traceback to read
+        return {"status": "error", "reason": f"{str(e)[:400]} (stage {where})"}
     last = traceback.format_exception_only(type(e), e)[-1].strip().splitlines()[0][:400]
     if is_oom_error(e):
         return {"status": "oom", "reason": f"out of memory in stage {where}: {last}"}
@@ -87,26 +90,16 @@ def failure_row(e: BaseException, where: str) -> dict[str, str]:
 def _measure(case: Case, row: dict, stage: Stage, after_build: AfterBuild | None) -> list[float]:
     """The steps of one case; each adds its columns to `row` and its notes to `info` (-> backend_info)."""
     info = setup(case)
-    _check_supported(case)
-    stage("build")
-    built = _build(case, row, stage)
-    if after_build is not None:
-        after_build(case, stage)
-    y_ref = None
-    if not _is_reference(case):
-        stage("reference")
-        y_ref = _reference(case, built)
-    stage("prepare")
-    prepared = _prepare(case, built, row)
-    fn, first = _keep_first_output(prepared.fn)
+    side = prepare_side(case, row, stage, after_build=after_build)
     stage("timing")
-    res = _time(case, fn, built, row, info, stage)
+    res = _time(case, side.fn, side.built, row, info, stage)
+    side.state.check("the timed calls")
     stage("numerics")
-    _numerics(case, first, y_ref, row, info)
-    row.update(_energy(case, prepared.fn, row["latency_ms_median"], info, stage))
-    row["backend_info"] = json.dumps({**prepared.info, **info}, default=str, sort_keys=True)
+    side_numerics(case, side, row, info)
+    row.update(_energy(case, side.fn, row["latency_ms_median"], info, stage))
+    row["backend_info"] = json.dumps({**side.info, **info}, default=str, sort_keys=True)
     if case.extra.get("profile"):
-        del prepared, fn, first  # the timed model's memory is not the profiled pass's
+        del side  # the timed model's memory is not the profiled pass's
         stage("profile")
         row["_profile"] = _profile(case, row)
     return [float(v) for v in res.samples_ms]
@@ -148,37 +141,57 @@ def setup(case: Case) -> dict[str, Any]:
 
 @dataclass
 class PreparedSide:
-    """One case built, referenced and prepared in a process that holds several (bench.measure.interleaved)."""
+    """One case built, checked, referenced and prepared (alone, or in a process that holds several:
+    bench.measure.interleaved)."""
 
     fn: Callable[[], Any]  # the prepared call, keeping its first output
     first: list  # the first output (filled by the first call)
     y_ref: Any  # eager fp32 reference output (None where the case is the reference itself)
     info: dict  # the backend's notes
     built: Built
+    state: TorchState  # torch's global state before the build: the model must leave it so
 
 
 def prepare_side(case: Case, row: dict, stage: Stage, label: str = "",
                  after_build: AfterBuild | None = None) -> PreparedSide:
-    """The steps of `_measure` up to the timing for one side of an interleaved group: supported, build, the
-    caller's hook, reference, prepare; adds params, MACs and build_s to `row`. Raises what those steps raise."""
+    """The steps up to the timing: supported, build, the caller's hook, the eager fp32 output on the real device
+    (checked: one finite dense tensor; the reference of every other setting), prepare; adds params, MACs and
+    build_s to `row`. Raises what those steps raise (OutputError for an output or a global-state change)."""
+    state = TorchState.now()
     _check_supported(case)
     stage(f"build{label}")
     built = _build(case, row, stage)
+    state.check("the build")
     if after_build is not None:
         after_build(case, stage)
-    y_ref = None
-    if not _is_reference(case):
-        stage(f"reference{label}")
-        y_ref = _reference(case, built)
+    stage(f"reference{label}")
+    y_ref = _reference(case, built)
+    check_dense(y_ref, case)
+    state.check("the first forward")
+    if _is_reference(case):
+        y_ref = None  # its own numerics come from a float64 forward (side_numerics)
     stage(f"prepare{label}")
     prepared = _prepare(case, built, row)
     fn, first = _keep_first_output(prepared.fn)
-    return PreparedSide(fn, first, y_ref, dict(prepared.info), built)
+    return PreparedSide(fn, first, y_ref, dict(prepared.info), built, state)
 
 
 def side_numerics(case: Case, side: PreparedSide, row: dict, info: dict) -> None:
-    """rel_err / numerics_ok of a side's first output against its reference (as `_numerics`)."""
-    _numerics(case, side.first, side.y_ref, row, info)
+    """rel_err / numerics_ok of a side's first output: against the eager fp32 reference, or for eager fp32 itself
+    against a float64 forward (in the case's first process: `numerics64` in the case's extra)."""
+    from bench.measure.numerics import evaluate
+
+    if not side.first:
+        return
+    if not _is_reference(case):
+        row.update(evaluate(side.first[0], side.y_ref, case.precision))
+        return
+    if not case.extra.get("numerics64", True):
+        info["numerics"] = "measured in the case's first process (a float64 forward)"
+        return
+    y64, info["numerics"] = float64_reference(side.built.model, side.built.x)
+    if y64 is not None:
+        row.update(evaluate(side.first[0], y64, "fp32"))
 
 
 def measure_energy(case: Case, fn: Callable[[], Any], median_ms: float, info: dict, stage: Stage) -> dict:
@@ -222,12 +235,13 @@ def _build(case: Case, row: dict, stage: Stage) -> Built:
 
 
 def _is_reference(case: Case) -> bool:
-    """Plain eager fp32 is the numerics reference itself (no second model run needed)."""
+    """Plain eager fp32 is the numerics reference of the other settings."""
     return case.backend == "eager" and case.precision == "fp32" and not case.folded and not case.channels_last
 
 
 def _reference(case: Case, built: Built) -> Any:
-    """Eager fp32 output on the same device and input, taken before prepare() may fold, cast or move the model."""
+    """Eager fp32 output on the case's device and input, taken before prepare() may fold, cast or move the model:
+    the real output the checks look at, and the reference of the other settings."""
     from bench import backends
 
     return backends.reference_output(built.model, built.x, case.device)
@@ -318,16 +332,6 @@ def _time(case: Case, fn: Callable[[], Any], built: Built, row: dict, info: dict
                 "converged": bool(res.converged)})
     row.update(latency_fields(res.samples_ms, case.batch, row.get("macs"), case.extra.get("device_peak_gmacs_per_s")))
     return res
-
-
-def _numerics(case: Case, first: list, y_ref: Any, row: dict, info: dict) -> None:
-    from bench.measure.numerics import evaluate
-
-    if _is_reference(case):
-        row["rel_err"], row["numerics_ok"] = 0.0, True
-        info["numerics"] = "eager fp32 is the reference itself"
-    elif first:
-        row.update(evaluate(first[0], y_ref, case.precision))
 
 
 def _energy(case: Case, fn: Callable[[], Any], median_ms: float, info: dict, stage: Stage) -> dict:

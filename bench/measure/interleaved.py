@@ -72,6 +72,7 @@ def _measure(cases: list[Case], rows: list[dict], stage: Stage, process_time: fl
     fns = [s.fn for _, s in sides]
     index = [i for i, _ in sides]
     cycles, per_side, k = _timed_cycles(cases[0].device_type, fns, rows, index, process_time)
+    sides[0][1].state.check("the timed calls of this process")  # a change then fails the process: measured alone
     samples = []
     for j, (i, side) in enumerate(sides):
         samples += [[i, v] for v in per_side[j]]
