@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from bench.plan import Plan, make_plan
-from bench.results.lifecycle import RunState, create_run, open_run
-from bench.results.store import Run, load_run
+from bench.errors import ArgumentError, bool_arg, callable_arg, number_arg, path_arg, refuse, str_items
+from bench.plan import Plan, check_options, make_plan
+from bench.results.lifecycle import RUN_ID, RunState, create_run, open_run
+from bench.results.store import Run
+from bench.results.store import load_run as _load_run
 
 Progress = Callable[..., None]
 
@@ -43,8 +45,15 @@ def run(models: Any = None, *, out: str | os.PathLike = "results", run_id: str |
     fold, min_time, max_time, timeout, repeats, seed, quick, calibrate, allow_missing, models_from. `cluster`: a
     Ray address (or 'local') to measure on its nodes (bench.fleet; `hosts` narrows them). The report goes to
     report_path(run folder, report_dir). Raises bench.plan.PlanError on bad options (nothing written) and
-    RunInterrupted when interrupted.
+    RunInterrupted when interrupted. Every argument is checked first (ArgumentError, PlanError: both
+    bench.BenchInputError, one line), before anything is imported, joined, measured or written.
     """
+    hosts = _check_hosts(cluster, hosts)
+    _check_call(out=out, report=report, report_dir=report_dir, progress=progress, log=log, argv=argv)
+    if run_id is not None and not (isinstance(run_id, str) and RUN_ID.fullmatch(run_id)):
+        raise refuse("run_id", run_id, "None (date-time-random) or a name of letters, digits, '.', '_', '-' "
+                     "(not first), up to 100 characters")
+    check_options({"models": models, **options})
     if cluster:
         from bench.fleet import measure_on_cluster, plan_on_cluster
 
@@ -81,7 +90,9 @@ def resume(path: str | os.PathLike, *, report: bool = True, report_dir: str | os
            progress: Progress | None = None, log: Callable[[str], None] | None = None,
            argv: list[str] | None = None, retry_failed: Iterable[str] = ()) -> Run:
     """Finish an interrupted run without redoing its finished cases; the matrix is the run's own. Cases that
-    ended with a status in `retry_failed` (e.g. {"error", "timeout"}) are measured again."""
+    ended with a status in `retry_failed` (e.g. {"error", "timeout"}, or "error,timeout") are measured again.
+    ArgumentError (one line) for an argument of the wrong type, before the folder is opened."""
+    _check_call(path=path, report=report, report_dir=report_dir, progress=progress, log=log, argv=argv)
     state = reopen(path, argv, retry_failed=retry_failed)
     try:
         measure(state, plan_of(state), progress=progress, log=log)
@@ -98,29 +109,68 @@ def reopen(path: str | os.PathLike, argv: list[str] | None = None, *,
     meta.json: when, the command, the cases measured again because their samples were not all stored
     (`redo`) and those whose status the user asked to retry (`retried`)."""
     from bench.env import now_iso
-    from bench.schema import STATUSES
 
-    bad = sorted(set(retry_failed) - set(STATUSES[1:]))
-    if bad:
-        raise ValueError(f"retry_failed: {', '.join(bad)}; accepted: {', '.join(STATUSES[1:])}")
-    state = open_run(Path(path))
+    retry_failed = retry_statuses(retry_failed)
+    state = open_run(Path(path_arg("path", path)))
     retried = state.forget(retry_failed)
     state.meta.setdefault("resumed", []).append({"at": now_iso(), "command": argv or [], "redo": state.redo,
                                                  "retried": retried})
     return state
 
 
+def retry_statuses(value: Any) -> list[str]:
+    """`retry_failed` as statuses: a comma string ("error" is one status, "error,timeout" two) or an iterable of
+    status names, each a failed status (bench.schema.STATUSES but ok); ArgumentError otherwise."""
+    from bench.schema import STATUSES
+
+    accepted = f"a comma string or a list of {', '.join(STATUSES[1:])}"
+    if isinstance(value, (list, tuple, set, frozenset)) and not value:
+        return []
+    items = str_items("retry_failed", value, accepted)
+    bad = [s for s in items if s not in STATUSES[1:]]
+    if bad:
+        raise refuse("retry_failed", bad[0], accepted)
+    return list(dict.fromkeys(items))
+
+
+def _check_call(**args: Any) -> None:
+    """The arguments every door shares, by name: paths, flags, callbacks and argv."""
+    for what, value in args.items():
+        if what in ("out", "path"):
+            path_arg(what, value)
+        elif what == "report_dir" and value is not None:
+            path_arg(what, value)
+        elif what == "report":
+            bool_arg(what, value)
+        elif what in ("progress", "log"):
+            callable_arg(what, value)
+        elif what == "argv" and value is not None and not (
+                isinstance(value, (list, tuple)) and all(isinstance(a, str) for a in value)):
+            raise refuse(what, value, "None or a list of strings (the command line recorded in meta.json)")
+
+
+def _check_hosts(cluster: Any, hosts: Any) -> list[str] | None:
+    """`cluster` None or a non-empty address; `hosts` None, a comma string or a list of host names, and only
+    with a cluster. Returns the hosts as a list."""
+    if cluster is not None and not (isinstance(cluster, str) and cluster.strip()):
+        raise refuse("cluster", cluster, "None (this machine), 'local' or a Ray address HOST:PORT")
+    if hosts is None:
+        return None
+    if cluster is None:
+        raise refuse("hosts", hosts, "None without a cluster (the hosts are the cluster's nodes)")
+    return str_items("hosts", hosts, "a comma string or a list of host names (their densebench-host labels)")
+
+
 def plan_of(state: RunState) -> Plan:
     """The plan a run was made with: its cases and configuration (users' model files imported again)."""
-    from bench.plan import PlanError, check_environment, oversubscription_warnings
-    from models.user import ModelSourceError, load_model_sources
+    from bench.plan import PlanError, check_environment, load_sources, oversubscription_warnings
 
     check_environment()
     config = state.meta.get("config") or {}
     try:
-        load_model_sources(config.get("models_from") or [])
-    except ModelSourceError as e:
-        raise PlanError(f"--resume: the run's --models-from: {e}") from None
+        load_sources(config.get("models_from") or [], config.get("timeout_s"))  # in a child (bench.launch.usercode)
+    except PlanError as e:
+        raise PlanError(f"--resume: the run's {e}") from None
     return Plan(config=config, cases=state.cases(), missing=set(config.get("missing_devices") or []),
                 warnings=oversubscription_warnings(config.get("threads") or [], config.get("devices") or []))
 
@@ -200,11 +250,31 @@ def write_run_report(run_dir: str | os.PathLike, report_dir: str | os.PathLike |
     return report([run_dir], report_path(run_dir, report_dir))
 
 
-def report(runs: Iterable[str | os.PathLike | Run], path: str | os.PathLike) -> Path:
-    """One self-contained HTML report (+ Markdown and figures beside it) of one or more runs; returns its path."""
+def load_run(path: str | os.PathLike) -> Run:
+    """Load a run folder, or a results.parquet/results.csv file inside one, with every file checked
+    (bench.results.store.load_run). ArgumentError for a path of the wrong type, RunFormatError (one line) for a
+    folder that cannot be read."""
+    return _load_run(path_arg("path", path))
+
+
+def _runs_arg(what: str, runs: Any) -> list[Path]:
+    """One run (a Run, a folder, a results file) or an iterable of them -> their paths; a str is one run."""
+    accepted = "a run (Run, run folder or results file path) or a non-empty list of them"
+    one = isinstance(runs, (Run, str, os.PathLike))
+    if not one and (isinstance(runs, (bytes, bytearray, dict)) or not isinstance(runs, Iterable)):
+        raise refuse(what, runs, accepted)
+    items = [runs] if one else list(runs)
+    if not items:
+        raise refuse(what, runs, accepted)
+    return [Path(r.path) if isinstance(r, Run) else Path(path_arg(what, r)) for r in items]
+
+
+def report(runs: Iterable[str | os.PathLike | Run] | str | os.PathLike | Run, path: str | os.PathLike) -> Path:
+    """One self-contained HTML report (+ Markdown and figures beside it) of one or more runs; returns its path.
+    A run named more than once is reported once."""
     from bench.analysis.report import write_report
 
-    return write_report([Path(r.path if isinstance(r, Run) else r) for r in runs], Path(path))
+    return write_report(_runs_arg("runs", runs), Path(path_arg("path", path)))
 
 
 def compare(baseline: str | os.PathLike | Run, current: str | os.PathLike | Run, *, threshold: float = 0.05,
@@ -214,9 +284,17 @@ def compare(baseline: str | os.PathLike | Run, current: str | os.PathLike | Run,
     `allow_noisy`."""
     from bench.analysis.compare import compare_runs
 
+    for what, value in (("baseline", baseline), ("current", current)):
+        if not isinstance(value, Run):
+            path_arg(what, value)
+    number_arg("threshold", threshold, "a finite number >= 0 (0.05: 5%)", lambda v: 0 <= v < float("inf"))
+    number_arg("alpha", alpha, "a number between 0 and 1 (0.01)", lambda v: 0 < v < 1)
+    bool_arg("normalize", normalize)
+    bool_arg("allow_noisy", allow_noisy)
     a = baseline if isinstance(baseline, Run) else load_run(baseline)
     b = current if isinstance(current, Run) else load_run(current)
     return compare_runs(a, b, threshold=threshold, alpha=alpha, normalize=normalize, allow_noisy=allow_noisy)
 
 
-__all__ = ["Run", "RunInterrupted", "compare", "load_run", "measure", "profile", "report", "resume", "run"]
+__all__ = ["ArgumentError", "Run", "RunInterrupted", "compare", "load_run", "measure", "profile", "report", "resume",
+           "run"]

@@ -7,6 +7,7 @@ alike: `res=[512, (1024, 2048)]` or `res="512,1024x2048"`.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from bench.cases import (Case, CaseError, expand, parse_ints, parse_list, parse_resolution,
                          select_models)
+from bench.errors import BenchInputError, bool_arg, is_path, refuse, str_items
 
 QUICK_MODELS = ("evit-b1:msla", "evit-b1:softmax")
 DEFAULT_RES = "512,1024,2048"
@@ -21,7 +23,7 @@ METRICS = ("time", "instructions")  # instructions: also count CPU instructions 
 INT64_MAX = 2**63 - 1
 
 
-class PlanError(ValueError):
+class PlanError(BenchInputError):
     """Bad run options; the message is one line naming what is accepted."""
 
 
@@ -34,29 +36,38 @@ class Plan:
 
 
 def _items(value: Any, what: str) -> list[str]:
-    """A comma string or an iterable of values -> a list of non-empty strings."""
+    """A comma string or an iterable of strings -> a list of non-empty strings (CaseError for anything else)."""
     if isinstance(value, str):
         return parse_list(value, what)
-    items = [str(v).strip() for v in value]
-    if not items or not all(items):
-        raise CaseError(f"{what}: empty value in {list(value)!r}")
-    return items
+    return str_items(what, value, "one value, a comma string or a list of strings", CaseError)
 
 
 OWN_SIZE = "own"  # --res own: each model at its own input size (a reference model's published one)
 
 
+RES_ACCEPTED = "N, 'N,HxW', 'own', or a list of N, 'HxW' and (H, W) with integers"
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def _resolutions(value: Any) -> list[tuple[int, int]]:
+    """--res as [(h, w), ...]; [] for 'own'. CaseError for a float, a bool, an empty list or a malformed item."""
     if isinstance(value, str) and value.strip() == OWN_SIZE:
         return []
-    if isinstance(value, (int, str)):
-        value = [value] if isinstance(value, int) else parse_list(value, "--res")
+    if _int(value) or isinstance(value, str):
+        value = [int(value)] if _int(value) else parse_list(value, "--res")
+    elif not isinstance(value, (list, tuple)) or not value:
+        raise refuse("--res", value, RES_ACCEPTED, CaseError)
     out = []
     for r in value:
-        if isinstance(r, (tuple, list)) and len(r) == 2:
+        if isinstance(r, (tuple, list)) and len(r) == 2 and all(_int(v) or isinstance(v, str) for v in r):
             out.append(parse_resolution(f"{r[0]}x{r[1]}"))
-        else:
+        elif _int(r) or isinstance(r, str):
             out.append(parse_resolution(str(r)))
+        else:
+            raise refuse("--res", r, RES_ACCEPTED, CaseError)
     return list(dict.fromkeys(out))
 
 
@@ -68,7 +79,17 @@ def _own_sizes(names: list[str]) -> list[tuple[int, int]]:
 
 
 def int_list(value: Any, what: str, minimum: int = 1) -> list[int]:
-    items = [value] if isinstance(value, int) else value
+    """An integer, a comma string or a list of integers (or their strings) -> the integers (CaseError)."""
+    accepted = f"an integer >= {minimum}, a comma string or a list of them"
+    if _int(value) or isinstance(value, str):
+        items: Any = [int(value)] if _int(value) else value
+    elif not isinstance(value, (list, tuple, set, frozenset)):
+        raise refuse(what, value, accepted, CaseError)
+    else:
+        items = list(value)
+        bad = [v for v in items if not (_int(v) or isinstance(v, str))]
+        if bad:
+            raise refuse(what, bad[0], accepted, CaseError)
     out = parse_ints(items if isinstance(items, str) else ",".join(str(v) for v in items), what, minimum)
     for v in out:
         if v > INT64_MAX:
@@ -123,7 +144,14 @@ def choice_list(value: Any, what: str, accepted: Sequence[str]) -> list[str]:
     return items
 
 
+def _real(v: Any) -> bool:
+    """A number or a numeric string (not a bool: True is not one second)."""
+    return isinstance(v, str) or (isinstance(v, numbers.Real) and not isinstance(v, bool))
+
+
 def _seconds(name: str, v: float) -> float:
+    if not _real(v):
+        raise PlanError(f"{name}: {v!r} is not accepted; accepted: a positive number of seconds")
     try:
         v = float(v)
     except (TypeError, ValueError):
@@ -185,13 +213,13 @@ def design_options(design: str, budget: float | None, tie: float, wait_quiet: fl
         raise PlanError(f"--design: {design!r} is not accepted; accepted: {', '.join(DESIGNS)}")
     b = _seconds("--budget", budget if budget is not None else (20.0 if quick else DEFAULT_BUDGET_S))
     try:
-        t = float(tie)
+        t = float(tie) if _real(tie) else math.nan
     except (TypeError, ValueError):
         t = math.nan
     if not (0 < t < 1):
         raise PlanError(f"--tie: {tie!r} is not accepted; accepted: a fraction between 0 and 1 (0.02: 2%)")
     try:
-        w = float(wait_quiet)
+        w = float(wait_quiet) if _real(wait_quiet) else math.nan
     except (TypeError, ValueError):
         w = math.nan
     if not (0 <= w <= 86400):
@@ -220,11 +248,13 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
     equivalence margin of a paired decision; `wait_quiet`: the longest wait for a quiet machine (0: never wait;
     default DENSEBENCH_WAIT_QUIET or 120 s).
     """
+    check_options(dict(locals()))  # the parameters as given: names and types, before anything is imported
     from bench import backends as backend_registry
     from bench.env import physical_cores, usable_cpus
 
     try:
-        sources = load_sources(models_from)
+        timing = timing_options(quick, min_time, max_time, timeout, repeats)
+        sources = load_sources(models_from, timing["timeout_s"])  # users' code: in a child, with the case timeout
         resolutions = _resolutions("128" if quick and res == DEFAULT_RES else res)
         own = not resolutions
         names = _models(models, level, resolutions, quick)
@@ -239,7 +269,6 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
                                                                                            usable_cpus())]
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= INT64_MAX:
             raise PlanError(f"--seed: {seed!r} is not accepted; accepted: an integer from 0 to {INT64_MAX}")
-        timing = timing_options(quick, min_time, max_time, timeout, repeats)
         timing.update(design_options(design, budget, tie, wait_quiet, quick))
         if timing["repeats"] > 1 and design != "isolated":
             raise PlanError(f"--repeats {timing['repeats']}: only with --design isolated (the interleaved design "
@@ -264,6 +293,41 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
     return Plan(config=config, cases=cases, missing=missing, warnings=warnings)
 
 
+BOOL_OPTIONS = ("channels_last", "fold", "quick", "calibrate", "allow_missing", "profile")
+STR_OPTIONS = ("level", "metric", "design")
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """The options' names and types (PlanError, one line) before anything looks at their values: make_plan's
+    first step, and what bench.api.run checks before it joins a cluster. A str stands for a list (a comma list,
+    or one file for models_from); an int, a float or None where a list is expected, a bool where a number is, or
+    anything but a bool where a flag is, is refused here rather than failing deep inside."""
+    import inspect
+
+    names = list(inspect.signature(make_plan).parameters)
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        raise PlanError(f"unknown option {unknown[0]!r}; accepted: {', '.join(names)}")
+    for k in BOOL_OPTIONS:
+        if k in options:
+            bool_arg(k, options[k], PlanError)
+    for k in STR_OPTIONS:
+        if k in options and not isinstance(options[k], str):
+            raise refuse(f"--{k}", options[k], "a string (see make_plan)", PlanError)
+    try:
+        if "res" in options:
+            _resolutions(options["res"])
+        for k in ("batch", "threads"):
+            if options.get(k) is not None:
+                int_list(options[k], f"--{k}")
+        for k in ("models", "devices", "precision", "backends"):
+            if options.get(k) is not None:
+                _items(options[k], f"--{k}")
+    except CaseError as e:
+        raise PlanError(str(e)) from None
+    resolve_sources(options.get("models_from"))
+
+
 def check_environment() -> None:
     """The environment variables the engine reads, checked before anything is written (one line, PlanError)."""
     from bench.launch.isolation import isolation_kind
@@ -282,26 +346,37 @@ def resolve_sources(models_from: Iterable[str]) -> list[str]:
     from models.user import MODELS_FROM_ENV
 
     env = [s for s in os.environ.get(MODELS_FROM_ENV, "").split(os.pathsep) if s.strip()]
+    given = [models_from] if isinstance(models_from, (str, os.PathLike)) else \
+        () if models_from is None else models_from
+    accepted = "a path to a .py file or a package.module (str or os.PathLike), or a list of them"
+    if not isinstance(given, (list, tuple, set, frozenset)):
+        raise refuse("--models-from", models_from, accepted, PlanError)
+    bad = [s for s in given if not isinstance(s, (str, os.PathLike))]
+    if bad:
+        raise refuse("--models-from", bad[0], accepted, PlanError)
     out = []
-    for spec in [*(models_from or ()), *env]:
-        spec = str(spec).strip()
+    for spec in [*given, *env]:
+        spec = os.fspath(spec).strip()
         if not spec:
             raise PlanError("--models-from: empty value; accepted: a path to a .py file or a package.module")
         out.append(str(Path(spec).resolve()) if spec.endswith(".py") else spec)
     return list(dict.fromkeys(out))
 
 
-def load_sources(models_from: Iterable[str]) -> list[str]:
-    """Import users' model files so that their models can be named in the matrix; the resolved sources."""
-    from models.user import ModelSourceError, load_model_sources
+def load_sources(models_from: Iterable[str], timeout_s: float | None = None) -> list[str]:
+    """Register users' model files' models so that they can be named in the matrix; the resolved sources. The
+    files are imported in a child process (bench.launch.usercode): this process never runs users' code, and an
+    import that exits, crashes or hangs past `timeout_s` is a PlanError naming the source."""
+    from bench.launch.usercode import DEFAULT_TIMEOUT_S, register_sources
+    from models.user import ModelSourceError
 
     sources = resolve_sources(models_from)
     try:
-        load_model_sources(sources)
+        register_sources(sources, DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
     except ModelSourceError as e:
         raise PlanError(f"--models-from: {e}") from None
     return sources
 
 
-__all__ = ["Plan", "PlanError", "devices_of", "load_sources", "make_plan", "oversubscription_warnings",
+__all__ = ["Plan", "PlanError", "check_options", "devices_of", "load_sources", "make_plan", "oversubscription_warnings",
            "resolve_sources"]

@@ -16,7 +16,7 @@ import contextlib
 import fnmatch
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -42,6 +42,10 @@ class DuplicateModelError(ValueError):
 
 class ModelCheckError(ValueError):
     """A model that cannot be measured as a dense predictor; the message is the one-line reason."""
+
+
+class ChildOnlyError(RuntimeError):
+    """A user's model was asked to build in the parent process, which never runs users' code."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,9 @@ class ModelInfo:
     description: str
     declared_classes: int | None  # 0: the output is a feature map, not logits (blocks)
     declared_stride: int | None
+    # A model of a user's model file is imported, built and run only in child processes (bench.launch.usercode):
+    # in the parent its builder refuses and `remote` answers the checks and counts a child made.
+    remote: Any = field(default=None, compare=False, repr=False)
 
     @cached_property
     def _probed(self) -> tuple[int, int]:
@@ -101,6 +108,116 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
+class ModelRegistrationError(ValueError):
+    """register_model's metadata refused at registration: one line naming the keyword and what it accepts, so that
+    an absurd value never reaches the arithmetic of `run` or `models` (a zero stride, a negative size)."""
+
+
+class ModelRegistrationTypeError(ModelRegistrationError, TypeError):
+    """A keyword of register_model of the wrong type (also a TypeError, as Python's own argument errors are)."""
+
+
+MAX_SIDE = 32768  # pixels per side of input_size: bench.cases.MAX_SIDE, the largest side --res accepts
+# --models splits its value on commas and strips each item, reads `*`, `?` and `[` as a glob pattern, and 'all',
+# 'published' and family names as groups: a name with these, or equal to those, could never be named alone
+NAME_GLOB = ",*?["
+NAME_KEYWORDS = ("all", "published", *FAMILIES)
+
+
+def check_registration(name: object, **meta: object) -> dict:
+    """register_model's keywords checked by type and range (ModelRegistrationError, one line); returns them with
+    integers as plain ints and input_size as a tuple. bool is not an int here: True is not a stride."""
+    def bad(field: str, accepted: str, kind: type = ModelRegistrationError, *value: object) -> ModelRegistrationError:
+        v = repr(value[0] if value else meta.get(field, name))
+        return kind(f"register_model({str(name)[:60]!r}): {field} {v if len(v) <= 60 else v[:57] + '...'} is not accepted; "
+                    f"accepted: {accepted}")
+
+    if not isinstance(name, str):
+        raise ModelRegistrationTypeError(
+            f"register_model takes the model's name first, e.g. @register_model('my-net'); got {name!r}")
+    if (not name or name != name.strip() or any(c in NAME_GLOB for c in name) or name in NAME_KEYWORDS
+            or not _one_line(name)):
+        raise ModelRegistrationError(
+            f"register_model: name {name[:60]!r} is not accepted; accepted: a name --models can name: no comma, "
+            f"'*', '?', '[', control character or line break, no leading or trailing space, not "
+            f"{', '.join(NAME_KEYWORDS)}")
+    out = dict(meta)
+    for field, accepted in (("family", ", ".join(FAMILIES)), ("dataset", "None, " + ", ".join(DATASETS))):
+        v = meta[field]
+        if not (isinstance(v, str) or v is None and field == "dataset"):
+            raise bad(field, accepted, ModelRegistrationTypeError)
+        if v is not None and v not in (FAMILIES if field == "family" else DATASETS):
+            raise bad(field, accepted)
+    for field in ("mixer", "description"):
+        if not isinstance(meta[field], str):
+            raise bad(field, "a str", ModelRegistrationTypeError)
+    if not meta["mixer"] or not _one_line(meta["mixer"]):
+        raise bad("mixer", "a non-empty str on one line")
+    for field, low, optional in (("num_classes", 0, True), ("out_stride", 1, True), ("in_channels", 1, False),
+                                 ("input_stride", 1, False), ("size_multiple", 1, False), ("token_stride", 1, False)):
+        v = meta[field]
+        if v is None and optional:
+            continue
+        if not _whole(v) or v < low:
+            raise bad(field, ("None or " if optional else "") + f"an int >= {low}",
+                      ModelRegistrationError if _whole(v) else ModelRegistrationTypeError)
+        out[field] = int(v)
+    size = meta["input_size"]
+    if size is not None:
+        if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(_whole(v) for v in size)):
+            raise bad("input_size", "None or a pair of ints (H, W)", ModelRegistrationTypeError)
+        if not all(1 <= v <= MAX_SIDE for v in size):
+            raise bad("input_size", f"None or a pair of ints (H, W) from 1 to {MAX_SIDE}")
+        out["input_size"] = (int(size[0]), int(size[1]))
+    if meta["published"] is not None and not isinstance(meta["published"], Published):
+        raise bad("published", "None or a models.registry.Published", ModelRegistrationTypeError)
+    fault = _published_fault(meta["published"])
+    if fault:
+        raise bad(f"published.{fault[0]}", fault[2], ModelRegistrationError, fault[1])
+    return out
+
+
+def _whole(v: object) -> bool:
+    import numbers
+
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _one_line(text: str) -> bool:
+    """No control character, line or paragraph separator, lone surrogate: one line of a table, log or CSV cell."""
+    import unicodedata
+
+    return not any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in text)
+
+
+def _published_fault(pub: Published | None) -> tuple[str, object, str] | None:
+    """None when every field of `pub` has its type and range (the zoo divides by params_m, the report formats
+    every latency as a number), else (field, value, what is accepted)."""
+    import math
+
+    if pub is None:
+        return None
+
+    def real(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for f, ok, accepted in (("params_m", lambda v: v > 0, "> 0"), ("macs_g", lambda v: v > 0, "> 0"),
+                            ("miou", lambda v: 0 <= v <= 100, "from 0 to 100")):
+        v = getattr(pub, f)
+        if v is not None and not (real(v) and ok(v)):
+            return f, v, f"None or a finite number {accepted}"
+    lat = pub.latency_ms
+    if not isinstance(lat, dict) or not all(isinstance(k, str) and k.strip() and real(v) and v > 0
+                                            for k, v in lat.items()):
+        return "latency_ms", lat, "a dict of 'device, setting' (a non-empty str) -> finite ms > 0"
+    for f in ("source", "note"):
+        if not isinstance(getattr(pub, f), str):
+            return f, getattr(pub, f), "a str"
+    if pub.counted_as is not None and not (isinstance(pub.counted_as, str) and pub.counted_as.strip()):
+        return "counted_as", pub.counted_as, "None or the name of a registered model"
+    return None
+
+
 def register_model(name: str, *, family: str = "user", mixer: str = "custom", dataset: str | None = None,
                    input_size: tuple[int, int] | None = None, num_classes: int | None = None,
                    out_stride: int | None = None, in_channels: int = 3, input_stride: int = 1,
@@ -110,21 +227,26 @@ def register_model(name: str, *, family: str = "user", mixer: str = "custom", da
 
     A dataset of DATASETS gives the default classes and input size; otherwise classes and output stride are
     read off the model when first needed and input_size (512, 512) is for display only: runs use their own --res.
+    Every keyword is checked here (check_registration: ModelRegistrationError, one line), not when first used.
     """
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"register_model takes the model's name first, e.g. @register_model('my-net'); got {name!r}")
-    if family not in FAMILIES:
-        raise ValueError(f"model {name!r}: family {family!r} is not accepted; accepted: {', '.join(FAMILIES)}")
+    m = check_registration(name, family=family, mixer=mixer, dataset=dataset, input_size=input_size,
+                           num_classes=num_classes, out_stride=out_stride, in_channels=in_channels,
+                           input_stride=input_stride, size_multiple=size_multiple, token_stride=token_stride,
+                           published=published, description=description)
     ds_classes, ds_size = DATASETS.get(dataset or "", (None, (512, 512)))
 
     def register(builder: Builder) -> Builder:
+        if not callable(builder):
+            raise ModelRegistrationTypeError(f"register_model({name!r}) decorates a builder (no arguments -> "
+                                             f"nn.Module); got {type(builder).__name__}")
         if name in _REGISTRY:
             raise DuplicateModelError(name)
         _REGISTRY[name] = ModelInfo(
             name=name, builder=builder, family=family, mixer=mixer, dataset=dataset,
-            input_size=tuple(input_size or ds_size), in_channels=in_channels, input_stride=input_stride,
-            size_multiple=size_multiple, token_stride=token_stride, published=published, description=description,
-            declared_classes=ds_classes if num_classes is None else num_classes, declared_stride=out_stride)
+            input_size=m["input_size"] or ds_size, in_channels=m["in_channels"], input_stride=m["input_stride"],
+            size_multiple=m["size_multiple"], token_stride=m["token_stride"], published=published,
+            description=description, declared_classes=ds_classes if num_classes is None else m["num_classes"],
+            declared_stride=m["out_stride"])
         return builder
 
     return register
@@ -190,8 +312,10 @@ def resolve_models(specs: list[str]) -> list[str]:
 
 def build_model(name: str) -> nn.Module:
     """A fresh model with its default (seeded-random) initialisation, in eval mode, on the CPU, fp32."""
-    model = get_model_info(name).builder()
-    return model.eval()
+    info = get_model_info(name)
+    if info.remote is not None:
+        raise ChildOnlyError(f"model {name!r} comes from a user's model file and is built only in a child process")
+    return info.builder().eval()
 
 
 def check_resolution(name: str, height: int, width: int) -> str | None:
@@ -231,7 +355,13 @@ def error_line(e: BaseException) -> str:
 
 def dense_output(info: ModelInfo, height: int, width: int, batch: int = 1) -> tuple[int, int]:
     """(channels, stride to the image) of one meta-device forward at height x width; ModelCheckError if the
-    builder or the forward raises, or the output is not one dense (B, C, H / s, W / s) map."""
+    builder or the forward raises, or the output is not one dense (B, C, H / s, W / s) map. A user's model file's
+    model is checked in a child process (info.remote)."""
+    if info.remote is not None:
+        found = info.remote.check(height, width, batch)
+        if found.get("reason"):
+            raise ModelCheckError(found["reason"])
+        return found["classes"], found["stride"]
     try:
         with torch.device("meta"):
             model = info.builder()
