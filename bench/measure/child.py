@@ -80,6 +80,8 @@ def failure_row(e: BaseException, where: str) -> dict[str, str]:
         return {"status": "unsupported", "reason": (str(e).splitlines() or [""])[0][:400]}
     if isinstance(e, OutputError):  # the model's own doing, said in full: no traceback to read
         return {"status": "error", "reason": f"{str(e)[:400]} (stage {where})"}
+    if isinstance(e, SystemExit):  # users' code that exits: the row says so, the process still reports it
+        return {"status": "error", "reason": f"the model called sys.exit({e.code!r}) in stage {where}"[:400]}
     last = traceback.format_exception_only(type(e), e)[-1].strip().splitlines()[0][:400]
     if is_oom_error(e):
         return {"status": "oom", "reason": f"out of memory in stage {where}: {last}"}
