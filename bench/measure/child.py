@@ -272,59 +272,15 @@ def _keep_first_output(fn: Callable[[], Any]) -> tuple[Callable[[], Any], list]:
     return call, first
 
 
-class _PeakMemory:
-    """Peak memory of the timed loop: the CUDA allocator's peaks (after the prepared weights), or on CPU the
-    peak RSS above the child's baseline before the build, which includes pages of libraries first touched by
-    the case (e.g. oneDNN kernels); CPU weights are the exact tensor bytes of the fp32 build."""
-
-    def __init__(self, case: Case, built: Built):
-        self.case, self.built = case, built
-        self.weights_cuda = 0
-        self.peak_rss: Any = None
-
-    def start(self) -> None:
-        if self.case.device_type == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-            self.weights_cuda = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            from bench.measure.memory import PeakRSS
-
-            self.peak_rss = PeakRSS().start()
-
-    def stop(self, info: dict) -> dict[str, float]:
-        from bench.measure.memory import MB
-
-        if self.case.device_type == "cuda":
-            return self._cuda_columns(info)
-        p = self.peak_rss.stop() - self.built.rss0
-        info["memory_method"] = f"peak rss ({self.peak_rss.method}) above the child's baseline; weights = tensor bytes"
-        return {"peak_mem_mb": max(0, p) / MB, "weights_mem_mb": self.built.weight_bytes / MB,
-                "activations_mem_mb": max(0, p - self.built.weight_bytes) / MB}
-
-    def _cuda_columns(self, info: dict) -> dict[str, float]:
-        import torch
-
-        from bench.measure.memory import MB
-
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-        if self.case.backend in ("onnxruntime", "tensorrt"):
-            info["memory_note"] = "torch's allocator does not see memory the backend allocates itself"
-        return {"peak_mem_mb": peak / MB, "peak_mem_reserved_mb": torch.cuda.max_memory_reserved() / MB,
-                "weights_mem_mb": self.weights_cuda / MB,
-                "activations_mem_mb": max(0, peak - self.weights_cuda) / MB}
-
-
 def _time(case: Case, fn: Callable[[], Any], built: Built, row: dict, info: dict, stage: Stage) -> Any:
     """The adaptive timing loop (bench.measure.timer) with peak memory around it; adds the latency columns."""
     from bench.measure.timer import measure
     from bench.results.repeats import latency_fields
 
     stage.times["setup_s"] = time.perf_counter() - stage.t0
-    memory = _PeakMemory(case, built)
+    from bench.measure.memory import PeakMemory
+
+    memory = PeakMemory(case, built)
     memory.start()
     res = measure(fn, device_type=case.device_type, min_time_s=case.min_time_s, max_time_s=case.max_time_s,
                   min_samples=int(case.extra.get("min_samples", 10)))

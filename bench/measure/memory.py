@@ -7,6 +7,7 @@ Where that is not possible, a thread polls psutil's RSS every `interval_s` inste
 from __future__ import annotations
 
 import threading
+from typing import Any
 from pathlib import Path
 
 MB = 2**20
@@ -173,3 +174,43 @@ def fit_reason(name: str, height: int, width: int, batch: int, precision: str, a
                 f"(2 x batch x heads x N^2 = 2 x {elems:.3g} elements, {precision}) > {fraction:.0%} of the "
                 f"{available / 2**30:.1f} GiB available")
     return None
+
+
+class PeakMemory:
+    """Peak memory of the timed loop: the CUDA allocator's peaks (after the prepared weights), or on CPU the
+    peak RSS above the child's baseline before the build, which includes pages of libraries first touched by
+    the case (e.g. oneDNN kernels); CPU weights are the exact tensor bytes of the fp32 build."""
+
+    def __init__(self, case: Any, built: Any):  # bench.cases.Case, bench.measure.child.Built
+        self.case, self.built = case, built
+        self.weights_cuda = 0
+        self.peak_rss: Any = None
+
+    def start(self) -> None:
+        if self.case.device_type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            self.weights_cuda = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.peak_rss = PeakRSS().start()
+
+    def stop(self, info: dict) -> dict[str, float]:
+        if self.case.device_type == "cuda":
+            return self._cuda_columns(info)
+        p = self.peak_rss.stop() - self.built.rss0
+        info["memory_method"] = f"peak rss ({self.peak_rss.method}) above the child's baseline; weights = tensor bytes"
+        return {"peak_mem_mb": max(0, p) / MB, "weights_mem_mb": self.built.weight_bytes / MB,
+                "activations_mem_mb": max(0, p - self.built.weight_bytes) / MB}
+
+    def _cuda_columns(self, info: dict) -> dict[str, float]:
+        import torch
+
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        if self.case.backend in ("onnxruntime", "tensorrt"):
+            info["memory_note"] = "torch's allocator does not see memory the backend allocates itself"
+        return {"peak_mem_mb": peak / MB, "peak_mem_reserved_mb": torch.cuda.max_memory_reserved() / MB,
+                "weights_mem_mb": self.weights_cuda / MB,
+                "activations_mem_mb": max(0, peak - self.weights_cuda) / MB}
