@@ -98,17 +98,27 @@ def test_every_misbehaving_model_is_its_own_row_and_the_built_in_one_is_measured
     ("sys.exit(0)", "called sys.exit(0)"),
     ("os._exit(3)", "exited with code 3"),
     ("ctypes.string_at(0)", "SIGSEGV"),
-    ("while True:\n    pass", "did not finish within 4 s"),
     ("torch.set_default_dtype(torch.float64)", "default dtype torch.float32 -> torch.float64"),
 ])
-def test_a_model_file_that_ends_its_import_is_one_line_and_exit_2(tmp_path, at_import, words):
+def test_a_model_file_that_ends_its_import_is_a_plan_error_naming_it(tmp_path, at_import, words):
+    """In the planning process (no subprocess of ours around it): the import happens in a child."""
+    from bench.plan import PlanError, load_sources
+
     src = tmp_path / "bad_import.py"
     src.write_text(f"import os, sys, ctypes\nimport torch\n{at_import}\n")
+    with pytest.raises(PlanError) as e:
+        load_sources([str(src)], timeout_s=60)
+    assert "bad_import.py" in str(e.value) and words in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_model_file_that_hangs_at_import_is_one_line_and_exit_2_within_the_timeout(tmp_path):
+    src = tmp_path / "bad_import.py"
+    src.write_text("import time\nprint('waiting')\nwhile True:\n    time.sleep(0.1)\n")
     p = _bench("--models-from", str(src), "--models", "block:msla", "--res", "64", "--timeout", "4", "--list",
                timeout=120)
     assert p.returncode == 2, p.stderr[-2000:]
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "bad_import.py" in lines[0] and words in lines[0], lines
+    assert len(lines) == 1 and "bad_import.py" in lines[0] and "did not finish within 4 s" in lines[0], lines
     assert "Traceback" not in p.stderr
 
 
