@@ -235,6 +235,7 @@ def _register(src: str, meta: dict, timeout_s: float) -> None:
         raise ModelSourceError(f"model source {src!r} registers {name!r}, already registered; accepted: names not "
                                "already registered")
     meta["published"] = _published(meta.get("published"))
+    meta["input_size"] = tuple(meta["input_size"])  # a list in JSON
     register_model(name, **meta)(_refuse_in_parent)
     # frozen: the record is set once, here, before anyone reads it
     object.__setattr__(get_model_info(name), "remote", RemoteModel(name, src, timeout_s))
