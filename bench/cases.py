@@ -18,6 +18,8 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Mapping
 
+from bench.errors import BenchInputError
+
 # device_name rather than device, so that cuda:0 on two hosts with different GPUs is not silently compared
 IDENTITY = ("model", "level", "height", "width", "device_name", "backend", "precision", "batch", "threads",
             "channels_last", "folded")
@@ -26,7 +28,7 @@ LEVELS = ("model", "block", "both")
 DEFAULT_MODELS = ("evit-b1:msla", "evit-b1:relu-linear", "evit-b1:softmax", "evit-b1:large-kernel")
 
 
-class CaseError(ValueError):
+class CaseError(BenchInputError):
     """Bad matrix input; the message is one line for users."""
 
 

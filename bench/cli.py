@@ -10,10 +10,12 @@ import argparse
 import os
 import sys
 
+from bench.errors import BenchInputError
+
 PROG = "run_bench.py"
 
 
-class UsageError(Exception):
+class UsageError(BenchInputError):
     """Bad input: one line, exit 2."""
 
 
@@ -44,13 +46,11 @@ def build_parser() -> tuple[Parser, list[str]]:
 
 def _bad_input() -> tuple[type[BaseException], ...]:
     """The errors that mean bad input (one line for users) wherever they are raised below the CLI."""
-    from bench.cases import CaseError
-    from bench.plan import PlanError
-    from bench.results.lifecycle import RunFolderError
     from bench.results.store import RunFormatError
     from models.user import ModelSourceError
 
-    return UsageError, PlanError, CaseError, RunFolderError, RunFormatError, ModelSourceError
+    # PlanError, CaseError, RunFolderError, UsageError, ArgumentError, ...: all BenchInputError
+    return BenchInputError, RunFormatError, ModelSourceError
 
 
 def _file_size_limit_is_a_full_disk() -> None:

@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bench.cases import Case
+from bench.errors import BenchInputError
 from bench.results.lock import RunLock, RunLocked
 
 STATES = ("created", "running", "interrupted", "complete")
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(BenchInputError):
     """A run folder that cannot be created or resumed; the message is one line for users."""
 
 

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from bench.analysis.report.data import Merged
     from bench.analysis.report.plots import Figure
 
-__all__ = ["write_report", "add_report_arguments", "cmd_report", "default_out", "parse_budgets", "DEFAULT_BUDGETS"]
+__all__ = ["write_report", "add_report_arguments", "cmd_report", "default_out", "parse_budgets", "unique_runs",
+           "DEFAULT_BUDGETS"]
 
 DEFAULT_BUDGETS = (33.0, 100.0)  # ms: a 30 fps frame, and an interactive response
 
@@ -65,6 +66,20 @@ def default_out(run_dirs: list[Path], reports_dir: Path = Path("reports")) -> Pa
     return reports_dir / f"{name}.html"
 
 
+def unique_runs(run_dirs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Each run once, in the order given: a run named twice (the same folder, two spellings of its path, or the
+    folder and its results file) is one run, so that one run given 50 times is reported as that run, not as "50
+    runs merged" with every case 50 times over."""
+    seen: set[str] = set()
+    out: list[Path] = []
+    for p in map(Path, run_dirs):
+        key = os.path.realpath(p.parent if p.suffix in (".parquet", ".csv") and p.is_file() else p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
 def _missing_notes(m: Merged, notes: list[str], figs: list[Figure]) -> list[str]:
     """What the reader must know is absent or not comparable, most basic first, each once."""
     out: list[str] = []
@@ -98,7 +113,7 @@ def write_report(run_dirs: list[Path], out_html: Path, budgets: Sequence[float] 
         raise RunFormatError("no runs given")
     budgets = parse_budgets(budgets)
     out_html = Path(out_html)
-    runs = data.load_runs([Path(p) for p in run_dirs])
+    runs = data.load_runs(unique_runs(run_dirs))
     fig_dir = out_html.parent / f"{out_html.stem}_figures"
     made = not out_html.parent.exists()
     out_html.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +217,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """`run_bench.py report RUN [RUN ...] [--out X.html]`: exit 0, or 2 with one line on bad input."""
-    runs = list(args.runs)
+    runs = unique_runs(args.runs)
     out = args.out if getattr(args, "out", None) else default_out(runs)
     try:
         budgets = parse_budgets(getattr(args, "budgets", None) or DEFAULT_BUDGETS)
