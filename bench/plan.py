@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from bench.cases import (Case, CaseError, expand, parse_ints, parse_list, parse_resolution,
                          select_models)
-from bench.errors import BenchInputError, bool_arg, is_path, refuse, str_items
+from bench.errors import BenchInputError, bool_arg, refuse, str_items
 
 QUICK_MODELS = ("evit-b1:msla", "evit-b1:softmax")
 DEFAULT_RES = "512,1024,2048"
