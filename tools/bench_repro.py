@@ -183,7 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         print(readme_table(Path(a.table)))
         return 0
     if a.summarize:
-        print(markdown(json.loads(Path(a.summarize).read_text())))
+        from bench.bounded_read import load_json
+
+        try:
+            figures = load_json(a.summarize, what="a bench_repro --json file", error=ValueError)
+        except (OSError, ValueError) as e:
+            print(f"bench_repro: error: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 2
+        print(markdown(figures))
         return 0
     out = Path(a.out)
     designs, kinds = a.designs.split(","), a.runs.split(",")

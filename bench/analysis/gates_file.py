@@ -12,6 +12,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
+from bench import bounded_read
+from bench.bounded_read import MAX_GATES
+
 DEFAULT_GATES = Path(__file__).with_name("gates.toml")
 KINDS = ("speedup", "scaling_exponent")
 DEVICE_TYPES = ("cpu", "cuda")
@@ -147,6 +150,9 @@ def validate_gates(gates: list[dict], source: str = "gates") -> list[dict]:
     """Every gate checked field by field (see the module doc); the gates, unchanged. Raises GateConfigError."""
     if not isinstance(gates, list):
         raise GateConfigError(f"{source}: {_shown(gates)} is not accepted; accepted: a list of gate tables")
+    if len(gates) > MAX_GATES:
+        raise GateConfigError(f"{source}: {len(gates):,} gates; accepted: at most {MAX_GATES:,} gates (each is "
+                              "evaluated against every row of the run)")
     names: set[str] = set()
     for i, g in enumerate(gates):
         _check_gate(g, _name_of(g, i, source, names))
@@ -170,10 +176,12 @@ def load_gates(path: str | Path | None = None) -> list[dict]:
     """Parse and validate a gates file (tomllib). Raises GateConfigError."""
     p = Path(path) if path else DEFAULT_GATES
     try:
-        data = tomllib.loads(p.read_text())
+        text = bounded_read.read_text(p, limit=bounded_read.TOML_MAX_BYTES, what="a gates file",
+                                      error=GateConfigError)
+        data = bounded_read.parse_nested(tomllib.loads, text, p, "a gates file", GateConfigError)
     except FileNotFoundError:
         raise GateConfigError(f"{p}: no such gates file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise GateConfigError(f"{p}: unreadable ({e})".splitlines()[0]) from None
     except tomllib.TOMLDecodeError as e:
         raise GateConfigError(f"{p}: invalid TOML ({e})".splitlines()[0]) from None

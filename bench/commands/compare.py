@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.bounded_read import TABLE_MAX_BYTES, check_file
 from bench.cli import UsageError
 
 NAME = "compare"
@@ -48,9 +49,13 @@ def resolve_run(value: str, out: Path, flag: str) -> str:
         raise UsageError(f"{flag}: empty; {accepted}")
     candidates = list(dict.fromkeys([out / value, Path(value)]))
     for path in candidates:
-        if path.is_file():
+        if path.exists() and not path.is_dir():  # a FIFO or a device is refused here, without being opened
             if path.suffix not in (".parquet", ".csv"):
                 raise UsageError(f"{flag}: {path} is not a results file; {accepted}")
+            try:
+                check_file(path, limit=TABLE_MAX_BYTES, what="a results file", error=UsageError)
+            except UsageError as e:
+                raise UsageError(f"{flag}: {e}") from None
             return str(path)
         if path.is_dir():
             if not any((path / f).is_file() for f in RESULTS_FILES):

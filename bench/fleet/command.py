@@ -53,10 +53,12 @@ def check_resume(a: argparse.Namespace, run_dir: str | os.PathLike) -> None:
     machine alone refuses it. Reads meta.json without the lock (nothing is written)."""
     from pathlib import Path
 
+    from bench import bounded_read
+
     try:
-        meta = json.loads((Path(run_dir) / "meta.json").read_text())
+        meta = bounded_read.load_json(Path(run_dir) / "meta.json", what="a meta.json", error=ValueError)
     except (OSError, ValueError):
-        return  # the resume itself says what is wrong with the folder
+        return  # the resume itself says what is wrong with the folder (the same bounds, as RunFormatError)
     fleet, run_id = meta.get("fleet") if isinstance(meta, dict) else None, Path(run_dir).name
     if fleet and not getattr(a, "cluster", None):
         hosts = ", ".join(sorted(fleet.get("nodes") or {}))

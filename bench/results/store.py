@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from bench import bounded_read
 from bench.files import atomic_write
 from bench.results import validate
 from bench.results.validate import RunFormatError
@@ -129,11 +130,11 @@ def load_run(path: str | os.PathLike) -> Run:
     """Load a run folder, or a results.parquet/results.csv file inside one, with every file checked
     (bench.results.validate) and results and samples reconciled. Raises RunFormatError (one line)."""
     p = Path(path)
-    if p.is_file():
-        run_dir, res_file = p.parent, p
-    elif p.is_dir():
+    if p.is_dir():
         run_dir = p
         res_file = p / RESULTS if (p / RESULTS).exists() else p / RESULTS_CSV
+    elif p.exists():  # a file; one that is not a regular file (a FIFO, a device) is refused by _read_table
+        run_dir, res_file = p.parent, p
     else:
         raise RunFormatError(f"{path}: no such run folder or results file")
     if not res_file.exists():
@@ -165,8 +166,11 @@ def load_run(path: str | os.PathLike) -> Run:
 
 
 def _read_table(path: Path, what: str) -> pd.DataFrame:
+    """A table of the run within bench.bounded_read's bounds (regular file, size, columns, cell length)."""
     try:
-        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        return bounded_read.read_table(path, what=f"a {what} file", error=RunFormatError)
+    except RunFormatError:
+        raise
     except Exception as e:  # pyarrow/pandas raise many kinds on a corrupt file
         raise RunFormatError(f"{path}: unreadable {what} file ({type(e).__name__}: {e})".splitlines()[0]) from None
 
@@ -175,8 +179,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        meta = bounded_read.load_json(path, what="a meta.json", error=RunFormatError)
+    except OSError as e:
         raise RunFormatError(f"{path}: unreadable ({e})".splitlines()[0]) from None
     validate.check_meta(meta, path)
     validate.check_cases(meta, path)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench import bounded_read
 from bench.analysis.meta import flatten_meta
 from bench.analysis.report.data import Merged, text
 from bench.analysis.report.readings import RULES
@@ -99,8 +100,8 @@ def _format_text(key: str, t: str) -> str:
     """A string that is itself a JSON object or list (written by another tool) is formatted, not dumped."""
     if t[:1] in "{[" and t[-1:] in "}]":
         try:
-            parsed = json.loads(t)
-        except ValueError:
+            parsed = bounded_read.parse_nested(json.loads, t, key, "meta text", ValueError)
+        except ValueError:  # not JSON, or nested past MAX_DEPTH (formatting recurses): shown as the text it is
             return t
         if isinstance(parsed, (dict, list)):
             return format_value(key, parsed)
