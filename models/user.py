@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -21,6 +22,7 @@ from typing import Iterable
 from models.registry import DuplicateModelError, error_line, registering
 
 MODELS_FROM_ENV = "DENSEBENCH_MODELS_FROM"
+MAX_SOURCE_BYTES = 16 * 2**20  # a model file is code (it may load weights, not hold them): ~100x a big one
 
 _WHERE = "accepted: a path to a .py file, or a package.module importable from sys.path"
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -76,6 +78,12 @@ def _locate(spec: str) -> tuple[str, Path | None]:
             raise ModelSourceError(f"model source {spec!r} is a folder, not a .py file; {_WHERE}")
         if path.suffix != ".py":
             raise ModelSourceError(f"model source {spec!r} is not a .py file; {_WHERE}")
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO named .py would block the import forever
+            raise ModelSourceError(f"model source {spec!r} is not a regular file; {_WHERE}")
+        if st.st_size > MAX_SOURCE_BYTES:
+            raise ModelSourceError(f"model source {spec!r} is {st.st_size} bytes, over {MAX_SOURCE_BYTES} "
+                                   f"(a model file, not a weights file); {_WHERE}")
         path = path.resolve()
         stem = re.sub(r"\W", "_", path.stem)
         return f"densebench_user_{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}", path

@@ -173,3 +173,17 @@ def test_the_parent_never_builds_a_users_model(tmp_path):
     assert check_model("t-mine", 64, 64) is None
     info = get_model_info("t-mine")
     assert (info.num_classes, info.out_stride) == (5, 4)
+
+
+def test_a_fifo_or_a_huge_file_named_py_is_refused_without_reading_it(tmp_path):
+    import os
+
+    from bench.plan import PlanError, load_sources
+
+    fifo, huge = tmp_path / "fifo.py", tmp_path / "huge.py"
+    os.mkfifo(fifo)
+    with open(huge, "wb") as f:  # sparse: nothing big is written
+        f.truncate(64 * 2**20)
+    for src, words in ((fifo, "not a regular file"), (huge, "bytes, over")):
+        with pytest.raises(PlanError, match=words):
+            load_sources([str(src)], timeout_s=30)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import bounded_read
+from bench.errors import BenchInputError
 from bench.bounded_read import MAX_GATES
 
 DEFAULT_GATES = Path(__file__).with_name("gates.toml")
@@ -22,7 +23,7 @@ MEASURED_FOR = {"devices": str, "backend": str, "precision": str, "batch": int, 
 INT64_MAX = 2**63 - 1  # the results' integer columns are int64: a larger value cannot even be compared with them
 
 
-class GateConfigError(ValueError):
+class GateConfigError(BenchInputError):
     """A gates file that cannot be read or has an invalid gate; one-line message."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.errors import BenchInputError
 from bench.schema import COLUMNS, PAIR_COLUMNS, PAIR_DECISIONS, PROFILE_COLUMNS, SAMPLE_COLUMNS, STATUSES
 
 INT64_MAX = 2**63 - 1
@@ -32,7 +33,7 @@ META_TYPES: dict[str, type | tuple[type, ...]] = {
 RUN_STATES = ("created", "running", "interrupted", "complete")
 
 
-class RunFormatError(ValueError):
+class RunFormatError(BenchInputError):
     """A run folder or file that is missing, corrupt or of another schema; the message is one line for users."""
 
 
