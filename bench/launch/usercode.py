@@ -109,7 +109,10 @@ def _follow(proc: subprocess.Popen, out: Path, log: Path, timeout_s: float
         buf += chunk
         *lines, buf = buf.split(b"\n")
         for line in lines:
-            msg = json.loads(line)
+            try:
+                msg = json.loads(line)
+            except ValueError:  # not a line of ours (the file is the child's alone; a model could still find it)
+                continue
             if "start" in msg:
                 current = Step(msg["start"], _item(msg["item"]))
                 log_at = log.stat().st_size
