@@ -129,7 +129,8 @@ def test_run_prints_start_message_progress_and_summary(tiny_run):
     assert meta["wall_s"] > 0
     assert f"wall time {duration(meta['wall_s'])}" in out
     assert re.search(r"\d+\.\d+ ms \[\d+\.\d+, \d+\.\d+\]", out), out  # median and its 95% CI, with the unit
-    assert "median [95% CI]" in out
+    # the CI's level is 95% unless a case has too few samples for it (a busy machine): the header says which
+    assert "median [95% CI]" in out or "median [CI, 95% unless shown]" in out, out
     assert re.search(r"2 cases, [012] of 2 ok converged", out), out
 
 
