@@ -261,3 +261,152 @@ def test_driver_killed_loses_nothing_and_resume_redoes_only_the_rest(cluster, tm
         assert after.loc[cid, "latency_ms_median"] == kept.loc[cid, "latency_ms_median"]
     old = before.samples[before.samples["case_id"].isin(kept.index)]["latency_ms"].tolist()
     assert done.samples[done.samples["case_id"].isin(kept.index)]["latency_ms"].tolist() == old
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["run", "--cluster", ""], "argument --cluster: empty; accepted: HOST:PORT"),
+    (["run", "--cluster", "127.0.0.1:99999"], "argument --cluster: '127.0.0.1:99999': not HOST:PORT"),
+    (["run", "--cluster", "127.0.0.1:18446744073709551616"], "not HOST:PORT"),  # was an OverflowError traceback
+    (["run", "--cluster", "head:0"], "not HOST:PORT; accepted: HOST:PORT of a Ray head node's GCS (PORT 1-65535"),
+    (["run", "--cluster", "a b:6379"], "not HOST:PORT"),
+    (["run", "--cluster", "x" * 300 + ":6379"], "not HOST:PORT"),  # an idna UnicodeError in socket otherwise
+    (["run", "--cluster", "ray://head:10001"], "Ray Client addresses are not supported"),
+    (["node", "--address", "garbage"], "argument --address: 'garbage': not HOST:PORT"),
+    (["node", "--address", "local"], "argument --address: 'local': not HOST:PORT"),
+    (["node", "--head", "--port", "99999"], "argument --port: '99999': not a port; accepted: an integer 1-65535"),
+    (["node", "--head", "--port", "0"], "argument --port: '0': not a port"),
+    (["node", "--head", "--num-cpus", "-5"], "argument --num-cpus: '-5': not a CPU count; accepted: an integer 0-"),
+    (["node", "--head", "--num-cpus", "2.5"], "not a CPU count"),
+    (["node", "--address", "head:6379", "--port", "7000"], "--port 7000: only with --head"),
+])
+def test_cluster_addresses_and_node_numbers_are_one_line_before_ray(argv, says, capsys):
+    """Every value is checked before Ray sees it: one line, exit 2 (Ray printed 31-42 lines of traceback and once
+    left a gcs_server running; --cluster '' was a local run)."""
+    from bench import cli
+
+    assert cli.main([*argv, "--dry-run"] if argv[0] == "node" else [*argv, "--quick", "--list"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_addresses_ray_accepts_pass_and_the_api_door_checks_them_too(capsys):
+    from bench import cli
+    from bench.fleet.cluster import check_address
+
+    for good in ("local", "auto", " head:6379 ", "10.0.0.1:1", "[::1]:65535", "node-1.lab.example.org:6379"):
+        assert check_address(good) == good.strip()
+    assert cli.main(["node", "--head", "--port", "7000", "--num-cpus", "0", "--dry-run"]) == 0
+    assert "--head --port=7000 --num-cpus=0" in capsys.readouterr().out
+    assert cli.main(["node", "--address", "auto", "--dry-run"]) == 0
+    for bad, says in ((5, "--cluster 5: a int"), ("", "--cluster: empty"), ("h:65536", "not HOST:PORT")):
+        with pytest.raises(FleetError, match=says):
+            connect(bad)  # bench.run(cluster=...) and plan_on_cluster come through here
+
+
+def test_node_checks_the_port_and_the_head_before_ray_start(monkeypatch, capsys):
+    """`ray start` took ~50 s and 47 lines of traceback on a taken port, and retried a dead head for minutes."""
+    import os
+    import socket
+
+    from bench import cli
+
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail(f"ray start was run: {a[1]}"))
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["node", "--head", "--port", str(port)]) == 2
+    assert cli.main(["node", "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and f"--port {port}: cannot be used on this machine" in err[0], err
+    assert "--address 127.0.0.1:1: unreachable" in err[1]
+
+
+def _processes() -> dict[int, tuple[int, str, str, bytes]]:
+    """pid -> (parent, start time, state + name, environment) of every process this user can read."""
+    from pathlib import Path
+
+    out = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            head, _, rest = (d / "stat").read_text().rpartition(")")
+            f = rest.split()
+            out[int(d.name)] = (int(f[1]), f[19], f"{f[0]}:{head.partition('(')[2]}", (d / "environ").read_bytes())
+        except (OSError, IndexError, ValueError):
+            pass  # gone, or not ours
+    return out
+
+
+def _started_by(root: int | None, mark: str, known: dict[int, str] | None = None) -> dict[int, str]:
+    """{pid: start time} of the live processes `root` started: its descendants now (None once it is gone: its pid
+    may be reused), those seen before (`known`, matched by start time: Ray's agents outlive their parents) and
+    those whose environment carries `mark` (Ray rewrites its agents' environment, hence both); never another
+    test's processes."""
+    procs = _processes()
+    live = {pid: v for pid, v in procs.items() if not v[2].startswith("Z")}
+    found = {pid: v[1] for pid, v in live.items()
+             if f"DENSEBENCH_TEST_MARK={mark}".encode() in v[3].split(b"\0")
+             or (known and known.get(pid) == v[1])}
+    todo = [] if root is None else [root]
+    while todo:
+        parent = todo.pop()
+        kids = [pid for pid, v in live.items() if v[0] == parent and pid not in found]
+        found.update({pid: live[pid][1] for pid in kids})
+        todo += kids
+    return found
+
+
+def _names(pids: dict[int, str]) -> list[str]:
+    procs = _processes()
+    return sorted(procs[p][2].partition(":")[2] for p in pids if p in procs)
+
+
+def _head_and_worker(names: list[str]) -> bool:
+    """The head is up (gcs_server, raylet, its agents) and a Ray worker of the run exists."""
+    agents = {"ray::DashboardA", "ray::RuntimeEnv"}
+    return {"gcs_server", "raylet", *agents} <= set(names) and any(
+        n.startswith("ray::") and n not in agents for n in names)
+
+
+def test_a_local_head_does_not_outlive_its_killed_driver(tmp_path):
+    """kill -9 of the driver of `run --cluster local` while its cases run: within a short grace period no process
+    it started is left (ray.init()'s head left the raylet's agents up for 40-60 s; `ray start` a whole head)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import uuid
+
+    mark = uuid.uuid4().hex
+    argv = [sys.executable, "run_bench.py", "run", "--cluster", "local", "--models", "block:msla", "--level",
+            "block", "--res", "64,96,128", "--min-time", "0.5", "--max-time", "1", "--threads", "1", "--no-calibrate",
+            "--no-report", "-q", "--out", str(tmp_path)]
+    err = tmp_path / "stderr.txt"
+    with open(err, "wb") as f:
+        p = subprocess.Popen(argv, env={**os.environ, "DENSEBENCH_TEST_MARK": mark}, stdout=subprocess.DEVNULL,
+                             stderr=f, start_new_session=True)
+    started: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while p.poll() is None and time.monotonic() < deadline:
+            started = _started_by(p.pid, mark, started)
+            if _head_and_worker(_names(started)):
+                break
+            time.sleep(0.2)
+        assert p.poll() is None, err.read_text()[-2000:]
+        assert _head_and_worker(_names(started)), (_names(started), err.read_text()[-2000:])
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+        deadline = time.monotonic() + 15
+        while _started_by(None, mark, started) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        left = _names(_started_by(None, mark, started))
+        assert left == [], f"left behind by the killed driver: {left} (of {_names(started) or len(started)})"
+    finally:
+        for pid in _started_by(None if p.poll() is not None else p.pid, mark, started):
+            try:
+                os.kill(pid, signal.SIGKILL)  # only what this test's driver started
+            except OSError:
+                pass
+        if p.poll() is None:
+            p.kill()

@@ -5,10 +5,11 @@
     plan = cluster_plan(list_nodes(), "head:6379", models="block:msla", res=512, devices="cpu,cuda")
     state = bench.api.start(plan, "results"); measure_on_cluster(state, plan, "head:6379"); state.close()
 
-Modules, one job each: cluster (connect/start, FleetError), inventory (nodes, devices, per-host records), plan
-(the matrix per device class), remote (one case on a node through bench.runner), driver + measure (placement,
-streaming, faults), commit (into the run folder), hygiene (what Ray does to a benchmark's environment), command
-(`run_bench.py node` and the --cluster flags). Importing this package does not import Ray.
+Modules, one job each: cluster (connect/start, FleetError), localhead (the watchdog that ends a `local` head
+with its driver), inventory (nodes, devices, per-host records), plan (the matrix per device class), remote (one
+case on a node through bench.runner), driver + measure (placement, streaming, faults), commit (into the run
+folder), hygiene (what Ray does to a benchmark's environment), command (`run_bench.py node` and the --cluster
+flags). Importing this package does not import Ray.
 """
 from __future__ import annotations
 

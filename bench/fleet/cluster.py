@@ -1,20 +1,28 @@
 """Connecting to a Ray cluster (or starting a one-machine one), with every failure as one line.
 
 Why a pre-check: `ray.init(address=...)` on an unreachable address retries for a long time and ends in a
-traceback; a TCP connect with a short timeout answers in seconds with a line the user can act on.
+traceback; a TCP connect with a short timeout answers in seconds with a line the user can act on. Every address is
+checked for a form Ray accepts before Ray parses it (its errors are tracebacks; a port past 65535 was Python's
+OverflowError). `local` is a head started under a watchdog (bench.fleet.localhead) that ends it with the driver,
+also after a kill -9.
 """
 from __future__ import annotations
 
+import argparse
+import atexit
+import ipaddress
 import os
+import re
 import socket
 from types import ModuleType
 
 from bench.cli import UsageError
 from bench.fleet.hygiene import NODE_ENV, node_env_record, quiet_ray_env
-from bench.fleet.records import HOST_LABEL, RESOURCE_PREFIX
+from bench.fleet.records import RESOURCE_PREFIX
 
 LOCAL = "local"
 CONNECT_TIMEOUT_S = 5.0
+_HEAD = None  # the watched one-machine head of `--cluster local` (bench.fleet.localhead.LocalHead)
 
 
 class FleetError(UsageError):
@@ -33,26 +41,80 @@ def import_ray() -> ModuleType:
 
 def host_label(name: str | None = None) -> str:
     """A host name as a Ray label value (63 characters of [A-Za-z0-9._-], alphanumeric at both ends)."""
-    import re
-
     text = re.sub(r"[^A-Za-z0-9._-]+", "-", name or socket.gethostname()).strip("-._")[:63].strip("-._")
     return text or "host"
 
 
-def _reachable(address: str) -> None:
-    """FleetError unless HOST:PORT accepts a TCP connection within CONNECT_TIMEOUT_S."""
-    host, sep, port = address.rpartition(":")
-    if address.startswith("ray://"):
-        raise FleetError(f"--cluster {address}: Ray Client addresses are not supported; accepted: HOST:PORT of the "
-                         "head node's GCS (ray start --head prints it), 'auto' or 'local'")
-    if not sep or not host or not port.isdigit():
-        raise FleetError(f"--cluster {address!r}: not HOST:PORT; accepted: HOST:PORT of a Ray head node, 'auto' "
-                         "(the cluster this machine joined) or 'local'")
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _host_ok(host: str) -> bool:
+    """A host name, an IPv4 address or a bracketed IPv6 address (what a TCP connect and Ray both take)."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    return 0 < len(host) <= 253 and all(_LABEL.fullmatch(label) for label in host.split("."))
+
+
+def _named(flag: str, value: str = "") -> str:
+    """'FLAG VALUE' for a message ('' flag: argparse names the flag itself)."""
+    return " ".join(x for x in (flag, value) if x)
+
+
+def port_number(text: object, flag: str = "--port") -> int:
+    """A TCP port 1-65535 from a flag's text or an int; FleetError otherwise (Python's socket would raise
+    OverflowError past 65535, and Ray tracebacks)."""
+    value = str(text).strip()
+    if isinstance(text, bool) or not _PORT.fullmatch(value) or not 1 <= int(value) <= 65535:
+        raise FleetError(f"{_named(flag, repr(text))}: not a port; accepted: an integer 1-65535")
+    return int(value)
+
+
+def check_address(address: object, flag: str = "--cluster", *, local: bool = True) -> str:
+    """`address` (stripped) when it has a form Ray accepts and the suite supports: 'local' (where `local`),
+    'auto', HOST:PORT with PORT 1-65535; FleetError naming what is accepted otherwise, before Ray parses it."""
+    accepted = ("HOST:PORT of a Ray head node's GCS (PORT 1-65535; run_bench.py node --head prints it), 'auto' "
+                "(the cluster this machine joined)" + (" or 'local' (a one-machine Ray)" if local else ""))
+    if not isinstance(address, str):
+        raise FleetError(f"{_named(flag, repr(address)[:100])}: a {type(address).__name__}; accepted: a str, "
+                         f"{accepted}")
+    text = address.strip()
+    if not text:
+        raise FleetError(f"{_named(flag)}: empty; accepted: {accepted}".lstrip(": "))
+    if text == "auto" or (local and text == LOCAL):
+        return text
+    if text.startswith("ray://"):
+        raise FleetError(f"{_named(flag, text[:100])}: Ray Client addresses are not supported; accepted: {accepted}")
+    host, sep, port = text.rpartition(":")
+    if not sep or not _host_ok(host) or not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+        raise FleetError(f"{_named(flag, repr(text[:100]))}: not HOST:PORT; accepted: {accepted}")
+    return text
+
+
+def _reachable(address: str, flag: str = "--cluster") -> None:
+    """FleetError unless HOST:PORT (checked) accepts a TCP connection within CONNECT_TIMEOUT_S."""
+    host, _, port = check_address(address, flag, local=False).rpartition(":")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
-        raise FleetError(f"--cluster {address}: unreachable ({e.strerror or e}); accepted: the address of a "
-                         "running Ray head node (run_bench.py node --head on it), or 'local'") from None
+        raise FleetError(f"{flag} {address}: unreachable ({e.strerror or e}); accepted: the address of a "
+                         "running Ray head node (run_bench.py node --head on it)"
+                         + (", or 'local'" if flag == "--cluster" else "")) from None
+
+
+def port_free(port: int, flag: str = "--port") -> None:
+    """FleetError when this machine's TCP `port` is taken (`ray start --head` would fail after ~50 s and 47 lines
+    of traceback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", port))
+        except OSError as e:
+            raise FleetError(f"{flag} {port}: cannot be used on this machine ({e.strerror or e}: another Ray head?); "
+                             "accepted: a free port 1-65535") from None
 
 
 def _local_resources() -> dict[str, float]:
@@ -62,19 +124,67 @@ def _local_resources() -> dict[str, float]:
     return {f"{RESOURCE_PREFIX}cpu": 1.0, **{f"{RESOURCE_PREFIX}cuda:{i}": 1.0 for i in range(cuda_count())}}
 
 
+def _token_auth_as_ray_init() -> None:
+    """Token authentication set up as `ray.init()` does for a new local cluster (Ray 2.60: on unless
+    RAY_AUTH_MODE says otherwise, the token in ~/.ray/auth_token made if missing); the head inherits the mode,
+    and the driver, joining by address, then has the token the head asks for."""
+    import logging
+
+    from ray._private.authentication import authentication_token_setup as auth
+
+    said = logging.getLogger(auth.__name__)
+    level, _ = said.level, said.setLevel(logging.ERROR)  # its notice that auth is on: noise on a run's terminal
+    try:
+        if auth.enable_token_auth_by_default():
+            auth.ensure_token_if_auth_enabled(None, create_token_if_missing=True)
+    finally:
+        said.setLevel(level)
+
+
+def _start_local() -> str:
+    """A one-machine head (dashboard off) watched by bench.fleet.localhead, so that it ends with this process
+    even after a kill -9; returns its GCS address."""
+    from bench.fleet.command import ray_start_command
+    from bench.fleet.localhead import start_head
+
+    global _HEAD
+    ns = argparse.Namespace(head=True, port=0, address=None, devices=None, device_name=[], host=None,
+                            num_cpus=None, dashboard=False, block=True)
+    cmd, env = ray_start_command(ns)
+    _token_auth_as_ray_init()
+    try:
+        _HEAD = start_head(cmd, {**os.environ, **env, NODE_ENV: os.environ[NODE_ENV]})  # set by connect()
+    except RuntimeError as e:
+        raise FleetError(f"--cluster local: the one-machine Ray did not start ({e})") from None
+    atexit.register(_stop_local)
+    return _HEAD.address
+
+
+def _stop_local() -> None:
+    global _HEAD
+    head, _HEAD = _HEAD, None
+    if head is not None:
+        head.stop()
+
+
 def connect(address: str) -> str:
-    """Join the cluster at `address` ('local': start one on this machine, dashboard off); returns the address
-    Ray reports. Reuses a connection this process already has. Raises FleetError."""
+    """Join the cluster at `address` ('local': start one on this machine, dashboard off, ended with this
+    process); returns the address Ray reports. Reuses a connection this process already has. Raises FleetError."""
+    address = check_address(address)
     ray = import_ray()
     if ray.is_initialized():
         return str(ray.get_runtime_context().gcs_address)
     quiet_ray_env()
     if address == LOCAL:
-        os.environ.setdefault(NODE_ENV, node_env_record())  # the raylet and its workers inherit it
-        info = ray.init(num_cpus=os.cpu_count(), num_gpus=0, resources=_local_resources(),
-                        labels={HOST_LABEL: host_label()}, include_dashboard=False, log_to_driver=False,
-                        configure_logging=False)
-        return str(info.address_info.get("gcs_address") or address)
+        os.environ.setdefault(NODE_ENV, node_env_record())  # the head's raylet and workers inherit it
+        gcs = _start_local()
+        try:
+            ray.init(address=gcs, log_to_driver=False, configure_logging=False)
+        except Exception as e:  # noqa: BLE001 - one line for users, and the head goes with it
+            _stop_local()
+            raise FleetError(f"--cluster local: cannot join the one-machine Ray ({type(e).__name__}: "
+                             f"{(str(e).splitlines() or [''])[0][:200]})") from None
+        return gcs
     if address != "auto":
         _reachable(address)
     try:
@@ -86,7 +196,8 @@ def connect(address: str) -> str:
 
 
 def disconnect() -> None:
-    """Leave the cluster (a `local` one stops with this)."""
+    """Leave the cluster (a `local` one is stopped and waited for: no Ray process of it is left)."""
     ray = import_ray()
     if ray.is_initialized():
         ray.shutdown()
+    _stop_local()

@@ -16,19 +16,43 @@ from functools import partial
 from typing import Any, Callable
 
 from bench.cli import UsageError
-from bench.fleet.cluster import FleetError, host_label
+from bench.fleet.cluster import FleetError, check_address, host_label, port_number
 from bench.fleet.hygiene import DEVICE_NAMES_ENV, NODE_ENV, QUIET_RAY_ENV, node_env_record
 from bench.fleet.records import HOST_LABEL, RESOURCE_PREFIX
 
 NAME = "node"
+DEFAULT_PORT = 6379
+MAX_CPUS = 65536  # a bound for typing mistakes; Ray itself would take any count and oversubscribe
+
+
+def num_cpus(text: object, flag: str = "--num-cpus") -> int:
+    """An integer 0-MAX_CPUS (Ray tracebacks on a negative count, and once left its gcs_server behind)."""
+    value = str(text).strip()
+    if isinstance(text, bool) or not value.isascii() or not value.isdigit() or int(value) > MAX_CPUS:
+        raise FleetError(f"{flag} {text!r}: not a CPU count; accepted: an integer 0-{MAX_CPUS}".lstrip())
+    return int(value)
+
+
+def flag_type(check: Callable[..., Any], **keywords: Any) -> Callable[[str], Any]:
+    """An argparse `type` from a check that raises FleetError: argparse names the flag, the check says the rest
+    (one line through bench.cli's parser, exit 2, before Ray sees the value)."""
+    def parse(text: str) -> Any:
+        try:
+            return check(text, flag="", **keywords)
+        except FleetError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = check.__name__
+    return parse
 
 
 def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     """--cluster and --hosts, for `run` (and `profile`)."""
     g = p.add_argument_group("fleet (Ray; pip install -e '.[fleet]')")
-    g.add_argument("--cluster", metavar="ADDRESS", help="measure on the Ray cluster at HOST:PORT ('auto': the one "
-                   "this machine joined; 'local': start a one-machine Ray): the matrix runs on every node with the "
-                   "--devices asked for, one case per device at a time, into one run (docs/FLEET.md)")
+    g.add_argument("--cluster", metavar="ADDRESS", type=flag_type(check_address), help="measure on the Ray cluster at "
+                   "HOST:PORT ('auto': the one this machine joined; 'local': start a one-machine Ray, ended with the "
+                   "run): the matrix runs on every node with the --devices asked for, one case per device at a time, "
+                   "into one run (docs/FLEET.md)")
     g.add_argument("--hosts", metavar="LIST", help="with --cluster: only these hosts (their densebench-host labels)")
 
 
@@ -86,14 +110,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     w = p.add_mutually_exclusive_group(required=True)
     w.add_argument("--head", action="store_true", help="start the head node here (then: --cluster THIS_HOST:PORT)")
-    w.add_argument("--address", metavar="HOST:PORT", help="join the cluster whose head is at HOST:PORT")
-    p.add_argument("--port", type=int, default=6379, help="with --head: the GCS port (default 6379)")
+    w.add_argument("--address", metavar="HOST:PORT", type=flag_type(check_address, local=False),
+                   help="join the cluster whose head is at HOST:PORT ('auto': the head started on this machine)")
+    p.add_argument("--port", type=flag_type(port_number),
+                   help=f"with --head: the GCS port 1-65535 (default {DEFAULT_PORT})")
     p.add_argument("--devices", metavar="LIST", help="the benchmark devices to offer (default: cpu and every CUDA "
                    "device NVML sees); Jetson: --devices cpu,cuda:0 with --device-name")
     p.add_argument("--device-name", action="append", default=[], metavar="DEV=NAME",
                    help="declare a device's name by hand (repeatable), e.g. 'cuda:0=Jetson AGX Orin'")
     p.add_argument("--host", metavar="NAME", help="the host name rows are recorded under (default: hostname)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may hand out (default: all)")
+    p.add_argument("--num-cpus", type=flag_type(num_cpus), default=None, help=f"CPUs Ray may hand out, 0-{MAX_CPUS} "
+                   "(default: all)")
     p.add_argument("--dashboard", action="store_true", help="with --head: run Ray's dashboard (off by default: "
                    "it uses CPU the measurements need)")
     p.add_argument("--block", action="store_true", help="stay in the foreground (ray start --block)")
@@ -127,10 +154,13 @@ def _names(a: argparse.Namespace, devices: list[str]) -> dict[str, str]:
 def ray_start_command(a: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The `ray start` argv and the variables added to its environment."""
     devices = _devices(a)
+    if a.port is not None and not a.head:
+        raise UsageError(f"--port {a.port}: only with --head (a joining node takes the head's port from --address)")
     ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     if not ray_bin:
         raise FleetError("`ray` is not installed; accepted: pip install -e '.[fleet]' (ray==2.60.0)")
-    cmd = [ray_bin, "start", *(["--head", f"--port={a.port}"] if a.head else [f"--address={a.address}"]),
+    port = DEFAULT_PORT if a.port is None else a.port
+    cmd = [ray_bin, "start", *(["--head", f"--port={port}"] if a.head else [f"--address={a.address}"]),
            f"--num-cpus={a.num_cpus if a.num_cpus is not None else os.cpu_count()}", "--num-gpus=0",
            "--resources=" + json.dumps({f"{RESOURCE_PREFIX}{d}": 1 for d in devices}),
            f"--labels={HOST_LABEL}={host_label(a.host)}", "--disable-usage-stats"]
@@ -145,11 +175,22 @@ def ray_start_command(a: argparse.Namespace) -> tuple[list[str], dict[str, str]]
     return cmd, env
 
 
+def _precheck(a: argparse.Namespace) -> None:
+    """What `ray start` would find out slowly, with a traceback: the head's port taken, the head not answering."""
+    from bench.fleet.cluster import _reachable, port_free
+
+    if a.head:
+        port_free(DEFAULT_PORT if a.port is None else a.port)
+    elif a.address != "auto":
+        _reachable(a.address, "--address")
+
+
 def main(a: argparse.Namespace) -> int:
     cmd, env = ray_start_command(a)
     if a.dry_run:
         print(" ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), *map(shlex.quote, cmd)]))
         return 0
+    _precheck(a)
     sys.stdout.flush()
     os.execve(cmd[0], cmd, {**os.environ, **env})
     return 0  # not reached
