@@ -157,6 +157,26 @@ def test_a_failing_side_fails_its_case_with_the_reason(tmp_path):
     assert "process 1" in row["reason"] and "broken builder" in row["reason"] and "build b" in row["reason"]
 
 
+@pytest.mark.parametrize("body, says", [
+    ("raise RuntimeError('broken builder')", "RuntimeError in stage build b"),
+    # a Ctrl-C that reached the child only (the run never saw it): said as such, not as a crash
+    ("import os, signal\n    os.kill(os.getpid(), signal.SIGINT)",
+     "child killed by SIGINT (signal 2) from outside (stage: build b): a Ctrl-C or kill -INT that reached the "
+     "child, not the run"),
+])
+def test_every_case_failed_exits_1_with_the_reason(tmp_path, capsys, body, says):
+    """Nothing decided because the cases failed is not a pass: exit 1 (run's rule for an `error` row), the reason
+    in the note, the JSON written."""
+    side = tmp_path / "side.py"
+    side.write_text(f"def build():\n    {body}\n")
+    rc = cli_main(["ab", "--a", "block:msla", "--b", f"{side}:build", "--res", "128", "--threads", "1",
+                   "--process-time", "0.25", "--checkpoints", "4", "-q", "--out", str(tmp_path / "out"),
+                   "--json", str(tmp_path / "ab.json")])
+    (case,) = json.loads((tmp_path / "ab.json").read_text())["cases"]
+    assert rc == 1 and case["verdict"] == "failed" and says in case["reason"], case["reason"]
+    assert "nothing could be decided: 1 failed of 1 case(s)" in capsys.readouterr().out
+
+
 def test_a_rev_builds_the_old_code_and_removes_its_worktree(tmp_path, tiny_repo):
     frame, _ = run_ab(a_rev="HEAD~1", repo=str(tiny_repo), models="block:msla", checkpoints="4", out=tmp_path,
                       **FAST)
@@ -280,12 +300,20 @@ def test_spec_round_trip_and_type_checks():
     (["--a", "block:msla", "--b", "block:msla", "--backend-b", "compile", "--design", "same-process"], "pairs"),
     (["--a", "block:msla"], "--b: missing"),
     (["--a", "block:msla", "--b", "{tmp}/args.py:build"], "needs arguments"),
+    # every output path, before the measuring (a folder as --json failed with a traceback after it)
+    (["--a", "block:msla", "--b", "block:msla", "--json", "{tmp}"], "--json: {tmp} is a folder; accepted: a file"),
+    (["--a", "block:msla", "--b", "block:msla", "--markdown", "{tmp}/no/ab.md"], "--markdown: the folder of"),
+    (["--a", "block:msla", "--b", "block:msla", "--json", "/dev/null"], "--json: /dev/null is not a regular file"),
+    (["--a", "block:msla", "--b", "block:msla", "--json", "{tmp}/x", "--markdown", "{tmp}/x"], "the same file"),
+    (["--a", "block:msla", "--b", "block:msla", "--json", ""], "--json: empty"),
+    (["--a", "block:msla", "--b", "block:msla", "--out", "{slow}"], "is not a folder; accepted: a writable folder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, slow_file, tiny_repo, capsys, args, words):
     (tmp_path / "args.py").write_text("def build(width):\n    pass\n")
     out = tmp_path / "out"
     args = [a.format(slow=slow_file, tmp=tmp_path, repo=tiny_repo) for a in args]
-    assert cli_main(["ab", *args, "--res", "128", "--out", str(out)]) == 2
+    words = words.format(tmp=tmp_path)
+    assert cli_main(["ab", *args, "--res", "128", *([] if "--out" in args else ["--out", str(out)])]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("run_bench.py: error:") and words in err, err
     assert not out.exists()

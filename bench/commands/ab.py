@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,9 @@ unchanged if within (-m, m); looked at only at the checkpoints, a case stops at 
 once --max-time or the last checkpoint is reached without one. Results: OUT/ab-<date>-<time>-<rand>/ (ab.parquet,
 ab_samples.parquet, meta.json).
 
-Exit status: 0 no case slower; 1 a case is slower; 2 bad input; 130 interrupted.
+Exit status: 0 no case slower and none failed (undecided cases included); 1 a case is slower, or failed (its
+reason in the table's note: nothing was decided for it); 2 bad input (every output path is checked before anything
+is measured); 130 interrupted.
 """
 
 EPILOG = """\
@@ -82,7 +85,7 @@ def _decision_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(NAME, help="A vs B in the same processes (ABBA); exit 1 when B is slower",
+    p = sub.add_parser(NAME, help="A vs B in the same processes (ABBA); exit 1 when B is slower or a case failed",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _side_arguments(p)
     _matrix_arguments(p)
@@ -96,15 +99,84 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def _output_file(flag: str, path: str) -> Path:
+    """--json / --markdown: a regular file (or none yet) in an existing writable folder; checked before the
+    measuring, which would otherwise end in a traceback minutes later."""
+    accepted = "accepted: a file path in an existing, writable folder"
+    if not path.strip():
+        raise UsageError(f"{flag}: empty; {accepted}")
+    try:
+        target = Path(path).resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise UsageError(f"{flag}: {path} cannot be resolved ({e}); {accepted}") from None
+    if target.is_dir():
+        raise UsageError(f"{flag}: {path} is a folder; {accepted}")
+    if target.exists() and not target.is_file():
+        raise UsageError(f"{flag}: {path} is not a regular file (a FIFO or a device); {accepted}")
+    if not target.parent.is_dir():
+        raise UsageError(f"{flag}: the folder of {path} does not exist; {accepted}")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: {path} cannot be written (its folder {target.parent} denies writing); {accepted}")
+    return target
+
+
+def _out_dir(path: str) -> None:
+    """--out: a writable folder, or one that can be made under the nearest existing folder."""
+    if not path.strip():
+        raise UsageError("--out: empty; accepted: a writable folder")
+    try:
+        probe = Path(path).resolve()
+    except (OSError, RuntimeError) as e:
+        raise UsageError(f"--out: {path} cannot be resolved ({e}); accepted: a writable folder") from None
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out: {probe} is not a folder; accepted: a writable folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out: {path} cannot be written ({probe} denies writing); accepted: a writable folder")
+
+
+def check_outputs(a: argparse.Namespace) -> None:
+    """Every path `ab` writes, before anything is built or measured: one line, exit 2."""
+    _out_dir(a.out)
+    files = {flag: _output_file(flag, path) for flag, path in (("--markdown", a.markdown), ("--json", a.json))
+             if path is not None}
+    if len(files) == 2 and len(set(files.values())) == 1:
+        raise UsageError(f"--markdown and --json: the same file {a.json}; accepted: two different files")
+
+
+def _write_outputs(a: argparse.Namespace, frame, folder: Path) -> None:
+    """--markdown / --json after the measuring; a write that fails now (the disk filled) is one line naming where
+    the results are."""
+    from bench.ab import output
+    from bench.files import atomic_write_json, atomic_write_text
+
+    for flag, path, write in (
+            ("--markdown", a.markdown, lambda p: atomic_write_text(p, output.to_markdown(frame, folder))),
+            ("--json", a.json, lambda p: atomic_write_json(p, output.to_json_dict(frame, folder), indent=2))):
+        if path is None:
+            continue
+        try:
+            write(path)
+        except OSError as e:
+            raise UsageError(f"{flag}: cannot write {path} ({e.strerror or e}); the results are in {folder}") \
+                from None
+
+
+def exit_status(frame) -> int:
+    """1 when a case is slower, or failed (nothing decided for it: run's rule for an `error` row), else 0."""
+    bad = frame["verdict"].isin(("slower", "failed"))
+    if "instructions_verdict" in frame.columns:
+        bad |= frame["instructions_verdict"] == "slower"
+    return 1 if bad.any() else 0
+
+
 def main(a: argparse.Namespace) -> int:
     from bench.ab import output
     from bench.ab.engine import run_ab
     from bench.cli import PROG
-    from bench.files import atomic_write_json, atomic_write_text
 
-    for flag, path in (("--markdown", a.markdown), ("--json", a.json)):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise UsageError(f"{flag}: the folder of {path} does not exist; accepted: a file in an existing folder")
+    check_outputs(a)
     log = None if a.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     frame, folder = run_ab(a=a.a, b=a.b, a_rev=a.a_rev, repo=a.repo, models=a.models, models_from=a.models_from,
                            res=a.res, threads=a.threads, backends=a.backends, backend_b=a.backend_b,
@@ -114,11 +186,5 @@ def main(a: argparse.Namespace) -> int:
                            metric=a.metric)
     print(output.format_table(frame))
     print(f"{output.summary(frame)}\nresults: {folder}")
-    if a.markdown:
-        atomic_write_text(a.markdown, output.to_markdown(frame, folder))
-    if a.json:
-        atomic_write_json(a.json, output.to_json_dict(frame, folder), indent=2)
-    slower = frame["verdict"] == "slower"
-    if "instructions_verdict" in frame.columns:
-        slower |= frame["instructions_verdict"] == "slower"
-    return 1 if slower.any() else 0
+    _write_outputs(a, frame, folder)
+    return exit_status(frame)
