@@ -159,6 +159,19 @@ def test_our_own_kill_stays_a_timeout_and_other_signals_crashes():
     assert classify(crash, 3)[0]["status"] == "error" and "SIGSEGV" in classify(crash, 3)[0]["reason"]
 
 
+def test_a_signal_sent_from_outside_is_said_as_such_not_as_a_crash():
+    """A Ctrl-C that reached the child only (the run ignores SIGINT) is an `error` whose reason names SIGINT and
+    where it came from; a fault signal stays a crash."""
+    def reason(sig: int) -> dict:
+        return classify(Outcome(result=None, signal=sig, stage="timing"), 3)[0]
+
+    assert reason(signal.SIGINT) == {"status": "error", "reason": "child killed by SIGINT (signal 2) from outside "
+                                     "(stage: timing): a Ctrl-C or kill -INT that reached the child, not the run"}
+    assert "child killed by SIGTERM (signal 15) from outside" in reason(signal.SIGTERM)["reason"]
+    assert reason(signal.SIGSEGV)["reason"] == "child crashed with SIGSEGV (stage: timing)"
+    assert reason(signal.SIGABRT)["reason"].startswith("child crashed with SIGABRT")
+
+
 # -- a real OOM kill, confined to a memory cgroup of its own ----------------------------------------------------
 
 _OOM_MODEL = '''

@@ -1,6 +1,7 @@
 """A child's end -> the row's status: its own row (ok / oom / error / unsupported), `timeout` (killed after the
 case's timeout), `oom` for a SIGKILL we did not send only where the kernel says it killed for memory (its OOM-kill
-counters read around the child, or its log), `error` for any other crash or kill.
+counters read around the child, or its log), `error` for any other crash or kill, its reason telling a crash (a
+fault signal) from a signal sent from outside (a Ctrl-C that reached the child only is SIGINT, not a crash).
 
 The readers of the kernel's counters live here too, beside the rule that uses them; bench.launch.isolation calls
 them around every child and stores what they said in the `Outcome`.
@@ -143,6 +144,26 @@ def _signal_name(sig: int) -> str:
         return f"signal {sig}"
 
 
+# Signals the kernel raises in the process for its own fault (or abort() raises): a crash. Any other signal that
+# ended a child came from outside it (a Ctrl-C, kill, a parent that died): the row says who could have sent it.
+CRASH_SIGNALS = frozenset(getattr(signal, n) for n in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT",
+                                                       "SIGSYS", "SIGTRAP") if hasattr(signal, n))
+SENT_BY = {"SIGINT": "a Ctrl-C or kill -INT that reached the child, not the run",
+           "SIGTERM": "kill or a service manager (the run's timeout is said as such)",
+           "SIGHUP": "its terminal or session closed", "SIGQUIT": "a Ctrl-\\ or kill -QUIT",
+           "SIGPIPE": "it wrote to a closed pipe"}
+
+
+def _signal_reason(out: Outcome, where: str) -> str:
+    """'crashed with SIGSEGV' for a fault, 'killed by SIGINT (signal 2) from outside: ...' for a signal sent."""
+    name = _signal_name(out.signal)
+    tail = f"; stderr: {out.stderr_tail}" if out.stderr_tail else ""
+    if out.signal in CRASH_SIGNALS:
+        return f"child crashed with {name}{where}{tail}"
+    who = SENT_BY.get(name, "another process")
+    return f"child killed by {name} (signal {out.signal}) from outside{where}: {who}{tail}"
+
+
 def oom_evidence(out: Outcome) -> tuple[bool, str]:
     """Whether the kernel says it OOM-killed the child, and what was checked (for the row's reason).
 
@@ -189,7 +210,6 @@ def classify(out: Outcome, timeout_s: float) -> tuple[dict, list[float]]:
     if out.signal:
         if out.signal == signal.SIGKILL and not out.killed_by_us:
             return _sigkill(out, where), []
-        tail = f"; stderr: {out.stderr_tail}" if out.stderr_tail else ""
-        return {"status": "error", "reason": f"child crashed with {_signal_name(out.signal)}{where}{tail}"}, []
+        return {"status": "error", "reason": _signal_reason(out, where)[:600]}, []
     tail = f": {out.stderr_tail}" if out.stderr_tail else ""
     return {"status": "error", "reason": f"child exited with code {out.exit_code} and no result{where}{tail}"}, []
