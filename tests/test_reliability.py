@@ -6,6 +6,7 @@ the suite promises: one line and exit 2 for what it refuses, and every stored ca
 """
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -208,9 +209,11 @@ def test_a_full_disk_mid_run_stops_cleanly_and_resume_finishes(tmp_path):
     resource.prlimit(p.pid, resource.RLIMIT_FSIZE, (limit, limit))
     _, err = p.communicate(timeout=200)
     assert p.returncode == 2, err
-    _one_line(err, "cannot write", "--resume")
+    line = _one_line(err, "cannot write", "--resume")
     kept = store.load_run(run_dir)
     assert len(kept.results) >= 1 and kept.unfinished == []
+    said = re.search(r"keep their last commit \((\d+) cases\)", line)
+    assert said and int(said.group(1)) == len(kept.results), line  # not the row it failed to write
     before = kept.results.set_index("case_id")["started_at"].to_dict()
     again = _resume(run_dir)
     assert again.returncode == 0, again.stderr

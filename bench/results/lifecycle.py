@@ -48,6 +48,11 @@ class RunState:
     pairs: list[dict] = field(default_factory=list)  # pairs.parquet rows (interleaved groups' decisions)
     lock: RunLock | None = None
     redo: list[str] = field(default_factory=list)  # case_ids found unfinished on load (open_run)
+    committed: int | None = None  # cases in results.parquet as last written (None: `rows` as given, from the files)
+
+    def __post_init__(self) -> None:
+        if self.committed is None:
+            self.committed = self._done()
 
     @property
     def run_id(self) -> str:
@@ -83,11 +88,15 @@ class RunState:
             if self.pairs:  # before results: the loader keeps only pairs whose rows are committed
                 store.write_pairs(self.run_dir, store.pairs_frame(self.pairs))
             store.write_results(self.run_dir, store.results_frame(self.rows))
+            self.committed = self._done()
             store.write_meta(self.run_dir, self.meta)
-        except OSError as e:
-            done = sum(1 for r in self.rows if r.get("status"))
+        except OSError as e:  # the count is what the files hold, not the row that failed to be written
             raise RunFolderError(f"cannot write {self.run_dir} ({e.strerror or e}); the files there keep their "
-                                 f"last commit ({done} cases); once it is writable: --resume {self.run_id}") from None
+                                 f"last commit ({self.committed} cases); once it is writable: --resume "
+                                 f"{self.run_id}") from None
+
+    def _done(self) -> int:
+        return sum(1 for r in self.rows if r.get("status"))
 
     def forget(self, statuses: Iterable[str]) -> list[str]:
         """Drop the rows with these statuses, and their samples, so that --resume measures them again."""
