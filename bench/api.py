@@ -31,7 +31,7 @@ class RunInterrupted(KeyboardInterrupt):
     """The measuring was interrupted (Ctrl-C, SIGTERM); the run is saved as 'interrupted' and can be resumed."""
 
     def __init__(self, state: RunState):
-        super().__init__(f"interrupted: {len(state.rows)} cases stored in {state.run_dir}")
+        super().__init__(f"interrupted: {state.committed} cases stored in {state.run_dir}")
         self.state = state
 
 
@@ -224,7 +224,7 @@ def _stop(state: RunState, e: OSError, wall_s: float | None = None) -> None:
     except RunFolderError:
         pass  # the files keep their last commit, which is what --resume reads
     what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-    raise RunFolderError(f"the run stopped ({what}); {len(state.rows)} cases are stored in {state.run_dir}; "
+    raise RunFolderError(f"the run stopped ({what}); {state.committed} cases are stored in {state.run_dir}; "
                          f"once fixed: --resume {state.run_id}") from None
 
 
