@@ -1,12 +1,14 @@
 """--metric instructions: callgrind counts per forward (bench/measure/instructions.py).
 
-Two valgrind processes in all (module-scoped, ~1-1.5 min each on the 2-core VM): a list of small cases, and an A/B
-pair. The tests that need no valgrind (CUDA, missing valgrind, parsing, the run's columns) always run.
+Two valgrind processes in all (module-scoped, ~1-2 min each on the 2-core VM, started together: each runs one
+thread): a list of small cases, and an A/B pair. The tests that need no valgrind (CUDA, missing valgrind, parsing,
+the run's columns) always run.
 """
 from __future__ import annotations
 
 import math
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -40,19 +42,28 @@ BLOCK = case("block:msla", 128)
 
 
 @pytest.fixture(scope="module")
-def listed(tmp_path_factory) -> dict[str, InstructionCount]:
-    """One valgrind process: conv+0, a case that fails inside a counted forward, conv+1, conv+2, block:msla."""
+def counted(tmp_path_factory) -> dict[str, Future]:
+    """The two valgrind processes, started together (each runs one thread, so on two cores the pair's process no
+    longer waits for the list's): `listed` and `pair` wait for their own."""
     needs_valgrind()
-    return count_instructions([CONVS[0], FAILS, *CONVS[1:], BLOCK], timeout_s=900,
-                              workdir=tmp_path_factory.mktemp("listed"), env={MODELS_FROM_ENV: str(MODELS)})
+    listed_dir, pair_dir = tmp_path_factory.mktemp("listed"), tmp_path_factory.mktemp("pair")
+    with ThreadPoolExecutor(2) as pool:
+        yield {"listed": pool.submit(count_instructions, [CONVS[0], FAILS, *CONVS[1:], BLOCK], timeout_s=900,
+                                     workdir=listed_dir, env={MODELS_FROM_ENV: str(MODELS)}),
+               "pair": pool.submit(count_pair_instructions, BLOCK, BLOCK, builder_a=f"{MODELS}:block_msla",
+                                   builder_b=f"{MODELS}:broken", timeout_s=900, workdir=pair_dir)}
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[InstructionCount, InstructionCount]:
+def listed(counted) -> dict[str, InstructionCount]:
+    """One valgrind process: conv+0, a case that fails inside a counted forward, conv+1, conv+2, block:msla."""
+    return counted["listed"].result()
+
+
+@pytest.fixture(scope="module")
+def pair(counted) -> tuple[InstructionCount, InstructionCount]:
     """A second process: block:msla through a builder file (A) against a builder that raises (B)."""
-    needs_valgrind()
-    return count_pair_instructions(BLOCK, BLOCK, builder_a=f"{MODELS}:block_msla", builder_b=f"{MODELS}:broken",
-                                   timeout_s=900, workdir=tmp_path_factory.mktemp("pair"))
+    return counted["pair"].result()
 
 
 def test_counts_are_positive_and_the_forwards_of_a_case_agree(listed):

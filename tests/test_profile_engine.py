@@ -15,6 +15,9 @@ from bench.schema import PROFILE_COLUMN_NAMES
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--level", "block", "--res", "64", "--threads", "1", "--min-time", "0.1", "--max-time", "0.3", "-q",
         "--no-report"]
+# the two interleaved groups (eager, onnxruntime) need their profiled first process and a few more, not the
+# default 480 s of deciding; 15 s leaves the second group its first process on a slow machine
+BUDGET = ["--budget", "15"]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,7 @@ def profiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     r = subprocess.run([sys.executable, str(REPO / "run_bench.py"), "profile", "--models",
                         "block:msla,block:large-kernel", "--backends", "eager,onnxruntime", "--out", str(out),
-                        "--run-id", "p", *FAST], cwd=REPO, capture_output=True, text=True, timeout=600)
+                        "--run-id", "p", *FAST, *BUDGET], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     return store.load_run(out / "p")
 

@@ -4,6 +4,8 @@ Each test reproduces a fault of issue 12 for real (a second writer while a run i
 fails between two files, a file-size limit hit mid-run, hand-damaged files, another machine) and asserts what
 the suite promises: one line and exit 2 for what it refuses, and every stored case kept.
 """
+import contextlib
+import io
 import json
 import os
 import re
@@ -29,6 +31,10 @@ RUN = [sys.executable, str(REPO / "run_bench.py")]
 MATRIX = ["--models", "block:msla,block:relu-linear", "--level", "block", "--res", "64,96", "--threads", "1",
           "--min-time", "0.3", "--max-time", "0.5", "--no-report", "--no-calibrate", "-q"]
 HANG = "hang@block:relu-linear"
+# The runs a test kills or fills up are about storage (the lock, kill -9, SIGTERM, a full disk), not the design: each
+# case in its own processes, so the first row is committed before the hang (interleaved, each resolution's group
+# would first time out as a whole, then measure its cases one by one; tests/test_runner.py keeps that path)
+ISOLATED = ["--design", "isolated"]
 
 
 def _one_line(stderr: str, *needles: str) -> str:
@@ -41,8 +47,8 @@ def _one_line(stderr: str, *needles: str) -> str:
 
 def _start(out: Path, *extra: str, fault: str = HANG, timeout: str = "20") -> subprocess.Popen:
     env = dict(os.environ, DENSEBENCH_FAULT=fault)
-    return subprocess.Popen(RUN + MATRIX + ["--out", str(out), "--timeout", timeout, *extra], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(RUN + MATRIX + ISOLATED + ["--out", str(out), "--timeout", timeout, *extra], env=env,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_rows(p: subprocess.Popen, out: Path, n: int, limit_s: float = 150) -> Path:
@@ -61,9 +67,18 @@ def _wait_rows(p: subprocess.Popen, out: Path, n: int, limit_s: float = 150) -> 
     raise AssertionError(f"the run did not commit {n} rows in {limit_s} s")
 
 
-def _resume(run_dir: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(RUN + ["--resume", str(run_dir), "-q", "--no-report", *extra], cwd=REPO, text=True,
-                          capture_output=True, timeout=300, env=env)
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    """run_bench.py ARGV through the CLI's main in this process: its exit status and what it printed, as the
+    script's process would give them, without an interpreter and torch to start each time (the runs a test kills
+    or fills up are processes of their own)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(argv))
+    return subprocess.CompletedProcess(["run_bench.py", *argv], rc, out.getvalue(), err.getvalue())
+
+
+def _resume(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _cli("--resume", str(run_dir), "-q", "--no-report", *extra)
 
 
 def _started(run_dir: Path) -> dict:
@@ -179,8 +194,7 @@ def test_a_row_whose_samples_are_missing_is_not_finished(tmp_path):
 
 def test_a_resume_measures_the_row_that_lost_its_samples(tmp_path):
     out = tmp_path / "results"
-    r = subprocess.run(RUN + MATRIX + ["--out", str(out), "--run-id", "full"], cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
+    r = _cli(*MATRIX, "--out", str(out), "--run-id", "full")
     assert r.returncode == 0, r.stderr
     run_dir = out / "full"
     before = _started(run_dir)
@@ -275,11 +289,11 @@ def test_resume_on_another_machine_is_refused(tmp_path, capsys):
 
 
 # -- failed cases, on request ---------------------------------------------------------------------------------
-def test_retry_failed_measures_the_failed_cases_again(tmp_path, capsys):
+def test_retry_failed_measures_the_failed_cases_again(tmp_path, capsys, monkeypatch):
     out = tmp_path / "results"
-    env = dict(os.environ, DENSEBENCH_FAULT="error@block:relu-linear")
-    r = subprocess.run(RUN + MATRIX + ["--out", str(out), "--run-id", "f"], cwd=REPO, env=env, text=True,
-                       capture_output=True, timeout=300)
+    monkeypatch.setenv("DENSEBENCH_FAULT", "error@block:relu-linear")
+    r = _cli(*MATRIX, "--out", str(out), "--run-id", "f")
+    monkeypatch.delenv("DENSEBENCH_FAULT")  # the resumes run without the fault
     assert r.returncode == 1, r.stderr  # a case ended in error
     status = store.load_run(out / "f").results.set_index("model")["status"]
     assert (status["block:relu-linear"] == "error").all()
