@@ -74,10 +74,27 @@ def test_rule_orientation_tie_and_open():
 
 # -- real runs ------------------------------------------------------------------------------------------------------
 
-def test_slower_side_is_decided_faster_with_the_right_orientation(tmp_path):
+@pytest.fixture(scope="module")
+def decided(tmp_path_factory):
+    """gtest:a against gtest:b (twice its work), measured until decided: one run for the tests that only read it.
+    The models it registers are undone afterwards, as tests/conftest.py does for each test."""
     import bench
+    import models.registry as registry
+    import models.user as user
 
-    run = bench.run(out=tmp_path, budget=60, wait_quiet=0, **GROUP)
+    before = set(sys.modules)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+        mp.setattr(user, "_LOADED", dict(user._LOADED))
+        run = bench.run(out=tmp_path_factory.mktemp("decided"), budget=60, wait_quiet=0, **GROUP)
+    for name in set(sys.modules) - before:
+        if name.startswith("densebench_user_"):
+            del sys.modules[name]
+    return run
+
+
+def test_slower_side_is_decided_faster_with_the_right_orientation(decided):
+    run = decided
     res = run.results.set_index("model")
     assert set(res["design"]) == {"interleaved"} and res["group_id"].nunique() == 1
     (p,) = _pairs(run)
@@ -97,14 +114,13 @@ def test_a_copy_of_itself_is_never_a_win(tmp_path):
     assert p["verdict"] in ("tied", "not resolved"), p["reason"]
 
 
-def test_resume_goes_on_from_the_stored_processes(tmp_path):
+def test_resume_goes_on_from_the_stored_processes(decided):
     """The group's processes are rebuilt from samples.parquet: a resumed open group keeps what it measured."""
-    import bench
     from bench.groups.budget import plan_groups
     from bench.groups.schedule import resume_runs
     from bench.results.lifecycle import open_run
 
-    run = bench.run(out=tmp_path, budget=60, wait_quiet=0, **GROUP)
+    run = decided
     state = open_run(run.path)
     try:
         from bench.plan import make_plan

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.cases import case_key
+from bench.cli import main
 from bench.schema import COLUMN_NAMES
 from bench.results.store import load_run
 
@@ -27,7 +28,7 @@ def _rows(run_dir: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def test_resume_after_kill(tmp_path):
+def test_resume_after_kill(tmp_path, capsys):
     out = tmp_path / "results"
     env = dict(os.environ, DENSEBENCH_FAULT="hang@block:relu-linear")  # slow cases so the kill lands mid-run
     p = subprocess.Popen(BASE + ["--out", str(out), "--timeout", "4"], env=env, cwd=REPO,
@@ -55,9 +56,7 @@ def test_resume_after_kill(tmp_path):
     assert len(meta["cases"]) == 6
     before = partial.results.set_index("case_id")["started_at"].to_dict()
     time.sleep(1.1)  # started_at has 1 s resolution
-    r = subprocess.run([sys.executable, str(REPO / "run_bench.py"), "--resume", run_dir.name, "--out", str(out),
-                        "-q", "--no-report"], cwd=REPO, capture_output=True, text=True, timeout=200)
-    assert r.returncode == 0, r.stderr
+    assert main(["--resume", run_dir.name, "--out", str(out), "-q", "--no-report"]) == 0, capsys.readouterr().err
     final = load_run(run_dir)
     res = final.results
     assert len(res) == 6 and res["case_id"].is_unique
@@ -123,15 +122,14 @@ def test_cuda_cases_leave_a_server_that_loaded_cuda(tmp_path):
     assert "spawn" in runner.state.meta["isolation_cuda"]
 
 
-def test_repeats_pool_processes_and_resume_adds_the_missing_ones(tmp_path):
+def test_repeats_pool_processes_and_resume_adds_the_missing_ones(tmp_path, capsys):
     import numpy as np
 
     from bench.results.store import write_results, write_samples
 
     out = tmp_path / "results"
-    r = subprocess.run(BASE + ISOLATED + ["--res", "64", "--repeats", "3", "--out", str(out), "--run-id", "rep"], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    args = BASE[2:] + ISOLATED + ["--res", "64", "--repeats", "3", "--out", str(out), "--run-id", "rep"]
+    assert main(args) == 0, capsys.readouterr().err  # in this process: no kill here, no interpreter to start
     run_dir = out / "rep"
     run = load_run(run_dir)
     res, s = run.results.set_index("case_id"), run.samples
@@ -156,9 +154,7 @@ def test_repeats_pool_processes_and_resume_adds_the_missing_ones(tmp_path):
     meta = json.loads((run_dir / "meta.json").read_text())
     meta["status"] = "interrupted"
     (run_dir / "meta.json").write_text(json.dumps(meta))
-    r = subprocess.run([sys.executable, str(REPO / "run_bench.py"), "--resume", "rep", "--out", str(out), "-q",
-                        "--no-report"], cwd=REPO, capture_output=True, text=True, timeout=200)
-    assert r.returncode == 0, r.stderr
+    assert main(["--resume", "rep", "--out", str(out), "-q", "--no-report"]) == 0, capsys.readouterr().err
     final = load_run(run_dir)
     fres, fs = final.results.set_index("case_id"), final.samples
     other = res.index[1]
