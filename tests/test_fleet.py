@@ -42,7 +42,11 @@ def _node(cluster: Cluster, host: str, name: str, fault: str | None = None):
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    # A removed node is marked dead after health_check_failure_threshold (5) missed checks; one a second, not
+    # Ray's one every 3 s, so each lost node costs ~5 s of waiting, not ~15-25 (a live node, which answers within
+    # health_check_timeout_ms, is never marked dead by it)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                      "_system_config": {"health_check_period_ms": 1000}})
     nodes = {"node-a": _node(c, "node-a", "Fleet CPU A"), "node-b": _node(c, "node-b", "Fleet CPU B"),
              "node-c": _node(c, "node-c", "Fleet CPU B", fault="hang@block:*")}
     c.wait_for_nodes()
