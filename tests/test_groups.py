@@ -186,18 +186,22 @@ def test_isolated_design_keeps_todays_path(tmp_path):
 
 @pytest.mark.parametrize("flag,value,words", [("--design", "paired", "--design"), ("--budget", "0", "--budget"),
                                               ("--tie", "1.5", "--tie"), ("--wait-quiet", "-1", "--wait-quiet")])
-def test_bad_design_options_are_one_line_and_exit_2(flag, value, words):
-    p = subprocess.run([sys.executable, "run_bench.py", flag, value, "--list"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
-    assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr
-    assert len(p.stderr.strip().splitlines()) <= 2
+def test_bad_design_options_are_one_line_and_exit_2(flag, value, words, capsys):
+    from bench.cli import main
+
+    assert main([flag, value, "--list"]) == 2  # the CLI in this process (tests/test_cli.py starts the script)
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 2
 
 
-def test_list_states_the_budget_and_its_split():
-    p = subprocess.run([sys.executable, "run_bench.py", "--list", "--budget", "300", "--res", "512"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    assert "budget 300 s" in p.stderr and "share ~" in p.stderr and "in 2 interleaved groups" in p.stderr
+def test_list_states_the_budget_and_its_split(capsys):
+    from bench.cli import main
+
+    rc = main(["--list", "--budget", "300", "--res", "512"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "budget 300 s" in err and "share ~" in err and "in 2 interleaved groups" in err
 
 
 def test_heartbeat_speaks_when_nothing_else_did():

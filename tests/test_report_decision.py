@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -90,11 +88,13 @@ def test_budgets_parse_in_order_once():
     assert parse_budgets(DEFAULT_BUDGETS) == DEFAULT_BUDGETS
 
 
-def test_report_cli_refuses_bad_budgets(tmp_path):
+def test_report_cli_refuses_bad_budgets(tmp_path, capsys):
+    from bench.cli import main
+
     run = cpu_run(tmp_path)
-    p = subprocess.run([sys.executable, "run_bench.py", "report", str(run), "--budgets", "fast",
-                        "--out", str(tmp_path / "r.html")], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--budgets" in p.stderr
+    rc = main(["report", str(run), "--budgets", "fast", "--out", str(tmp_path / "r.html")])  # the CLI, in-process
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--budgets" in err
     assert not (tmp_path / "r.html").exists()
 
 
