@@ -1,18 +1,16 @@
 """The profiled pass through the engine: `run_bench.py profile` / `run --profile` time each case, then profile it
 apart from the timing; profile.parquet, the traces and the row's profile columns must agree with the case."""
+import contextlib
 import gzip
+import io
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from bench.results import store
 from bench.schema import PROFILE_COLUMN_NAMES
 
-REPO = Path(__file__).resolve().parent.parent
 FAST = ["--level", "block", "--res", "64", "--threads", "1", "--min-time", "0.1", "--max-time", "0.3", "-q",
         "--no-report"]
 # the two interleaved groups (eager, onnxruntime) need their profiled first process and a few more, not the
@@ -22,11 +20,13 @@ BUDGET = ["--budget", "15"]
 
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory):
-    out = tmp_path_factory.mktemp("results")
-    r = subprocess.run([sys.executable, str(REPO / "run_bench.py"), "profile", "--models",
-                        "block:msla,block:large-kernel", "--backends", "eager,onnxruntime", "--out", str(out),
-                        "--run-id", "p", *FAST, *BUDGET], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    from bench.cli import main
+
+    out, err = tmp_path_factory.mktemp("results"), io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):  # run_bench.py's main
+        rc = main(["profile", "--models", "block:msla,block:large-kernel", "--backends", "eager,onnxruntime",
+                   "--out", str(out), "--run-id", "p", *FAST, *BUDGET])
+    assert rc == 0, err.getvalue()
     return store.load_run(out / "p")
 
 

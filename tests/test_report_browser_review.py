@@ -22,10 +22,11 @@ def review_report(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("review")
     # budget: the page renders whatever the groups decided ("not resolved" included), so the groups need a few
-    # processes each, not the default 480 s; 30 s leaves the second group its first process on a slow machine
-    # (a group refused before its first process would be measured case by case, without pairs)
+    # processes each, not the default 480 s; 20 s leaves the second group its first process (~5 s each, the
+    # profiled one) on a slow machine (a group refused before its first process would be measured case by case,
+    # without pairs: the 12 pairs below would be missing)
     run = bench.run(MIXERS, level="both", res="64,128", min_time=0.05, max_time=0.3, calibrate=False,
-                    profile=True, budget=30, out=root / "results", report=False)
+                    profile=True, budget=20, out=root / "results", report=False)
     out = write_report([run.path], root / "reports" / "review.html", budgets=(1, 33))
     return run, out
 
