@@ -80,9 +80,10 @@ def test_help_explains(capsys):
         assert needle in text
 
 
-def test_quick_end_to_end(tmp_path):
+def test_quick_end_to_end(tmp_path, capfd):
     out = tmp_path / "results"
-    r = _cli("--quick", "--out", str(out))
+    rc = main(["--quick", "--out", str(out)])  # the CLI's main in this process; the script's own: the tests above
+    r = subprocess.CompletedProcess("run_bench.py", rc, *capfd.readouterr())  # children's output too (capfd)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     (run_dir,) = list(out.iterdir())

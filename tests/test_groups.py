@@ -194,20 +194,20 @@ def test_isolated_design_keeps_todays_path(tmp_path):
 
 @pytest.mark.parametrize("flag,value,words", [("--design", "paired", "--design"), ("--budget", "0", "--budget"),
                                               ("--tie", "1.5", "--tie"), ("--wait-quiet", "-1", "--wait-quiet")])
-def test_bad_design_options_are_one_line_and_exit_2(flag, value, words, capsys):
+def test_bad_design_options_are_one_line_and_exit_2(flag, value, words, capfd):
     from bench.cli import main
 
     assert main([flag, value, "--list"]) == 2  # the CLI in this process (tests/test_cli.py starts the script)
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert words in err and "Traceback" not in err
     assert len(err.strip().splitlines()) <= 2
 
 
-def test_list_states_the_budget_and_its_split(capsys):
+def test_list_states_the_budget_and_its_split(capfd):
     from bench.cli import main
 
     rc = main(["--list", "--budget", "300", "--res", "512"])
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert rc == 0, err
     assert "budget 300 s" in err and "share ~" in err and "in 2 interleaved groups" in err
 

@@ -12,7 +12,6 @@ import html as htmllib
 import json
 import math
 import re
-import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -268,17 +267,19 @@ def _quick_run_available() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_quick_run_available() is not None, reason=str(_quick_run_available()))
-def test_report_of_a_real_quick_run(tmp_path, capsys):
+def test_report_of_a_real_quick_run(tmp_path, capfd):
     """End to end: `run_bench.py --quick --repeats 2` measures real cases in two processes each and writes its
     report through write_report (speedup CIs from the bootstrap over processes)."""
+    from bench.cli import main
+
     res = tmp_path / "results"
-    cmd = [sys.executable, str(ROOT / "run_bench.py"), "--quick", "--design", "isolated", "--repeats", "2", "--out", str(res), "-q"]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
+    rc = main(["--quick", "--design", "isolated", "--repeats", "2", "--out", str(res), "-q"])  # in this process
+    out, err = capfd.readouterr()  # its children's output too, as the script's process would show it
+    assert rc == 0, err[-2000:]
     runs = sorted(d for d in res.iterdir() if (d / "results.parquet").exists())
     assert len(runs) == 1, f"no run folder in {res}"
     html_path = tmp_path / "reports" / f"{runs[0].name}.html"
-    assert html_path.exists(), p.stdout + p.stderr
+    assert html_path.exists(), out + err
     assert html_path.with_suffix(".md").exists()
     page = html_path.read_text()
     run = load_run(runs[0])
@@ -288,12 +289,9 @@ def test_report_of_a_real_quick_run(tmp_path, capsys):
     assert "figure failed" not in page
     assert (run.results.loc[run.results["status"] == "ok", "repeats"] == 2).all()
     assert "Processes per case</dt><dd>2 " in page
-    # the CLI subcommand answers bad input with exit 2 and one line (its main, in this process)
-    from bench.cli import main
-
-    capsys.readouterr()
+    # the CLI subcommand answers bad input with exit 2 and one line
     rc = main(["report", str(tmp_path / "nope")])
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert rc == 2 and "Traceback" not in err, err
 
 

@@ -88,12 +88,12 @@ def test_budgets_parse_in_order_once():
     assert parse_budgets(DEFAULT_BUDGETS) == DEFAULT_BUDGETS
 
 
-def test_report_cli_refuses_bad_budgets(tmp_path, capsys):
+def test_report_cli_refuses_bad_budgets(tmp_path, capfd):
     from bench.cli import main
 
     run = cpu_run(tmp_path)
     rc = main(["report", str(run), "--budgets", "fast", "--out", str(tmp_path / "r.html")])  # the CLI, in-process
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "--budgets" in err
     assert not (tmp_path / "r.html").exists()
 

@@ -29,13 +29,14 @@ TINY = ["--models", "block:msla,block:softmax", "--level", "block", "--res", "64
         "--max-time", "0.2", "--no-calibrate", "--design", "isolated"]
 
 
-def _main(*args: str, cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
+def _main(*args: str, cwd: Path, monkeypatch, capfd) -> subprocess.CompletedProcess:
     """`run_bench.py ARGS` run from `cwd`, through the CLI's main in this process: its exit status and output,
-    without an interpreter and torch to start each time (the script's own process: tiny_run, tests/test_cli.py)."""
+    without an interpreter and torch to start each time (the script's own process: tiny_run, tests/test_cli.py).
+    capfd: what its children print to the inherited stdout/stderr counts too, as it would in the script's."""
     monkeypatch.chdir(cwd)
-    capsys.readouterr()
+    capfd.readouterr()
     rc = main(list(args))
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     return subprocess.CompletedProcess(["run_bench.py", *args], rc, out, err)
 
 
@@ -145,10 +146,10 @@ def test_report_goes_beside_the_results_folder_named(tiny_run):
     assert f"report: reports/{run_dir.name}.html" in tiny_run["out"]
 
 
-def test_report_dir_is_used(tiny_run, tmp_path, monkeypatch, capsys):
+def test_report_dir_is_used(tiny_run, tmp_path, monkeypatch, capfd):
     run_dir = tiny_run["run_dir"]
     r = _main("--resume", run_dir.name, "--out", "runs", "--report-dir", str(tmp_path / "rd"), cwd=tiny_run["cwd"],
-              monkeypatch=monkeypatch, capsys=capsys)
+              monkeypatch=monkeypatch, capfd=capfd)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "rd" / f"{run_dir.name}.html").is_file()
     assert f"report: {tmp_path / 'rd' / run_dir.name}.html" in r.stdout
@@ -189,15 +190,15 @@ def test_summary_marks_unconverged_cases():
 
 # -- compare by run id ------------------------------------------------------------------------------------------
 
-def test_compare_accepts_run_ids(tmp_path, monkeypatch, capsys):
+def test_compare_accepts_run_ids(tmp_path, monkeypatch, capfd):
     cases = [rf.case("block:msla", samples=rf.noise(1)), rf.case("block:softmax", samples=rf.noise(2))]
     rf.make_run(tmp_path / "results", "base", cases)
     rf.make_run(tmp_path / "results", "cur", cases)
-    r = _main("compare", "base", "cur", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)  # default --out
+    r = _main("compare", "base", "cur", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)  # default --out
     assert r.returncode == 0, r.stderr
     assert "block:msla" in r.stdout
     r = _main("compare", "base", str(tmp_path / "results" / "cur" / "results.parquet"), "--out",
-              str(tmp_path / "results"), cwd=REPO, monkeypatch=monkeypatch, capsys=capsys)
+              str(tmp_path / "results"), cwd=REPO, monkeypatch=monkeypatch, capfd=capfd)
     assert r.returncode == 0, r.stderr
 
 
@@ -207,9 +208,9 @@ def test_compare_accepts_run_ids(tmp_path, monkeypatch, capsys):
     (["compare", "base", "results"], ["CURRENT", "not a run folder"]),
     (["--baseline", "nope", *TINY], ["--baseline", "no run 'nope'"]),
 ])
-def test_compare_bad_run_is_one_line(tmp_path, args, needles, monkeypatch, capsys):
+def test_compare_bad_run_is_one_line(tmp_path, args, needles, monkeypatch, capfd):
     rf.make_run(tmp_path / "results", "base", [rf.case("block:msla", samples=rf.noise(1))])
-    r = _main(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    r = _main(*args, cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
     assert r.returncode == 2 and r.stdout == ""
     _one_line_error(r.stderr, *needles)
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["base"]  # nothing measured
