@@ -32,9 +32,9 @@ from bench.env import now_iso
 from bench.launch.childenv import MALLOC_ENV, child_env
 from bench.launch.faults import FAULT_ENV
 from bench.launch.workdir import make_workdir
-from bench.launch.isolation import ForkServer, Outcome, _Isolation, make_isolation
+from bench.launch.isolation import ForkServer, Outcome, Isolation, make_isolation
 from bench.launch.outcome import classify
-from bench.results.lifecycle import RunState, _isna
+from bench.results.lifecycle import RunState, isna
 
 HEALTH_TIMEOUT_S = 60.0
 
@@ -68,7 +68,7 @@ class Runner:
         self.checks = CaseChecks(self.missing, self.log, cases)
         self._groups: dict[str, dict[int, list[float]]] | None = None
         self._guard: health.Guard  # made by run(), with the run's isolation
-        self._iso: _Isolation | None = None
+        self._iso: Isolation | None = None
         self._workdir: Path | None = None
         self._fault: str | None = None
         self._rows_at: dict[str, int] = {}
@@ -86,7 +86,7 @@ class Runner:
         if row.get("status") != "ok":
             return self.repeats
         r = row.get("repeats")
-        return 1 if r is None or _isna(r) else int(r)
+        return 1 if r is None or isna(r) else int(r)
 
     def pending(self) -> list[Case]:
         """Cases without a row, or ok with fewer processes than --repeats asks (a resumed run)."""
@@ -103,7 +103,7 @@ class Runner:
     def _macs_of(self, case: Case) -> int | None:
         return self.checks.macs(case)
 
-    def _peak(self, iso: _Isolation, case: Case) -> float | None:
+    def _peak(self, iso: Isolation, case: Case) -> float | None:
         self._iso = self._iso or iso
         return self.cal.peak(case) if self.calibrate else None
 
@@ -214,7 +214,7 @@ class Runner:
         self._guard.summarize()
         self.state.save()
 
-    def _run_one(self, iso: _Isolation, case: Case, rep: int, rows_at: dict, procs: dict, workdir: Path,
+    def _run_one(self, iso: Isolation, case: Case, rep: int, rows_at: dict, procs: dict, workdir: Path,
                  fault: str | None) -> None:
         """Process number `rep` of a case: run it (or decide it statically), pool, store the row and save."""
         self._iso, self._workdir, self._fault, self._rows_at, self._procs = iso, workdir, fault, rows_at, procs
@@ -306,7 +306,7 @@ class Runner:
         add_process(self.state, case.case_id, rep, full, samples, rows_at, procs, self._groups_of(case.case_id),
                     self.repeats)
 
-    def _process_case(self, iso: _Isolation, case: Case, workdir: Path, fault: str | None,
+    def _process_case(self, iso: Isolation, case: Case, workdir: Path, fault: str | None,
                       profile: bool = False) -> Case:
         """The case as one of its processes runs it: MACs, calibrated peak, workdir, fault, its share of the time
         budget when it is measured in several processes, and (profile) where its trace goes."""
@@ -325,12 +325,12 @@ class Runner:
                        max_time_s=case.max_time_s / R)
 
     # -- machine health (bench.health) ----------------------------------------------------------------------------
-    def _health_probe(self, iso: _Isolation) -> dict:
+    def _health_probe(self, iso: Isolation) -> dict:
         """The speed probe in a child of the run's own isolation: the parent runs no tensor op."""
         out = iso.run({"kind": "health", "seconds": health.PROBE_SECONDS}, HEALTH_TIMEOUT_S)
         return (out.result or {}).get("health") or {"error": _child_error(out)}
 
-    def _probe(self, iso: _Isolation, when: str, rep: int | None, rows_at: dict) -> None:
+    def _probe(self, iso: Isolation, when: str, rep: int | None, rows_at: dict) -> None:
         """Probe the machine's speed; the rows of the processes it closes get their drift judged."""
         for case_id in self._guard.run_probe(when, rep):
             self._mark_noisy(case_id, rows_at)
@@ -351,7 +351,7 @@ class Runner:
             for s in self.state.samples:
                 r = s.get("repeat")
                 self._groups.setdefault(str(s.get("case_id")), {}).setdefault(
-                    0 if r is None or _isna(r) else int(r), []).append(float(s["latency_ms"]))
+                    0 if r is None or isna(r) else int(r), []).append(float(s["latency_ms"]))
         return self._groups.setdefault(case_id, {})
 
     def estimate_call_s(self, case: Case) -> float:
@@ -366,7 +366,7 @@ class Runner:
         rate = (self.state.meta.get("calibration", {}).get(calibration_key(case)) or {}).get("gmacs_per_s")
         return estimate_case_s(case, self.checks.known_macs(case), rate, repeats)
 
-    def _isolation_for(self, iso: _Isolation, case: Case | str) -> _Isolation:
+    def _isolation_for(self, iso: Isolation, case: Case | str) -> Isolation:
         """Where the case runs (bench.launch.isolation: `for_device`), noting in meta.json when CUDA cases leave
         the fork server for fresh interpreters."""
         chosen = iso.for_device(case if isinstance(case, str) else case.device_type)

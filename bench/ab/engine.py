@@ -28,7 +28,7 @@ from bench.ab.matrix import ABPlan, make_ab_plan
 from bench.ab.sides import worktree
 from bench.ab.spec import ABSpec
 from bench.ab.store import CaseRun
-from bench.launch.isolation import _Isolation, make_isolation
+from bench.launch.isolation import Isolation, make_isolation
 from bench.launch.outcome import classify
 from bench.env import now_iso
 from bench.plan import PlanError
@@ -40,7 +40,7 @@ Log = Callable[[str], None]
 class Scheduler:
     """Runs the units of every open case, round by round; `save()` is called after every round."""
 
-    def __init__(self, plan: ABPlan, iso: _Isolation, workdir: Path, log: Log, save: Callable[[], None]):
+    def __init__(self, plan: ABPlan, iso: Isolation, workdir: Path, log: Log, save: Callable[[], None]):
         self.plan, self.iso, self.workdir, self.log, self.save = plan, iso, workdir, log, save
         self.cfg = plan.config
 

@@ -31,7 +31,7 @@ class _Scratch(RunState):
 class _Session:
     key: tuple[str, str]
     runner: Any  # bench.runner.Runner
-    iso: Any  # bench.launch.isolation._Isolation
+    iso: Any  # bench.launch.isolation.Isolation
     workdir: Path
     state: _Scratch
     env_fixed: dict = field(default_factory=dict)

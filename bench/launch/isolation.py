@@ -63,7 +63,7 @@ def _children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-class _Isolation:
+class Isolation:
     def __init__(self, workdir: Path, env: Mapping[str, str] | None = None):
         self.workdir = workdir
         self.env = dict(env or {})
@@ -112,7 +112,7 @@ class _Isolation:
     def run(self, spec: dict, timeout_s: float) -> Outcome:
         raise NotImplementedError
 
-    def for_device(self, device_type: str) -> "_Isolation":
+    def for_device(self, device_type: str) -> "Isolation":
         """Where a case on this device type runs: here."""
         return self
 
@@ -120,7 +120,7 @@ class _Isolation:
         pass
 
 
-class Spawner(_Isolation):
+class Spawner(Isolation):
     """A fresh `python -m bench.launch.worker --case` per case (the interpreter start and torch import every time)."""
 
     name = "spawn"
@@ -153,7 +153,7 @@ class WorkerDied(RuntimeError):
     pass
 
 
-class ForkServer(_Isolation):
+class ForkServer(Isolation):
     """One `python -m bench.launch.worker --serve` per run, forking a fresh child per case (see bench.launch.worker)."""
 
     name = "fork"
@@ -170,7 +170,7 @@ class ForkServer(_Isolation):
         self.start_s = 0.0
         self._spawner: Spawner | None = None
 
-    def for_device(self, device_type: str) -> _Isolation:
+    def for_device(self, device_type: str) -> Isolation:
         """This server, except for CUDA once the server has loaded the CUDA driver (children forked after that
         cannot use CUDA): then a fresh interpreter per case, with the same workdir and environment."""
         if device_type == "cuda":
@@ -302,7 +302,7 @@ def isolation_kind(kind: str | None = None) -> str:
     return kind
 
 
-def make_isolation(workdir: Path, kind: str | None = None, env: Mapping[str, str] | None = None) -> _Isolation:
+def make_isolation(workdir: Path, kind: str | None = None, env: Mapping[str, str] | None = None) -> Isolation:
     """The isolation of `isolation_kind(kind)`; `env` is merged over child_env() for every child."""
     kind = isolation_kind(kind)
     return ForkServer(workdir, env=env) if kind == "fork" else Spawner(workdir, env=env)

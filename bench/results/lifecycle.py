@@ -177,13 +177,13 @@ def open_run(run_dir: Path) -> RunState:
     except BaseException:
         lock.release()
         raise
-    rows = [{k: (None if _isna(v) else v) for k, v in r.items()} for r in run.results.to_dict("records")]
+    rows = [{k: (None if isna(v) else v) for k, v in r.items()} for r in run.results.to_dict("records")]
     redo = list(run.unfinished)
     if not (run_dir / store.SAMPLES).exists():  # the engine always writes it: every measured row lost its samples
         redo = [r["case_id"] for r in rows if r.get("status") == "ok" and (r.get("n") or 0) > 0]
-    profile = [] if run.profile is None else [{k: (None if _isna(v) else v) for k, v in r.items()}
+    profile = [] if run.profile is None else [{k: (None if isna(v) else v) for k, v in r.items()}
                                               for r in run.profile.to_dict("records")]
-    pairs = [] if run.pairs is None else [{k: (None if _isna(v) else v) for k, v in r.items()}
+    pairs = [] if run.pairs is None else [{k: (None if isna(v) else v) for k, v in r.items()}
                                           for r in run.pairs.to_dict("records")]
     state = RunState(run_dir=run_dir, meta=dict(run.meta), rows=rows, samples=run.samples.to_dict("records"),
                      profile=profile, pairs=pairs, lock=lock)
@@ -205,7 +205,7 @@ def _check_same_machine(meta: dict, run_dir: Path) -> None:
                              "and calibration are that machine's; accepted: resume it there, or start a new run here")
 
 
-def _isna(v) -> bool:
+def isna(v) -> bool:
     try:
         import pandas as pd
 
