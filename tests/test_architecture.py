@@ -26,11 +26,11 @@ LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # the zoo: imports nothing of bench/
     "zoo": (("models",), ()),
     # what a case is and where its rows live: any stage may import these
-    "records": (("bench.cases", "bench.results"), ("leaf", "zoo")),
-    # how a model runs, and where its time goes (imported by the child)
-    "backends": (("bench.backends", "bench.profiling"), ("records", "leaf", "zoo")),
-    # the measuring child: never imports the launcher or the runner
-    "child": (("bench.measure", "bench.ab.child"), ("backends", "records", "leaf", "zoo")),
+    "records": (("bench.cases", "bench.results", "bench.ab.spec", "bench.profiling.opkinds"), ("leaf", "zoo")),
+    # how a model runs (a backend prepares it; the child calls it)
+    "backends": (("bench.backends",), ("records", "leaf", "zoo")),
+    # the measuring child and where its time goes: never imports the launcher or the runner
+    "child": (("bench.measure", "bench.profiling", "bench.ab.child"), ("backends", "records", "leaf", "zoo")),
     # the process side: starts children, reads how they ended
     "launch": (("bench.launch",), ("child", "backends", "records", "leaf", "zoo")),
     # what the user asked -> cases, and their scheduling over processes
