@@ -61,11 +61,11 @@ def count_macs(name: str, height: int | None = None, width: int | None = None, b
     (the counter is slow: it runs Python meta kernels) and multiplied by the batch.
     """
     info = get_model_info(name)
-    return batch * _macs_per_image(name, height or info.input_size[0], width or info.input_size[1])
+    return batch * macs_per_image(name, height or info.input_size[0], width or info.input_size[1])
 
 
 @lru_cache(maxsize=None)
-def _macs_per_image(name: str, height: int, width: int) -> int:
+def macs_per_image(name: str, height: int, width: int) -> int:
     remote = get_model_info(name).remote
     if remote is not None:  # a user's model file's model: counted in a child process
         return remote.counts(height, width)["macs"]

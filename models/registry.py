@@ -8,12 +8,17 @@ models are registered the same way, by decorating a builder (no arguments -> nn.
 
 The built-in model files apply the same decorator to the rows of their config tables. What a user leaves out has a
 default that needs no knowledge of the model: the family "user", any resolution, and the classes and output stride
-read off one meta-device forward the first time they are asked for (so listing the zoo builds nothing).
+read off one meta-device forward the first time they are asked for (so listing the zoo builds nothing). Importing
+this module imports the `models` package first, whose __init__ imports the model files: the built-ins are
+registered before any lookup, without this module importing them back.
 """
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import math
+import numbers
+import unicodedata
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Iterator, TypeVar
@@ -178,23 +183,17 @@ def check_registration(name: object, **meta: object) -> dict:
 
 
 def _whole(v: object) -> bool:
-    import numbers
-
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _one_line(text: str) -> bool:
     """No control character, line or paragraph separator, lone surrogate: one line of a table, log or CSV cell."""
-    import unicodedata
-
     return not any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in text)
 
 
 def _published_fault(pub: Published | None) -> tuple[str, object, str] | None:
     """None when every field of `pub` has its type and range (the zoo divides by params_m, the report formats
     every latency as a number), else (field, value, what is accepted)."""
-    import math
-
     if pub is None:
         return None
 
@@ -256,7 +255,6 @@ def register_model(name: str, *, family: str = "user", mixer: str = "custom", da
 def registering() -> Iterator[list[str]]:
     """Collects the names registered inside the block (filled when it ends). If the block raises, they are
     unregistered again, so that a source that fails half-way through its import leaves no model behind."""
-    _ensure_loaded()
     before = set(_REGISTRY)
     added: list[str] = []
     try:
@@ -268,18 +266,11 @@ def registering() -> Iterator[list[str]]:
     added.extend(n for n in _REGISTRY if n not in before)
 
 
-def _ensure_loaded() -> None:
-    # The model files register themselves on import; importing the package imports them all.
-    import models  # noqa: F401
-
-
 def list_models(family: str | None = None) -> list[str]:
-    _ensure_loaded()
     return [n for n, i in _REGISTRY.items() if family is None or i.family == family]
 
 
 def get_model_info(name: str) -> ModelInfo:
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -289,7 +280,6 @@ def get_model_info(name: str) -> ModelInfo:
 def resolve_models(specs: list[str]) -> list[str]:
     """Model names from names, family names, glob patterns (`evit-b1:*`), `published` (every model with published
     numbers: the reference models) or `all`, in registry order, no repeats."""
-    _ensure_loaded()
     out: list[str] = []
     for spec in specs:
         if spec == "all":

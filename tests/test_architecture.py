@@ -58,7 +58,7 @@ class Import:
     target: str  # dotted module imported (a project module, or the top-level name of a third-party one)
     names: tuple[str, ...]  # names taken from it (from X import a, b)
     line: int
-    in_function: bool
+    in_function: bool  # does not run at import (in a function, or a TYPE_CHECKING-only import)
 
 
 def module_files() -> dict[str, Path]:
@@ -79,9 +79,12 @@ def _project_module(name: str, files: dict[str, Path]) -> str | None:
 
 
 def _function_nodes(tree: ast.AST) -> set[int]:
+    """Nodes that do not run at import time: inside a function, or under `if TYPE_CHECKING:` (types only)."""
     inside: set[int] = set()
     for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        deferred = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        type_only = isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        if deferred or type_only:
             inside.update(id(sub) for sub in ast.walk(node) if sub is not node)
     return inside
 

@@ -1,7 +1,10 @@
-"""The environment of a child process: malloc settings that keep freed memory, CUDA device order, our path."""
+"""The environment of a child process: malloc settings that keep freed memory, CUDA device order, our path, and
+death with its parent."""
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 from pathlib import Path
 
 from bench.env import cuda_env
@@ -26,3 +29,11 @@ def child_env() -> dict:
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
+
+def set_pdeathsig() -> None:
+    """Die (SIGKILL) when the parent dies, so a killed run leaves no orphan measuring in the background."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass

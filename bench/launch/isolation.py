@@ -19,34 +19,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from bench.launch.childenv import REPO, child_env
-from bench.launch.outcome import OomCounters, kernel_log_oom, memory_cgroup_file, oom_kill_counters
+from bench.launch.outcome import OomCounters, Outcome, kernel_log_oom, memory_cgroup_file, oom_kill_counters
 
 ISOLATION_ENV = "DENSEBENCH_ISOLATION"
 ISOLATIONS = ("fork", "spawn")
-
-
-@dataclass
-class Outcome:
-    result: dict | None
-    exit_code: int | None = None
-    signal: int = 0
-    timed_out: bool = False
-    killed_by_us: bool = False
-    stage: str = ""
-    stderr_tail: str = ""
-    wall_s: float = 0.0
-    maxrss_kb: int | None = None
-    cpu_s: float | None = None  # the child's user + system CPU seconds (rusage), for bench.health
-    pid: int | None = None  # the child's (the case's process, not the fork server)
-    # the kernel's OOM-kill counters before and after the child (outcome.oom_kill_counters); None: not read
-    oom_before: OomCounters | None = None
-    oom_after: OomCounters | None = None
-    kernel_log: str | None = None  # the kernel log's OOM line for `pid`, "" if it has none; None: not read
 
 
 def _tail(path: Path, n: int = 400) -> str:

@@ -13,10 +13,6 @@ import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # isolation imports this module for the readers below
-    from bench.launch.isolation import Outcome
 
 
 # -- the kernel's word on out-of-memory kills ----------------------------------------------------------------------
@@ -34,6 +30,26 @@ class OomCounters:
     cgroup: int | None
     machine: int | None
     source: str = ""
+
+
+@dataclass
+class Outcome:
+    """How one child ended, as the launcher saw it (bench.launch.isolation fills it in)."""
+    result: dict | None
+    exit_code: int | None = None
+    signal: int = 0
+    timed_out: bool = False
+    killed_by_us: bool = False
+    stage: str = ""
+    stderr_tail: str = ""
+    wall_s: float = 0.0
+    maxrss_kb: int | None = None
+    cpu_s: float | None = None  # the child's user + system CPU seconds (rusage), for bench.health
+    pid: int | None = None  # the child's (the case's process, not the fork server)
+    # the kernel's OOM-kill counters before and after the child (outcome.oom_kill_counters); None: not read
+    oom_before: OomCounters | None = None
+    oom_after: OomCounters | None = None
+    kernel_log: str | None = None  # the kernel log's OOM line for `pid`, "" if it has none; None: not read
 
 
 def _unescape(path: str) -> str:

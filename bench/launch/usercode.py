@@ -23,11 +23,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from models.user import ModelSourceError
+import torch
+
+import models  # noqa: F401 - the built-in zoo before any source: a source cannot change how it imports
+from bench.launch.childenv import set_pdeathsig
+from models.complexity import macs_per_image, params_of
+from models.registry import (ChildOnlyError, ModelCheckError, Published, UnknownModelError, check_model, dense_output,
+                             error_line, get_model_info, list_models, register_model)
+from models.user import ModelSourceError, load_model_sources
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT_S = 120.0  # an import or a meta-device check that takes longer is taken as hung
@@ -182,8 +189,6 @@ class RemoteModel:
         return self.answers[key]
 
     def counts(self, height: int, width: int) -> dict:
-        from models.registry import ModelCheckError
-
         found = self.check(height, width, 1)
         if found.get("reason"):
             raise ModelCheckError(found["reason"])
@@ -191,8 +196,6 @@ class RemoteModel:
 
 
 def remote_of(name: str) -> RemoteModel | None:
-    from models.registry import UnknownModelError, get_model_info
-
     try:
         return get_model_info(name).remote
     except UnknownModelError:
@@ -215,8 +218,6 @@ def register_sources(sources: list[str], timeout_s: float = DEFAULT_TIMEOUT_S) -
     """Import `sources` in a probe child and register their models here (metadata only: they are built in
     children); the names, in order. A source registered already (its models are in the registry) is not probed
     again."""
-    from models.registry import get_model_info, list_models
-
     loaded = {n: r.source for n in list_models() if (r := get_model_info(n).remote) is not None}
     fresh = [s for s in sources if s not in set(loaded.values())]
     if fresh:
@@ -230,8 +231,6 @@ def register_sources(sources: list[str], timeout_s: float = DEFAULT_TIMEOUT_S) -
 
 def _register(src: str, meta: dict, timeout_s: float) -> None:
     """Register one model of a source from the child's metadata, its builder refusing in this process."""
-    from models.registry import get_model_info, list_models, register_model
-
     meta = dict(meta)
     name = meta.pop("name")
     if name in set(list_models()):
@@ -245,14 +244,10 @@ def _register(src: str, meta: dict, timeout_s: float) -> None:
 
 
 def _published(raw: dict | None) -> Any:
-    from models.registry import Published
-
     return None if raw is None else Published(**raw)
 
 
 def _refuse_in_parent() -> Any:
-    from models.registry import ChildOnlyError
-
     raise ChildOnlyError("a user's model is built only in a child process")
 
 
@@ -261,8 +256,6 @@ def _refuse_in_parent() -> Any:
 
 
 def _state() -> tuple[int, str]:
-    import torch
-
     return torch.get_num_threads(), str(torch.get_default_dtype())
 
 
@@ -278,8 +271,6 @@ def _changed(before: tuple[int, str], what: str) -> str | None:
 
 
 def _why(e: BaseException) -> str:
-    from models.registry import error_line
-
     if isinstance(e, SystemExit):
         return f"called sys.exit({e.code!r})"
     if isinstance(e, KeyboardInterrupt):
@@ -288,9 +279,6 @@ def _why(e: BaseException) -> str:
 
 
 def _import_step(spec: str) -> dict:
-    from models.registry import get_model_info
-    from models.user import load_model_sources
-
     before = _state()
     try:
         names = load_model_sources([spec])
@@ -307,8 +295,6 @@ def _import_step(spec: str) -> dict:
 
 def _metadata(info: Any) -> dict:
     """register_model's keywords for a registered model, as JSON."""
-    from dataclasses import asdict
-
     return {"name": info.name, "family": info.family, "mixer": info.mixer, "dataset": info.dataset,
             "input_size": list(info.input_size), "in_channels": info.in_channels,
             "input_stride": info.input_stride, "size_multiple": info.size_multiple,
@@ -318,16 +304,13 @@ def _metadata(info: Any) -> dict:
 
 
 def _check_step(key: Key) -> dict:
-    from models.complexity import _macs_per_image, params_of
-    from models.registry import check_model, dense_output, get_model_info
-
     name, h, w, b = key
     before = _state()
     try:
         reason = check_model(name, h, w, b)
         if reason is None:
             classes, stride = dense_output(get_model_info(name), h, w, b)
-            found = {"classes": int(classes), "stride": int(stride), "macs": int(_macs_per_image(name, h, w)),
+            found = {"classes": int(classes), "stride": int(stride), "macs": int(macs_per_image(name, h, w)),
                      "params": int(params_of(name))}
         else:
             found = {"reason": reason}
@@ -340,8 +323,6 @@ def _check_step(key: Key) -> dict:
 
 def child_main(request_path: str, out_path: str) -> int:
     """Run the request's steps, one JSON line before ("start") and after ("done") each."""
-    import models  # noqa: F401 - the built-in zoo first: a source cannot change how it imports
-
     request = json.loads(Path(request_path).read_text())
     with open(out_path, "a", buffering=1) as out:
         def report(what: str, item: Any, fn: Any) -> dict:
@@ -361,8 +342,6 @@ def child_main(request_path: str, out_path: str) -> int:
 
 
 if __name__ == "__main__":
-    from bench.launch.worker import _set_pdeathsig
-
-    _set_pdeathsig()
+    set_pdeathsig()
     sys.stdout = sys.stderr  # a user's print goes to the captured output, never to OUT
     raise SystemExit(child_main(sys.argv[1], sys.argv[2]))

@@ -25,6 +25,7 @@ import sys
 import traceback
 from typing import TextIO
 
+from bench.launch.childenv import set_pdeathsig
 from bench.launch.faults import inject_after_build
 from bench.measure.child import run_case_file
 
@@ -74,24 +75,13 @@ def _protocol_channel() -> TextIO:
     return channel
 
 
-def _set_pdeathsig() -> None:
-    """Die (SIGKILL) when the parent dies, so a killed run leaves no orphan measuring in the background."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 def _child(msg: dict) -> None:
     """In the forked child: fresh signal handlers, own stdio, run, exit without running the server's cleanup."""
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _set_pdeathsig()
+        set_pdeathsig()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         err = os.open(msg["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if msg.get("stderr") else 2
@@ -122,7 +112,7 @@ def _cuda_touched() -> bool:
 
 
 def serve() -> int:
-    _set_pdeathsig()
+    set_pdeathsig()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C goes to the whole group
     out = _protocol_channel()
     if not _preload_or_say_why():
@@ -162,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve()
     if not (a.case and a.result):
         p.error("need --serve, or --case and --result")
-    _set_pdeathsig()
+    set_pdeathsig()
     if not _preload_or_say_why():
         return 2
     return run_case_file(a.case, a.result, after_build=inject_after_build)
