@@ -153,7 +153,7 @@ def kernel_log_oom(pid: int) -> str | None:
 
 
 
-def _signal_name(sig: int) -> str:
+def signal_name(sig: int) -> str:
     try:
         return signal.Signals(sig).name
     except ValueError:
@@ -172,7 +172,7 @@ SENT_BY = {"SIGINT": "a Ctrl-C or kill -INT that reached the child, not the run"
 
 def _signal_reason(out: Outcome, where: str) -> str:
     """'crashed with SIGSEGV' for a fault, 'killed by SIGINT (signal 2) from outside: ...' for a signal sent."""
-    name = _signal_name(out.signal)
+    name = signal_name(out.signal)
     tail = f"; stderr: {out.stderr_tail}" if out.stderr_tail else ""
     if out.signal in CRASH_SIGNALS:
         return f"child crashed with {name}{where}{tail}"

@@ -31,6 +31,8 @@ import torch
 
 import models  # noqa: F401 - the built-in zoo before any source: a source cannot change how it imports
 from bench.launch.childenv import set_pdeathsig
+from bench.launch.outcome import signal_name
+from bench.measure.outputs import OutputError, TorchState
 from models.complexity import macs_per_image, params_of
 from models.registry import (ChildOnlyError, ModelCheckError, Published, UnknownModelError, check_model, dense_output,
                              error_line, get_model_info, list_models, register_model)
@@ -57,15 +59,12 @@ class Step:
 
 
 def _how_it_ended(rc: int | None, timed_out: float | None, log: Path, since: int = 0) -> str:
-    """'exited with code 3' / 'was killed by signal SIGSEGV' / 'did not finish within 5 s', with the last line the
+    """'exited with code 3' / 'was killed by SIGSEGV' / 'did not finish within 5 s', with the last line the
     child wrote after byte `since` of its output (the start of the step it was in), when it wrote one."""
     if timed_out is not None:
         how = f"did not finish within {timed_out:g} s (hung?)"
     elif rc is not None and rc < 0:
-        try:
-            how = f"was killed by signal {signal.Signals(-rc).name}"
-        except ValueError:
-            how = f"was killed by signal {-rc}"
+        how = f"was killed by {signal_name(-rc)}"
     else:
         how = f"exited with code {rc}"
     try:
@@ -255,19 +254,13 @@ def _refuse_in_parent() -> Any:
 # The child side
 
 
-def _state() -> tuple[int, str]:
-    return torch.get_num_threads(), str(torch.get_default_dtype())
-
-
-def _changed(before: tuple[int, str], what: str) -> str | None:
-    """The reason when torch's global state differs from `before` (a model must leave it alone)."""
-    now = _state()
-    if now == before:
-        return None
-    parts = [f"thread count {before[0]} -> {now[0]}" if now[0] != before[0] else "",
-             f"default dtype {before[1]} -> {now[1]}" if now[1] != before[1] else ""]
-    return (f"{what} changed torch's global state ({', '.join(p for p in parts if p)}); accepted: models that "
-            "leave torch.set_num_threads and the default dtype alone")
+def _changed(before: TorchState, what: str) -> str | None:
+    """The reason when torch's global state differs from `before` (put back first: the next step runs clean)."""
+    try:
+        before.check(what)
+    except OutputError as e:
+        return str(e)
+    return None
 
 
 def _why(e: BaseException) -> str:
@@ -279,7 +272,7 @@ def _why(e: BaseException) -> str:
 
 
 def _import_step(spec: str) -> dict:
-    before = _state()
+    before = TorchState.now()
     try:
         names = load_model_sources([spec])
     except ModelSourceError as e:
@@ -287,7 +280,7 @@ def _import_step(spec: str) -> dict:
     except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt: users' code, reported
         return {"error": f"model source {spec!r}: importing it {_why(e)}; accepted: a source that imports "
                          "without exiting"}
-    changed = _changed(before, f"model source {spec!r}, when imported,")
+    changed = _changed(before, f"the import of model source {spec!r}")
     if changed:
         return {"error": changed}
     return {"models": [_metadata(get_model_info(n)) for n in names]}
@@ -305,7 +298,7 @@ def _metadata(info: Any) -> dict:
 
 def _check_step(key: Key) -> dict:
     name, h, w, b = key
-    before = _state()
+    before = TorchState.now()
     try:
         reason = check_model(name, h, w, b)
         if reason is None:
@@ -317,7 +310,7 @@ def _check_step(key: Key) -> dict:
     except BaseException as e:  # noqa: BLE001 - users' code: every way out is a reason
         found = {"reason": f"{name!r} at {h}x{w} (batch {b}): its builder or forward {_why(e)} (meta device); "
                            "accepted: a model that builds and runs without exiting"}
-    changed = _changed(before, f"{name!r} (builder or forward)")
+    changed = _changed(before, f"the build or forward of {name!r}")
     return {"reason": changed} if changed else found
 
 
