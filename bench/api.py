@@ -200,7 +200,7 @@ def measure(state: RunState, plan: Plan, *, progress: Progress | None = None,
     try:
         runner.run()
         if plan.config.get("metric") == "instructions":
-            from bench.measure.instructions import add_instruction_columns
+            from bench.launch.callgrind import add_instruction_columns
 
             add_instruction_columns(state, plan.cases, log)
     except KeyboardInterrupt:

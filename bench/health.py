@@ -11,8 +11,8 @@ Why: on a shared VM a loaded machine silently halves the numbers (a run beside a
   calls (~0.4 ms) are shorter than a scheduler slice, so their median tracks the core's speed, not its share:
   contention is the CPU figure's job, drift (slower cores, shared caches, clocks) the probe's.
 
-A leaf: standard library (+ psutil and, inside `probe_kernel` only, torch). The runner drives `Guard`; the child
-runs `probe_kernel` for a spec {"kind": "health"}; the analysis words the result with `noisy_sentence`.
+Standard library and psutil; the probe's kernel is bench.measure.probe's `probe_kernel`, which the child runs for a
+spec {"kind": "health"}. The runner drives `Guard`; the analysis words the result with `noisy_sentence`.
 """
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-PROBE_N = 256
-PROBE_SECONDS = 0.25
-PROBE_WARMUP_S = 0.05
+from bench.measure.probe import PROBE_SECONDS  # the kernel itself runs in the child: bench.measure.probe
+
 PROBE_EVERY_S = 60.0  # of measuring between probes: drift is judged between the probes around a case
 
 # Bounds, from the noise measured on the 2-vCPU development VM (docs/METHODOLOGY.md and the figures below):
@@ -58,27 +57,6 @@ class Bounds:
 
 
 BOUNDS = Bounds()
-
-
-def probe_kernel(seconds: float = PROBE_SECONDS, n: int = PROBE_N) -> dict[str, Any]:
-    """In a child: median GMAC/s of single-thread n x n fp32 matmuls, each call timed on its own, for `seconds`
-    after a short warm-up (a fixed kernel, so two probes differ only by the machine)."""
-    import torch
-
-    torch.set_num_threads(1)
-    g = torch.Generator().manual_seed(0)
-    a, b, out = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g), torch.empty(n, n)
-    end = time.perf_counter() + PROBE_WARMUP_S
-    while time.perf_counter() < end:
-        torch.mm(a, b, out=out)
-    ns: list[int] = []
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds or len(ns) < 5:
-        s = time.perf_counter_ns()
-        torch.mm(a, b, out=out)
-        ns.append(time.perf_counter_ns() - s)
-    return {"gmacs_per_s": n ** 3 / (statistics.median(ns) / 1e9) / 1e9, "n": len(ns),
-            "kernel": f"mm {n}x{n} float32, 1 thread", "seconds": round(time.perf_counter() - t0, 3)}
 
 
 @dataclass(frozen=True)

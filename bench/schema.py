@@ -196,3 +196,48 @@ PAIR_COLUMNS: tuple[Column, ...] = (
     Column("design", "string", "interleaved"),
 )
 PAIR_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in PAIR_COLUMNS)
+
+# An A/B compare's folder OUT/ab-<date>-<time>-<rand>/ (bench.ab.store writes it, bench.ab.store.load_ab reads it
+# back): ab.parquet, one row per case, named by A's case; ab_samples.parquet, one row per timed block or call.
+AB_IDENTITY = ("model", "level", "height", "width", "device_name", "backend", "precision", "batch", "threads",
+               "channels_last", "folded")  # bench.cases.IDENTITY (a test keeps them equal): A's case
+AB_VERDICTS = ("slower", "faster", "unchanged", "undecided", "failed")  # bench.ab.decide.VERDICTS
+AB_COLUMNS: tuple[Column, ...] = tuple(c for n in AB_IDENTITY for c in COLUMNS if c.name == n) + (
+    Column("case_id", "string", "A's case_id (bench.cases.case_key)"),
+    Column("model_a", "string", "side A as named: a registered model, PATH.py:FUNCTION, or the model at --a-rev"),
+    Column("model_b", "string", "side B as named"),
+    Column("rev_a", "string", "--a-rev: the revision (and its commit); empty otherwise"),
+    Column("rev_b", "string", "--a-rev: 'working tree'; empty otherwise"),
+    Column("backend_b", "string", "B's backend (--backend-b, else A's)"),
+    Column("design", "string", "same-process (ABBA blocks in one process) or pairs (a process of A, one of B)"),
+    Column("processes", "int64", "children run for the case"),
+    Column("n", "int64", "per-process log ratios: one per process (same-process) or per pair of processes"),
+    Column("ratio", "float64", "B/A: exp of the mean per-process log ratio"),
+    Column("ci_low", "float64", "interval of the ratio at `confidence` (Student t over processes, exp)"),
+    Column("ci_high", "float64", ""),
+    Column("confidence", "float64", "the interval's level: 1 - alpha/K, K = the number of checkpoints"),
+    Column("sd_log", "float64", "SD of the per-process log ratios"),
+    Column("a_median_ms", "float64", "median over processes of A's per-process median, ms per call"),
+    Column("b_median_ms", "float64", "median over processes of B's per-process median, ms per call"),
+    Column("block", "int64", "calls per ABBA block (same-process design; empty for pairs)"),
+    Column("cycles", "float64", "median ABBA cycles per process (same-process design)"),
+    Column("verdict", "string", "one of AB_VERDICTS"),
+    Column("reason", "string", "the rule's words, or why the case failed"),
+    Column("wall_s", "float64", "wall time of the case's processes"),
+)
+AB_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in AB_COLUMNS)
+# --metric instructions adds these to ab.parquet (bench.launch.callgrind counts, bench.ab.decide.judge_counts)
+AB_INSTRUCTION_COLUMNS: tuple[Column, ...] = (
+    Column("instructions_a", "float64", "A's CPU instructions per forward (callgrind, median of the forwards)"),
+    Column("instructions_b", "float64", "B's, counted in the same valgrind process"),
+    Column("instructions_ratio", "float64", "instructions B / instructions A"),
+    Column("instructions_verdict", "string", "slower, faster, unchanged (beyond the counting noise) or failed"),
+    Column("instructions_reason", "string", "the forwards' spread, or why a side could not be counted"),
+)
+AB_INSTRUCTION_COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in AB_INSTRUCTION_COLUMNS)
+AB_SAMPLE_COLUMNS: tuple[Column, ...] = (
+    Column("case_id", "string", ""), Column("process", "int64", "1-based process of the case that took it"),
+    Column("side", "string", "a or b"),
+    Column("iter", "int64", "0-based, counting per side within a process"),
+    Column("latency_ms", "float64", "ms per call: of one ABBA block (same-process) or of one call (pairs)"),
+)

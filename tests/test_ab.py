@@ -1,4 +1,4 @@
-"""`run_bench.py ab`: A and B interleaved in the same processes (bench.ab, bench.measure.ab).
+"""`run_bench.py ab`: A and B interleaved in the same processes (bench.ab, bench.ab.child).
 
 Measured tests use 1 thread, 128x128 blocks, short processes and low checkpoints; their assertions are about a
 2x (or larger) real slowdown and an A/A, with margins far outside the noise, and never about an absolute time.
@@ -23,7 +23,7 @@ from bench.ab.sides import resolve_rev, worktree
 from bench.ab.spec import ABSpec, Side
 from bench.cases import Case, CaseError
 from bench.cli import main as cli_main
-from bench.measure.ab import abba_statistic, build_side, models_from
+from bench.ab.child import abba_statistic, build_side, models_from
 
 FAST = dict(res=128, threads=1, process_time=0.25, max_time=60)
 
@@ -332,10 +332,10 @@ def test_markdown_escapes_names():
 
 
 def test_instruction_rule_tells_one_percent_from_counting_noise():
-    from bench.ab.instructions import INSTR_TOLERANCE, judge
+    from bench.ab.decide import INSTR_TOLERANCE, judge_counts
 
-    assert judge(80.41e6, 80.37e6, 0.07)[1] == "unchanged"  # two forwards of evit-b0:msla 256 (measured spread)
-    assert judge(1e6, 1.01e6, 0.07) == (pytest.approx(1.01), "slower")  # 1% more work
-    assert judge(1e6, 0.99e6, 0.07)[1] == "faster"
-    assert judge(1e6, 1e6 * (1 + INSTR_TOLERANCE * 0.9), 0.0)[1] == "unchanged"
-    assert judge(1e6, 1.01e6, 0.5)[1] == "unchanged"  # a side whose forwards spread 0.5%: 1% is within 3x that
+    assert judge_counts(80.41e6, 80.37e6, 0.07)[1] == "unchanged"  # two forwards of evit-b0:msla 256 (measured spread)
+    assert judge_counts(1e6, 1.01e6, 0.07) == (pytest.approx(1.01), "slower")  # 1% more work
+    assert judge_counts(1e6, 0.99e6, 0.07)[1] == "faster"
+    assert judge_counts(1e6, 1e6 * (1 + INSTR_TOLERANCE * 0.9), 0.0)[1] == "unchanged"
+    assert judge_counts(1e6, 1.01e6, 0.5)[1] == "unchanged"  # a side whose forwards spread 0.5%: 1% is within 3x that

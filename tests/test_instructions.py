@@ -1,4 +1,5 @@
-"""--metric instructions: callgrind counts per forward (bench/measure/instructions.py).
+"""--metric instructions: callgrind counts per forward (bench/launch/callgrind.py starts valgrind over the child,
+bench/measure/instructions.py).
 
 Two valgrind processes in all (module-scoped, ~1-2 min each on the 2-core VM, started together: each runs one
 thread): a list of small cases, and an A/B pair. The tests that need no valgrind (CUDA, missing valgrind, parsing,
@@ -14,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from bench.cases import Case
-from bench.measure import instructions as ins
-from bench.measure.instructions import (CPU_ONLY, VALGRIND_MISSING, InstructionCount, add_instruction_columns,
-                                        count_instructions, count_pair_instructions, read_parts)
+from bench.launch import callgrind as ins
+from bench.launch.callgrind import (CPU_ONLY, VALGRIND_MISSING, InstructionCount, add_instruction_columns,
+                                    count_instructions, count_pair_instructions, read_parts)
 from models.user import MODELS_FROM_ENV
 
 HERE = Path(__file__).resolve().parent

@@ -6,8 +6,9 @@
 The parent side of `run_bench.py ab`: matrix (options -> A's cases and both sides), sides (--a/--b/--a-rev,
 the temporary worktree), engine (interleaved short processes, sequential looks), decide (the rule: a t interval
 on the mean per-process log ratio against the midpoint log(1 + T/2), Bonferroni over the checkpoints), store
-(the OUT/ab-* folder), output (tables, Markdown, JSON). The child is bench.measure.ab; spec is the JSON record
-between them. Re-exported lazily: the child imports bench.ab.spec without pandas.
+(the OUT/ab-* folder, and `load_ab` to read it back), output (tables, Markdown, JSON). The child half is
+bench.ab.child (in the measuring child's layer); spec is the JSON record between them. Re-exported lazily: the
+child imports bench.ab.spec and bench.ab.child without pandas.
 """
 from __future__ import annotations
 

@@ -18,6 +18,13 @@ bound is a one-sided bound at level alpha/(2K), so over all K looks a false "slo
 before the last checkpoint, one final look is taken at the values there (it stands for an unreached checkpoint,
 so there are still at most K looks); a case undecided after it, or after the last checkpoint, is `undecided`
 with the reason. Ratios reported are exp() of the log-scale values.
+
+`--metric instructions` has its own rule (`judge_counts`): instruction counts of the same code are deterministic to
+~0.1% (bench.measure.instructions: forwards of one process agree to 0.06-0.07%, two processes to 0.02%), so no
+statistics over processes are needed: with r = instructions B / instructions A, slower if r > 1 + tol, faster if
+r < 1 / (1 + tol), else unchanged, tol = max(INSTR_TOLERANCE, 3 x the larger within-process spread of the two). What
+a count cannot see (cache and memory-bandwidth effects, more than one thread, GPU work) shows in the wall-time
+verdict only.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from scipy import stats as _st
 DECIDED = ("slower", "faster", "unchanged")
 VERDICTS = (*DECIDED, "undecided", "failed")
 CONTINUE = "continue"  # a look that decides nothing yet
+INSTR_TOLERANCE = 0.005  # 0.5%: ~7x the spread of the forwards of one process measured on the development VM
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,17 @@ def decide(values: Sequence[float], *, checkpoints: Sequence[int], threshold: fl
     if not stop:
         return d
     return replace(d, verdict="undecided", reason=f"{d.reason}; stopped at {stop}")
+
+
+def judge_counts(a: float, b: float, spread_pct: float) -> tuple[float, str]:
+    """(ratio B/A, verdict) of two instruction counts whose forwards spread by `spread_pct` percent at most."""
+    r = b / a
+    tol = max(INSTR_TOLERANCE, 3 * spread_pct / 100)
+    if r > 1 + tol:
+        return r, "slower"
+    if r < 1 / (1 + tol):
+        return r, "faster"
+    return r, "unchanged"
 
 
 def _r(log_value: float) -> str:

@@ -2,7 +2,7 @@
 
 Round r runs unit r of every case still open (like the runner's passes), so slow drift of the machine spreads
 over all cases instead of landing on one. A unit is one process running A and B in ABBA blocks (same-process
-design; its statistic comes from the child, bench.measure.ab) or, in the pairs design, two processes, A then B
+design; its statistic comes from the child, bench.ab.child) or, in the pairs design, two processes, A then B
 for even units and B then A for odd ones (ABBA order of processes), with log(median B / median A). After each
 unit the case is looked at (bench.ab.decide) at the checkpoints, and one last time when its processes have used
 --max-time seconds. A process that fails makes its case `failed` with the child's reason. The folder is saved
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import sys
 import time
@@ -22,17 +23,19 @@ from typing import Any, Callable
 import pandas as pd
 
 from bench.ab import store
-from bench.ab.decide import decide
-from bench.ab.instructions import COLUMNS as INSTR_COLUMNS
+from bench.ab.decide import decide, judge_counts
 from bench.ab.matrix import ABPlan, make_ab_plan
 from bench.ab.sides import worktree
-from bench.ab.spec import ABSpec
+from bench.ab.spec import ABSpec, Side
 from bench.ab.store import CaseRun
+from bench.cases import Case
+from bench.env import environment, now_iso
+from bench.launch.callgrind import CPU_ONLY, count_sides
 from bench.launch.isolation import Isolation, make_isolation
 from bench.launch.outcome import classify
-from bench.env import now_iso
-from bench.plan import PlanError
 from bench.launch.workdir import make_workdir
+from bench.plan import PlanError
+from bench.schema import AB_INSTRUCTION_COLUMN_NAMES as INSTR_COLUMNS
 
 Log = Callable[[str], None]
 
@@ -110,7 +113,7 @@ def run_ab(*, a: str | None = None, b: str | None = None, a_rev: str | None = No
            process_time: float = 1.0, out: str | Path = "results", log: Log | None = None,
            argv: list[str] | None = None, metric: str = "time") -> tuple[pd.DataFrame, Path]:
     """Compare A and B (keywords = the `ab` command's flags); returns (one row per case, the folder written).
-    metric "instructions" adds the instruction counts of both sides (bench.ab.instructions) beside the timing.
+    metric "instructions" adds the instruction counts of both sides (instruction_columns) beside the timing.
     Raises PlanError for bad options before anything is written."""
     if metric not in ("time", "instructions"):
         raise PlanError(f"--metric: {metric!r} is not accepted; accepted: time, instructions")
@@ -154,10 +157,25 @@ def run_ab(*, a: str | None = None, b: str | None = None, a_rev: str | None = No
 
 def _instructions(runs: list[CaseRun], plan, log: Log) -> dict[str, dict]:
     """case_id -> the instruction columns (one valgrind process per case, A and B alternating)."""
-    from bench.ab.instructions import count_case
-
     env = _child_env(plan)
-    return {r.case.case_id: count_case(r.case, r.a, r.b, env=env, log=log) for r in runs}
+    return {r.case.case_id: instruction_columns(r.case, r.a, r.b, env=env, log=log) for r in runs}
+
+
+def instruction_columns(case: Case, a: Side, b: Side, *, env: dict[str, str] | None = None,
+                        log: Log | None = None) -> dict:
+    """The instruction columns of one case: A and B counted alternately in one valgrind process
+    (bench.launch.callgrind), judged by bench.ab.decide.judge_counts. A side that could not be counted makes the
+    case `failed` with the reason."""
+    if case.device_type != "cpu":
+        return {"instructions_verdict": "failed", "instructions_reason": CPU_ONLY}
+    ca, cb = count_sides(case, a, b, env=env, log=log)
+    reason = "; ".join(f"{side}: {c.reason}" for side, c in (("A", ca), ("B", cb)) if c.reason)
+    if reason or not (math.isfinite(ca.instructions) and ca.instructions > 0):
+        return {"instructions_verdict": "failed", "instructions_reason": reason or "no count"}
+    spread = max(ca.spread_pct, cb.spread_pct)
+    ratio, verdict = judge_counts(ca.instructions, cb.instructions, spread)
+    return {"instructions_a": ca.instructions, "instructions_b": cb.instructions, "instructions_ratio": ratio,
+            "instructions_verdict": verdict, "instructions_reason": f"forwards spread {spread:.3f}% at most"}
 
 
 def _new_folder(out: Path) -> Path:
@@ -173,8 +191,6 @@ def _new_folder(out: Path) -> Path:
 
 
 def _child_env(plan: ABPlan) -> dict[str, str]:
-    import os
-
     from models.user import MODELS_FROM_ENV
 
     sources = plan.config.get("models_from") or []
@@ -182,8 +198,6 @@ def _child_env(plan: ABPlan) -> dict[str, str]:
 
 
 def _meta(plan: ABPlan, folder: Path, argv: list[str] | None) -> dict[str, Any]:
-    from bench.env import environment
-
     return {"run_id": folder.name, "kind": "ab", "started_at": now_iso(), "status": "created",
             "env": environment(list(argv) if argv is not None else list(sys.argv)), "config": plan.config,
             "cases": [c.to_spec() for c in plan.cases]}

@@ -3,19 +3,21 @@
 --a/--b: a registered model name (`evit-b1:msla`) or a builder in a user's file (`path.py:fn`, a zero-argument
 function returning an nn.Module). --a-rev REV: the same models at another git revision, checked out as a
 temporary `git worktree add --detach` (removed at the end, also on error) whose `models` package the child
-imports in place of ours (bench.measure.ab.models_from); B is then the working tree.
+imports in place of ours (bench.ab.child.models_from); B is then the working tree.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from bench.plan import PlanError
+from bench.ab.child import BuilderNotFound, load_builder
 from bench.launch.workdir import make_workdir
+from bench.plan import PlanError
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,6 @@ def parse_side(text: str, flag: str) -> SideArg:
 def check_builder(side: SideArg, flag: str) -> None:
     """A file side's module imports here and its builder takes no argument (PlanError otherwise); it is not
     called: that happens in the child, where a failure is that case's `failed` row."""
-    import inspect
-
-    from bench.measure.ab import BuilderNotFound, load_builder
-
     if not Path(side.path).is_file():
         raise PlanError(f"{flag}: {side.path}: no such file; accepted: PATH.py:FUNCTION with an existing file")
     try:

@@ -2,7 +2,7 @@
 
 It crosses the process boundary like `bench.cases.Case` (the parent writes `to_spec()`, the child reads
 `ABSpec.from_spec`, which checks every field), so it lives apart from the parent's scheduling and imports only
-`bench.cases`: the measuring child (bench.measure.ab) reads it without pulling in pandas or the launcher.
+`bench.cases`: the measuring child (bench.ab.child) reads it without pulling in pandas or the launcher.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The interleaved child: the cases of one decision group built in one process and timed in turn, so that the
 machine's drift and the process's own state (memory layout, thread placement) hit every side alike.
 
-Steps: setup (threads, device, seed: bench.measure.child) -> for each side: build, reference, prepare
-(bench.measure.child.prepare_side; a side that fails there becomes its own error row and the others go on) ->
+Steps: setup (threads, device, seed: bench.measure.steps) -> for each side: build, reference, prepare
+(bench.measure.steps.prepare_side; a side that fails there becomes its own error row and the others go on) ->
 first call and warm-up of each side (the timer's warm-up rule) -> cycles. A cycle runs every side once in a
 rotated order and then once in the reverse of that order (for three sides, cycle 0 is A B C C B A, cycle 1 is
 B C A A C B, ...): every side's two blocks straddle the cycle's midpoint, so a linear drift within a cycle adds the
@@ -25,7 +25,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from bench.cases import Case, CaseError
-from bench.measure.child import (AfterBuild, Stage, failure_row, measure_energy, prepare_side, profile_side, setup,
+from bench.measure.steps import (AfterBuild, Stage, failure_row, measure_energy, prepare_side, profile_side, setup,
                                  side_numerics)
 
 BLOCK_MIN_MS = 1.0
@@ -87,7 +87,7 @@ def _timed_cycles(device_type: str, fns: list[Callable[[], Any]], rows: list[dic
     per call in cycle order; the block size in calls)."""
     import numpy as np
 
-    from bench.measure.timer import _clock, _warm_up
+    from bench.measure.timer import clock, warm_up
 
     wmax = max(0.2, 0.3 * process_time)
     est = []
@@ -96,9 +96,9 @@ def _timed_cycles(device_type: str, fns: list[Callable[[], Any]], rows: list[dic
     gc.disable()
     try:
         for fn, i in zip(fns, index):
-            clock = _clock(fn, device_type)
-            rows[i]["first_call_ms"] = clock.first()
-            warm = _warm_up(clock, wmax)
+            timer = clock(fn, device_type)
+            rows[i]["first_call_ms"] = timer.first()
+            warm = warm_up(timer, wmax)
             rows[i]["warmup_iters"] = len(warm)
             est.append(float(np.median(warm[-3:])))
         k = int(min(MAX_BLOCK, max(1, math.ceil(BLOCK_MIN_MS / max(min(est), 1e-6)))))

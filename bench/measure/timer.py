@@ -103,7 +103,7 @@ def _warm_done(times: list[float]) -> bool:
     return last >= prev * (1 - WARMUP_TOL)
 
 
-class _CpuClock:
+class CpuClock:
     """Times one call at a time with perf_counter_ns."""
 
     def __init__(self, fn: Callable[[], object]):
@@ -124,7 +124,7 @@ class _CpuClock:
         return [v / 1e6 for v in out]
 
 
-class _CudaClock:
+class CudaClock:
     """Times a batch of single calls with CUDA event pairs and one synchronisation per batch."""
 
     def __init__(self, fn: Callable[[], object]):
@@ -153,11 +153,12 @@ class _CudaClock:
         return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
-def _clock(fn: Callable[[], object], device_type: str):
+def clock(fn: Callable[[], object], device_type: str) -> CpuClock | CudaClock:
+    """The clock of a device type: `first()` times the first call, `batch(k)` k single calls (ms each)."""
     if device_type == "cpu":
-        return _CpuClock(fn)
+        return CpuClock(fn)
     if device_type == "cuda":
-        return _CudaClock(fn)
+        return CudaClock(fn)
     raise ValueError(f"device_type must be 'cpu' or 'cuda', not {device_type!r}")
 
 
@@ -170,16 +171,16 @@ def measure(fn: Callable[[], object], *, device_type: str = "cpu", min_time_s: f
     budget = _Budget(min(min_time_s, max_time_s), max_time_s, rel_ci, min(min_samples, max_samples), max_samples)
     if warmup_max_s is None:
         warmup_max_s = max(0.5, 0.3 * max_time_s)
-    clock = _clock(fn, device_type)
+    timer = clock(fn, device_type)
     t_begin = time.perf_counter()
-    first_ms = clock.first()
+    first_ms = timer.first()
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
-        warm = _warm_up(clock, warmup_max_s)
+        warm = warm_up(timer, warmup_max_s)
         if device_type == "cuda":
-            samples, converged = _sample_batched(clock, warm, budget)
+            samples, converged = _sample_batched(timer, warm, budget)
         else:
             samples, converged = _sample_each(fn, budget)
     finally:
@@ -189,8 +190,9 @@ def measure(fn: Callable[[], object], *, device_type: str = "cpu", min_time_s: f
                         warmup_iters=len(warm), converged=converged, total_s=time.perf_counter() - t_begin)
 
 
-def _warm_up(clock: _CpuClock | _CudaClock, warmup_max_s: float) -> list[float]:
-    """Warm-up call times: until they stop decreasing (_warm_done), bounded by time and count."""
+def warm_up(clock: CpuClock | CudaClock, warmup_max_s: float) -> list[float]:
+    """Warm-up call times: until they stop decreasing (_warm_done), bounded by time and count (the rule every
+    timed design uses: this timer, the A/B child and the interleaved child)."""
     warm: list[float] = []
     t0 = time.perf_counter()
     while True:
@@ -201,7 +203,7 @@ def _warm_up(clock: _CpuClock | _CudaClock, warmup_max_s: float) -> list[float]:
             return warm
 
 
-def _sample_batched(clock: _CudaClock, warm: list[float], budget: _Budget) -> tuple[list[float], bool]:
+def _sample_batched(clock: CudaClock, warm: list[float], budget: _Budget) -> tuple[list[float], bool]:
     """CUDA: batches of single-call event timings, each batch sized to ~CUDA_BATCH_TARGET_S of GPU time."""
     samples: list[float] = []
     next_check = budget.min_samples

@@ -1,6 +1,9 @@
 """The A/B child: A and B built in one process and timed alternately, so that machine drift hits both alike.
 
-Steps: setup (threads, device, seed: bench.measure.child) -> build each side from the same seed -> one example
+The measuring half of bench.ab (the parent: engine, matrix, sides, ...); bench.measure.child dispatches a spec of
+kind "ab" here. It is in the child's layer: it imports the child's steps, never the launcher or the runner.
+
+Steps: setup (threads, device, seed: bench.measure.steps) -> build each side from the same seed -> one example
 input tensor for both -> `backends.prepare` each with the same backend -> first call and warm-up of each (the
 timer's warm-up rule, bench.measure.timer) -> one discarded ABBA cycle -> ABBA cycles (A B B A) for
 `process_time_s` and at least MIN_CYCLES cycles. A block is one call, or for very fast cases as many calls (the
@@ -31,7 +34,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from bench.ab.spec import ABSpec, Side
 from bench.cases import CaseError
-from bench.measure.child import Stage, failure_row, setup
+from bench.measure.steps import Stage, failure_row, setup
 from bench.measure.interleaved import cpu_blocks, cuda_blocks
 
 MIN_CYCLES = 3
@@ -97,7 +100,7 @@ def _abba(s: ABSpec, fa: Callable[[], Any], fb: Callable[[], Any], row: dict) ->
     """Warm both, then ABBA cycles for process_time_s; adds the per-process statistic and medians to `row`."""
     import numpy as np
 
-    from bench.measure.timer import _clock, _warm_up
+    from bench.measure.timer import clock, warm_up
 
     device_type = s.case.device_type
     wmax = max(0.2, 0.3 * s.process_time_s)
@@ -107,9 +110,9 @@ def _abba(s: ABSpec, fa: Callable[[], Any], fb: Callable[[], Any], row: dict) ->
     gc.disable()
     try:
         for key, fn in (("a", fa), ("b", fb)):
-            clock = _clock(fn, device_type)
-            row[f"{key}_first_call_ms"] = clock.first()
-            warm = _warm_up(clock, wmax)
+            timer = clock(fn, device_type)
+            row[f"{key}_first_call_ms"] = timer.first()
+            warm = warm_up(timer, wmax)
             est[key] = float(np.median(warm[-3:]))
         block = int(min(MAX_BLOCK, max(1, math.ceil(BLOCK_MIN_MS / max(min(est.values()), 1e-6)))))
         cycle = _cuda_cycle if device_type == "cuda" else _cpu_cycle
