@@ -29,16 +29,17 @@ from bench.launch.childenv import set_pdeathsig
 from bench.launch.faults import inject_after_build
 from bench.measure.child import run_case_file
 
+USAGE = "usage: python -m bench.launch.worker (--serve | --case SPEC_JSON --result OUT_JSON)"
+
 
 def preload() -> list[str]:
     """Import everything a case needs, users' model files included (their builders register in every child);
-    no tensor op: the server must stay fork-safe. Returns the user model sources loaded."""
+    no tensor op: the server must stay fork-safe. Returns the user model sources loaded. (The measuring modules
+    that import nothing heavy came with bench.measure.child.)"""
     import torch  # noqa: F401
 
     import bench.backends  # noqa: F401
-    import bench.measure.calibrate  # noqa: F401
     import bench.measure.energy  # noqa: F401
-    import bench.measure.memory  # noqa: F401
     import bench.measure.numerics  # noqa: F401
     import bench.measure.timer  # noqa: F401
     import bench.results.repeats  # noqa: F401
@@ -140,22 +141,39 @@ def serve() -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def parse_args(argv: list[str]) -> tuple[str, str] | None | str:
+    """None for `--serve`, (spec, result) for `--case SPEC --result OUT` (either order, `--flag=VALUE` too), or
+    what is wrong with argv. The launcher (bench.launch.isolation) writes only these two forms."""
+    if "--serve" in argv:  # as argparse had it: --serve wins over whatever else is given
+        return None
+    got: dict[str, str] = {}
+    rest = list(argv)
+    while rest:
+        flag, eq, value = rest.pop(0).partition("=")
+        if flag not in ("--case", "--result"):
+            return f"unrecognized arguments: {' '.join([flag, *rest])}"
+        if not eq:
+            if not rest or rest[0].startswith("--"):
+                return f"argument {flag}: expected one argument"
+            value = rest.pop(0)
+        got[flag] = value
+    if not (got.get("--case") and got.get("--result")):
+        return "need --serve, or --case and --result"
+    return got["--case"], got["--result"]
 
-    p = argparse.ArgumentParser(prog="python -m bench.launch.worker", description=__doc__.split("\n\n")[0])
-    p.add_argument("--serve", action="store_true", help="fork server (the runner's default)")
-    p.add_argument("--case", metavar="SPEC_JSON", help="run one case spec (spawn mode)")
-    p.add_argument("--result", metavar="OUT_JSON", help="where to write the case's result")
-    a = p.parse_args(argv)
-    if a.serve:
+
+def main(argv: list[str] | None = None) -> int:
+    """The fork server or one case; a usage line and exit status 2 for arguments of another form."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args is None:
         return serve()
-    if not (a.case and a.result):
-        p.error("need --serve, or --case and --result")
+    if isinstance(args, str):
+        print(f"{USAGE}\npython -m bench.launch.worker: error: {args}", file=sys.stderr)
+        return 2
     set_pdeathsig()
     if not _preload_or_say_why():
         return 2
-    return run_case_file(a.case, a.result, after_build=inject_after_build)
+    return run_case_file(args[0], args[1], after_build=inject_after_build)
 
 
 if __name__ == "__main__":
