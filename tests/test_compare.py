@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.analysis.compare import (add_compare_arguments, cmd_compare, compare_runs, format_table, run_compare,
-                           to_json_dict, to_markdown)
+from bench.analysis.compare import compare_runs, format_table, run_compare, to_json_dict, to_markdown
 from bench.analysis import compare
+from bench.commands import compare as compare_command
+from bench.commands.compare import main as cmd_compare
 from bench.results.store import load_run
 sys.path.insert(0, str(Path(__file__).parent))  # works with or without tests/__init__.py
 from runfactory import ENV, build_run, case, make_run, noise  # noqa: E402
@@ -179,8 +180,10 @@ def test_env_mismatch_reported(tmp_path):
 # ------------------------------------------------------------------ CLI
 
 def _args(*argv):
+    """argv parsed by the compare command's own parser (as `run_bench.py compare ...` parses it)."""
     import argparse
-    return add_compare_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+    sub = argparse.ArgumentParser().add_subparsers()
+    return compare_command.add_parser(sub).parse_args(list(argv))
 
 
 def _two_runs(tmp_path, factor=1.0):
@@ -220,7 +223,7 @@ def _one_line_error(capsys):
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     b, c = _two_runs(tmp_path)
-    assert cmd_compare(_args(str(tmp_path / "nope"), str(c))) == 2
+    assert run_compare(str(tmp_path / "nope"), str(c)) == 2  # the command refuses it sooner (below)
     assert "no such run folder" in _one_line_error(capsys)
     # corrupt parquet
     bad = tmp_path / "bad"
@@ -244,7 +247,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert "latency_ms" in _one_line_error(capsys)
     # empty folder, schema version mismatch, bad options, unwritable output
     (tmp_path / "empty").mkdir()
-    assert cmd_compare(_args(str(tmp_path / "empty"), str(b))) == 2
+    assert run_compare(str(tmp_path / "empty"), str(b)) == 2  # the command refuses it sooner (below)
     _one_line_error(capsys)
     (b / "meta.json").write_text(json.dumps({"schema_version": 99}))
     assert cmd_compare(_args(str(b), str(b))) == 2
@@ -255,6 +258,19 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert run_compare(b2, c2, json_path=tmp_path / "no" / "dir" / "x.json") == 2
     assert "cannot write" in _one_line_error(capsys)
 
+
+
+def test_the_command_refuses_what_is_not_a_run_before_loading(tmp_path, capsys):
+    """The compare command names its runs as --resume does: no such run, or a folder without a results file, is one
+    line and exit 2 before anything is loaded (run_compare's own refusal is above)."""
+    from bench.cli import main
+
+    b, c = _two_runs(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", str(tmp_path / "nope"), str(c)]) == 2
+    assert "BASELINE: no run" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "empty"), str(b)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
 
 # ------------------------------------------------------------------ undecided, CI levels, nothing compared, noise
 

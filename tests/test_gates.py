@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.analysis.gates import (DEFAULT_GATES, GateConfigError, add_check_arguments, cmd_check, evaluate_gates,
-                                  load_gates, matrix_for)
+from bench.analysis.gates import evaluate_gates, matrix_for
+from bench.analysis.gates_file import DEFAULT_GATES, GateConfigError, load_gates
+from bench.commands.check import add_check_arguments, cmd_check
 from bench.results.store import load_run
 
 sys.path.insert(0, str(Path(__file__).parent))  # works with or without tests/__init__.py
@@ -98,7 +99,7 @@ def test_gates_per_group_and_device_filter(tmp_path):
      "number"),
 ])
 def test_invalid_gates(tmp_path, bad, msg):
-    from bench.analysis.gates import validate_gates
+    from bench.analysis.gates_file import validate_gates
     with pytest.raises(GateConfigError, match=msg):
         validate_gates([bad])
 
@@ -200,7 +201,7 @@ def test_gates_apply_only_where_their_thresholds_were_measured(tmp_path):
     ([1], "must be a table"),
 ])
 def test_invalid_measured_for(measured_for, msg):
-    from bench.analysis.gates import validate_gates
+    from bench.analysis.gates_file import validate_gates
     with pytest.raises(GateConfigError, match=msg):
         validate_gates([{**SPEEDUP, "measured_for": measured_for}])
 

@@ -20,8 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.analysis.report import add_report_arguments, cmd_report, default_out, write_report
+from bench.analysis.report import default_out, write_report
+from bench.commands.report import add_report_arguments, cmd_report
 from bench.analysis.report import data as rdata
+from bench.analysis.report import scaling
 from bench.results.store import load_run
 from bench.text import md_escape
 
@@ -109,7 +111,7 @@ def test_headline_speedups_and_exponents(merged_report):
     assert r["ci_low"].iloc[0] < r["speedup"].iloc[0] * 1.05 and r["ci_method"].iloc[0] == "bootstrap"
     # the timed-out softmax cases are reported as missing points
     assert any("timeout" in n and "no speedup at this point" in n for n in notes)
-    ex, _ = rdata.scaling_exponents(m)
+    ex, _ = scaling.scaling_exponents(m)
     blk = ex[(ex["model"] == "block:softmax") & ex["config"].str.contains("H100")].iloc[0]
     lin = ex[(ex["model"] == "block:msla") & ex["config"].str.contains("H100")].iloc[0]
     assert blk["exponent"] > lin["exponent"]
@@ -129,13 +131,13 @@ def test_same_device_on_two_hosts_is_kept_apart(tmp_path):
 
 def test_fit_exponent_exact_and_noisy():
     px = np.array([1e5, 1e6, 4e6, 1.6e7])
-    f = rdata.fit_exponent(px, 3e-4 * px ** 2)
+    f = scaling.fit_exponent(px, 3e-4 * px ** 2)
     assert f["exponent"] == pytest.approx(2.0) and f["se"] == pytest.approx(0.0, abs=1e-9)
-    f2 = rdata.fit_exponent(px[:2], px[:2])
+    f2 = scaling.fit_exponent(px[:2], px[:2])
     assert f2["exponent"] == pytest.approx(1.0) and math.isnan(f2["se"])
-    assert math.isnan(rdata.fit_exponent(px[:1], px[:1])["exponent"])
+    assert math.isnan(scaling.fit_exponent(px[:1], px[:1])["exponent"])
     rng = np.random.default_rng(0)
-    f3 = rdata.fit_exponent(px, px ** 1.5 * rng.lognormal(0, 0.05, px.size))
+    f3 = scaling.fit_exponent(px, px ** 1.5 * rng.lognormal(0, 0.05, px.size))
     assert f3["ci_low"] < 1.5 < f3["ci_high"]
 
 
@@ -344,7 +346,7 @@ def test_dollar_names_do_not_break_the_figures(tmp_path):
 
 
 def test_figure_failure_reason_is_never_empty():
-    from bench.analysis.report.plots import failure_reason
+    from bench.analysis.report.figures import failure_reason
 
     assert failure_reason(ValueError("\n\\frac{b\n     ^\nParseSyntaxException: x")) == \
         "figure failed (ValueError: \\frac{b)"

@@ -144,7 +144,7 @@ def test_reference_table_counts_every_row_and_labels_published_latency(tmp_path)
     body = page[page.index('id="reference"'):page.index('id="cases-section"')]
     trs = re.findall(r"<tr>\s*<td>([^<]+)</td>(.*?)</tr>", body, flags=re.S)
     assert [n for n, _ in trs] == refs
-    from bench.analysis.report.html import fnum
+    from bench.analysis.report.formatting import fnum
 
     for name, tr in trs:
         assert f"{fnum(zoo.loc[name, 'params_m'])}M" in tr and f"{fnum(zoo.loc[name, 'macs_g'])}G" in tr, name

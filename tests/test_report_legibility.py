@@ -218,9 +218,9 @@ def test_ab_of_same_samples_is_not_resolved(tmp_path):
     b = write_fixture_run(tmp_path / "b", [dict(rows[0], run_id="b")], meta=dict(run_id="b"), seed=5)
     m = rdata.merge_runs([load_run(a), load_run(b)])
     assert len(m.ab) == 1 and m.ab["ratio"].iloc[0] == pytest.approx(1.0)
-    from bench.analysis.report import ab_view
+    from bench.analysis.report import two_runs
 
-    v = ab_view.view(m)
+    v = two_runs.view(m)
     assert v["rows"][0]["reading"].startswith("no difference resolved") and v["summary"] == "1 not resolved"
     assert rdata.merge_runs([load_run(a)]).ab.empty
 

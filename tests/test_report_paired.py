@@ -15,7 +15,8 @@ from bench.analysis.report import write_report
 from bench.analysis.report import decision as dec
 from bench.analysis.report import pairs as paired
 from bench.analysis.report.data import load_runs, merge_runs
-from bench.analysis.report.html import _speedup_cell, ci_label, level_text
+from bench.analysis.report.formatting import ci_label, level_text
+from bench.analysis.report.html import _speedup_cell
 from bench.analysis import summary
 from bench.results.store import load_run, pairs_frame, write_pairs
 from tests.runfactory import interleave, pair_row, report_row, write_fixture_run

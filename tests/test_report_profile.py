@@ -18,7 +18,7 @@ import pytest
 
 from bench.analysis.report import data as rdata
 from bench.analysis.report import write_report
-from bench.analysis.report.html import fnum
+from bench.analysis.report.formatting import fnum
 from bench.analysis.report.plots_profile import TABLE_COLORS, kind_colors
 from bench.analysis.report.profile_data import depthwise_rates, kind_rates, kinds, profile_table
 from bench.analysis.report.profile_view import PROFILE_FIGURES, pct, section, setting_sentences, signed_pct

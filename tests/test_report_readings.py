@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from bench.analysis.report import readings, write_report
-from bench.analysis.report.data import fit_exponent
+from bench.analysis.report.scaling import fit_exponent
 from bench.analysis.report.html import _speedup_cell
-from bench.analysis.report.plots import FIGURES
+from bench.analysis.report.figures import FIGURES
 from tests.runfactory import report_row, write_fixture_run
 
 CPU = "Fixture Xeon 8480 (CPU)"

@@ -71,7 +71,6 @@ comparison. Use it for baselines recorded on a similar machine, not across hardw
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -314,39 +313,7 @@ def to_json_dict(df: pd.DataFrame) -> dict[str, Any]:
             "env_mismatch": list(a.get("env_mismatch", [])), "cases": cases}
 
 
-# ---------------------------------------------------------------- CLI glue
-
-def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("baseline", metavar="BASELINE", help="baseline run folder or results file (the compare command also takes a run id)")
-    parser.add_argument("current", metavar="CURRENT", help="current run folder or results file (the compare command also takes a run id)")
-    add_compare_options(parser)
-    return parser
-
-
-def add_compare_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options without the positionals (for `run --baseline BASELINE`, which compares after running)."""
-    parser.add_argument("--threshold", type=float, default=0.05,
-                        help="minimum effect: flag a case only if the ratio of medians is beyond 1 +- this "
-                             "(default 0.05 = 5%%)")
-    parser.add_argument("--alpha", type=float, default=0.01,
-                        help="significance level of the Mann-Whitney test and of the (1-alpha) ratio CI "
-                             "(default 0.01)")
-    parser.add_argument("--normalize", action="store_true",
-                        help="scale the current run by the ratio of the two runs' calibration rates per device "
-                             "(corrects uniform machine speed drift only)")
-    add_allow_noisy_option(parser)
-    parser.add_argument("--markdown", metavar="FILE", help="also write a Markdown summary (CI step summary / PR)")
-    parser.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
-    return parser
-
-
-def add_allow_noisy_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """--allow-noisy alone, for a command that takes no other compare option."""
-    parser.add_argument("--allow-noisy", action="store_true",
-                        help="judge cases measured on a busy machine (flagged noisy) instead of leaving them "
-                             "'noisy' and exiting 3; the output says they were judged on noisy data")
-    return parser
-
+# ---------------------------------------------------------------- load, compare, print
 
 def run_compare(baseline: str | Path, current: str | Path, *, threshold: float = 0.05, alpha: float = 0.01,
                 normalize: bool = False, markdown: str | Path | None = None, json_path: str | Path | None = None,
@@ -378,9 +345,3 @@ def run_compare(baseline: str | Path, current: str | Path, *, threshold: float =
         print(f"compare: error: cannot write output: {str(e).splitlines()[0]}", file=err)
         return 2
     return exit_status(df)
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    return run_compare(args.baseline, args.current, threshold=args.threshold, alpha=args.alpha,
-                       normalize=args.normalize, markdown=args.markdown, json_path=args.json,
-                       allow_noisy=getattr(args, "allow_noisy", False))

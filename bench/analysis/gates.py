@@ -4,8 +4,8 @@
     python run_bench.py check --run results/RUN    # evaluate the gates on an existing run (no measuring)
 
 This module evaluates; it never measures (analysis does not reach back up the pipeline into the runner).
-`matrix_for` says which cases the gates need, and the command layer, which owns the run lifecycle, measures them
-and hands `cmd_check` its `measure` callable.
+`matrix_for` says which cases the gates need, and the check command (bench/commands/check.py), which owns the run
+lifecycle and the command line, measures them and evaluates the run it made with `evaluate_gates`.
 
 The gates live in `bench/analysis/gates.toml` (or `--gates FILE`; its tables are the examples), one `[[gate]]`
 table each, with `name`, `kind` and:
@@ -29,29 +29,25 @@ Both rest on medians, not on CIs; the speedup's conservative ratio (slower CI lo
 only when both CIs reach their nominal 95% (`latency_ms_ci_level`; with fewer than 6 samples they do not).
 A gate whose rows were flagged noisy by the runner's machine-health guard is not judged (SKIP-NOISY, the rows and
 reasons in the message) unless --allow-noisy, which judges it and says so.
-`cmd_check` exits 0 when no evaluated gate failed, 1 when one did, 2 on bad input or when no gate could be
+The check command exits 0 when no evaluated gate failed, 1 when one did, 2 on bad input or when no gate could be
 evaluated at all (e.g. the run holds none of the gates' cases), 3 when none failed but a gate was not judged
 because its rows were measured on a busy machine.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 
-from bench.analysis.gates_file import DEFAULT_GATES, GateConfigError, load_gates, validate_gates
+from bench.analysis.gates_file import load_gates, validate_gates
 from bench.analysis.meta import noisy_reason
 from bench.analysis.verdict import ci_level
 from bench.cases import SETTING, setting_label
-from bench.files import atomic_write_text
-from bench.results.store import Run, RunFormatError, load_run
+from bench.results.store import Run
 from bench.stats import NOMINAL
 from bench.text import markdown_table
 
@@ -260,6 +256,11 @@ def to_markdown(results: list[GateResult]) -> str:
     return "### Latency gates\n\n" + markdown_table(["gate", "group", "outcome", "measured"], rows) + "\n"
 
 
+def to_json(results: list[GateResult]) -> str:
+    """The results as a JSON list, one object per gate and group with its outcome."""
+    return json.dumps(_json_safe([asdict(r) | {"outcome": r.outcome} for r in results]), indent=2)
+
+
 def _json_safe(o: Any) -> Any:
     """NaN -> null and inf -> "inf": JSON has neither, and a speedup is inf when the slower model never finished."""
     if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
@@ -284,87 +285,3 @@ def matrix_for(gates: list[dict], device_types: list[str]) -> list[tuple[str, in
         else:
             out += [(g["model"], r, r) for r in g.get("resolutions", [512, 1024, 2048])]
     return list(dict.fromkeys(out))
-
-
-# ---------------------------------------------------------------- CLI glue
-
-def add_check_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--run", metavar="RUN_DIR", help="evaluate the gates on this existing run (no measuring)")
-    parser.add_argument("--gates", metavar="FILE", default=None, help=f"gates file (default {DEFAULT_GATES.name})")
-    parser.add_argument("--devices", default="cpu", help="devices to measure on, comma list (default cpu)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the check matrix (default 1)")
-    parser.add_argument("--precision", default="fp32", help="precision of the check matrix (default fp32)")
-    parser.add_argument("--backend", default="eager", help="backend of the check matrix (default eager)")
-    parser.add_argument("--min-time", type=float, default=0.5, help="min timed seconds per case (default 0.5)")
-    parser.add_argument("--max-time", type=float, default=3.0, help="max timed seconds per case (default 3)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="per-case timeout in seconds (default 300)")
-    parser.add_argument("--out", default="results", help="where the check run folder goes (default results)")
-    parser.add_argument("--allow-noisy", action="store_true",
-                        help="judge gates whose rows were measured on a busy machine (flagged noisy) instead of "
-                             "skipping them and exiting 3; the output says so")
-    parser.add_argument("--markdown", metavar="FILE", help="also write the gate results as Markdown")
-    parser.add_argument("--json", metavar="FILE", help="also write the gate results as JSON")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every case of the check matrix")
-    return parser
-
-
-class Measure(Protocol):
-    """Measures the cases `matrix_for(gates, ...)` names into a new run folder under out_dir and returns that
-    folder. The command layer provides it: it owns the run lifecycle and the runner, which analysis never imports."""
-
-    def __call__(self, gates: list[dict], devices: list[str], out_dir: Path, *, threads: int, precision: str,
-                 backend: str, min_time_s: float, max_time_s: float, timeout_s: float,
-                 log: Callable[[str], None] | None) -> Path: ...
-
-
-def _measured_run(args: argparse.Namespace, gates: list[dict], measure: Measure | None) -> Path:
-    """The run to evaluate: --run, else a new run of the cases the gates need, measured by `measure`."""
-    if args.run:
-        return Path(args.run)
-    if measure is None:
-        raise GateConfigError("no run to evaluate: pass --run RUN_DIR (measuring is the check command's job)")
-    devices = [d.strip() for d in str(args.devices).split(",") if d.strip()]
-    log = (lambda s: print(s, file=sys.stderr, flush=True)) if getattr(args, "verbose", False) else None
-    run_dir = measure(gates, devices, Path(args.out), threads=args.threads, precision=args.precision,
-                      backend=args.backend, min_time_s=args.min_time, max_time_s=args.max_time,
-                      timeout_s=args.timeout, log=log)
-    print(f"check run: {run_dir}")
-    return run_dir
-
-
-def _write_outputs(args: argparse.Namespace, results: list[GateResult]) -> None:
-    if args.markdown:
-        atomic_write_text(args.markdown, to_markdown(results))
-    if args.json:
-        rows = [asdict(r) | {"outcome": r.outcome} for r in results]
-        atomic_write_text(args.json, json.dumps(_json_safe(rows), indent=2))
-
-
-def cmd_check(args: argparse.Namespace, measure: Measure | None = None) -> int:
-    """Exit 0: all evaluated gates passed; 1: a gate failed; 2: bad input or no gate evaluated; 3: none failed but
-    a gate was not judged because its rows were measured on a busy machine (--allow-noisy judges it).
-
-    `measure` is injected by the command layer (it owns the run lifecycle and the runner); without it only
-    `--run` works."""
-    err = sys.stderr
-    try:
-        gates = load_gates(args.gates)
-        results = evaluate_gates(load_run(_measured_run(args, gates, measure)), gates,
-                                 allow_noisy=getattr(args, "allow_noisy", False))
-    except (GateConfigError, RunFormatError, ValueError, OSError) as e:
-        print(f"check: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=err)
-        return 2
-    print(format_results(results))
-    try:
-        _write_outputs(args, results)
-    except OSError as e:
-        print(f"check: error: cannot write output: {str(e).splitlines()[0]}", file=err)
-        return 2
-    if any(not r.passed and not r.skipped for r in results):
-        return 1
-    if any(r.skipped and r.noisy for r in results):
-        return 3
-    if all(r.skipped for r in results):
-        print("check: error: no gate could be evaluated on this run (see SKIP lines)", file=err)
-        return 2
-    return 0

@@ -9,14 +9,14 @@ import argparse
 from pathlib import Path
 
 from bench.bounded_read import TABLE_MAX_BYTES, check_file
-from bench.cli import UsageError
+from bench.errors import UsageError
 
 NAME = "compare"
 RESULTS_FILES = ("results.parquet", "results.csv")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from bench.analysis import compare
+    from bench.analysis import compare  # for its docstring: it loads pandas and scipy
 
     p = sub.add_parser(NAME, help="compare two runs (ratio, CI, test, verdict); exit 1 on a regression",
                        description=(compare.__doc__ or "").split("\n\n")[0])
@@ -25,9 +25,28 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("current", metavar="CURRENT", help=f"the current run: {accepted}")
     p.add_argument("--out", default="results", metavar="DIR",
                    help="folder of run folders where run ids are looked up, as run's --out (default results/)")
-    compare.add_compare_options(p)
+    add_compare_options(p)
     p.set_defaults(func=main)
     return p
+
+
+def add_compare_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of the comparison (bench.analysis.compare.run_compare's keywords)."""
+    parser.add_argument("--threshold", type=float, default=0.05,
+                        help="minimum effect: flag a case only if the ratio of medians is beyond 1 +- this "
+                             "(default 0.05 = 5%%)")
+    parser.add_argument("--alpha", type=float, default=0.01,
+                        help="significance level of the Mann-Whitney test and of the (1-alpha) ratio CI "
+                             "(default 0.01)")
+    parser.add_argument("--normalize", action="store_true",
+                        help="scale the current run by the ratio of the two runs' calibration rates per device "
+                             "(corrects uniform machine speed drift only)")
+    parser.add_argument("--allow-noisy", action="store_true",
+                        help="judge cases measured on a busy machine (flagged noisy) instead of leaving them "
+                             "'noisy' and exiting 3; the output says they were judged on noisy data")
+    parser.add_argument("--markdown", metavar="FILE", help="also write a Markdown summary (CI step summary / PR)")
+    parser.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+    return parser
 
 
 def main(a: argparse.Namespace) -> int:

@@ -7,29 +7,27 @@
 
 Runs from different hosts merge into one comparison: rows keep their run, host and device; speedups only pair rows
 of the same device and setting.
+
+This module owns the inputs (which runs, which budgets, where the report goes) and the files, written all or
+nothing; `page` gathers what the report shows and is imported only when one is written (it brings matplotlib and
+jinja2), so the report command's arguments are checked without them. Its command line is
+bench/commands/report.py.
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import hashlib
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from bench.files import atomic_write
-from bench.results.store import RunFormatError
+from bench.results.store import RunFormatError, load_run
 
-if TYPE_CHECKING:
-    from bench.analysis.report.data import Merged
-    from bench.analysis.report.plots import Figure
-
-__all__ = ["write_report", "add_report_arguments", "cmd_report", "default_out", "parse_budgets", "unique_runs",
-           "DEFAULT_BUDGETS"]
+__all__ = ["write_report", "default_out", "parse_budgets", "unique_runs", "DEFAULT_BUDGETS"]
 
 DEFAULT_BUDGETS = (33.0, 100.0)  # ms: a 30 fps frame, and an interactive response
 
@@ -80,23 +78,6 @@ def unique_runs(run_dirs: Sequence[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def _missing_notes(m: Merged, notes: list[str], figs: list[Figure]) -> list[str]:
-    """What the reader must know is absent or not comparable, most basic first, each once."""
-    out: list[str] = []
-    if not len(m.results):
-        out.append("the runs have no rows at all")
-    elif not len(m.ok):
-        out.append("no case finished ok: no latencies to compare (see the case table for each status and reason)")
-    n_bad = int((m.results["status"] != "ok").sum()) if len(m.results) else 0
-    if n_bad:
-        out.append(f"{n_bad} case(s) not ok: their status and reason are in the case table")
-    if len(m.results) and len(m.ok) == 1:
-        out.append("a single ok case: no comparison, speedup or scaling fit is possible")
-    out += notes + m.notes
-    out += [f"figure '{f.title}' not shown: {f.missing}" for f in figs if f.missing]
-    return list(dict.fromkeys(out))
-
-
 def write_report(run_dirs: list[Path], out_html: Path, budgets: Sequence[float] | str = DEFAULT_BUDGETS) -> Path:
     """Write the HTML report of `run_dirs` to `out_html`, the Markdown summary to <stem>.md and the figures to
     <stem>_figures/; `budgets`: the latency budgets (ms) of the budget view. Raises ValueError for a bad budget,
@@ -105,58 +86,30 @@ def write_report(run_dirs: list[Path], out_html: Path, budgets: Sequence[float] 
     All or nothing: the figures are drawn into a hidden folder beside the report and both texts go to temporaries
     (bench.files.atomic_write); only once everything is written are they renamed into place, so a report that
     fails at any step leaves the previous complete one (or nothing) and no temporary file or folder."""
-    # imported here, not above: the CLI imports this package for its arguments, and these pull in matplotlib,
-    # seaborn, jinja2 and (for the published numbers) torch
-    from bench.analysis.report import data, html
+    # imported here, not above: page pulls in matplotlib, seaborn, jinja2 and (for the published numbers) torch,
+    # which the CLI's report command and the checks of its arguments do without
+    from bench.analysis.report import page
 
     if not run_dirs:
         raise RunFormatError("no runs given")
     budgets = parse_budgets(budgets)
     out_html = Path(out_html)
-    runs = data.load_runs(unique_runs(run_dirs))
+    runs = [load_run(p) for p in unique_runs(run_dirs)]
     fig_dir = out_html.parent / f"{out_html.stem}_figures"
     made = not out_html.parent.exists()
     out_html.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{fig_dir.name}.", suffix=".tmp", dir=out_html.parent))
     try:
-        ctx = _context(runs, data.merge_runs(runs), stage, fig_dir.name, out_html.name, budgets)
-        texts = [(out_html.with_suffix(".md"), html.render_markdown(ctx)), (out_html, html.render_html(ctx))]
+        texts = page.texts(runs, stage, out_html, fig_dir.name, budgets)
         _check_targets([p for p, _ in texts], fig_dir)
         _write_all(texts)
-        _move_figures(stage, fig_dir)
+        _move_figures(stage, fig_dir, page.FIGURE_KEYS)
         made = False
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if made and not any(out_html.parent.iterdir()):
             out_html.parent.rmdir()  # the folder this failed report made for itself
     return out_html
-
-
-def _context(runs: list, m: Merged, stage: Path, figures_dir: str, html_name: str,
-             budgets: Sequence[float] = DEFAULT_BUDGETS) -> dict:
-    """Everything the page and the summary show; the figures are drawn into `stage`."""
-    from bench.analysis.report import case_table, data, decision, html, methodology, plots, profile_view, published
-
-    sp, sp_notes = data.speedups(m)
-    ex, ex_notes = data.scaling_exponents(m)
-    refs, ref_notes = published.reference_models(m)
-    figs = plots.build_figures(m, sp, stage)
-    profile, profile_figs = profile_view.section(m, stage)
-    title = ("Token-mixer benchmark: " + ", ".join(r.run_id for r in runs)) if len(runs) <= 3 else \
-        f"Token-mixer benchmark: {len(runs)} runs merged"
-    table = case_table.case_view(m)
-    return dict(
-        title=title, generated=html.now_utc(), runs=runs, n_cases=len(m.results), n_ok=len(m.ok),
-        status_counts=data.status_counts(m),
-        missing=_missing_notes(m, sp_notes + ex_notes, figs + profile_figs),
-        health=data.health_warnings(m), warnings=decision.run_warnings(m, health=False),
-        decision=decision.decision_view(m), budgets=decision.budget_view(m, budgets), min_n=decision.MIN_N,
-        headline=html.headline(m, sp, ex), mobile_proxy=data.MOBILE_PROXY,
-        figures=html.figure_view(figs), profile=profile, refs=html.reference_view(refs), ref_notes=ref_notes,
-        table=table, method=methodology.methodology(m), figures_dir=figures_dir, html_name=html_name,
-        table_meta=dict(columns=[dict(col=h["col"], label=h["label"], num=h["num"]) for h in table["headers"]],
-                        runs=[r.run_id for r in runs]),
-    )
 
 
 def _check_targets(files: list[Path], fig_dir: Path) -> None:
@@ -183,12 +136,10 @@ def _write_all(texts: list[tuple[Path, str]]) -> None:
     atomic_write(path, write)
 
 
-def _move_figures(stage: Path, fig_dir: Path) -> None:
+def _move_figures(stage: Path, fig_dir: Path, keys: Sequence[str]) -> None:
     """The new figure files into the figures folder (each a rename); the previous report's figures that this one
-    no longer has are removed, so the folder holds this report's figures and nothing of ours besides."""
-    from bench.analysis.report.plots import FIGURES
-    from bench.analysis.report.profile_view import PROFILE_FIGURES
-
+    no longer has (`keys`: the stems of every figure a report can draw) are removed, so the folder holds this
+    report's figures and nothing of ours besides."""
     new = sorted(p for p in stage.iterdir() if p.is_file())
     if new:
         fig_dir.mkdir(exist_ok=True)
@@ -196,41 +147,7 @@ def _move_figures(stage: Path, fig_dir: Path) -> None:
         os.replace(p, fig_dir / p.name)
     if not fig_dir.is_dir():
         return
-    stale = {f"{key}{ext}" for key, *_ in FIGURES + PROFILE_FIGURES for ext in (".png", ".svg")} - \
-        {p.name for p in new}
+    stale = {f"{key}{ext}" for key in keys for ext in (".png", ".svg")} - {p.name for p in new}
     for old in fig_dir.iterdir():
         if old.name in stale and old.is_file():
             old.unlink()
-
-
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN", type=Path,
-                        help="run folders (results/<run-id>) or their results.parquet/.csv; several runs, e.g. "
-                             "from different hosts, are merged into one comparison")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="HTML file to write (default reports/<run-id>.html, or reports/merged-<ids>.html); "
-                             "the Markdown summary <stem>.md and figures <stem>_figures/ go beside it")
-    parser.add_argument("--budgets", default=",".join(f"{b:g}" for b in DEFAULT_BUDGETS), metavar="MS[,MS...]",
-                        help="latency budgets in ms for the budget view: which models and settings fit each "
-                             "(default %(default)s)")
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """`run_bench.py report RUN [RUN ...] [--out X.html]`: exit 0, or 2 with one line on bad input."""
-    runs = unique_runs(args.runs)
-    out = args.out if getattr(args, "out", None) else default_out(runs)
-    try:
-        budgets = parse_budgets(getattr(args, "budgets", None) or DEFAULT_BUDGETS)
-    except ValueError as e:
-        print(f"report: error: {e}", file=sys.stderr)
-        return 2
-    try:
-        path = write_report(runs, out, budgets)
-    except RunFormatError as e:
-        print(f"report: error: {str(e).splitlines()[0] if str(e) else 'bad run'}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"report: error: cannot write {e.filename or out}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    print(f"report: {path}  (summary {path.with_suffix('.md')}, figures {path.parent / (path.stem + '_figures')})")
-    return 0

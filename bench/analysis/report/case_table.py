@@ -1,7 +1,7 @@
 """The case table's view for the page: html.case_table's rows and headers, plus which columns are shown by default
 (the rest one click away in the column chooser, so the table fits 1400 px without scrolling sideways), the
 counts the page header states (taken from the same rows, so that they agree) and the A/B view of cases measured in
-more than one run (ab_view).
+more than one run (two_runs).
 
     table = case_table.case_view(m)   # in place of html.case_table(m): the same keys, and more
 """
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.analysis.report import ab_view
+from bench.analysis.report import two_runs
 from bench.analysis.report.data import CASE_KEY, Merged
 from bench.analysis.report.html import case_table as _base_table
 
@@ -60,5 +60,5 @@ def case_view(m: Merged) -> dict[str, Any]:
         h["default"] = h["col"] in shown
     table["defaults"] = [h["col"] for h in table["headers"] if h["default"]]
     table["counts"] = counts(m, table)
-    table["ab"] = ab_view.view(m)
+    table["ab"] = two_runs.view(m)
     return table

@@ -1,5 +1,5 @@
 """Tidy frames for the report: merged runs (with their paired decisions, pairs.parquet), speedups of msla, A/B of
-cases measured in several runs; the scaling-exponent fits are in `scaling` (re-exported here).
+cases measured in several runs. The scaling-exponent fits are in `scaling`, the paired decisions' rows in `pairs`.
 
 Everything here is pandas/numpy in, pandas out: no plotting and no HTML, so the numbers can be tested alone. The
 published numbers of the registry are in `published`, the facts of how the runs were taken in `methodology`.
@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.analysis.report.scaling import exponent_word, fit_exponent, scaling_exponents  # noqa: F401 (API)
+from bench.analysis.report.formatting import missing, number, text
+from bench.analysis.report.pairs import speedup_override
 from bench.analysis.summary import noisy_line
 from bench.cases import IDENTITY, base_name, setting_label
 from bench.results.store import Run, load_run, samples_by_process
@@ -49,15 +50,6 @@ class Merged:
 
 def load_runs(paths: list[Path]) -> list[Run]:
     return [load_run(p) for p in paths]
-
-
-def missing(v: Any) -> bool:
-    """None, pandas' NA or NaN: what a blank cell of a results table reads as."""
-    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
-
-
-def text(v: Any) -> str:
-    return "" if missing(v) else str(v)
 
 
 def _i(v: Any) -> str:
@@ -294,14 +286,6 @@ def _speedup_row(r: dict, baseline: str, index: dict[tuple, list[np.ndarray]], o
     return {**out, **(on_pair(t, b) if on_pair else {})}
 
 
-def number(v: Any) -> float:
-    """v as a finite float, else NaN (None, text, inf): what a comparison of two rows may divide by."""
-    try:
-        return float(v) if v is not None and np.isfinite(float(v)) else float("nan")
-    except (TypeError, ValueError):
-        return float("nan")
-
-
 def _unfinished_baselines(results: pd.DataFrame) -> list[str]:
     """Baseline cases that were attempted but did not finish tell the most (softmax times out at 2048)."""
     if not len(results):
@@ -320,8 +304,6 @@ def speedups(m: Merged) -> tuple[pd.DataFrame, list[str]]:
     ok = m.ok
     if not len(ok):
         return pd.DataFrame(columns=list(SPEEDUP_COLUMNS)), ["no ok measurements: speedups not available"]
-    from bench.analysis.report.pairs import speedup_override  # here: pairs builds on this module
-
     index, on_pair = samples_by_process(m.samples, ["run_id", "case_id"]), speedup_override(m.pairs)
     tgt = ok[ok["variant"] == TARGET]
     notes = [] if len(tgt) else [f"no {TARGET} rows: speedups not available"]

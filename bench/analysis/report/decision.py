@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis.report import pairs as paired
-from bench.analysis.report.data import Merged, ci_level, health_warnings, missing, number, ratio_level, text
-from bench.analysis.report.html import NOMINAL, ci_label, fnum, level_text
+from bench.analysis.report.data import Merged, ci_level, health_warnings, ratio_level
+from bench.analysis.report.formatting import NOMINAL, ci_label, fnum, level_text, missing, number, text
 from bench.analysis.report.readings import MIN_N  # fewer samples than this decide nothing
 from bench.cases import case_label
 from bench.text import markdown_table, md_escape

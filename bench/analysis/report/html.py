@@ -6,7 +6,6 @@ table script reads), bench.text escapes every Markdown cell.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,9 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from bench.analysis.report import readings
-from bench.analysis.report.data import MOBILE_PROXY, Merged, missing, number
-from bench.analysis.report.plots import Figure
+from bench.analysis.report import decision, profile_view, readings
+from bench.analysis.report.data import MOBILE_PROXY, Merged
+from bench.analysis.report.formatting import ci_label, ci_text, fnum, missing
 from bench.schema import STATUSES
 from bench.text import markdown_table, md_escape
 
@@ -37,25 +36,6 @@ TABLE_COLUMNS = (
     ("gmacs_per_s", "GMAC/s", "n"), ("frac_of_peak", "of peak", "p"), ("energy_j_per_image", "J/image", "n"),
     ("rel_err", "rel. err", "e"), ("build_s", "build s", "n"),
 )
-
-
-def fnum(v: Any, digits: int = 3) -> str:
-    """A number with `digits` significant digits, thousands separators for large ones, '' when missing."""
-    if missing(v):
-        return ""
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    if not math.isfinite(x):
-        return str(x)
-    if x == 0:
-        return "0"
-    if abs(x) >= 10 ** digits:
-        return f"{x:,.0f}"
-    mag = int(math.floor(math.log10(abs(x))))
-    dec = max(0, digits - 1 - mag)
-    return f"{x:.{dec}f}"
 
 
 def _cell(v: Any, kind: str) -> tuple[str, str]:
@@ -96,43 +76,6 @@ def case_table(m: Merged) -> dict:
         rows.append(dict(cells=cells, by=by, status_class=_status_class(r.get("status")),
                          ok=r.get("status") == "ok", mobile=bool(r.get("mobile_proxy")), noisy=bool(r.get("noisy"))))
     return dict(headers=[dict(col=c, label=lab, num=k != "s") for c, lab, k in TABLE_COLUMNS], rows=rows)
-
-
-def ci_text(lo: Any, hi: Any, digits: int = 3) -> str:
-    """'[lo, hi]' of a CI in the report's number format, '' when a bound is missing or not finite."""
-    if missing(lo) or missing(hi) or not (np.isfinite(lo) and np.isfinite(hi)):
-        return ""
-    return f"[{fnum(lo, digits)}, {fnum(hi, digits)}]"
-
-
-NOMINAL = 0.95  # the level a bare "[lo, hi]" stands for (the headers say "CI", the legends "95% unless shown")
-
-
-def level_text(level: Any, at_least: bool = False) -> str:
-    """A confidence as a percentage: '80%', '93.8%', '99.4%'; `at_least`: a lower bound, rounded down ('≥90.2%');
-    '' when unknown."""
-    x = number(level)
-    if not np.isfinite(x):
-        return ""
-    pct = math.floor(x * 1000 + 1e-6) / 10 if at_least else round(x * 100, 1)
-    return ("≥" if at_least else "") + f"{pct:.1f}".rstrip("0").rstrip(".") + "%"
-
-
-def ci_label(lo: Any, hi: Any, level: Any, n: Any = None, at_least: bool = False, unit: str = "") -> str:
-    """An interval as the report prints it, never claiming more confidence than it reaches: '[lo, hi]' (unit
-    after it) at 95%, '[lo, hi] 80%' at any other level (`at_least`: '≥90.2%', a lower bound), '[lo, hi] (level
-    not recorded)'; a single sample (`n` 1) is 'n=1, no CI', never '[x, x]'; '' without bounds."""
-    k = number(n)
-    if np.isfinite(k) and k <= 1:
-        return f"n={int(k)}, no CI"
-    ci = ci_text(lo, hi)
-    if not ci:
-        return ""
-    ci += unit
-    x = number(level)
-    if not np.isfinite(x):
-        return f"{ci} (level not recorded)"
-    return ci if abs(x - NOMINAL) < 5e-4 and not at_least else f"{ci} {level_text(x, at_least)}"
 
 
 def headline(m: Merged, sp: pd.DataFrame, ex: pd.DataFrame) -> list[dict]:
@@ -273,7 +216,7 @@ def _md_not_ok(table: dict) -> list[str]:
 
 
 def _md_ab(ab: dict | None) -> list[str]:
-    """Cases measured in two runs, side by side (ab_view's rows)."""
+    """Cases measured in two runs, side by side (two_runs' rows)."""
     if not ab or not ab["rows"]:
         return []
     cols = ["model", "setting", "resolution", "A", "B", "B / A", "reading"]
@@ -298,20 +241,6 @@ def _md_noisy(table: dict) -> list[str]:
     return lines + [""]
 
 
-def profile_markdown(view: dict | None) -> list[str]:
-    """The short "Where the time goes" (imported here: profile_view builds on this module's formatters)."""
-    from bench.analysis.report.profile_view import markdown
-
-    return markdown(view)
-
-
-def decision_markdown(decision: list[dict], budgets: list[dict]) -> list[str]:
-    """The decision tables and budget fits (imported here: decision builds on this module's formatters)."""
-    from bench.analysis.report.decision import markdown
-
-    return markdown(decision, budgets)
-
-
 def render_markdown(ctx: dict) -> str:
     e = md_escape
     lines = [f"# {e(ctx['title'])}", "", f"Runs: {', '.join(e(r['run_id']) for r in ctx['method']['runs'])}  ",
@@ -322,10 +251,10 @@ def render_markdown(ctx: dict) -> str:
         lines += ["**Warnings about the run**", ""] + [f"- {e(x)}" for x in ctx["warnings"]] + [""]
     if ctx["missing"]:
         lines += ["**What is missing**", ""] + [f"- {e(x)}" for x in ctx["missing"]] + [""]
-    lines += decision_markdown(ctx.get("decision") or [], ctx.get("budgets") or [])
+    lines += decision.markdown(ctx.get("decision") or [], ctx.get("budgets") or [])
     for dev in ctx["headline"]:
         lines += _md_headline(dev)
-    lines += profile_markdown(ctx.get("profile"))
+    lines += profile_view.markdown(ctx.get("profile"))
     lines += _md_ab(ctx["table"].get("ab"))
     lines += _md_not_ok(ctx["table"])
     lines += _md_noisy(ctx["table"])
@@ -337,8 +266,3 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def figure_view(figs: list[Figure]) -> list[dict]:
-    return [dict(key=f.key, title=f.title, caption=f.caption, png_b64=f.png_b64, missing=f.missing,
-                 width=f.width, height=f.height,
-                 png=f.png_path.name if f.png_path else "", svg=f.svg_path.name if f.svg_path else "")
-            for f in figs]

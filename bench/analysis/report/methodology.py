@@ -11,7 +11,8 @@ import pandas as pd
 
 from bench import bounded_read
 from bench.analysis.meta import flatten_meta
-from bench.analysis.report.data import Merged, text
+from bench.analysis.report.data import Merged
+from bench.analysis.report.formatting import text
 from bench.analysis.report.readings import RULES
 from bench.results.store import Run
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from bench.analysis.report.data import missing, number, text
+from bench.analysis.report.formatting import missing, number, text
 
 PairIndex = dict[tuple[str, frozenset], dict]
 VERDICT_CLASS = {"faster": "win", "tied": "tied", "not resolved": "tie", "flagged": "flag"}

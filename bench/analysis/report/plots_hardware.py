@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import NullFormatter
 
-from bench.analysis.report import plotting as kit
+from bench.analysis.report import plot_kit as kit
 from bench.analysis.report import readings
 from bench.analysis.report.data import Merged
 

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
-from bench.analysis.report import plotting as kit
+from bench.analysis.report import plot_kit as kit
 from bench.analysis.report.profile_data import KEY, ordered_kinds
 from bench.profiling.opkinds import OP_KINDS, is_depthwise, kind_order
 

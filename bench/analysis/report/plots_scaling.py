@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
-from bench.analysis.report import plotting as kit
+from bench.analysis.report import plot_kit as kit
 from bench.analysis.report import readings
 from bench.analysis.report.data import Merged
 from bench.cases import setting_label

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench.analysis.report.data import Merged, text
+from bench.analysis.report.data import Merged
+from bench.analysis.report.formatting import text
 from bench.profiling.opkinds import is_depthwise, kind_order
 
 KEY = ["run_id", "case_id"]

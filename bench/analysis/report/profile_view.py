@@ -14,10 +14,10 @@ import pandas as pd
 
 from bench.analysis.report import plots_profile as pp
 from bench.analysis.report import profile_data as pdata
-from bench.analysis.report.data import Merged, missing, text
+from bench.analysis.report.data import Merged
 from bench.analysis.report.decision import profile_anchor
-from bench.analysis.report.html import figure_view, fnum
-from bench.analysis.report.plots import Figure, draw_all
+from bench.analysis.report.figures import Figure, draw_all, figure_view
+from bench.analysis.report.formatting import fnum, missing, text
 from bench.text import markdown_table, md_escape
 
 # (key, title, caption, draw(op-kind rows)), in the order of the section

@@ -12,6 +12,7 @@ import pandas as pd
 
 from bench.analysis.report.data import Merged, ci_level
 from models.registry import get_model_info, list_models
+from models.zoo import zoo_frame
 
 
 def published_latencies(latency_ms: dict[str, float]) -> list[dict[str, Any]]:
@@ -38,8 +39,6 @@ def _measured(results: pd.DataFrame, name: str, h: int, w: int) -> dict[str, Any
 
 def _ours(names: list[str]) -> dict[str, dict[str, Any]]:
     """Our params (M) and MACs (G, at the model's input size) with their deviation from the published figure."""
-    from models.zoo import zoo_frame
-
     df = zoo_frame(names=names)
     cols = ["params_m", "macs_g", "params_dev_pct", "macs_dev_pct", "counted_as"]
     return {r["model"]: {c: (None if pd.isna(r[c]) else r[c]) if c != "counted_as" else r[c] for c in cols}

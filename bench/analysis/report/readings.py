@@ -2,7 +2,7 @@
 one can come out either way (issue 14: nothing that the data did not say).
 
 Rules (documented in the report's methodology through RULES):
-- scaling exponent k (log latency on log pixels, data.fit_exponent): a band word (sub-linear < 0.8 <= near linear
+- scaling exponent k (log latency on log pixels, scaling.fit_exponent): a band word (sub-linear < 0.8 <= near linear
   < 1.3 <= between linear and quadratic < 1.7 <= near quadratic) only when the fit has a 95% CI (3 or more sizes),
   R^2 >= MIN_R2, the CI is at most MAX_CI_WIDTH wide and lies inside one band; otherwise "inconclusive" with why.
 - MACs vs latency, per device setting over its ok cases: log-log least squares of latency on MACs and Spearman's
@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from bench.analysis.report.data import ci_level, fit_exponent
+from bench.analysis.report.data import ci_level
+from bench.analysis.report.scaling import fit_exponent
 
 MIN_N = 6  # below this many samples the CI of the median covers less than its level (bench.schema ci_level)
 MIN_R2 = 0.8
@@ -56,7 +57,7 @@ def _num(v: float, digits: int = 2) -> str:
 
 
 def exponent_reading(fit: dict[str, Any]) -> str:
-    """A fit of data.fit_exponent read by the rule above: the band word, or 'inconclusive (why)'."""
+    """A fit of scaling.fit_exponent read by the rule above: the band word, or 'inconclusive (why)'."""
     k, lo, hi, r2 = (float(fit.get(c, math.nan)) for c in ("exponent", "ci_low", "ci_high", "r2"))
     if not math.isfinite(k):
         return "no fit"

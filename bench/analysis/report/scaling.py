@@ -1,17 +1,17 @@
 """Scaling exponents: the slope of log latency against log pixels per model and device setting, with its SE and
-95% CI (Student's t over the fitted sizes), and the band word of the headline table. Split from `data` (which
-re-exports these names) so that it stays one screen of merging; pandas/numpy/scipy in, frames out."""
+95% CI (Student's t over the fitted sizes), and the band word of the headline table. Apart from `data` so that
+data stays one screen of merging; it reads data's merged runs (Merged), and data never imports it back.
+Pandas/numpy/scipy in, frames out."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-if TYPE_CHECKING:
-    from bench.analysis.report.data import Merged
+from bench.analysis.report.data import Merged
 
 
 def fit_exponent(pixels: Any, latency_ms: Any, conf: float = 0.95) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """The report's figures: which ones, their titles and captions, and how each is saved.
 
 Figures are saved as PNG (embedded base64 in the HTML page, so it works offline and as an e-mail attachment) and
-as PNG + SVG files in the figures folder beside the report. Each figure is drawn by plots_scaling or
-plots_hardware with the kit in plotting; a figure whose data are missing says why, so a report of a partial run
-still renders.
+as PNG + SVG files in the figures folder beside the report. Each figure is drawn by plots_scaling,
+plots_hardware or plots_profile with the drawing kit in plot_kit; a figure whose data are missing says why, so a
+report of a partial run still renders. `figure_view` is what the page shows of each.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure as Canvas
 
 from bench.analysis.report.readings import MIN_N
-from bench.analysis.report import plotting as kit
+from bench.analysis.report import plot_kit as kit
 from bench.analysis.report.data import Merged
 from bench.analysis.report.plots_hardware import efficiency, latency_distributions, macs_vs_latency
 from bench.analysis.report.plots_scaling import latency_vs_resolution, peak_memory, speedup_plot, throughput_vs_batch
@@ -130,3 +130,11 @@ def build_figures(m: Merged, sp: pd.DataFrame, folder: Path) -> list[Figure]:
     """The page's Figures section (FIGURES, in order)."""
     return draw_all([(key, title, caption, lambda draw=draw: draw(m, sp)) for key, title, caption, draw in FIGURES],
                     folder)
+
+
+def figure_view(figs: list[Figure]) -> list[dict]:
+    """The figures as the page shows them: title, caption, the embedded PNG, its files, or why it is missing."""
+    return [dict(key=f.key, title=f.title, caption=f.caption, png_b64=f.png_b64, missing=f.missing,
+                 width=f.width, height=f.height,
+                 png=f.png_path.name if f.png_path else "", svg=f.svg_path.name if f.svg_path else "")
+            for f in figs]

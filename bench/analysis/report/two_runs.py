@@ -1,6 +1,7 @@
-"""The A/B view of merged runs: a case measured in more than one run is shown with both runs side by side (both
-medians, their CIs and the ratio B/A with its CI, each labelled with the confidence it reaches where that is not
-95%) instead of the latest run silently replacing the others.
+"""The same case in two runs, side by side: a case measured in more than one of the merged runs is shown with both
+medians, their CIs and the ratio B/A with its CI (each labelled with the confidence it reaches where that is not
+95%), instead of the latest run silently replacing the others. Named for what it shows: this is not the A/B
+engine (bench/ab/), whose alternation happens within one run; the page calls the two runs A and B.
 
 Formatted strings only (the page escapes them); the numbers come from `data.ab_pairs`.
 """
@@ -11,8 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.analysis.report.data import Merged, ab_pairs, missing
-from bench.analysis.report.html import ci_label, fnum
+from bench.analysis.report.data import Merged, ab_pairs
+from bench.analysis.report.formatting import ci_label, fnum, missing
 from bench.analysis.report.readings import MIN_N
 
 
