@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 from bench.ab.sides import SideArg, check_builder, parse_side, resolve_rev
 from bench.ab.spec import Side
 from bench.cases import DEFAULT_MODELS, Case, CaseError, parse_ints
+from bench.launch.childenv import REPO
 from bench.plan import PlanError, load_sources, make_plan
 
 DESIGNS = ("same-process", "pairs")
@@ -50,8 +51,6 @@ class ABPlan:
         """(A, B) of one case; `tree`: the worktree of --a-rev (None without it)."""
         b_backend = self.backend_b or case.backend
         if self.rev is not None:
-            from bench.launch.childenv import REPO
-
             a = Side("tree", case.model, case.backend, model=case.model, path=str(tree))
             if self.rev.top.resolve() == REPO.resolve():
                 return a, Side("model", case.model, b_backend, model=case.model)
@@ -108,8 +107,6 @@ def _sides(a: str | None, b: str | None, a_rev: str | None, repo: str | Path | N
         if a is not None or b is not None:
             raise PlanError("--a-rev: not with --a/--b; accepted: --a-rev REV alone (A: the models at REV, B: the "
                             "working tree)")
-        from bench.launch.childenv import REPO
-
         top, commit = resolve_rev(Path(repo) if repo is not None else REPO, str(a_rev).strip())
         return None, None, Rev(top, str(a_rev).strip(), commit)
     if repo is not None:

@@ -114,7 +114,7 @@ def unsupported(device_type: str, precision: str, channels_last: bool, fold: boo
     return None
 
 
-def _import_torch_tensorrt() -> tuple[ModuleType, str]:
+def import_torch_tensorrt() -> tuple[ModuleType, str]:
     """torch_tensorrt and its version; Unsupported when it is missing or installed but broken (a CUDA or
     TensorRT library mismatch shows up only on import)."""
     version = tensorrt_version()
@@ -133,7 +133,7 @@ def prepare(model: nn.Module, x: torch.Tensor, device: torch.device, precision: 
 
     Option `tensorrt_kwargs` is merged over `tensorrt_compile_kwargs`.
     """
-    torch_tensorrt, version = _import_torch_tensorrt()
+    torch_tensorrt, version = import_torch_tensorrt()
     kwargs = tensorrt_compile_kwargs(version, precision)
     kwargs.update(options.get("tensorrt_kwargs", {}))
     mdt = tensorrt_model_dtype(version, precision)

@@ -6,7 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from bench.cli import UsageError
+from bench.errors import PROG, UsageError
+from bench.files import atomic_write_json, atomic_write_text
 
 NAME = "ab"
 
@@ -149,7 +150,6 @@ def _write_outputs(a: argparse.Namespace, frame, folder: Path) -> None:
     """--markdown / --json after the measuring; a write that fails now (the disk filled) is one line naming where
     the results are."""
     from bench.ab import output
-    from bench.files import atomic_write_json, atomic_write_text
 
     for flag, path, write in (
             ("--markdown", a.markdown, lambda p: atomic_write_text(p, output.to_markdown(frame, folder))),
@@ -174,7 +174,6 @@ def exit_status(frame) -> int:
 def main(a: argparse.Namespace) -> int:
     from bench.ab import output
     from bench.ab.engine import run_ab
-    from bench.cli import PROG
 
     check_outputs(a)
     log = None if a.quiet else (lambda line: print(line, file=sys.stderr, flush=True))

@@ -6,6 +6,7 @@ Where that is not possible, a thread polls psutil's RSS every `interval_s` inste
 """
 from __future__ import annotations
 
+import resource
 import threading
 from typing import Any
 from pathlib import Path
@@ -84,8 +85,6 @@ class PeakRSS:
 
 def limit_address_space(extra_bytes: int) -> None:
     """RLIMIT_AS = current virtual size + extra_bytes (CPU-only children; CUDA reserves huge virtual ranges)."""
-    import resource
-
     vm = (_status_kb("VmSize") or 0) * 1024
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     new = vm + int(extra_bytes)

@@ -36,6 +36,8 @@ import math
 
 import torch
 
+from models.registry import build_model, example_input, resolve_models
+
 TOLERANCES: dict[str, float] = {
     "fp32": 1e-4,
     "tf32": 1e-2,
@@ -95,8 +97,6 @@ def evaluate(y: torch.Tensor, y_ref: torch.Tensor, precision: str) -> dict:
 
 
 def _measure_cpu() -> dict[str, dict[str, float]]:  # pragma: no cover - a tool, minutes on 2 cores
-    from models.registry import build_model, example_input, resolve_models
-
     out: dict[str, dict[str, float]] = {"bf16": {}, "fp16": {}}
     for size, res in (("b0", 128), ("b1", 256)):
         for name in resolve_models([f"evit-{size}:*"]):  # the four mixer variants

@@ -16,10 +16,12 @@ forward of a double-size model), skipped with a note when it would not fit in th
 from __future__ import annotations
 
 import copy
+import resource
 from dataclasses import dataclass
 from typing import Any
 
 from bench.cases import Case
+from bench.env import free_memory_bytes
 
 FLOAT64_MEMORY_SHARE = 0.5  # of the memory available now: a float64 forward needs about twice the fp32 peak
 
@@ -81,11 +83,7 @@ class TorchState:
 def float64_reference(model: Any, x: Any) -> tuple[Any, str]:
     """(float64 CPU output of a copy of `model` on `x`, note); (None, why) when it would not fit: it needs about
     twice the fp32 run's peak (this process's peak RSS, or the CUDA allocator's) plus the float64 weights."""
-    import resource
-
     import torch
-
-    from bench.env import free_memory_bytes
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if x.is_cuda:

@@ -18,9 +18,16 @@ import torch
 from torch import nn
 
 from bench.backends.base import Unsupported, autocast_context, set_fp32_math, to_device
+from bench.backends.trt import import_torch_tensorrt, tensorrt_compile_kwargs, tensorrt_model_dtype
+from bench.profiling.bandwidth import add_roofline
 from bench.profiling.macs import OpCost, count_costs
 from bench.profiling.modules import Group, module_groups
+from bench.profiling.ort_events import NodeInfo, graph_nodes, parse_ort_profile, profiled_session
 from bench.profiling.torch_events import OpTime, profile_torch
+from bench.profiling.trt_events import profile_trt
+from models.deploy import fold_conv_bn
+from models.onnx_export import export_onnx
+from models.registry import build_model, example_input
 
 SOURCES = ("torch", "onnxruntime", "tensorrt")
 
@@ -50,8 +57,6 @@ class Profile:
 
         df = kind_table(self.ops, self.costs, self.iters)
         if roofline is not None:
-            from bench.profiling.bandwidth import add_roofline
-
             df = add_roofline(df, roofline)
         return df
 
@@ -118,8 +123,6 @@ def _ort_run(sess: Any, x: Any, warmup: int, iters: int) -> float | None:
 
 def _ort_nodes(workdir: pathlib.Path, exported: pathlib.Path) -> dict:
     """Nodes of the graph ORT ran (groups, weights), with module paths from the exported graph."""
-    from bench.profiling.ort_events import NodeInfo, graph_nodes
-
     original = graph_nodes(exported)
     optimized = workdir / "ort_optimized.onnx"
     if not optimized.exists():
@@ -134,11 +137,7 @@ def profile_onnxruntime_model(model: nn.Module, example: torch.Tensor, *, workdi
                               exporter: str = "torchscript", count: bool = True) -> Profile:
     """Export to ONNX, profile an ORT CPU session (bench.profiling.ort_events), count the folded model's costs
     (the exporter folds BatchNorm into convs). exporter "dynamo" is the backend's default but ~10x slower."""
-    import onnxruntime as ort
-
-    from bench.profiling.ort_events import parse_ort_profile, profiled_session
-    from models.deploy import fold_conv_bn
-    from models.onnx_export import export_onnx
+    import onnxruntime as ort  # the optional extra
 
     work = pathlib.Path(workdir or tempfile.mkdtemp(prefix="densebench-ort-profile-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -160,10 +159,7 @@ def profile_onnxruntime_model(model: nn.Module, example: torch.Tensor, *, workdi
 def profile_tensorrt_model(model: nn.Module, example: torch.Tensor, *, workdir: str | pathlib.Path,
                            precision: str = "fp16", iters: int = 5, warmup: int = 3, count: bool = True) -> Profile:
     """Compile with torch-tensorrt as the tensorrt backend does and profile the engines (GPU only)."""
-    from bench.backends.trt import _import_torch_tensorrt, tensorrt_compile_kwargs, tensorrt_model_dtype
-    from bench.profiling.trt_events import profile_trt
-
-    torch_tensorrt, version = _import_torch_tensorrt()
+    torch_tensorrt, version = import_torch_tensorrt()
     dev = _setup("cuda", precision, 0)
     model, x = to_device(model, example, dev, False, False)
     mdt = tensorrt_model_dtype(version, precision)
@@ -185,8 +181,6 @@ def profile_tensorrt_model(model: nn.Module, example: torch.Tensor, *, workdir: 
 def profile_registry_model(name: str, height: int, width: int, *, batch: int = 1, source: str = "torch",
                            **options: Any) -> Profile:
     """Build registry model `name` (models.registry) with its deterministic input and profile it with `source`."""
-    from models.registry import build_model, example_input
-
     model, x = build_model(name), example_input(name, height, width, batch)
     if source == "torch":
         return profile_model(model, x, **options)

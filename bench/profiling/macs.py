@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.profiling.modules import ROOT, Group, hooked
 from bench.profiling.opkinds import classify_aten, op_base
+from models.complexity import EXTRA_FLOP_RULES
 
 _WRITE_ONLY = {"copy", "fill", "zero", "resize", "set", "normal", "uniform", "random", "bernoulli", "exponential"}
 
@@ -128,8 +129,6 @@ class KindCounter(TorchDispatchMode):
 
 def _extra_rules() -> dict:
     # the rule the suite's MAC count adds (CPU flash attention): one source of truth with models.complexity
-    from models.complexity import EXTRA_FLOP_RULES
-
     return dict(EXTRA_FLOP_RULES)
 
 

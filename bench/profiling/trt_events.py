@@ -20,6 +20,8 @@ import pathlib
 import re
 from typing import Any, Mapping
 
+import torch
+
 from bench.profiling.modules import ROOT
 from bench.profiling.opkinds import classify_aten, conv_kind, fused_kind
 from bench.profiling.torch_events import OpTime
@@ -129,8 +131,6 @@ def profile_trt(module: Any, fn: Any, directory: str | pathlib.Path, *, iters: i
                 warmup: int = 3) -> tuple[list[OpTime], int]:
     """Profile `iters` calls of `fn` (which runs `module`, compiled by torch-tensorrt) with the engines' own
     profiler; returns (units with times summed over the iterations, iters). GPU and torch-tensorrt only."""
-    import torch
-
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     engines = trt_modules(module)
