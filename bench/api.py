@@ -7,9 +7,10 @@
     bench.report([r.path], "reports/mine.html")
 
 `run` plans (bench.plan: everything validated before a folder exists), creates the run folder
-(bench.results.lifecycle), measures every case in its own child process (bench.runner) and returns the stored run
-(`Run`: `.results` and `.samples` DataFrames, `.meta`, `.path`). A case that fails is a row with a status and a
-reason; an interrupted run keeps every finished case and is finished by `resume`.
+(bench.results.lifecycle), measures every case in its own child process (bench.runner), or on a Ray cluster
+(bench.fleet), and returns the stored run (`Run`: `.results` and `.samples` DataFrames, `.meta`, `.path`). A case
+that fails is a row with a status and a reason; an interrupted run (RunInterrupted, from bench.results.lifecycle
+so that the fleet raises the same one) keeps every finished case and is finished by `resume`.
 """
 from __future__ import annotations
 
@@ -18,21 +19,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from bench.env import now_iso
 from bench.errors import ArgumentError, bool_arg, callable_arg, number_arg, path_arg, refuse, str_items
-from bench.plan import Plan, check_options, make_plan
-from bench.results.lifecycle import RUN_ID, RunState, create_run, open_run
+from bench.fleet.dispatch import measure_on_cluster
+from bench.fleet.placement import plan_on_cluster
+from bench.groups.budget import DEFAULT_BUDGET_S, PROCESS_TIME_S
+from bench.plan import (Plan, PlanError, check_environment, check_options, load_sources, make_plan,
+                        oversubscription_warnings)
+from bench.results.lifecycle import RUN_ID, RunInterrupted, RunState, create_run, open_run, stop_run
 from bench.results.store import Run
 from bench.results.store import load_run as _load_run
+from bench.schema import STATUSES
 
 Progress = Callable[..., None]
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """The measuring was interrupted (Ctrl-C, SIGTERM); the run is saved as 'interrupted' and can be resumed."""
-
-    def __init__(self, state: RunState):
-        super().__init__(f"interrupted: {state.committed} cases stored in {state.run_dir}")
-        self.state = state
 
 
 def run(models: Any = None, *, out: str | os.PathLike = "results", run_id: str | None = None,
@@ -55,8 +54,6 @@ def run(models: Any = None, *, out: str | os.PathLike = "results", run_id: str |
                      "(not first), up to 100 characters")
     check_options({"models": models, **options})
     if cluster:
-        from bench.fleet import measure_on_cluster, plan_on_cluster
-
         plan = plan_on_cluster(cluster, hosts, models, **options)
     else:
         plan = make_plan(models, **options)
@@ -108,8 +105,6 @@ def reopen(path: str | os.PathLike, argv: list[str] | None = None, *,
     """An existing run folder for resuming (locked until `state.close()`), with the resume recorded in its
     meta.json: when, the command, the cases measured again because their samples were not all stored
     (`redo`) and those whose status the user asked to retry (`retried`)."""
-    from bench.env import now_iso
-
     retry_failed = retry_statuses(retry_failed)
     state = open_run(Path(path_arg("path", path)))
     retried = state.forget(retry_failed)
@@ -121,8 +116,6 @@ def reopen(path: str | os.PathLike, argv: list[str] | None = None, *,
 def retry_statuses(value: Any) -> list[str]:
     """`retry_failed` as statuses: a comma string ("error" is one status, "error,timeout" two) or an iterable of
     status names, each a failed status (bench.schema.STATUSES but ok); ArgumentError otherwise."""
-    from bench.schema import STATUSES
-
     accepted = f"a comma string or a list of {', '.join(STATUSES[1:])}"
     if isinstance(value, (list, tuple, set, frozenset)) and not value:
         return []
@@ -163,8 +156,6 @@ def _check_hosts(cluster: Any, hosts: Any) -> list[str] | None:
 
 def plan_of(state: RunState) -> Plan:
     """The plan a run was made with: its cases and configuration (users' model files imported again)."""
-    from bench.plan import PlanError, check_environment, load_sources, oversubscription_warnings
-
     check_environment()
     config = state.meta.get("config") or {}
     try:
@@ -180,7 +171,6 @@ def measure(state: RunState, plan: Plan, *, progress: Progress | None = None,
     """Run the plan's cases that have no row yet; marks the run complete, or interrupted (and re-raises). The
     session's wall time (worker start and calibration included) is added to meta["wall_s"] either way, so that
     the summary of a resumed run reports the time of all its sessions."""
-    from bench.groups.budget import DEFAULT_BUDGET_S, PROCESS_TIME_S
     from bench.groups.pairs import DEFAULT_TIE
     from bench.runner import Runner
     from models.user import MODELS_FROM_ENV
@@ -208,24 +198,10 @@ def measure(state: RunState, plan: Plan, *, progress: Progress | None = None,
         state.save()
         raise RunInterrupted(state) from None
     except OSError as e:  # the machine, not a case: /tmp full, no more processes, ...
-        _stop(state, e, time.perf_counter() - t0)
+        stop_run(state, e, time.perf_counter() - t0)
     state.mark("complete", wall_s=time.perf_counter() - t0)
     state.save()
     return state
-
-
-def _stop(state: RunState, e: OSError, wall_s: float | None = None) -> None:
-    """Stop a run the machine cannot go on with: the stored cases stay, the status says resumable; one line."""
-    from bench.results.lifecycle import RunFolderError
-
-    state.mark("interrupted", wall_s=wall_s)
-    try:
-        state.save()
-    except RunFolderError:
-        pass  # the files keep their last commit, which is what --resume reads
-    what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-    raise RunFolderError(f"the run stopped ({what}); {state.committed} cases are stored in {state.run_dir}; "
-                         f"once fixed: --resume {state.run_id}") from None
 
 
 def report_path(run_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None) -> Path:

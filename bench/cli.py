@@ -2,21 +2,22 @@
 
 Each subcommand is a module of bench.commands that declares its own parser (`add_parser`) and the function it
 runs; `run` is the default when the first argument is an option. Every bad input ends in ONE line on stderr
-naming what is accepted and exit status 2, before anything is written.
+naming what is accepted and exit status 2, before anything is written. Nothing of the suite imports this module
+back: the commands and bench.fleet take `UsageError` and `PROG` from bench.errors (re-exported here).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
-from bench.errors import BenchInputError
+from bench.commands import ab, check, compare, models, node, profile, report, run
+from bench.errors import PROG, BenchInputError, UsageError
+from bench.results.store import RunFormatError
 
-PROG = "run_bench.py"
-
-
-class UsageError(BenchInputError):
-    """Bad input: one line, exit 2."""
+COMMANDS = (run, profile, models, report, compare, check, ab, node)  # in `--help`'s order
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,19 +25,12 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def _commands() -> tuple:
-    from bench.commands import ab, check, compare, models, profile, report, run
-    from bench.fleet import command as node
-
-    return run, profile, models, report, compare, check, ab, node
-
-
 def build_parser() -> tuple[Parser, list[str]]:
     """The parser with one subparser per command module, and the command names."""
     parser = Parser(prog=PROG, add_help=False)
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
     names = []
-    for module in _commands():
+    for module in COMMANDS:
         p = module.add_parser(sub)
         if module.NAME != "run":
             p.prog = f"{PROG} {module.NAME}"
@@ -46,7 +40,6 @@ def build_parser() -> tuple[Parser, list[str]]:
 
 def _bad_input() -> tuple[type[BaseException], ...]:
     """The errors that mean bad input (one line for users) wherever they are raised below the CLI."""
-    from bench.results.store import RunFormatError
     from models.user import ModelSourceError
 
     # PlanError, CaseError, RunFolderError, UsageError, ArgumentError, ...: all BenchInputError
@@ -56,9 +49,6 @@ def _bad_input() -> tuple[type[BaseException], ...]:
 def _file_size_limit_is_a_full_disk() -> None:
     """Under a file-size limit (RLIMIT_FSIZE) a write past it gets EFBIG, as a full disk gets ENOSPC, and the run
     stops cleanly with its files intact; without this the kernel's SIGXFSZ would kill it mid-commit."""
-    import signal
-    import threading
-
     if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
@@ -90,3 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         return 0
+
+
+__all__ = ["PROG", "Parser", "UsageError", "build_parser", "main"]

@@ -4,7 +4,9 @@ Every error that means "the caller gave something the suite does not accept" (a 
 spec, a command-line flag, an argument of the Python API) derives from `BenchInputError`, so that one `except
 bench.BenchInputError` catches them all, while the narrower classes (PlanError, CaseError, RunFolderError, ...)
 keep working where they are caught today. It is a ValueError, as they all were. Its message is one line naming
-what is accepted; the CLI prints it and exits 2.
+what is accepted; the CLI prints it and exits 2. `UsageError` (a bad command-line flag) and `PROG` (the name the
+messages give the command) live here too, so that the commands and bench.fleet raise them without importing
+bench.cli back.
 
 This module is a leaf: it imports nothing of bench/, so any stage may raise from it.
 """
@@ -15,9 +17,15 @@ import numbers
 import os
 from typing import Any, Callable
 
+PROG = "run_bench.py"  # the command as its messages name it (the `densebench` console script is the same)
+
 
 class BenchInputError(ValueError):
     """Bad input to densebench; the message is one line naming what is accepted."""
+
+
+class UsageError(BenchInputError):
+    """Bad command-line input: one line, exit 2."""
 
 
 class ArgumentError(BenchInputError):
@@ -107,5 +115,5 @@ def _iterable(value: Any) -> bool:
     return True
 
 
-__all__ = ["ArgumentError", "BenchInputError", "bool_arg", "callable_arg", "is_path", "number_arg", "path_arg",
-           "refuse", "shown", "str_items"]
+__all__ = ["PROG", "ArgumentError", "BenchInputError", "UsageError", "bool_arg", "callable_arg", "is_path",
+           "number_arg", "path_arg", "refuse", "shown", "str_items"]

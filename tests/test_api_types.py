@@ -144,7 +144,8 @@ def test_one_run_given_50_times_is_one_run(two_runs, tmp_path):
 
 def test_every_bad_input_error_has_one_base():
     from bench.cases import CaseError
-    from bench.cli import UsageError, main
+    from bench.cli import main
+    from bench.errors import UsageError
     from bench.fleet.cluster import FleetError
     from bench.plan import PlanError
     from bench.results.lifecycle import RunFolderError

@@ -18,12 +18,12 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from bench import api  # noqa: E402
-from bench.cli import UsageError  # noqa: E402
+from bench.errors import UsageError  # noqa: E402
 from bench.fleet.cluster import FleetError, connect  # noqa: E402
+from bench.fleet.dispatch import measure_on_cluster  # noqa: E402
 from bench.fleet.hygiene import DEVICE_NAMES_ENV, NODE_ENV, node_env_record  # noqa: E402
 from bench.fleet.inventory import list_nodes  # noqa: E402
-from bench.fleet.measure import measure_on_cluster  # noqa: E402
-from bench.fleet.plan import cluster_plan  # noqa: E402
+from bench.fleet.placement import cluster_plan  # noqa: E402
 from bench.fleet.records import HOST_LABEL, NODE_LOST  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
@@ -165,12 +165,12 @@ def test_a_device_no_node_has_is_one_line(cluster):
 
 
 def test_unreachable_address_is_one_line():
-    from bench.fleet.cluster import _reachable
+    from bench.fleet.cluster import reachable
 
     with pytest.raises(FleetError, match="unreachable"):
-        _reachable("127.0.0.1:1")
+        reachable("127.0.0.1:1")
     with pytest.raises(FleetError, match="not HOST:PORT"):
-        _reachable("nohost")
+        reachable("nohost")
 
 
 def test_ray_not_installed_is_one_line(monkeypatch):
@@ -186,10 +186,10 @@ def test_ray_not_installed_is_one_line(monkeypatch):
 def test_node_command_advertises_devices_and_keeps_the_dashboard_off(capsys):
     import argparse
 
-    from bench.fleet import command
+    from bench.commands import node
 
     p = argparse.ArgumentParser()
-    command.add_parser(p.add_subparsers())
+    node.add_parser(p.add_subparsers())
     a = p.parse_args(["node", "--head", "--devices", "cpu,cuda:0", "--device-name", "cuda:0=Jetson AGX Orin",
                       "--host", "orin 1", "--dry-run"])
     assert a.func(a) == 0
@@ -204,7 +204,8 @@ def test_node_command_advertises_devices_and_keeps_the_dashboard_off(capsys):
 def test_cluster_flags_choose_the_measuring_function(tmp_path):
     import argparse
 
-    from bench.fleet.command import add_cluster_arguments, check_resume, measurer
+    from bench.commands.common import add_cluster_arguments
+    from bench.commands.run import check_resume, measurer
 
     p = argparse.ArgumentParser()
     add_cluster_arguments(p)

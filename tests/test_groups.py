@@ -225,7 +225,7 @@ def test_heartbeat_speaks_when_nothing_else_did():
     """Without a terminal a line comes at least every heartbeat interval, naming what is being measured."""
     import io
 
-    from bench.commands.progress import Heartbeat
+    from bench.terminal import Heartbeat
 
     buf = io.StringIO()
     hb = Heartbeat(0.3, lambda: "block|block|64x64 process 2", buf)

@@ -19,7 +19,8 @@ import runfactory as rf
 from bench import api
 from bench.analysis.summary import duration, format_summary
 from bench.cli import build_parser, main
-from bench.commands.progress import Progress, learned_eta, learned_ratio, rough_estimates
+from bench.commands.listing import rough_estimates
+from bench.terminal import Progress, learned_eta, learned_ratio
 from bench.plan import make_plan
 from bench.results.store import results_frame
 from models.registry import FAMILIES

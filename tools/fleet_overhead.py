@@ -37,10 +37,10 @@ def _ray_local(dashboard: bool = False) -> None:
     from bench.fleet.cluster import connect
 
     if dashboard:  # Ray's default for a head node: the dashboard and its agent running
-        from bench.fleet.cluster import _local_resources, host_label
+        from bench.fleet.cluster import host_label, local_resources
         from bench.fleet.records import HOST_LABEL
 
-        ray.init(num_cpus=2, num_gpus=0, resources=_local_resources(), labels={HOST_LABEL: host_label()},
+        ray.init(num_cpus=2, num_gpus=0, resources=local_resources(), labels={HOST_LABEL: host_label()},
                  include_dashboard=True, log_to_driver=False)
     else:
         connect("local")
@@ -60,8 +60,8 @@ def _one_run(out: Path, on_ray: bool) -> dict[str, Any]:
 
     if on_ray:
         from bench.fleet.inventory import list_nodes
-        from bench.fleet.measure import measure_on_cluster
-        from bench.fleet.plan import cluster_plan
+        from bench.fleet.dispatch import measure_on_cluster
+        from bench.fleet.placement import cluster_plan
 
         _ray_local()
         plan = cluster_plan(list_nodes(), "local", **MATRIX)

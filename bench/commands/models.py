@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
 
-from bench.cli import UsageError
-
-if TYPE_CHECKING:
-    import pandas as pd
+from bench.cases import CaseError
+from bench.commands.common import add_models_from
+from bench.errors import UsageError
+from bench.plan import load_sources
+from bench.plan.parse import parse_resolution
+from bench.text import text_table
 
 NAME = "models"
 
@@ -50,16 +51,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "a model cannot take it (default: each model's own input size)")
     p.add_argument("--family", metavar="FAMILY",
                    help=f"only the models of this family, one of {', '.join(FAMILIES)} (default: all)")
-    p.add_argument("--models-from", action="append", default=[], metavar="SOURCE",
-                   help="also list users' models from a .py file or an importable package.module (repeatable; "
-                        "DENSEBENCH_MODELS_FROM does the same, paths separated by os.pathsep)")
+    add_models_from(p, "also list users' models from a .py file or an importable package.module (repeatable; "
+                       "DENSEBENCH_MODELS_FROM does the same, paths separated by os.pathsep)")
     p.set_defaults(func=main)
     return p
 
 
 def main(a: argparse.Namespace) -> int:
-    from bench.cases import CaseError, parse_resolution
-    from bench.plan import load_sources
     from models.registry import FAMILIES, check_resolution, list_models
     from models.zoo import zoo_frame
 
@@ -93,11 +91,10 @@ def main(a: argparse.Namespace) -> int:
     return 0
 
 
-def format_zoo_table(df: pd.DataFrame) -> str:
-    """The zoo frame as a compact terminal table: ours beside published, deviations in percent."""
+def format_zoo_table(df) -> str:
+    """The zoo frame (models.zoo.zoo_frame's pandas DataFrame) as a compact terminal table: ours beside
+    published, deviations in percent."""
     import pandas as pd
-
-    from bench.text import text_table
 
     def num(v, fmt: str) -> str:
         return "" if v is None or pd.isna(v) else format(v, fmt)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 
 from bench.commands import run
+from bench.commands.common import add_run_arguments
+from bench.errors import PROG
 
 NAME = "profile"
 
@@ -21,12 +23,10 @@ OUT/<run-id>/traces/ (Perfetto / chrome://tracing), and the report.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from bench.cli import PROG
-
     p = sub.add_parser(NAME, prog=f"{PROG} {NAME}", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="time and profile the matrix: where the time goes per op kind and module")
-    run.add_run_arguments(p)
+    add_run_arguments(p)
     p.set_defaults(func=main)
     return p
 

@@ -1,13 +1,27 @@
-"""`run_bench.py [run]`: measure the case matrix (the default command). A thin layer over bench.api."""
+"""`run_bench.py [run]`: measure the case matrix (the default command). A thin layer over bench.api, and over
+bench.fleet with --cluster (its options are declared in bench.commands.common, shared with `profile`)."""
 from __future__ import annotations
 
 import argparse
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
+from typing import Any, Callable
 
-from bench.cli import PROG, UsageError
+from bench import bounded_read
+from bench.commands.common import add_run_arguments
+from bench.commands.compare import resolve_run
+from bench.commands.listing import print_list
+from bench.errors import PROG, UsageError
+from bench.fleet.cluster import disconnect
+from bench.fleet.dispatch import measure_on_cluster
+from bench.fleet.placement import plan_on_cluster
+from bench.plan import make_plan
+from bench.results.lifecycle import RUN_ID
+from bench.schema import STATUSES
+from bench.terminal import Progress
 
 NAME = "run"
 HEARTBEAT_S = 30.0  # without a terminal, a line at least this often
@@ -57,122 +71,6 @@ DENSEBENCH_WAIT_QUIET=S is the default of --wait-quiet (e.g. 0 where the run sha
 """
 
 
-def _matrix_arguments(p: argparse.ArgumentParser) -> None:
-    from models.registry import FAMILIES
-
-    m = p.add_argument_group("matrix")
-    m.add_argument("--models", metavar="LIST", help=f"comma list of model names, families ({', '.join(FAMILIES)}; "
-                   "see `models --help`), patterns ('evit-b1:*') or 'all'; default: the four EfficientViT-B1 "
-                   "variants evit-b1:msla,relu-linear,softmax,large-kernel")
-    m.add_argument("--level", default="both", metavar="{model,block,both}",
-                   help="model: whole networks; block: each mixer alone (block:<mixer>) fed the stride-16 map of the "
-                        "image; both (default): each model followed by its mixer's block")
-    m.add_argument("--res", default="512,1024,2048", metavar="LIST",
-                   help="comma list of resolutions: N for NxN or HxW (e.g. 1024x2048), or 'own': each model at its "
-                        "own input size (with --models published: the sizes the papers timed); default "
-                        "512,1024,2048")
-    m.add_argument("--devices", default="cpu", metavar="LIST", help="comma list of cpu, cuda, cuda:N; default cpu")
-    m.add_argument("--batch", default="1", metavar="LIST", help="comma list of batch sizes; default 1")
-    m.add_argument("--precision", metavar="LIST",
-                   help="comma list of fp32, tf32, fp16, bf16; default fp32 on cpu and fp16 on cuda. Combinations a "
-                        "backend cannot run become 'unsupported' rows")
-    m.add_argument("--threads", metavar="LIST",
-                   help="comma list of torch intra-op thread counts for cpu cases (1 = the mobile-class CPU proxy); "
-                        "default: the physical cores usable by this process")
-    m.add_argument("--backends", default="eager", metavar="LIST",
-                   help="comma list of eager, compile, cudagraphs, onnxruntime, tensorrt; default eager")
-    m.add_argument("--channels-last", action="store_true", help="run models in channels_last memory format")
-    m.add_argument("--fold", action="store_true", help="fold conv+BN (deployment form) before measuring")
-    m.add_argument("--models-from", action="append", default=[], metavar="SOURCE",
-                   help="import users' models from a .py file or a package.module (repeatable; also the "
-                        "DENSEBENCH_MODELS_FROM variable, os.pathsep-separated): their @register_model names can "
-                        "then be used in --models like built-in ones")
-
-
-def _timing_arguments(p: argparse.ArgumentParser) -> None:
-    t = p.add_argument_group("timing")
-    t.add_argument("--min-time", type=float, default=None, metavar="S",
-                   help="minimum sampling time per case in seconds (default 0.5)")
-    t.add_argument("--max-time", type=float, default=None, metavar="S",
-                   help="sampling time cap per case in seconds (default 5); a case stops earlier once the CI of "
-                        "its median is within +-1%%")
-    t.add_argument("--repeats", type=int, default=None, metavar="R",
-                   help="measure each case in R separate processes, interleaved (pass 1 of every case, then pass "
-                        "2, ...), sharing its time budget; the row pools their samples and its CI includes how far "
-                        "the processes disagree (default 1; see docs/METHODOLOGY.md for when it pays)")
-    t.add_argument("--design", choices=("interleaved", "isolated"), default="interleaved",
-                   help="interleaved (default): the cases of one decision (the mixers of one model size, resolution "
-                        "and setting) measured in the same processes in rotating balanced order, until every pair "
-                        "against the fastest is decided or --budget is spent; isolated: every case in its own "
-                        "processes, timed until its CI is within +-1%% or --max-time")
-    t.add_argument("--budget", type=float, default=None, metavar="S",
-                   help="seconds of measuring the interleaved groups may spend in all, split by the cost of a "
-                        "process and spent first on the open decisions (default 480; --list shows the split)")
-    t.add_argument("--tie", type=float, default=0.02, metavar="F",
-                   help="equivalence margin of a paired decision: a ratio whose interval lies within 1 +- F is "
-                        "'tied', one clear above 1 + F is 'faster' (default 0.02)")
-    t.add_argument("--wait-quiet", type=float, default=None, metavar="S",
-                   help="when other processes used the CPU during a process, wait up to S seconds for a quiet "
-                        "machine and measure that process again (default 120, or DENSEBENCH_WAIT_QUIET; 0: never "
-                        "wait, flag it noisy)")
-    t.add_argument("--metric", choices=("time", "instructions"), default="time",
-                   help="time (default): latency only; instructions: also count CPU instructions per forward pass "
-                        "under valgrind (callgrind, 1 thread), deterministic where time is not (CPU cases only; "
-                        "about a minute per case or more)")
-    t.add_argument("--profile", action="store_true",
-                   help="after each case's timed pass, a profiled pass apart from it (torch.profiler for eager, "
-                        "ONNX Runtime's profiler, TensorRT's layer profile): time, MACs, bytes and GMAC/s per op "
-                        "kind and module against a measured roofline, in OUT/<run-id>/profile.parquet, a trace per "
-                        "case in traces/ (Perfetto, chrome://tracing) and the report's 'Where the time goes'")
-    t.add_argument("--timeout", type=float, default=None, metavar="S",
-                   help="wall-clock limit per case, child start to result (default 600); then status 'timeout'")
-    t.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
-    t.add_argument("--quick", action="store_true",
-                   help="seconds-long smoke run: evit-b1 msla and softmax (+ blocks) at 128x128, 1 thread, short "
-                        "budgets; explicit --models/--res/--devices still apply")
-
-
-def _output_arguments(p: argparse.ArgumentParser) -> None:
-    o = p.add_argument_group("output")
-    o.add_argument("--out", default="results", metavar="DIR", help="folder of run folders (default results/)")
-    o.add_argument("--run-id", metavar="NAME", help="name of the new run folder OUT/NAME (letters, digits, . _ -; "
-                   "must not exist yet); default: date-time-random")
-    o.add_argument("--resume", metavar="RUN_ID", help="finish the run OUT/RUN_ID (or a run folder path) without "
-                                                        "redoing finished cases; the matrix is the run's own")
-    o.add_argument("--retry-failed", nargs="?", const="error,timeout,oom", default=None, metavar="STATUSES",
-                   help="with --resume: measure again the cases that ended with these statuses (comma list of "
-                        "oom, timeout, error, unsupported, skipped; default error,timeout,oom)")
-    o.add_argument("--allow-missing", action="store_true",
-                   help="record cases on devices that are not present as 'skipped' instead of exiting with 2")
-    o.add_argument("--baseline", metavar="RUN", help="after the run, compare it against this run (a run id in OUT, a "
-                   "run folder or a results file) as `compare` does; exit 1 on a regression")
-    o.add_argument("--allow-noisy", action="store_true",
-                   help="with --baseline: judge cases measured on a busy machine instead of refusing (exit 3)")
-    o.add_argument("--no-report", action="store_true", help="do not write the HTML report")
-    o.add_argument("--report-dir", metavar="DIR",
-                   help="folder of the HTML report <run-id>.html (+ .md, figures); default: reports/ beside OUT, "
-                        "in the parent OUT names (the working folder for a one-part OUT such as the default "
-                        "results), or OUT/reports when OUT names no parent to sit in ('.', '..', a folder at the "
-                        "file-system root): never a shared folder above the one you named")
-    o.add_argument("--no-calibrate", action="store_true", help="skip the matmul calibration (no frac_of_peak)")
-    o.add_argument("--list", action="store_true",
-                   help="print the cases of the matrix, each with a rough estimate of its seconds (MACs at an "
-                        "assumed 10 GMAC/s, no calibration, within the time budgets), and the total; then exit "
-                        "(nothing measured)")
-    o.add_argument("-v", "--verbose", action="store_true", help="one line per case on stderr")
-    o.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
-
-
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """The matrix, timing and output options (`run`'s, shared with `profile`)."""
-    from bench.fleet.command import add_cluster_arguments
-
-    _matrix_arguments(p)
-    _timing_arguments(p)
-    _output_arguments(p)
-    add_cluster_arguments(p)
-
-
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(NAME, prog=PROG, usage=f"{PROG} [run] [options]", description=RUN_DESCRIPTION,
                        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -194,8 +92,6 @@ def plan_options(a: argparse.Namespace) -> dict:
 
 def main(a: argparse.Namespace) -> int:
     from bench import api
-    from bench.fleet.command import check_resume, plan_for_args
-    from bench.plan import make_plan
 
     out = Path(a.out)
     baseline = _baseline(a.baseline, out) if a.baseline is not None else None
@@ -210,9 +106,7 @@ def main(a: argparse.Namespace) -> int:
         _check_run_id(a.run_id, out)
     report_dir = _report_dir(a)
     if a.list:
-        from bench.commands.listing import print_list
-
-        print_list(a, out)
+        print_list(a, plan_options(a), resume_dir(a.resume, out) if a.resume else None)
         return 0
     if a.resume:
         check_resume(a, resume_dir(a.resume, out))
@@ -231,18 +125,49 @@ def main(a: argparse.Namespace) -> int:
     finally:
         state.close()
         if a.cluster:
-            from bench.fleet.cluster import disconnect
-
             disconnect()
     return rc or _finish(a, state, baseline, report_dir)
 
 
+def _hosts(a: argparse.Namespace) -> list[str] | None:
+    if not getattr(a, "hosts", None):
+        return None
+    if not getattr(a, "cluster", None):
+        raise UsageError("--hosts: only with --cluster ADDRESS")
+    return [h.strip() for h in a.hosts.split(",") if h.strip()] or None
 
 
+def plan_for_args(a: argparse.Namespace, options: dict[str, Any]):
+    """The cluster's plan for `run`'s flags (plan_options): joins the cluster, probes its nodes and expands the
+    matrix over their device classes. FleetError / PlanError: one line, exit 2."""
+    return plan_on_cluster(a.cluster, _hosts(a), **options)
 
 
+def check_resume(a: argparse.Namespace, run_dir: str | os.PathLike) -> None:
+    """Before --resume takes the run: a cluster run needs --cluster (its cases are other hosts'), a run of this
+    machine alone refuses it. Reads meta.json without the lock (nothing is written)."""
+    try:
+        meta = bounded_read.load_json(Path(run_dir) / "meta.json", what="a meta.json", error=ValueError)
+    except (OSError, ValueError):
+        return  # the resume itself says what is wrong with the folder (the same bounds, as RunFormatError)
+    fleet, run_id = meta.get("fleet") if isinstance(meta, dict) else None, Path(run_dir).name
+    if fleet and not getattr(a, "cluster", None):
+        hosts = ", ".join(sorted(fleet.get("nodes") or {}))
+        raise UsageError(f"--resume {run_id}: a cluster run (measured on {hosts}); accepted: "
+                         f"--resume {run_id} --cluster ADDRESS")
+    if not fleet and getattr(a, "cluster", None):
+        raise UsageError(f"--resume {run_id} --cluster: the run was measured on this machine alone; "
+                         "accepted: --resume without --cluster")
 
 
+def measurer(a: argparse.Namespace) -> Callable[..., Any]:
+    """bench.api.measure, or with --cluster the same call on the cluster: f(state, plan, progress=, log=)."""
+    from bench import api
+
+    hosts = _hosts(a)
+    if not getattr(a, "cluster", None):
+        return api.measure
+    return partial(measure_on_cluster, address=a.cluster, hosts=hosts)
 
 
 def _report_dir(a: argparse.Namespace) -> Path | None:
@@ -277,8 +202,6 @@ def _starting(state, plan) -> str | None:
 def _measure(a: argparse.Namespace, state, plan) -> int:
     """Measure with a progress bar; 130 when interrupted (Ctrl-C or SIGTERM), with the run saved for --resume."""
     from bench import api
-    from bench.commands.progress import Progress
-    from bench.fleet.command import measurer
 
     tty = sys.stderr.isatty()
     progress = Progress(enabled=not a.quiet and tty, heartbeat_s=None if a.quiet or tty else HEARTBEAT_S)
@@ -339,18 +262,12 @@ def _finish(a: argparse.Namespace, state, baseline: str | None, report_dir: Path
     return rc
 
 
-
-
-
-
 def _warn(plan) -> None:
     for w in plan.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
 
 
 def _retry_statuses(value: str | None) -> list[str]:
-    from bench.schema import STATUSES
-
     if value is None:
         return []
     given = [s.strip() for s in value.split(",")]
@@ -393,14 +310,10 @@ def _note_ignored(a: argparse.Namespace) -> None:
 
 
 def _baseline(baseline: str, out: Path) -> str:
-    from bench.commands.compare import resolve_run
-
     return resolve_run(baseline, out, "--baseline")
 
 
 def _check_run_id(run_id: str | None, out: Path) -> None:
-    from bench.results.lifecycle import RUN_ID
-
     if run_id is None:
         return
     if not RUN_ID.fullmatch(run_id):

@@ -4,23 +4,31 @@ Why a pre-check: `ray.init(address=...)` on an unreachable address retries for a
 traceback; a TCP connect with a short timeout answers in seconds with a line the user can act on. Every address is
 checked for a form Ray accepts before Ray parses it (its errors are tracebacks; a port past 65535 was Python's
 OverflowError). `local` is a head started under a watchdog (bench.fleet.localhead) that ends it with the driver,
-also after a kill -9.
+also after a kill -9. `ray_start_argv` is the one `ray start` command line, for `--cluster local` and for
+`run_bench.py node` (bench.commands.node) alike: this machine's devices as custom resources, the host label, no
+dashboard unless asked.
 """
 from __future__ import annotations
 
-import argparse
 import atexit
 import ipaddress
+import json
+import logging
 import os
 import re
+import shutil
 import socket
+import sys
 from types import ModuleType
 
-from bench.cli import UsageError
-from bench.fleet.hygiene import NODE_ENV, node_env_record, quiet_ray_env
-from bench.fleet.records import RESOURCE_PREFIX
+from bench.env import cuda_count
+from bench.errors import UsageError
+from bench.fleet.hygiene import NODE_ENV, QUIET_RAY_ENV, node_env_record, quiet_ray_env
+from bench.fleet.localhead import start_head
+from bench.fleet.records import HOST_LABEL, RESOURCE_PREFIX
 
 LOCAL = "local"
+DEFAULT_PORT = 6379
 CONNECT_TIMEOUT_S = 5.0
 _HEAD = None  # the watched one-machine head of `--cluster local` (bench.fleet.localhead.LocalHead)
 
@@ -95,7 +103,7 @@ def check_address(address: object, flag: str = "--cluster", *, local: bool = Tru
     return text
 
 
-def _reachable(address: str, flag: str = "--cluster") -> None:
+def reachable(address: str, flag: str = "--cluster") -> None:
     """FleetError unless HOST:PORT (checked) accepts a TCP connection within CONNECT_TIMEOUT_S."""
     host, _, port = check_address(address, flag, local=False).rpartition(":")
     try:
@@ -117,19 +125,40 @@ def port_free(port: int, flag: str = "--port") -> None:
                              "accepted: a free port 1-65535") from None
 
 
-def _local_resources() -> dict[str, float]:
-    """This machine's benchmark devices as custom resources: densebench-cpu and one per CUDA device."""
-    from bench.env import cuda_count
+def local_devices() -> list[str]:
+    """This machine's benchmark devices: cpu and every CUDA device NVML sees."""
+    return ["cpu", *(f"cuda:{i}" for i in range(cuda_count()))]
 
-    return {f"{RESOURCE_PREFIX}cpu": 1.0, **{f"{RESOURCE_PREFIX}cuda:{i}": 1.0 for i in range(cuda_count())}}
+
+def local_resources() -> dict[str, float]:
+    """This machine's benchmark devices as custom resources: densebench-cpu and one per CUDA device."""
+    return {f"{RESOURCE_PREFIX}{d}": 1.0 for d in local_devices()}
+
+
+def ray_start_argv(*, head: bool, address: str | None, port: int | None, devices: list[str], host: str | None,
+                   num_cpus: int | None, dashboard: bool, block: bool) -> tuple[list[str], dict[str, str]]:
+    """The `ray start` argv for a node offering `devices` (one unit of `densebench-<device>` each, the host in the
+    densebench-host label), and the variables added to its environment (bench.fleet.hygiene). FleetError when
+    Ray is not installed."""
+    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if not ray_bin:
+        raise FleetError("`ray` is not installed; accepted: pip install -e '.[fleet]' (ray==2.60.0)")
+    port = DEFAULT_PORT if port is None else port
+    cmd = [ray_bin, "start", *(["--head", f"--port={port}"] if head else [f"--address={address}"]),
+           f"--num-cpus={num_cpus if num_cpus is not None else os.cpu_count()}", "--num-gpus=0",
+           "--resources=" + json.dumps({f"{RESOURCE_PREFIX}{d}": 1 for d in devices}),
+           f"--labels={HOST_LABEL}={host_label(host)}", "--disable-usage-stats"]
+    if head:
+        cmd.append(f"--include-dashboard={'true' if dashboard else 'false'}")
+    if block:
+        cmd.append("--block")
+    return cmd, {**QUIET_RAY_ENV, NODE_ENV: node_env_record()}
 
 
 def _token_auth_as_ray_init() -> None:
     """Token authentication set up as `ray.init()` does for a new local cluster (Ray 2.60: on unless
     RAY_AUTH_MODE says otherwise, the token in ~/.ray/auth_token made if missing); the head inherits the mode,
     and the driver, joining by address, then has the token the head asks for."""
-    import logging
-
     from ray._private.authentication import authentication_token_setup as auth
 
     said = logging.getLogger(auth.__name__)
@@ -144,13 +173,9 @@ def _token_auth_as_ray_init() -> None:
 def _start_local() -> str:
     """A one-machine head (dashboard off) watched by bench.fleet.localhead, so that it ends with this process
     even after a kill -9; returns its GCS address."""
-    from bench.fleet.command import ray_start_command
-    from bench.fleet.localhead import start_head
-
     global _HEAD
-    ns = argparse.Namespace(head=True, port=0, address=None, devices=None, device_name=[], host=None,
-                            num_cpus=None, dashboard=False, block=True)
-    cmd, env = ray_start_command(ns)
+    cmd, env = ray_start_argv(head=True, address=None, port=0, devices=local_devices(), host=None, num_cpus=None,
+                              dashboard=False, block=True)
     _token_auth_as_ray_init()
     try:
         _HEAD = start_head(cmd, {**os.environ, **env, NODE_ENV: os.environ[NODE_ENV]})  # set by connect()
@@ -186,7 +211,7 @@ def connect(address: str) -> str:
                              f"{(str(e).splitlines() or [''])[0][:200]})") from None
         return gcs
     if address != "auto":
-        _reachable(address)
+        reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, version mismatch: one line for users

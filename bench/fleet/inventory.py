@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
+from bench.env import device_name, environment, physical_cores, usable_cpus
 from bench.fleet.cluster import FleetError, import_ray
+from bench.fleet.hygiene import declared_names, restore_env
 from bench.fleet.records import HOST_LABEL, RESOURCE_PREFIX, NodeInfo
 
 PROBE_TIMEOUT_S = 180.0  # a node's first worker imports the suite (and torch for the environment record)
@@ -19,9 +21,6 @@ _SEEN: dict[tuple[str, ...], list[NodeInfo]] = {}  # node ids -> their probes (a
 
 def _probe(host: str, devices: list[str]) -> dict:
     """On the node: device names (declared or read), cores and the environment record."""
-    from bench.env import device_name, environment, physical_cores, usable_cpus
-    from bench.fleet.hygiene import declared_names, restore_env
-
     fixed = restore_env()
     declared = declared_names()
     env = environment([])

@@ -10,6 +10,7 @@ reaps every descendant (it is their subreaper), kills what is left after a grace
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import shutil
@@ -38,8 +39,6 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def _subreaper() -> None:
     """Orphaned descendants (the raylet's agents once the raylet is gone) become our children, so we reap them."""
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):
         pass  # not Linux: the process group is still killed

@@ -38,6 +38,15 @@ class RunFolderError(BenchInputError):
     """A run folder that cannot be created or resumed; the message is one line for users."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """The measuring was interrupted (Ctrl-C, SIGTERM); the run is saved as 'interrupted' and can be resumed.
+    Raised by whoever drives the measuring, on this machine (bench.api) or on a cluster (bench.fleet)."""
+
+    def __init__(self, state: RunState):
+        super().__init__(f"interrupted: {state.committed} cases stored in {state.run_dir}")
+        self.state = state
+
+
 @dataclass
 class RunState:
     run_dir: Path
@@ -203,6 +212,19 @@ def _check_same_machine(meta: dict, run_dir: Path) -> None:
     if (was_host and was_host != host) or (was_cpu and was_cpu != cpu):
         raise RunFolderError(f"{run_dir} was measured on {was_host} ({was_cpu}), this is {host} ({cpu}); its rows "
                              "and calibration are that machine's; accepted: resume it there, or start a new run here")
+
+
+def stop_run(state: RunState, e: OSError, wall_s: float | None = None) -> None:
+    """Stop a run the machine cannot go on with (/tmp full, no more processes, ...): the stored cases stay, the
+    status says resumable, and a RunFolderError of one line says how to finish it."""
+    state.mark("interrupted", wall_s=wall_s)
+    try:
+        state.save()
+    except RunFolderError:
+        pass  # the files keep their last commit, which is what --resume reads
+    what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    raise RunFolderError(f"the run stopped ({what}); {state.committed} cases are stored in {state.run_dir}; "
+                         f"once fixed: --resume {state.run_id}") from None
 
 
 def isna(v) -> bool:

@@ -1,5 +1,5 @@
-"""A run's matrix over a cluster: the usual plan (bench.plan, every option checked there), expanded per device
-class of the fleet instead of this machine's devices.
+"""Placement: which device class of the cluster each case of a run's matrix goes to. The usual plan (bench.plan,
+every option checked there), expanded per device class of the fleet instead of this machine's devices.
 
 A device class is (device type, device name): the cases of a class run on whichever node of the class is free,
 so two identical boards share the work, and a case whose node is lost can be retried on another of its class.
@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Iterable
 
-from bench.cases import Case, expand, parse_list, parse_resolution
-from bench.fleet.cluster import FleetError
+from bench.cases import Case, expand
+from bench.fleet.cluster import LOCAL, FleetError, connect
+from bench.fleet.inventory import list_nodes
 from bench.fleet.records import NodeInfo
 from bench.plan import Plan, make_plan
+from bench.plan.parse import parse_list, parse_resolution
 
 DeviceClass = tuple[str, str]
 
@@ -82,7 +84,7 @@ def cluster_plan(nodes: list[NodeInfo], address: str, **options: Any) -> Plan:
     for cls, members in device_classes(nodes, devices).items():
         hosts = [by_host[h] for h, _ in members]
         thr = _threads(base.config, hosts)
-        cases += [replace(c, extra={"fleet_class": list(cls)}) for c in _class_cases(base.config, cls,
+        cases += [replace(c, settings=replace(c.settings, fleet_class=tuple(cls))) for c in _class_cases(base.config, cls,
                                                                                      members[0][1], thr)]
         names[f"{cls[0]}:{cls[1]}"] = [f"{h}/{d}" for h, d in members]
         if cls[0] == "cpu":
@@ -103,8 +105,5 @@ def case_class(case: Case) -> DeviceClass:
 def plan_on_cluster(address: str, hosts: Iterable[str] | None = None, models: Any = None, **options: Any) -> Plan:
     """Join the cluster at `address`, probe its nodes (only `hosts` if given) and plan `models`/`options` over
     them: what bench.api.run(cluster=...) and `run --cluster` call before a run folder exists."""
-    from bench.fleet.cluster import LOCAL, connect
-    from bench.fleet.inventory import list_nodes
-
     reported = connect(address)
     return cluster_plan(list_nodes(hosts), address if address == LOCAL else reported, models=models, **options)

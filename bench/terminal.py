@@ -1,9 +1,12 @@
-"""The run's progress bar: tqdm on stderr weighted by each case's estimated seconds, with an ETA that learns."""
+"""What a run shows on the terminal while it measures: the progress bar (tqdm on stderr, weighted by each case's
+estimated seconds, with an ETA that learns) and, without a terminal, a heartbeat line so a piped run is never
+silent for minutes. Used by the `run` and `profile` commands; tqdm is imported only when a bar is drawn."""
 from __future__ import annotations
 
 import os
 import shutil
 import sys
+import threading
 import time
 from typing import IO, Sequence
 
@@ -23,40 +26,6 @@ def learned_eta(estimates: Sequence[float], done: int, elapsed_s: float) -> floa
     """Seconds left: the estimates of the cases not done yet, scaled by how the finished ones compared with theirs
     (`elapsed_s`: the measured wall time of the first `done` cases)."""
     return learned_ratio(estimates, done, elapsed_s) * float(sum(estimates[done:]))
-
-
-def rough_estimates(cases: Sequence, repeats: int = 1) -> list[float]:
-    """Seconds per case (all its `repeats` processes) without calibration, for --list: the runner's own estimate
-    (bench.runner.estimate_case_s) at its default 10 GMAC/s, from each case's MACs (counted on the meta device)."""
-    from bench.runner import estimate_case_s
-
-    macs = _macs(cases)
-    return [repeats * estimate_case_s(c, macs[(c.model, c.height, c.width, c.batch)], None, repeats)
-            for c in cases]
-
-
-def rough_groups(cases: Sequence, budget_s: float) -> tuple[list, list]:
-    """(the interleaved groups' plans with their share of the budget, the cases left isolated), for --list."""
-    from bench.groups.budget import call_s, form_groups, plan_groups
-
-    groups, alone = form_groups(cases)
-    macs = _macs(cases)
-    plans = plan_groups(groups, budget_s, lambda c: call_s(macs[(c.model, c.height, c.width, c.batch)], None))
-    return plans, [c for c in cases if c in alone]
-
-
-def _macs(cases: Sequence) -> dict:
-    out: dict = {}
-    for c in cases:
-        key = (c.model, c.height, c.width, c.batch)
-        if key not in out:
-            try:
-                from models.complexity import count_macs
-
-                out[key] = int(count_macs(*key))
-            except Exception:  # a model that cannot be counted gets the runner's 1 GMAC guess
-                out[key] = None
-    return out
 
 
 def _clock(seconds: float) -> str:
@@ -159,8 +128,6 @@ class Heartbeat:
     printed: what is being measured and for how long, so that a piped run is never silent for minutes."""
 
     def __init__(self, every_s: float | None, current, file: IO[str] | None = None):
-        import threading
-
         self.every_s, self.current, self.file = every_s, current, file
         self._last = self._t0 = time.perf_counter()
         self._stop = threading.Event()
