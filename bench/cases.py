@@ -2,30 +2,29 @@
 
 A case is model x resolution x device x backend x precision x batch x threads (+ layout flags). `Case` is frozen:
 the runner derives the per-process version of a case with `dataclasses.replace`, never by mutation. It crosses the
-process boundary as JSON (`to_spec` / `from_spec`, which checks every field's type), so the child works with the
-same typed record as the parent.
+process boundary as JSON (`to_spec` / `from_spec`, which checks every field's type, its `ProcessSettings`
+included), so the child works with the same typed record as the parent.
 
 Naming: `IDENTITY` are the columns that identify a case (two rows with equal identity measure the same thing:
 `--resume`, `compare` and the report match on them); `SETTING` is the device setting part of it (everything but
 the model and the resolution: one curve of a plot, one gate group). `case_key` (stable id, the `case_id` column),
 `case_label` and `setting_label` (human labels) are the only formatters of a case; every table, log line and
-report uses them. Nothing here imports torch or pandas.
+report uses them. `expand` makes the matrix from typed values; what the user typed (comma lists, HxW, model
+patterns, --level) is parsed into those values by bench.plan. Nothing here imports torch or pandas.
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
+from bench.env.machine import usable_cpus
 from bench.errors import BenchInputError
 
 # device_name rather than device, so that cuda:0 on two hosts with different GPUs is not silently compared
 IDENTITY = ("model", "level", "height", "width", "device_name", "backend", "precision", "batch", "threads",
             "channels_last", "folded")
 SETTING = ("device_name", "backend", "precision", "batch", "threads", "channels_last", "folded")
-LEVELS = ("model", "block", "both")
-DEFAULT_MODELS = ("evit-b1:msla", "evit-b1:relu-linear", "evit-b1:softmax", "evit-b1:large-kernel")
 
 
 class CaseError(BenchInputError):
@@ -105,6 +104,31 @@ def group_key(row: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class ProcessSettings:
+    """How one process of a case runs it, besides the case itself (not identity): set per process by the runner
+    (bench.runner.Runner.process_case), read by the child; frozen and typed like the case it travels with."""
+
+    device_peak_gmacs_per_s: float | None = None  # the device setting's calibrated peak (frac_of_peak)
+    bandwidth_gb_per_s: float | None = None  # its triad bandwidth (the profile's roofline, --profile)
+    workdir: str | None = None  # the run's scratch folder (None: the system's temporary folder)
+    numerics64: bool = True  # this process also measures eager fp32's numerics against a float64 forward
+    profile: bool = False  # a profiled pass after the timed one (--profile, first process)
+    trace_path: str | None = None  # where that pass writes its trace
+    fault: str | None = None  # test-only fault injection (DENSEBENCH_FAULT, bench.launch.faults)
+    min_samples: int = 10  # the timer's fewest samples (tests lower it)
+    fleet_class: tuple[str, ...] = ()  # the device class a fleet plan gave the case (bench.fleet.placement)
+
+    def to_spec(self) -> dict[str, Any]:
+        return {**asdict(self), "fleet_class": list(self.fleet_class)}
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> "ProcessSettings":
+        if not isinstance(spec, Mapping):
+            raise CaseError(f"case spec: settings = {spec!r} is not a mapping")
+        return _typed(cls, spec, "settings.")
+
+
+@dataclass(frozen=True)
 class Case:
     model: str
     family: str
@@ -126,8 +150,7 @@ class Case:
     max_time_s: float = 5.0
     timeout_s: float = 600.0
     macs: int | None = None  # meta-device count, filled by the runner
-    # per-process settings, not identity: calibrated peak, workdir, fault injection, min_samples
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    settings: ProcessSettings = field(default_factory=ProcessSettings)  # per process, not identity
 
     @property
     def device_type(self) -> str:
@@ -160,122 +183,46 @@ class Case:
         contention. None for a device without a thread count (CUDA)."""
         if self.device_type != "cpu" or self.threads <= 0:
             return None
-        from bench.env.machine import usable_cpus
-
         return self.threads / usable_cpus()
 
     def to_spec(self) -> dict[str, Any]:
-        spec = asdict(self)
-        spec["extra"] = dict(self.extra)
-        return spec
+        return {**asdict(self), "settings": self.settings.to_spec()}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> "Case":
         """The case from its JSON form; unknown keys are ignored, a wrongly typed field raises CaseError."""
-        known = {f.name: f for f in fields(cls)}
-        kw = {k: v for k, v in spec.items() if k in known}
-        for name, value in kw.items():
-            kw[name] = _coerce(name, str(known[name].type), value)
-        try:
-            return cls(**kw)
-        except TypeError as e:
-            raise CaseError(f"case spec: {e}") from None
+        return _typed(cls, spec)
+
+
+def _typed(cls: Any, spec: Mapping[str, Any], prefix: str = "") -> Any:
+    """A Case or ProcessSettings from its JSON form, every known field's type checked (CaseError)."""
+    known = {f.name: f for f in fields(cls)}
+    kw = {k: _coerce(prefix + k, str(known[k].type), v) for k, v in spec.items() if k in known}
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise CaseError(f"case spec: {e}") from None
 
 
 def _coerce(name: str, type_name: str, value: Any) -> Any:
     if value is None and "None" in type_name:
         return None
+    if type_name == "ProcessSettings":
+        return ProcessSettings.from_spec(value)
+    if type_name.startswith("tuple[str"):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise CaseError(f"case spec: {name} = {value!r} is not a list of str")
+        return tuple(value)
     want = {"str": str, "int": int, "float": float, "bool": bool}.get(type_name.split(" ")[0].split("|")[0])
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if want is not None and not (isinstance(value, want) and (want is not int or not isinstance(value, bool))):
         raise CaseError(f"case spec: {name} = {value!r} is not {want.__name__}")
-    if type_name.startswith("Mapping") and not isinstance(value, Mapping):
-        raise CaseError(f"case spec: {name} = {value!r} is not a mapping")
     return value
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# parsing matrix options
-
-_RES = re.compile(r"^\s*(-?\d+)\s*(?:[xX*]\s*(-?\d+)\s*)?$")
-
-
-MAX_SIDE = 32768  # pixels per side: 8x the largest published setting; beyond it no tensor index fits a real device
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """'512' -> (512, 512); '1024x2048' -> (height 1024, width 2048)."""
-    m = _RES.match(text)
-    if not m:
-        raise CaseError(f"--res: malformed resolution {text!r}; accepted: N (square) or HxW, e.g. 512,1024,1024x2048")
-    h = int(m.group(1))
-    w = int(m.group(2)) if m.group(2) is not None else h
-    if h <= 0 or w <= 0:
-        raise CaseError(f"--res: resolution {text!r} is not positive; accepted: N or HxW with N, H, W > 0")
-    if max(h, w) > MAX_SIDE:
-        raise CaseError(f"--res: resolution {text!r} is too large; accepted: sides up to {MAX_SIDE}")
-    return h, w
-
-
-def parse_list(text: str, what: str) -> list[str]:
-    items = [t.strip() for t in str(text).split(",")]
-    if not any(items):
-        raise CaseError(f"{what}: empty list; accepted: one value or a comma list (see --help)")
-    if not all(items):
-        raise CaseError(f"{what}: an empty item in {text!r}; accepted: a comma list without empty items")
-    return items
-
-
-def parse_ints(text: str, what: str, minimum: int = 1) -> list[int]:
-    out = []
-    for t in parse_list(text, what):
-        try:
-            v = int(t)
-        except ValueError:
-            raise CaseError(f"{what}: {t!r} is not an integer; accepted: comma list of integers >= {minimum}") from None
-        if v < minimum:
-            raise CaseError(f"{what}: {v} is below {minimum}; accepted: comma list of integers >= {minimum}")
-        out.append(v)
-    return list(dict.fromkeys(out))
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # the matrix
-
-
-def select_models(specs: Iterable[str] | None, level: str) -> list[str]:
-    """Registry names for --models/--level.
-
-    No --models: the four EfficientViT-B1 variants (level model) and the four mixers alone (level block).
-    With --models: names/families/patterns from the registry; `--level block` turns a model into its mixer's block
-    (`block:<mixer>`) and `--level both` adds that block after the model where one exists.
-    """
-    from models.registry import UnknownModelError, get_model_info, list_models, resolve_models
-
-    if level not in LEVELS:
-        raise CaseError(f"--level: {level!r} is not accepted; accepted: {', '.join(LEVELS)}")
-    try:
-        names = resolve_models(list(specs)) if specs else list(DEFAULT_MODELS)
-    except UnknownModelError as e:
-        raise CaseError(f"--models: {e}") from None
-    blocks = set(list_models("block"))
-    out: list[str] = []
-    for n in names:
-        info = get_model_info(n)
-        if info.family == "block":
-            if level in ("block", "both"):
-                out.append(n)
-            continue
-        if level in ("model", "both"):
-            out.append(n)
-        if level in ("block", "both") and f"block:{info.mixer}" in blocks:
-            out.append(f"block:{info.mixer}")
-    out = list(dict.fromkeys(out))
-    if not out:
-        raise CaseError(f"--models/--level: no model left at level {level!r} from {', '.join(names)}")
-    # models first, then blocks, each in the order given
-    return [n for n in out if not n.startswith("block:")] + [n for n in out if n.startswith("block:")]
 
 
 def expand(models: list[str], resolutions: list[tuple[int, int]], devices: list[tuple[str, str]],
@@ -287,7 +234,7 @@ def expand(models: list[str], resolutions: list[tuple[int, int]], devices: list[
     devices: (device, device_name); precisions: device type -> precisions; threads apply to CPU (CUDA rows: 0);
     own_size: each model only at its own input size among `resolutions` (--res own).
     """
-    from models.registry import get_model_info
+    from models.registry import get_model_info  # torch: the parent's planning only, never a case's reader
 
     cases: dict[str, Case] = {}
     for dev, dev_name in devices:

@@ -12,6 +12,8 @@ from typing import Callable, Iterable
 
 from bench.cases import Case
 from bench.env import free_memory_bytes
+from models.complexity import count_macs
+from models.registry import check_model
 from models.user import ModelSourceError
 
 
@@ -45,8 +47,6 @@ class CaseChecks:
         dense map), from one meta-device forward; users' models are the ones this catches."""
         key = (case.model, case.height, case.width, case.batch)
         if key not in self._model_reason:
-            from models.registry import check_model
-
             self._prefetch_users_models()
             try:
                 self._model_reason[key] = check_model(case.model, case.height, case.width, case.batch)
@@ -85,8 +85,6 @@ class CaseChecks:
         key = (case.model, case.height, case.width, case.batch)
         if key not in self._macs:
             try:
-                from models.complexity import count_macs
-
                 self._macs[key] = int(count_macs(case.model, case.height, case.width, case.batch))
             except Exception as e:
                 self.log(f"count_macs failed for {case.model}: {type(e).__name__}: {e}")

@@ -24,8 +24,9 @@ from typing import Callable, Mapping
 from bench import health
 from bench.calibration import CALIBRATION_TIMEOUT_S, Calibrations, calibration_key
 from bench.cases import Case, case_label, group_key
-from bench.groups.budget import DEFAULT_BUDGET_S, PROCESS_TIME_S, form_groups
+from bench.groups.budget import DEFAULT_BUDGET_S, PROCESS_TIME_S, call_s, form_groups, plan_groups
 from bench.groups.pairs import DEFAULT_TIE
+from bench.groups.schedule import GroupScheduler, mark_noisy_pairs, resume_runs
 from bench.precheck import CaseChecks
 from bench.quiet import QuietWaits
 from bench.env import now_iso
@@ -35,6 +36,7 @@ from bench.launch.workdir import make_workdir
 from bench.launch.isolation import ForkServer, Outcome, Isolation, make_isolation
 from bench.launch.outcome import classify
 from bench.results.lifecycle import RunState, isna
+from bench.results.repeats import add_process
 
 HEALTH_TIMEOUT_S = 60.0
 
@@ -93,16 +95,7 @@ class Runner:
         rows = {r["case_id"]: r for r in self.state.rows if r.get("case_id")}
         return [c for c in self.cases if self._processes_done(rows.get(c.case_id)) < self.repeats]
 
-    # -- pre-child decisions ------------------------------------------------------------------------------------
-    def _static(self, case: Case, fit: bool = True) -> tuple[str, str] | None:
-        return self.checks.static(case, fit)
-
-    def _fit_check(self, case: Case) -> tuple[str, str] | None:
-        return self.checks.fit(case)
-
-    def _macs_of(self, case: Case) -> int | None:
-        return self.checks.macs(case)
-
+    # -- pre-child decisions (bench.precheck) and calibrations (bench.calibration) ----------------------------------
     def _peak(self, iso: Isolation, case: Case) -> float | None:
         self._iso = self._iso or iso
         return self.cal.peak(case) if self.calibrate else None
@@ -120,17 +113,16 @@ class Runner:
         iso = make_isolation(workdir, self.isolation_kind, env=self.child_env)
         st.meta["isolation"] = iso.name
         st.meta["malloc_env"] = {k: child_env()[k] for k in MALLOC_ENV}
-        self._guard = health.Guard(st.meta, lambda: self._health_probe(iso))
-        self._iso, self._workdir, self._fault = iso, workdir, os.environ.get(FAULT_ENV)
+        self.attach(iso, workdir, os.environ.get(FAULT_ENV))
         self._rows_at = {r["case_id"]: i for i, r in enumerate(st.rows) if r.get("case_id")}
         try:
             groups, todo = self._split()
-            to_spawn = [c for c in todo if not self._static(c, fit=False)]
+            to_spawn = [c for c in todo if not self.checks.static(c, fit=False)]
             if isinstance(iso, ForkServer) and (to_spawn or groups):
                 iso.launch()  # imports torch in the background while the parent traces the models below
-            to_spawn = [c for c in to_spawn if not self._fit_check(c)]
+            to_spawn = [c for c in to_spawn if not self.checks.fit(c)]
             for case in [*to_spawn, *(c for g in groups for c in g)]:
-                self._macs_of(case)
+                self.checks.macs(case)
             if self.calibrate:  # every device setting up front, on a quiet machine: the estimates need the rates
                 for case in [*to_spawn, *(c for g in groups for c in g)]:
                     self._peak(iso, case)
@@ -154,7 +146,7 @@ class Runner:
         if self.design != "interleaved":
             return [], self.pending()
         closed = {gid for gid, g in (self.state.meta.get("groups") or {}).items() if g.get("status") != "open"}
-        fine = [c for c in self.cases if not self._static(c)]
+        fine = [c for c in self.cases if not self.checks.static(c)]
         groups, _ = form_groups(fine)
         groups = [g for g in groups if group_key(g[0].as_row()) not in closed]
         grouped = {c.case_id for g in groups for c in g}
@@ -173,9 +165,6 @@ class Runner:
 
     def _run_groups(self, groups: list[list[Case]]) -> list[Case]:
         """Measure the interleaved groups; returns the cases of groups whose shared process failed."""
-        from bench.groups.budget import plan_groups
-        from bench.groups.schedule import GroupScheduler, resume_runs
-
         plans = plan_groups(groups, self.budget_s, lambda c: self.estimate_call_s(c))
         self.state.meta["budget_s"] = self.budget_s
         runs = resume_runs(plans, self.state, self._groups_of)
@@ -198,14 +187,12 @@ class Runner:
                 continue  # failed or decided statically in an earlier pass: the case is complete
             if self.progress:
                 self.progress(case, i, len(schedule))
-            self._run_one(self._iso, case, rep, rows_at, self._procs, self._workdir, self._fault)
+            self.run_case(case, rep)
 
     def _close_run(self) -> None:
         """The end probe, the calibrations repeated (peak = the larger), frac_of_peak redone, a last save."""
         if self._guard.probed:
             self._probe(self._iso, "end", None, self._rows_at)
-        from bench.groups.schedule import mark_noisy_pairs
-
         mark_noisy_pairs(self.state)  # a probe after a group closed may have flagged a side since (drift)
         if self.calibrate and self.state.rows:
             cases = [c for c in self.cases if c.case_id in self._rows_at]
@@ -214,13 +201,23 @@ class Runner:
         self._guard.summarize()
         self.state.save()
 
-    def _run_one(self, iso: Isolation, case: Case, rep: int, rows_at: dict, procs: dict, workdir: Path,
-                 fault: str | None) -> None:
+    # -- one case at a time: the isolated path, and a fleet node's scratch state (bench.fleet.remote) ---------------
+    def attach(self, iso: Isolation, workdir: Path, fault: str | None = None) -> None:
+        """Where the children run: the isolation, its scratch folder and the fault to inject (tests); the health
+        guard probes the machine's speed in a child of that isolation. run() attaches its own."""
+        self._iso, self._workdir, self._fault = iso, workdir, fault
+        self._guard = health.Guard(self.state.meta, lambda: self._health_probe(iso))
+
+    def clear(self) -> None:
+        """Empty the state's rows, samples and profile rows, and this runner's index of them."""
+        self.state.rows.clear(), self.state.samples.clear(), self.state.profile.clear()
+        self._rows_at, self._procs = {}, {}
+
+    def run_case(self, case: Case, rep: int = 0) -> None:
         """Process number `rep` of a case: run it (or decide it statically), pool, store the row and save."""
-        self._iso, self._workdir, self._fault, self._rows_at, self._procs = iso, workdir, fault, rows_at, procs
         started = now_iso()
         t0 = time.perf_counter()
-        static = self._static(case) if rep == 0 else None
+        static = self.checks.static(case) if rep == 0 else None
         if static:
             self.commit(case, rep, {"status": static[0], "reason": static[1], "design": "isolated"}, [], started,
                         time.perf_counter() - t0, None)
@@ -238,8 +235,20 @@ class Runner:
     def process_case(self, case: Case, first: bool = True, profile: bool = False) -> Case:
         """The case as one of its processes runs it (MACs, calibrated peak, workdir, fault, budget share); the
         first process also measures eager fp32's own numerics (a float64 forward)."""
-        case = self._process_case(self._iso, case, self._workdir, self._fault, profile=profile)
-        return replace(case, extra={**case.extra, "numerics64": first})
+        settings = replace(case.settings, device_peak_gmacs_per_s=self._peak(self._iso, case),
+                           workdir=str(self._workdir), numerics64=first)
+        if self._fault:
+            settings = replace(settings, fault=self._fault)
+        if profile:
+            from bench.results.store import TRACES, trace_file  # pandas: only a profiled run's parent needs it
+
+            traces = self.state.run_dir / TRACES
+            traces.mkdir(exist_ok=True)
+            settings = replace(settings, profile=True, bandwidth_gb_per_s=self._bandwidth(case),
+                               trace_path=str(traces / trace_file(case.case_id)))
+        R = self.repeats
+        return replace(case, macs=self.checks.macs(case), settings=settings, min_time_s=case.min_time_s / R,
+                       max_time_s=case.max_time_s / R)
 
     def run_guarded(self, spec: dict, timeout_s: float, device_type: str, what: str,
                     rep: int = 0) -> tuple[Outcome, tuple, int]:
@@ -301,28 +310,8 @@ class Runner:
 
     def _store(self, case: Case, rep: int, full: dict, samples: list[float], rows_at: dict, procs: dict) -> None:
         """Add one process's row and samples to the run (bench.results.repeats.add_process)."""
-        from bench.results.repeats import add_process
-
         add_process(self.state, case.case_id, rep, full, samples, rows_at, procs, self._groups_of(case.case_id),
                     self.repeats)
-
-    def _process_case(self, iso: Isolation, case: Case, workdir: Path, fault: str | None,
-                      profile: bool = False) -> Case:
-        """The case as one of its processes runs it: MACs, calibrated peak, workdir, fault, its share of the time
-        budget when it is measured in several processes, and (profile) where its trace goes."""
-        extra = {**case.extra, "device_peak_gmacs_per_s": self._peak(iso, case), "workdir": str(workdir)}
-        if fault:
-            extra["fault"] = fault
-        if profile:
-            from bench.results.store import TRACES
-
-            traces = self.state.run_dir / TRACES
-            traces.mkdir(exist_ok=True)
-            extra.update(profile=True, bandwidth_gb_per_s=self._bandwidth(case),
-                         trace_path=str(traces / f"{_file_name(case.case_id)}.json.gz"))
-        R = self.repeats
-        return replace(case, macs=self._macs_of(case), extra=extra, min_time_s=case.min_time_s / R,
-                       max_time_s=case.max_time_s / R)
 
     # -- machine health (bench.health) ----------------------------------------------------------------------------
     def _health_probe(self, iso: Isolation) -> dict:
@@ -356,8 +345,6 @@ class Runner:
 
     def estimate_call_s(self, case: Case) -> float:
         """One call's seconds guessed from the case's MACs at the device's calibrated rate."""
-        from bench.groups.budget import call_s
-
         rate = (self.state.meta.get("calibration", {}).get(calibration_key(case)) or {}).get("gmacs_per_s")
         return call_s(self.checks.known_macs(case), rate)
 
@@ -382,15 +369,6 @@ class Runner:
             self.overheads.append(max(0.0, out.wall_s - float(timing)))
 
 
-def _file_name(case_id: str) -> str:
-    """A case_id as a file name: the characters a file system and a URL take as they are, and a digest of the
-    whole id so that two ids never share a file."""
-    import hashlib
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", case_id)[:160] + "-" + hashlib.sha1(case_id.encode()).hexdigest()[:8]
-
-
 def _child_error(out: Outcome) -> str:
     """Why a calibration or probe child gave no result, in a few words."""
     return (out.result or {}).get("error") or ("timeout" if out.timed_out else
@@ -401,8 +379,6 @@ def estimate_case_s(case: Case, macs: float | None, rate_gmacs: float | None, re
     """Rough wall time of one process of a case for the ETA and --list: overhead + first call + warm-up +
     sampling (its share of the budget with `repeats` processes), with one call's time guessed from its MACs (1 GMAC
     when unknown) at 30% of the device's rate (10 GMAC/s when not calibrated)."""
-    from bench.groups.budget import call_s
-
     call = call_s(macs, rate_gmacs)
     lo, hi = case.min_time_s / repeats, case.max_time_s / repeats
     warm = max(2 * call, min(max(0.5, 0.3 * hi), 10 * call))

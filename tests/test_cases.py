@@ -1,7 +1,8 @@
 """The case matrix: parsing, model selection by level, expansion, identity keys (no child processes)."""
 import pytest
 
-from bench.cases import Case, CaseError, expand, parse_ints, parse_resolution, select_models
+from bench.cases import Case, CaseError, expand
+from bench.plan.parse import parse_ints, parse_resolution, select_models
 from bench.cases import IDENTITY, case_key
 
 

@@ -48,7 +48,7 @@ BAD_FLAGS = [
 
 
 def _names_what_is_accepted(err: str, flag: str) -> bool:
-    # bench.cases.parse_list says "empty list" without an "accepted" part: run's own wording, reused as it is
+    # bench.plan.parse.parse_list says "empty list" without an "accepted" part: run's own wording, reused as it is
     return flag in err and ("accepted" in err or f"{flag}: empty list" in err)
 
 

@@ -1,4 +1,4 @@
-"""Machine health (bench.health): the bounds on synthetic figures, the guard's probe schedule, the words in the
+"""Machine health (bench.health, bench.results.noise): the bounds on synthetic figures, the guard's probe schedule, the words in the
 summary and the report, the child's CPU seconds through both isolations, and a real CPU hog flagging a run."""
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import pytest
 import bench
 from bench import health
 from bench.analysis.summary import format_summary
-from bench.health import Bounds, CpuMark, Guard, ProcessHealth, judge, noisy_sentence, process_health, verdict
+from bench.health import CpuMark, Guard, process_health
+from bench.results.noise import Bounds, ProcessHealth, judge, noisy_sentence, verdict
 from bench.launch.isolation import ForkServer, Spawner
 from bench.results.store import load_run
 from tests.runfactory import XSS_SCRIPT, case, make_run

@@ -32,7 +32,7 @@ def _spec(fault=None, model="block:msla", res=64, timeout_s=60):
              device_name="test-cpu", backend="eager", precision="fp32", batch=1, threads=1, height=res, width=res,
              tokens=(res // 16) ** 2, min_time_s=0.02, max_time_s=0.2, timeout_s=timeout_s, macs=1000)
     spec = c.to_spec()
-    spec["extra"] = {"fault": fault, "min_samples": 5} if fault else {"min_samples": 5}
+    spec["settings"] = {"fault": fault, "min_samples": 5} if fault else {"min_samples": 5}
     return spec
 
 

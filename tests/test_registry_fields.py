@@ -68,7 +68,7 @@ def test_wrong_types_are_type_errors_too_and_good_values_are_stored_plainly():
 
 
 def test_the_largest_side_is_the_one_res_accepts():
-    from bench.cases import MAX_SIDE
+    from bench.plan.parse import MAX_SIDE
     from models import registry
 
     assert registry.MAX_SIDE == MAX_SIDE

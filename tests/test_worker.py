@@ -19,7 +19,7 @@ def _spec(fault=None, model="block:msla", res=64, **kw):
              tokens=(res // 16) ** 2, min_time_s=0.02, max_time_s=0.2, timeout_s=60, macs=1000)
     spec = c.to_spec()
     spec.update(kw)
-    spec["extra"] = {"fault": fault, "min_samples": 5} if fault else {"min_samples": 5}
+    spec["settings"] = {"fault": fault, "min_samples": 5} if fault else {"min_samples": 5}
     return spec
 
 

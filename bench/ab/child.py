@@ -74,7 +74,7 @@ def _measure(s: ABSpec, row: dict, stage: Stage) -> list[list]:
         stage(f"prepare {key}")
         prepared = backends.prepare(model, x, backend=side.backend, device=case.device, precision=case.precision,
                                     channels_last=case.channels_last, fold=case.folded,
-                                    workdir=case.extra.get("workdir") or "/tmp")
+                                    workdir=case.settings.workdir or "/tmp")
         fns[key] = prepared.fn
         row[f"{key}_build_s"] = prepared.build_s
     stage("timing")

@@ -85,7 +85,7 @@ class Scheduler:
 
     def _process(self, run: CaseRun, mode: str) -> dict[str, Any] | None:
         """One child; its row, or None after recording the failure on the case."""
-        case = replace(run.case, extra={**run.case.extra, "workdir": str(self.workdir)})
+        case = replace(run.case, settings=replace(run.case.settings, workdir=str(self.workdir)))
         spec = ABSpec(case, run.a, run.b, mode=mode, process_time_s=self.cfg["process_time_s"])
         out = self.iso.for_device(case.device_type).run(spec.to_spec(), case.timeout_s)
         row, samples = classify(out, case.timeout_s)

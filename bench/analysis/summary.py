@@ -10,8 +10,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from bench.cases import setting_label
-from bench.health import noisy_sentence
+from bench.cases import group_key, setting_label
+from bench.results.noise import noisy_sentence
 from bench.stats import NOMINAL, median_ci_level
 
 
@@ -190,8 +190,6 @@ def format_summary(results: pd.DataFrame, health: Mapping[str, Any] | None = Non
 
 def noisy_decisions(res: pd.DataFrame) -> list[str]:
     """The decision groups (group_key of ok rows with two or more mixers) that rest on a noisy row."""
-    from bench.cases import group_key
-
     ok = res[res["status"] == "ok"]
     if not len(ok):
         return []

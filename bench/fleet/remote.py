@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.cases import Case
+from bench.fleet.hygiene import restore_env
 from bench.fleet.records import CaseResult
 from bench.results.lifecycle import RunState
 
@@ -56,8 +58,7 @@ atexit.register(_close_all)
 
 def _session(ctx: dict, device: str) -> _Session:
     """This worker's session for the run and device (older runs' sessions closed), made on first use."""
-    from bench import health
-    from bench.fleet.hygiene import restore_env
+    from bench.launch.faults import FAULT_ENV
     from bench.launch.isolation import make_isolation
     from bench.launch.workdir import make_workdir
     from bench.runner import Runner
@@ -79,16 +80,15 @@ def _session(ctx: dict, device: str) -> _Session:
     runner = Runner(state, [], calibrate=bool(ctx.get("calibrate", True)), child_env=child_env,
                     profile=bool(ctx.get("profile")))
     iso = make_isolation(workdir, None, env=child_env)
-    runner._guard = health.Guard(state.meta, lambda: runner._health_probe(iso))
+    runner.attach(iso, workdir, os.environ.get(FAULT_ENV))
     _SESSIONS[key] = s = _Session(key, runner, iso, workdir, state, fixed)
     return s
 
 
 def _trace(s: _Session, case_id: str) -> tuple[str | None, bytes | None]:
-    from bench.results.store import TRACES
-    from bench.runner import _file_name
+    from bench.results.store import TRACES, trace_file
 
-    name = f"{_file_name(case_id)}.json.gz"
+    name = trace_file(case_id)
     path = s.state.run_dir / TRACES / name
     return (name, path.read_bytes()) if path.is_file() else (None, None)
 
@@ -96,16 +96,13 @@ def _trace(s: _Session, case_id: str) -> tuple[str | None, bytes | None]:
 def run_case(spec: dict, ctx: dict) -> CaseResult:
     """Measure one case on this node (the Ray task's body); `ctx`: run_id, host, calibrate, profile,
     models_from and the calibration the run already has for this host."""
-    from bench.cases import Case
-    from bench.launch.faults import FAULT_ENV
-
     t0 = time.perf_counter()
     case = Case.from_spec(spec)
     s = _session(ctx, case.device)
     st, r = s.state, s.runner
-    st.rows.clear(), st.samples.clear(), st.profile.clear()
+    r.clear()
     n_over = len(r.overheads)
-    r._run_one(s.iso, case, 0, {}, {}, s.workdir, os.environ.get(FAULT_ENV))
+    r.run_case(case)
     name, trace = _trace(s, case.case_id) if ctx.get("profile") else (None, None)
     h = st.meta.get("health") or {}
     return CaseResult(case_id=case.case_id, host=ctx["host"], device=case.device, row=dict(st.rows[0]),

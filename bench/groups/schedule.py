@@ -12,24 +12,44 @@ what the expensive ones cannot.
 
 Everything measured is committed after every process, through the runner (pooled rows, samples, pairs.parquet,
 meta.json's `groups`), so a killed run keeps it; --resume rebuilds each group's processes from samples.parquet
-(every side's blocks are stored in cycle order, two per cycle) and goes on where it stopped.
+(every side's blocks are stored in cycle order, two per cycle) and goes on where it stopped. The scheduler knows
+the runner only as a `GroupHost` (what it calls of it): the runner imports this module, never the other way round.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from bench.groups import pairs as P
 from bench.groups.budget import PROCESS_TIME_S, GroupPlan, process_s
-from bench.cases import base_name
+from bench.cases import Case, base_name
 from bench.env import now_iso
 from bench.launch.outcome import classify
+from bench.results.lifecycle import RunState
 
-if TYPE_CHECKING:
-    from bench.runner import Runner
+
+class GroupHost(Protocol):
+    """What the scheduler calls of the runner (bench.runner.Runner): its run, settings, guarded children and commits."""
+
+    state: RunState
+    profile: bool
+    progress: Any
+    log: Callable[[str], None]
+
+    def process_case(self, case: Case, first: bool = True, profile: bool = False) -> Case: ...
+
+    def run_guarded(self, spec: dict, timeout_s: float, device_type: str, what: str,
+                    rep: int = 0) -> tuple[Any, tuple, int]: ...
+
+    def commit(self, case: Case, rep: int, row: dict, samples: list[float], started: str, wall_s: float,
+               marks: tuple | None, profile: list | None = None) -> None: ...
+
+    def forget(self, case_ids: list[str]) -> None: ...
+
+    def save(self) -> None: ...
 
 
 @dataclass
@@ -104,7 +124,7 @@ def resume_runs(plans: list[GroupPlan], state: Any, samples_of: Callable[[str], 
 class GroupScheduler:
     """Runs the groups of one run through the runner (its isolation, health guard and commits)."""
 
-    def __init__(self, runner: "Runner", iso: Any, budget_s: float, tie: float,
+    def __init__(self, runner: GroupHost, iso: Any, budget_s: float, tie: float,
                  process_time_s: float = PROCESS_TIME_S):
         self.r, self.iso, self.budget_s, self.tie, self.process_time_s = runner, iso, budget_s, tie, process_time_s
         self.spent_s = 0.0
@@ -188,7 +208,7 @@ class GroupScheduler:
         hangs fails alone); what the group measured of them is dropped, and meta.json says why."""
         st = self.r.state
         ids = [c.case_id for c in g.plan.cases]
-        st._drop(ids)
+        st.drop(ids)
         self.r.forget(ids)
         g.status, g.stop = "isolated", f"measured case by case: {why}"
         g.processes.clear()  # no paired decision rests on what the group measured before it fell back

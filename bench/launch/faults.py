@@ -1,4 +1,4 @@
-"""Test-only fault injection: the parent copies env DENSEBENCH_FAULT into the case (extra["fault"]) and the child
+"""Test-only fault injection: the parent copies env DENSEBENCH_FAULT into the case (settings.fault) and the child
 fails that way at the stage `fault:<kind>`, so every failure path of the engine is exercised for real:
 
   crash  -> os.abort() in the child (SIGABRT: status error)
@@ -27,8 +27,8 @@ FAULTS = ("crash", "hang", "oom", "error", "sigkill")
 
 
 def fault_for(case: Case) -> str | None:
-    """The fault kind this case asks for (extra["fault"], filtered by its @PATTERN), or None."""
-    f = case.extra.get("fault")
+    """The fault kind this case asks for (settings.fault, filtered by its @PATTERN), or None."""
+    f = case.settings.fault
     if not f:
         return None
     kind, _, pat = str(f).partition("@")

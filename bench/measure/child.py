@@ -52,7 +52,7 @@ def _measure(case: Case, row: dict, stage: Stage, after_build: AfterBuild | None
     side_numerics(case, side, row, info)
     row.update(measure_energy(case, side.fn, row["latency_ms_median"], info, stage))
     row["backend_info"] = json.dumps({**side.info, **info}, default=str, sort_keys=True)
-    if case.extra.get("profile"):
+    if case.settings.profile:
         del side  # the timed model's memory is not the profiled pass's
         stage("profile")
         row["_profile"] = profile_side(case, row)
@@ -68,12 +68,12 @@ def _time(case: Case, fn: Any, built: Built, row: dict, info: dict, stage: Stage
     memory = PeakMemory(case, built)
     memory.start()
     res = measure(fn, device_type=case.device_type, min_time_s=case.min_time_s, max_time_s=case.max_time_s,
-                  min_samples=int(case.extra.get("min_samples", 10)))
+                  min_samples=case.settings.min_samples)
     row.update(memory.stop(info))
     stage.times["timing_s"] = res.total_s
     row.update({"warmup_iters": res.warmup_iters, "first_call_ms": res.first_call_ms,
                 "converged": bool(res.converged)})
-    row.update(latency_fields(res.samples_ms, case.batch, row.get("macs"), case.extra.get("device_peak_gmacs_per_s")))
+    row.update(latency_fields(res.samples_ms, case.batch, row.get("macs"), case.settings.device_peak_gmacs_per_s))
     return res
 
 

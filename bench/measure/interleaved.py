@@ -156,7 +156,7 @@ def _finish_side(case: Case, side: Any, row: dict, samples_ms: list[float], k: i
     """Latency columns from the side's blocks, numerics, and (when the spec asks) energy and the profiled pass."""
     from bench.results.repeats import latency_fields
 
-    row.update(latency_fields(samples_ms, case.batch, row.get("macs"), case.extra.get("device_peak_gmacs_per_s")))
+    row.update(latency_fields(samples_ms, case.batch, row.get("macs"), case.settings.device_peak_gmacs_per_s))
     row.update(status="ok", reason="", converged=None, block=k)
     side_numerics(case, side, row, info)
     info["memory"] = "not measured in the interleaved design (the sides share the process); --design isolated"
@@ -166,6 +166,6 @@ def _finish_side(case: Case, side: Any, row: dict, samples_ms: list[float], k: i
         info["energy"] = "measured in the group's first process only"
     row["backend_info"] = json.dumps({**side.info, **info, "design": "interleaved", "block": k},
                                      default=str, sort_keys=True)
-    if spec.get("profile") and case.extra.get("profile"):
+    if spec.get("profile") and case.settings.profile:
         stage("profile")
         row["_profile"] = profile_side(case, row)

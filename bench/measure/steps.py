@@ -128,7 +128,7 @@ def prepare_side(case: Case, row: dict, stage: Stage, label: str = "",
 
 def side_numerics(case: Case, side: PreparedSide, row: dict, info: dict) -> None:
     """rel_err / numerics_ok of a side's first output: against the eager fp32 reference, or for eager fp32 itself
-    against a float64 forward (in the case's first process: `numerics64` in the case's extra)."""
+    against a float64 forward (in the case's first process: `numerics64` in the case's settings)."""
     from bench.measure.numerics import evaluate
 
     if not side.first:
@@ -136,7 +136,7 @@ def side_numerics(case: Case, side: PreparedSide, row: dict, info: dict) -> None
     if not _is_reference(case):
         row.update(evaluate(side.first[0], side.y_ref, case.precision))
         return
-    if not case.extra.get("numerics64", True):
+    if not case.settings.numerics64:
         info["numerics"] = "measured in the case's first process (a float64 forward)"
         return
     y64, info["numerics"] = float64_reference(side.built.model, side.built.x)
@@ -182,7 +182,7 @@ def profile_side(case: Case, row: dict) -> list[dict]:
     from bench.profiling.case import profile_case
 
     try:
-        prof = profile_case(case, workdir=case.extra.get("workdir"), trace_path=case.extra.get("trace_path"))
+        prof = profile_case(case, workdir=case.settings.workdir, trace_path=case.settings.trace_path)
     except Unsupported as e:
         row["profile_reason"] = (str(e).splitlines() or [""])[0][:400]
         return []
@@ -192,7 +192,7 @@ def profile_side(case: Case, row: dict) -> list[dict]:
     median = row.get("latency_ms_median")
     row["profile_source"], row["profiled_ms"] = prof.source, prof.profiled_ms
     row["profile_overhead"] = prof.profiled_ms / median - 1 if median and median > 0 else float("nan")
-    return profile_rows(row, prof, case.extra.get("device_peak_gmacs_per_s"), case.extra.get("bandwidth_gb_per_s"))
+    return profile_rows(row, prof, case.settings.device_peak_gmacs_per_s, case.settings.bandwidth_gb_per_s)
 
 
 def _check_supported(case: Case) -> None:
@@ -242,7 +242,7 @@ def _prepare(case: Case, built: Built, row: dict) -> Any:
 
     prepared = backends.prepare(built.model, built.x, backend=case.backend, device=case.device,
                                 precision=case.precision, channels_last=case.channels_last, fold=case.folded,
-                                workdir=case.extra.get("workdir") or tempfile.gettempdir())
+                                workdir=case.settings.workdir or tempfile.gettempdir())
     row["build_s"] = prepared.build_s
     return prepared
 

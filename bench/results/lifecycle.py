@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bench.cases import Case
+from bench.env import cpu_name, environment, now_iso
 from bench.errors import BenchInputError
 from bench.results.lock import RunLock, RunLocked
 
@@ -73,8 +75,6 @@ class RunState:
 
     def mark(self, status: str, wall_s: float | None = None) -> None:
         """Record a status change (and, when the measuring ended, its wall time added to earlier sessions')."""
-        from bench.env import now_iso
-
         if status not in STATES:
             raise ValueError(f"run status {status!r}; valid: {', '.join(STATES)}")
         self.meta["status"] = status
@@ -111,10 +111,11 @@ class RunState:
         """Drop the rows with these statuses, and their samples, so that --resume measures them again."""
         statuses = set(statuses)
         gone = [r["case_id"] for r in self.rows if r.get("status") in statuses and r.get("case_id")]
-        self._drop(gone)
+        self.drop(gone)
         return gone
 
-    def _drop(self, case_ids: Iterable[str]) -> None:
+    def drop(self, case_ids: Iterable[str]) -> None:
+        """Drop these cases' rows, samples, profile rows and pairs (measured again from scratch)."""
         ids = set(case_ids)
         self.rows = [r for r in self.rows if r.get("case_id") not in ids]
         self.samples = [s for s in self.samples if s.get("case_id") not in ids]
@@ -139,8 +140,6 @@ def create_run(out_dir: Path, cases: Iterable[Case], config: dict[str, Any], *, 
                argv: list[str] | None = None, kind: str = "run") -> RunState:
     """A new run folder out_dir/run_id (which must not exist) with its first meta.json: environment, configuration
     and the planned cases. Raises RunFolderError."""
-    from bench.env import environment, now_iso
-
     out_dir = Path(out_dir)
     if run_id is not None and not RUN_ID.fullmatch(run_id):
         raise RunFolderError(f"run id {run_id!r} is not accepted; accepted: letters, digits, '.', '_', '-' "
@@ -155,7 +154,7 @@ def create_run(out_dir: Path, cases: Iterable[Case], config: dict[str, Any], *, 
         raise RunFolderError(f"cannot create {run_dir}: {e.strerror}; accepted: a writable folder") from None
     env = environment(list(argv) if argv is not None else list(sys.argv))
     meta = {"run_id": run_id, "kind": kind, "started_at": now_iso(), "host": env["host"], "env": env,
-            "config": config, "cases": [c.to_spec() for c in cases], "calibration": {}, "status": "created"}
+            "config": dict(config), "cases": [c.to_spec() for c in cases], "calibration": {}, "status": "created"}
     state = RunState(run_dir=run_dir, meta=meta, lock=_lock(run_dir))
     state.save()
     return state
@@ -196,17 +195,13 @@ def open_run(run_dir: Path) -> RunState:
                                           for r in run.pairs.to_dict("records")]
     state = RunState(run_dir=run_dir, meta=dict(run.meta), rows=rows, samples=run.samples.to_dict("records"),
                      profile=profile, pairs=pairs, lock=lock)
-    state._drop(redo)
+    state.drop(redo)
     state.redo = redo
     return state
 
 
 def _check_same_machine(meta: dict, run_dir: Path) -> None:
     """A run's rows, calibration and health bounds are one machine's: refuse to add another machine's rows."""
-    import socket
-
-    from bench.env import cpu_name
-
     host, cpu = socket.gethostname(), cpu_name()
     was_host, was_cpu = meta.get("host"), (meta.get("env") or {}).get("cpu_model")
     if (was_host and was_host != host) or (was_cpu and was_cpu != cpu):

@@ -1,4 +1,5 @@
-"""Results on disk: `results/<run-id>/` with results.parquet, results.csv, samples.parquet and meta.json.
+"""Results on disk: `results/<run-id>/` with results.parquet, results.csv, samples.parquet, meta.json and (with
+--profile) one trace per case in traces/ (`trace_file` names it).
 
 Every write goes to a temporary file in the same folder and is renamed into place, so a run killed at any moment
 leaves the previous complete version of every file (a valid partial run that --resume completes). Parquet and
@@ -6,8 +7,10 @@ JSON only: nothing here unpickles what a user might have been sent from elsewher
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,6 +31,13 @@ PAIRS = "pairs.parquet"
 PAIRS_CSV = "pairs.csv"
 TRACES = "traces"
 META = "meta.json"
+
+
+def trace_file(case_id: str) -> str:
+    """A case's trace file in TRACES: the characters a file system and a URL take as they are, and a digest of the
+    whole id so that two ids never share a file."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", case_id)[:160] + "-" + hashlib.sha1(case_id.encode()).hexdigest()[:8] \
+        + ".json.gz"
 
 
 @dataclass

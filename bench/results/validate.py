@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.cases import Case, CaseError
 from bench.errors import BenchInputError
 from bench.schema import COLUMNS, PAIR_COLUMNS, PAIR_DECISIONS, PROFILE_COLUMNS, SAMPLE_COLUMNS, STATUSES
 
@@ -60,8 +61,6 @@ def check_meta(meta: Any, where: Path | str) -> dict:
 
 def check_cases(meta: dict, where: Path | str) -> list:
     """The run's planned cases as typed Cases (bench.cases.Case.from_spec checks every field)."""
-    from bench.cases import Case, CaseError
-
     try:
         return [Case.from_spec(c) for c in meta.get("cases") or []]
     except (CaseError, TypeError, ValueError) as e:

@@ -1,110 +1,66 @@
-"""A run's plan: user options (CLI flags or Python arguments) -> validated configuration + the case matrix.
+"""A run's plan: what the user asked (CLI flags or Python arguments) -> validated configuration + the case matrix.
 
 Everything is checked here, before a run folder exists, so bad input costs nothing and is answered with one line
 (`PlanError`, which the CLI prints with exit status 2). Options take Python values or the CLI's comma strings
-alike: `res=[512, (1024, 2048)]` or `res="512,1024x2048"`.
+alike: `res=[512, (1024, 2048)]` or `res="512,1024x2048"`; bench.plan.parse turns what the user typed into typed
+values (one list parser, `parse_list`), this module checks their combination and makes the plan, and bench.cases
+(what a case is) expands the matrix from those values.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from bench.cases import (Case, CaseError, expand, parse_ints, parse_list, parse_resolution,
-                         select_models)
-from bench.errors import BenchInputError, bool_arg, refuse, str_items
+from bench.cases import Case, CaseError, expand
+from bench.env import cuda_count, device_name, physical_cores, usable_cpus
+from bench.errors import BenchInputError, bool_arg, refuse
+from bench.groups.budget import DEFAULT_BUDGET_S, DESIGNS, PROCESS_TIME_S, QUICK_PROCESS_TIME_S
+from bench.plan.parse import INT64_MAX, int_list, own_sizes, parse_list, parse_resolutions, select_models
 
 QUICK_MODELS = ("evit-b1:msla", "evit-b1:softmax")
 DEFAULT_RES = "512,1024,2048"
 METRICS = ("time", "instructions")  # instructions: also count CPU instructions per forward (valgrind callgrind)
-INT64_MAX = 2**63 - 1
 
 
 class PlanError(BenchInputError):
     """Bad run options; the message is one line naming what is accepted."""
 
 
+class Config(dict):
+    """A plan's configuration: a dict that refuses changes (JSON and pickle take it as a dict does)."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a plan's config is read-only; make another Plan (e.g. with {**plan.config, ...})")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only  # type: ignore
+
+    def __reduce__(self) -> tuple:
+        return Config, (dict(self),)
+
+
 @dataclass(frozen=True)
 class Plan:
-    config: dict[str, Any]
+    config: Mapping[str, Any]  # a Config, read-only: meta.json's "config" is written from it
     cases: list[Case]
     missing: set[str] = field(default_factory=set)  # devices asked for but absent (--allow-missing)
     warnings: list[str] = field(default_factory=list)  # one line each; the CLI prints them as warnings
 
-
-def _items(value: Any, what: str) -> list[str]:
-    """A comma string or an iterable of strings -> a list of non-empty strings (CaseError for anything else)."""
-    if isinstance(value, str):
-        return parse_list(value, what)
-    return str_items(what, value, "one value, a comma string or a list of strings", CaseError)
-
-
-OWN_SIZE = "own"  # --res own: each model at its own input size (a reference model's published one)
-
-
-RES_ACCEPTED = "N, 'N,HxW', 'own', or a list of N, 'HxW' and (H, W) with integers"
-
-
-def _int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _resolutions(value: Any) -> list[tuple[int, int]]:
-    """--res as [(h, w), ...]; [] for 'own'. CaseError for a float, a bool, an empty list or a malformed item."""
-    if isinstance(value, str) and value.strip() == OWN_SIZE:
-        return []
-    if _int(value) or isinstance(value, str):
-        value = [int(value)] if _int(value) else parse_list(value, "--res")
-    elif not isinstance(value, (list, tuple)) or not value:
-        raise refuse("--res", value, RES_ACCEPTED, CaseError)
-    out = []
-    for r in value:
-        if isinstance(r, (tuple, list)) and len(r) == 2 and all(_int(v) or isinstance(v, str) for v in r):
-            out.append(parse_resolution(f"{r[0]}x{r[1]}"))
-        elif _int(r) or isinstance(r, str):
-            out.append(parse_resolution(str(r)))
-        else:
-            raise refuse("--res", r, RES_ACCEPTED, CaseError)
-    return list(dict.fromkeys(out))
-
-
-def _own_sizes(names: list[str]) -> list[tuple[int, int]]:
-    """The input sizes of `names` (registry input_size), in order, each once."""
-    from models.registry import get_model_info
-
-    return list(dict.fromkeys(tuple(get_model_info(n).input_size) for n in names))
-
-
-def int_list(value: Any, what: str, minimum: int = 1) -> list[int]:
-    """An integer, a comma string or a list of integers (or their strings) -> the integers (CaseError)."""
-    accepted = f"an integer >= {minimum}, a comma string or a list of them"
-    if _int(value) or isinstance(value, str):
-        items: Any = [int(value)] if _int(value) else value
-    elif not isinstance(value, (list, tuple, set, frozenset)):
-        raise refuse(what, value, accepted, CaseError)
-    else:
-        items = list(value)
-        bad = [v for v in items if not (_int(v) or isinstance(v, str))]
-        if bad:
-            raise refuse(what, bad[0], accepted, CaseError)
-    out = parse_ints(items if isinstance(items, str) else ",".join(str(v) for v in items), what, minimum)
-    for v in out:
-        if v > INT64_MAX:
-            raise CaseError(f"{what}: {v} is beyond int64; accepted: integers from {minimum} to {INT64_MAX}")
-    return out
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, Config):
+            object.__setattr__(self, "config", Config(self.config))
 
 
 def devices_of(value: Any, allow_missing: bool) -> tuple[list[tuple[str, str]], set[str]]:
     """(device, device_name) pairs for --devices, and the absent ones recorded as skipped (--allow-missing)."""
-    from bench.env import cuda_count, device_name
-
     n_cuda = cuda_count()
     accepted = "cpu" + (", cuda, " + ", ".join(f"cuda:{i}" for i in range(n_cuda)) if n_cuda else "")
     out, missing = [], set()
-    for d in _items(value, "--devices"):
+    for d in parse_list(value, "--devices"):
         d = "cuda:0" if d.lower() == "cuda" else d.lower()
         if d == "cpu":
             out.append((d, device_name("cpu")))
@@ -126,7 +82,7 @@ def devices_of(value: Any, allow_missing: bool) -> tuple[list[tuple[str, str]], 
 def _models(models: Any, level: str, res: list[tuple[int, int]], quick: bool) -> list[str]:
     from models.registry import check_resolution
 
-    spec = _items(models, "--models") if models is not None else (list(QUICK_MODELS) if quick else None)
+    spec = parse_list(models, "--models") if models is not None else (list(QUICK_MODELS) if quick else None)
     names = select_models(spec, level)
     for name in names:
         for h, w in res:
@@ -137,7 +93,7 @@ def _models(models: Any, level: str, res: list[tuple[int, int]], quick: bool) ->
 
 
 def choice_list(value: Any, what: str, accepted: Sequence[str]) -> list[str]:
-    items = _items(value, what)
+    items = parse_list(value, what)
     for v in items:
         if v not in accepted:
             raise PlanError(f"{what}: unknown {what.lstrip('-').rstrip('s')} {v!r}; accepted: {', '.join(accepted)}")
@@ -179,8 +135,6 @@ def timing_options(quick: bool, min_time: float | None, max_time: float | None, 
 def oversubscription_warnings(threads: Iterable[int], devices: Iterable[str]) -> list[str]:
     """One line per CPU thread count above the CPUs this process may use (sched_getaffinity): such cases time
     the threads' contention for the cores, not the model (their rows say so in cpu_oversubscription)."""
-    from bench.env import usable_cpus
-
     if not any(d == "cpu" for d in devices):
         return []
     n = usable_cpus()
@@ -202,8 +156,6 @@ def default_wait_quiet() -> float | str:
 def design_options(design: str, budget: float | None, tie: float, wait_quiet: float | str | None,
                    quick: bool) -> dict[str, Any]:
     """--design, --budget, --tie, --wait-quiet checked (PlanError) and as config keys."""
-    from bench.groups.budget import DEFAULT_BUDGET_S, DESIGNS
-
     what = "--wait-quiet"
     if wait_quiet is None:
         wait_quiet, what = default_wait_quiet(), ("--wait-quiet" if WAIT_QUIET_ENV not in os.environ
@@ -224,8 +176,6 @@ def design_options(design: str, budget: float | None, tie: float, wait_quiet: fl
         w = math.nan
     if not (0 <= w <= 86400):
         raise PlanError(f"{what}: {wait_quiet!r} is not accepted; accepted: seconds from 0 (never wait) to 86400")
-    from bench.groups.budget import PROCESS_TIME_S, QUICK_PROCESS_TIME_S
-
     return {"design": design, "budget_s": b, "tie": t, "wait_quiet_s": w,
             "process_time_s": QUICK_PROCESS_TIME_S if quick else PROCESS_TIME_S}
 
@@ -249,17 +199,16 @@ def make_plan(models: Any = None, *, level: str = "both", res: Any = DEFAULT_RES
     default DENSEBENCH_WAIT_QUIET or 120 s).
     """
     check_options(dict(locals()))  # the parameters as given: names and types, before anything is imported
-    from bench import backends as backend_registry
-    from bench.env import physical_cores, usable_cpus
+    from bench import backends as backend_registry  # torch's version, for what each backend supports
 
     try:
         timing = timing_options(quick, min_time, max_time, timeout, repeats)
         sources = load_sources(models_from, timing["timeout_s"])  # users' code: in a child, with the case timeout
-        resolutions = _resolutions("128" if quick and res == DEFAULT_RES else res)
+        resolutions = parse_resolutions("128" if quick and res == DEFAULT_RES else res)
         own = not resolutions
         names = _models(models, level, resolutions, quick)
         if own:  # every model's own input size, and only that size for each model
-            resolutions = _own_sizes(names)
+            resolutions = own_sizes(names)
         dev_pairs, missing = devices_of(devices, allow_missing)
         backs = choice_list(backends, "--backends", backend_registry.BACKENDS)
         precs = choice_list(precision, "--precision", backend_registry.PRECISIONS) if precision is not None else None
@@ -302,8 +251,6 @@ def check_options(options: dict[str, Any]) -> None:
     first step, and what bench.api.run checks before it joins a cluster. A str stands for a list (a comma list,
     or one file for models_from); an int, a float or None where a list is expected, a bool where a number is, or
     anything but a bool where a flag is, is refused here rather than failing deep inside."""
-    import inspect
-
     names = list(inspect.signature(make_plan).parameters)
     unknown = [k for k in options if k not in names]
     if unknown:
@@ -316,13 +263,13 @@ def check_options(options: dict[str, Any]) -> None:
             raise refuse(f"--{k}", options[k], "a string (see make_plan)", PlanError)
     try:
         if "res" in options:
-            _resolutions(options["res"])
+            parse_resolutions(options["res"])
         for k in ("batch", "threads"):
             if options.get(k) is not None:
                 int_list(options[k], f"--{k}")
         for k in ("models", "devices", "precision", "backends"):
             if options.get(k) is not None:
-                _items(options[k], f"--{k}")
+                parse_list(options[k], f"--{k}")
     except CaseError as e:
         raise PlanError(str(e)) from None
     resolve_sources(options.get("models_from"))
