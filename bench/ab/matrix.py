@@ -4,7 +4,7 @@ Everything is checked here, before a folder, a worktree or a process exists (Pla
 Which model a case is named after, and whose input both sides get:
 - `--a NAME --b NAME`: A's model over --res/--threads/...; B's case is the same with B's model (same input shape).
 - one side `PATH.py:FN`: the other side's registered model; both sides `PATH.py:FN`: each model of --models.
-- `--a-rev REV`: each model of --models (default bench.cases.DEFAULT_MODELS), A built at REV, B the working tree.
+- `--a-rev REV`: each model of --models (default bench.plan.parse.DEFAULT_MODELS), A built at REV, B the working tree.
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from typing import Any, Iterable, Sequence
 
 from bench.ab.sides import SideArg, check_builder, parse_side, resolve_rev
 from bench.ab.spec import Side
-from bench.cases import DEFAULT_MODELS, Case, CaseError, parse_ints
+from bench.cases import Case, CaseError
 from bench.launch.childenv import REPO
 from bench.plan import PlanError, load_sources, make_plan
+from bench.plan.parse import DEFAULT_MODELS, parse_ints
 
 DESIGNS = ("same-process", "pairs")
 DEFAULT_CHECKPOINTS = (8, 16, 32, 64)
