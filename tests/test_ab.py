@@ -131,10 +131,11 @@ def test_a_a_is_not_a_change(tmp_path):
     assert 0.67 <= row["ratio"] <= 1.5 and row["n"] == row["processes"] >= 4
     assert row["ci_low"] <= row["ratio"] <= row["ci_high"]
     assert folder.parent == tmp_path and folder.name.startswith("ab-")
-    samples = pd.read_parquet(folder / store.SAMPLES)
+    loaded = store.load_ab(folder)  # the folder reads back in the schema's types (bench.schema.AB_COLUMNS)
+    samples = loaded.samples
     counts = samples.groupby(["process", "side"]).size().unstack()
     assert len(counts) == row["processes"] and (counts["a"] == counts["b"]).all()  # ABBA: as many A as B blocks
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = loaded.meta
     assert meta["status"] == "complete" and meta["kind"] == "ab" and "cpu_model" in meta["env"]
 
 
@@ -329,6 +330,61 @@ def test_markdown_escapes_names():
     assert "evil\\|name&lt;script&gt;" in md and "b&lt;i&gt;.py:build" in md
     assert "<script>" not in md and "<i>" not in md
     assert "evil|name<script>" in output.format_table(frame)  # the terminal shows names as they are
+
+
+def _saved_folder(tmp_path: Path) -> Path:
+    """An A/B folder as the engine saves it: a decided case, a failed one, samples and meta.json."""
+    a, b = Side("model", "block:msla", "eager", model="block:msla"), Side("file", "b.py:build", "eager",
+                                                                         path="/b.py", fn="build")
+    done = store.CaseRun(_case(), a, b, ratios=[0.1, 0.12, 0.09, 0.11], a_ms=[1.0] * 4, b_ms=[1.1] * 4,
+                         cycles=[20] * 4, block=3, processes=4, wall_s=2.5)
+    done.look = dec.judge(done.ratios, T, ALPHA, 4)
+    done.add_samples(1, [("a", 1.0), ("b", 1.1), ("b", 1.12), ("a", 0.98)])
+    failed = store.CaseRun(_case(), a, b, processes=1, failure="process 1 (abba): error: boom")
+    frame = store.results_frame([store.result_row(r, "same-process", ("", "")) for r in (done, failed)])
+    folder = tmp_path / "ab-x"
+    folder.mkdir()
+    store.save(folder, frame, store.samples_frame([done, failed]), {"run_id": "ab-x", "kind": "ab",
+                                                                     "status": "complete", "config": {}})
+    return folder
+
+
+def test_an_ab_folder_loads_back_in_the_schema_types(tmp_path):
+    from bench.cases import IDENTITY
+    from bench.schema import AB_COLUMN_NAMES, AB_IDENTITY, AB_VERDICTS
+
+    assert AB_IDENTITY == IDENTITY and AB_VERDICTS == dec.VERDICTS  # the schema names what the engine writes
+    ab = store.load_ab(_saved_folder(tmp_path))
+    assert tuple(ab.results.columns) == AB_COLUMN_NAMES and list(ab.results["verdict"]) == ["slower", "failed"]
+    assert str(ab.results["processes"].dtype) == "Int64" and ab.results["block"].tolist()[0] == 3
+    assert pd.isna(ab.results["block"][1]) and ab.results["ratio"][0] == pytest.approx(math.exp(0.105))
+    assert list(ab.samples["side"]) == ["a", "b", "b", "a"] and ab.samples["iter"].tolist() == [0, 0, 1, 1]
+    assert ab.meta["kind"] == "ab"
+
+
+@pytest.mark.parametrize("damage,said", [
+    (lambda f: pd.read_parquet(f / store.RESULTS).assign(processes=["many", "1"]).to_parquet(f / store.RESULTS),
+     "row 1: processes = 'many'; accepted: an integer"),
+    (lambda f: pd.read_parquet(f / store.RESULTS).assign(n=[1.5, 0.0]).to_parquet(f / store.RESULTS),
+     "row 1: n = 1.5; accepted: an integer"),
+    (lambda f: pd.read_parquet(f / store.RESULTS).assign(ratio=["fast", None]).to_parquet(f / store.RESULTS),
+     "row 1: ratio = 'fast'; accepted: a number"),
+    (lambda f: pd.read_parquet(f / store.RESULTS).drop(columns="verdict").to_parquet(f / store.RESULTS),
+     "missing columns verdict"),
+    (lambda f: pd.read_parquet(f / store.SAMPLES).assign(side="c").to_parquet(f / store.SAMPLES),
+     "row 1: side = 'c'; accepted: a, b"),
+    (lambda f: (f / store.SAMPLES).unlink(), f"no {store.SAMPLES} in it"),
+    (lambda f: (f / "meta.json").write_text('{"kind": "run"}'), "not the meta.json of an A/B folder"),
+    (lambda f: (f / store.RESULTS).write_bytes(b"PAR1 not a parquet file"), "unreadable A/B results file"),
+])
+def test_a_damaged_ab_folder_is_refused_in_one_line(tmp_path, damage, said):
+    from bench.errors import BenchInputError
+
+    folder = _saved_folder(tmp_path)
+    damage(folder)
+    with pytest.raises(store.ABFormatError) as e:
+        store.load_ab(folder)
+    assert said in str(e.value) and "\n" not in str(e.value) and isinstance(e.value, BenchInputError)
 
 
 def test_instruction_rule_tells_one_percent_from_counting_noise():

@@ -2,6 +2,7 @@
 
     frame, folder = bench.ab.run_ab(a="evit-b1:msla", b="evit-b1:relu-linear", res=512)
     frame, folder = bench.ab.run_ab(a_rev="HEAD~1")        # the default models at HEAD~1 vs the working tree
+    ab = bench.ab.load_ab(folder)                           # .results, .samples, .meta, each file checked
 
 The parent side of `run_bench.py ab`: matrix (options -> A's cases and both sides), sides (--a/--b/--a-rev,
 the temporary worktree), engine (interleaved short processes, sequential looks), decide (the rule: a t interval
@@ -20,7 +21,11 @@ def __getattr__(name: str) -> Any:
         from bench.ab.engine import run_ab
 
         return run_ab
+    if name == "load_ab":
+        from bench.ab.store import load_ab
+
+        return load_ab
     raise AttributeError(f"module 'bench.ab' has no attribute {name!r}")
 
 
-__all__ = ["run_ab"]
+__all__ = ["load_ab", "run_ab"]
