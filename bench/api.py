@@ -30,6 +30,8 @@ from bench.results.lifecycle import RUN_ID, RunInterrupted, RunState, create_run
 from bench.results.store import Run
 from bench.results.store import load_run as _load_run
 from bench.schema import STATUSES
+from bench.analysis.report import write_report
+from bench.launch.callgrind import add_instruction_columns
 
 Progress = Callable[..., None]
 
@@ -190,8 +192,6 @@ def measure(state: RunState, plan: Plan, *, progress: Progress | None = None,
     try:
         runner.run()
         if plan.config.get("metric") == "instructions":
-            from bench.launch.callgrind import add_instruction_columns
-
             add_instruction_columns(state, plan.cases, log)
     except KeyboardInterrupt:
         state.mark("interrupted", wall_s=time.perf_counter() - t0)
@@ -248,8 +248,6 @@ def _runs_arg(what: str, runs: Any) -> list[Path]:
 def report(runs: Iterable[str | os.PathLike | Run] | str | os.PathLike | Run, path: str | os.PathLike) -> Path:
     """One self-contained HTML report (+ Markdown and figures beside it) of one or more runs; returns its path.
     A run named more than once is reported once."""
-    from bench.analysis.report import write_report
-
     return write_report(_runs_arg("runs", runs), Path(path_arg("path", path)))
 
 

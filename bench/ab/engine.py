@@ -36,6 +36,7 @@ from bench.launch.outcome import classify
 from bench.launch.workdir import make_workdir
 from bench.plan import PlanError
 from bench.schema import AB_INSTRUCTION_COLUMN_NAMES as INSTR_COLUMNS
+from bench.results.lifecycle import new_run_id
 
 Log = Callable[[str], None]
 
@@ -179,8 +180,6 @@ def instruction_columns(case: Case, a: Side, b: Side, *, env: dict[str, str] | N
 
 
 def _new_folder(out: Path) -> Path:
-    from bench.results.lifecycle import new_run_id
-
     try:
         out.mkdir(parents=True, exist_ok=True)
         folder = out / new_run_id(out, prefix="ab-")

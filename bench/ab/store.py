@@ -25,6 +25,7 @@ from bench.errors import BenchInputError, shown
 from bench.files import atomic_write
 from bench.schema import (AB_COLUMN_NAMES, AB_COLUMNS, AB_INSTRUCTION_COLUMNS, AB_SAMPLE_COLUMNS, AB_VERDICTS,
                           Column)
+from bench.results.store import write_meta
 
 RESULTS = "ab.parquet"
 SAMPLES = "ab_samples.parquet"
@@ -96,8 +97,6 @@ def samples_frame(runs: Iterable[CaseRun]) -> pd.DataFrame:
 
 
 def save(folder: Path, results: pd.DataFrame, samples: pd.DataFrame, meta: dict[str, Any]) -> None:
-    from bench.results.store import write_meta
-
     atomic_write(folder / RESULTS, lambda p: results.to_parquet(p, index=False))
     atomic_write(folder / SAMPLES, lambda p: samples.to_parquet(p, index=False))
     write_meta(folder, meta)

@@ -26,16 +26,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from bench.ab.spec import Side
 from bench.cases import Case
 from bench.files import atomic_write_json
 from bench.launch.childenv import child_env
 from bench.launch.workdir import temporary_workdir
-
-if TYPE_CHECKING:
-    from bench.results.lifecycle import RunState
+from bench.results.lifecycle import RunState
 
 CHILD_MODULE = "bench.measure.instructions"  # run as python -m CHILD_MODULE --spec FILE --out FILE
 DEFAULT_FORWARDS = 3

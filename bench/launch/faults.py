@@ -21,6 +21,7 @@ import time
 from typing import Callable
 
 from bench.cases import Case
+from bench.measure.memory import limit_address_space
 
 FAULT_ENV = "DENSEBENCH_FAULT"
 FAULTS = ("crash", "hang", "oom", "error", "sigkill")
@@ -63,8 +64,6 @@ def inject(kind: str, device: str) -> None:
             total = torch.cuda.get_device_properties(torch.device(device)).total_memory
             torch.empty(int(total * 2), dtype=torch.uint8, device=device)
         else:
-            from bench.measure.memory import limit_address_space
-
             limit_address_space(256 * 2**20)
             torch.empty(2**36, dtype=torch.uint8)  # 64 GiB past a 256 MiB allowance: the allocator's real error
         raise RuntimeError("injected oom did not fail (unexpected)")

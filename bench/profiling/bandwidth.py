@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from bench.measure.calibrate import calibrate
 
 _DTYPES = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 MIN_ARRAY_MB = 64
@@ -126,8 +127,6 @@ def attainable(intensity: Any, peak_gmacs_per_s: float, bandwidth_gb_per_s: floa
 def measure_roofline(device: str = "cpu", precision: str = "fp32", threads: int = 0, *,
                      seconds: float = 0.6, array_mb: float | None = None) -> tuple[Roofline, dict, dict]:
     """(Roofline, matmul calibration, bandwidth calibration) for one device setting, both measured now."""
-    from bench.measure.calibrate import calibrate
-
     peak = calibrate(device, precision, threads, seconds=seconds)
     bw = triad_bandwidth(device, precision, threads, array_mb=array_mb)
     return Roofline(peak["gmacs_per_s"], bw["gb_per_s"]), peak, bw
