@@ -2,7 +2,8 @@
 confidence a CI reaches is printed beside it where that is not 95%: fewer than 6 samples; one sample has none), and
 the speedup of multi-scale linear attention (msla) over softmax attention at each resolution; then one line with
 the wall time, how many cases converged and what is not ok, and whether the machine was busy while it measured
-(bench.health), in words. A median without its interval invites reading noise as a difference."""
+(flagged by bench.health's guard, said by bench.results.noise), in words. A median without its interval invites
+reading noise as a difference."""
 from __future__ import annotations
 
 import math
