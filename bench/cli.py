@@ -15,7 +15,6 @@ import threading
 
 from bench.commands import ab, check, compare, models, node, profile, report, run
 from bench.errors import PROG, BenchInputError, UsageError
-from bench.results.store import RunFormatError
 
 COMMANDS = (run, profile, models, report, compare, check, ab, node)  # in `--help`'s order
 
@@ -40,10 +39,10 @@ def build_parser() -> tuple[Parser, list[str]]:
 
 def _bad_input() -> tuple[type[BaseException], ...]:
     """The errors that mean bad input (one line for users) wherever they are raised below the CLI."""
-    from models.user import ModelSourceError
+    from models.user import ModelSourceError  # the zoo (torch): importing the CLI stays light
 
-    # PlanError, CaseError, RunFolderError, UsageError, ArgumentError, ...: all BenchInputError
-    return BenchInputError, RunFormatError, ModelSourceError
+    # PlanError, CaseError, RunFolderError, RunFormatError, UsageError, ArgumentError, ...: all BenchInputError
+    return BenchInputError, ModelSourceError
 
 
 def _file_size_limit_is_a_full_disk() -> None:

@@ -15,6 +15,8 @@ from bench.env import free_memory_bytes
 from models.complexity import count_macs
 from models.registry import check_model
 from models.user import ModelSourceError
+from bench.launch.usercode import prefetch
+from bench.measure.memory import fit_reason, materialises_scores
 
 
 class CaseChecks:
@@ -56,8 +58,6 @@ class CaseChecks:
 
     def _prefetch_users_models(self) -> None:
         """Users' models of every case checked and counted at once, in a child (bench.launch.usercode)."""
-        from bench.launch.usercode import prefetch
-
         keys, self.cases = [(c.model, c.height, c.width, c.batch) for c in self.cases], []
         try:
             prefetch(keys)
@@ -66,8 +66,6 @@ class CaseChecks:
 
     def fit(self, case: Case) -> tuple[str, str] | None:
         """("skipped", reason) when the case's attention scores alone would not fit in free memory."""
-        from bench.measure.memory import fit_reason, materialises_scores
-
         if "softmax" not in case.variant or not materialises_scores(case.device_type, case.backend, case.precision):
             return None
         key = (case.model, case.height, case.width, case.batch, case.precision, case.device)

@@ -20,6 +20,9 @@ from bench.cases import Case
 from bench.fleet.hygiene import restore_env
 from bench.fleet.records import CaseResult
 from bench.results.lifecycle import RunState
+from bench.launch.faults import FAULT_ENV
+from bench.launch.isolation import make_isolation
+from bench.launch.workdir import make_workdir
 
 
 class _Scratch(RunState):
@@ -58,9 +61,6 @@ atexit.register(_close_all)
 
 def _session(ctx: dict, device: str) -> _Session:
     """This worker's session for the run and device (older runs' sessions closed), made on first use."""
-    from bench.launch.faults import FAULT_ENV
-    from bench.launch.isolation import make_isolation
-    from bench.launch.workdir import make_workdir
     from bench.runner import Runner
     from bench.launch.usercode import DEFAULT_TIMEOUT_S, register_sources
     from models.user import MODELS_FROM_ENV

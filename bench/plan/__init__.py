@@ -21,6 +21,7 @@ from bench.env import cuda_count, device_name, physical_cores, usable_cpus
 from bench.errors import BenchInputError, bool_arg, refuse
 from bench.groups.budget import DEFAULT_BUDGET_S, DESIGNS, PROCESS_TIME_S, QUICK_PROCESS_TIME_S
 from bench.plan.parse import INT64_MAX, int_list, own_sizes, parse_list, parse_resolutions, select_models
+from bench.launch.isolation import isolation_kind
 
 QUICK_MODELS = ("evit-b1:msla", "evit-b1:softmax")
 DEFAULT_RES = "512,1024,2048"
@@ -277,8 +278,6 @@ def check_options(options: dict[str, Any]) -> None:
 
 def check_environment() -> None:
     """The environment variables the engine reads, checked before anything is written (one line, PlanError)."""
-    from bench.launch.isolation import isolation_kind
-
     try:
         isolation_kind()
     except ValueError as e:
