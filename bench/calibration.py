@@ -36,11 +36,11 @@ class Calibrations:
 
     def _take(self, case: Case) -> dict:
         out = self.run_child(self._spec(case), case)
-        res = (out.result or {}).get("calibration")
+        res = out.result.calibration if out.result else None
         if res:
             return res
-        err = (out.result or {}).get("error") or ("timeout" if out.timed_out else
-                                                 f"exit {out.exit_code} signal {out.signal}")
+        err = (out.result.error if out.result else None) or ("timeout" if out.timed_out else
+                                                             f"exit {out.exit_code} signal {out.signal}")
         return {"error": err}
 
     def peak(self, case: Case) -> float | None:

@@ -229,7 +229,7 @@ class Runner:
         if out.result and row.get("status") == "ok":
             self._note_overhead(out, samples)
         self.commit(case, rep, row, samples, started, out.wall_s, marks,
-                    profile=(out.result or {}).get("profile") if row.get("status") == "ok" else None)
+                    profile=out.result.profile if out.result and row.get("status") == "ok" else None)
 
     # -- what the group scheduler (bench.groups.schedule) and the isolated path share --------------------------------
     def process_case(self, case: Case, first: bool = True, profile: bool = False) -> Case:
@@ -317,7 +317,7 @@ class Runner:
     def _health_probe(self, iso: Isolation) -> dict:
         """The speed probe in a child of the run's own isolation: the parent runs no tensor op."""
         out = iso.run({"kind": "health", "seconds": health.PROBE_SECONDS}, HEALTH_TIMEOUT_S)
-        return (out.result or {}).get("health") or {"error": _child_error(out)}
+        return (out.result.health if out.result else None) or {"error": _child_error(out)}
 
     def _probe(self, iso: Isolation, when: str, rep: int | None, rows_at: dict) -> None:
         """Probe the machine's speed; the rows of the processes it closes get their drift judged."""
@@ -364,15 +364,15 @@ class Runner:
 
     def _note_overhead(self, out: Outcome, samples: list[float]) -> None:
         """Child wall time not spent in the timer: fork + imports left + build + prepare + numerics + result write."""
-        timing = (out.result.get("child") or {}).get("timing_s")
+        timing = out.result.child.timing_s if out.result else None
         if timing is not None:
             self.overheads.append(max(0.0, out.wall_s - float(timing)))
 
 
 def _child_error(out: Outcome) -> str:
     """Why a calibration or probe child gave no result, in a few words."""
-    return (out.result or {}).get("error") or ("timeout" if out.timed_out else
-                                               f"exit {out.exit_code} signal {out.signal}")
+    return (out.result.error if out.result else None) or ("timeout" if out.timed_out else
+                                                          f"exit {out.exit_code} signal {out.signal}")
 
 
 def estimate_case_s(case: Case, macs: float | None, rate_gmacs: float | None, repeats: int = 1) -> float:

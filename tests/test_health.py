@@ -149,7 +149,7 @@ def test_child_cpu_seconds_come_back_through_both_isolations(tmp_path):
         fork.close()
     spawned = Spawner(tmp_path).run(spec, 120.0)
     for o in (out, spawned):
-        assert o.result and o.result["health"]["gmacs_per_s"] > 0 and o.result["health"]["n"] >= 5
+        assert o.result and o.result.health["gmacs_per_s"] > 0 and o.result.health["n"] >= 5
         assert 0.25 <= o.cpu_s <= o.wall_s * 2 + 0.1  # it spun >= 0.3 s on one thread (plus numpy's pool start)
 
 

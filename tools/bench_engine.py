@@ -92,14 +92,14 @@ def _spawn_overhead(quick: bool) -> dict:
             o = fs.run(case.to_spec(), 300)
             row, _ = classify(o, 300)
             if row["status"] == "ok":
-                vals.append(o.wall_s - o.result["child"]["timing_s"])
+                vals.append(o.wall_s - o.result.child.timing_s)
         fs.close()
         out["fork"] = {"median_s": sorted(vals)[len(vals) // 2], "max_s": max(vals), "n": len(vals)} if vals else None
         vals = []
         for _ in range(1 if quick else 3):
             o = Spawner(Path(d)).run(case.to_spec(), 300)
-            if o.result and o.result.get("child", {}).get("timing_s") is not None:
-                vals.append(o.wall_s - o.result["child"]["timing_s"])
+            if o.result and o.result.child.timing_s is not None:
+                vals.append(o.wall_s - o.result.child.timing_s)
         out["spawn"] = {"median_s": sorted(vals)[len(vals) // 2], "n": len(vals)} if vals else None
     return out
 

@@ -28,6 +28,7 @@ from bench.groups.budget import PROCESS_TIME_S, GroupPlan, process_s
 from bench.cases import Case, base_name
 from bench.env import now_iso
 from bench.launch.outcome import classify
+from bench.measure.result import ChildResult
 from bench.results.lifecycle import RunState
 
 
@@ -181,15 +182,15 @@ class GroupScheduler:
         if status.get("status") != "ok":  # the shared process died (a crash, a hang, oom): each case alone
             self._fall_back(g, f"process {rep + 1} of the group: {status.get('status')}: {status.get('reason')}")
             return
-        result = out.result or {}
-        side_rows = result.get("rows")
+        result = out.result or ChildResult()
+        side_rows = result.rows
         cyc = np.full((0, len(g.plan.cases)), math.nan)
         if side_rows:
-            got = np.asarray(result.get("cycles") or [], dtype=np.float64).reshape(-1, len(sides))
+            got = np.asarray(result.cycles, dtype=np.float64).reshape(-1, len(sides))
             cyc = np.full((got.shape[0], len(g.plan.cases)), math.nan)
             cyc[:, sides] = got
         samples: dict[int, list[float]] = {}
-        for k, v in result.get("samples") or []:
+        for k, v in result.samples:
             samples.setdefault(int(k), []).append(float(v))
         for k, i in enumerate(sides):
             row = dict(side_rows[k]) if side_rows else dict(status)

@@ -24,6 +24,7 @@ from typing import Mapping
 
 from bench.launch.childenv import REPO, child_env
 from bench.launch.outcome import OomCounters, Outcome, kernel_log_oom, memory_cgroup_file, oom_kill_counters
+from bench.measure.result import ChildResult, ResultFormatError
 
 ISOLATION_ENV = "DENSEBENCH_ISOLATION"
 ISOLATIONS = ("fork", "spawn")
@@ -67,15 +68,18 @@ class Isolation:
 
     @staticmethod
     def _finish(out: Outcome, result_path: Path, err_path: Path) -> Outcome:
+        malformed = ""
         try:
-            out.result = json.loads(result_path.read_text())
+            out.result = ChildResult.from_json(json.loads(result_path.read_text()))
+        except ResultFormatError as e:  # a file of the wrong shape: said as the child's last words
+            out.result, malformed = None, str(e)
         except (OSError, ValueError):
             out.result = None
         try:
             out.stage = Path(f"{result_path}.stage").read_text().strip()
         except OSError:
             out.stage = ""
-        out.stderr_tail = _tail(err_path)
+        out.stderr_tail = malformed or _tail(err_path)
         return out
 
     def _oom_mark(self) -> OomCounters:

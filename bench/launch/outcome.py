@@ -14,6 +14,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.measure.result import ChildResult
+
 
 # -- the kernel's word on out-of-memory kills ----------------------------------------------------------------------
 # The kernel counts every OOM kill (a cgroup's limit or the whole machine out of memory) in the victim's memory
@@ -35,7 +37,7 @@ class OomCounters:
 @dataclass
 class Outcome:
     """How one child ended, as the launcher saw it (bench.launch.isolation fills it in)."""
-    result: dict | None
+    result: ChildResult | None  # what the child wrote back (None: nothing, or a file of the wrong shape)
     exit_code: int | None = None
     signal: int = 0
     timed_out: bool = False
@@ -221,8 +223,8 @@ def classify(out: Outcome, timeout_s: float) -> tuple[dict, list[float]]:
     where = f" (stage: {out.stage})" if out.stage else ""
     if out.timed_out:
         return {"status": "timeout", "reason": f"no result within the {timeout_s:g} s timeout{where}; child killed"}, []
-    if out.result and "row" in out.result:
-        return dict(out.result["row"]), list(out.result.get("samples") or [])
+    if out.result is not None and out.result.row is not None:
+        return dict(out.result.row), list(out.result.samples)
     if out.signal:
         if out.signal == signal.SIGKILL and not out.killed_by_us:
             return _sigkill(out, where), []

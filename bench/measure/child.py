@@ -23,6 +23,7 @@ from bench.measure.calibrate import calibrate
 from bench.measure.interleaved import run_group_spec
 from bench.measure.memory import PeakMemory
 from bench.measure.probe import probe_kernel
+from bench.measure.result import ChildResult, ResultFormatError
 from bench.measure.steps import (AfterBuild, Built, Stage, failure_row, measure_energy, prepare_side, profile_side,
                                  setup, side_numerics)
 
@@ -118,7 +119,11 @@ def run_case_file(spec_path: str, result_path: str, after_build: AfterBuild | No
         except CaseError as e:  # a spec the parent should never write: an error row rather than a bare crash
             out = {"row": {"status": "error", "reason": str(e)}, "samples": []}
     out["child"] = {"pid": os.getpid(), "stage": stage.name, **stage.times, "total_s": time.perf_counter() - stage.t0}
-    atomic_write_json(result_path, out, durable=False)  # read by the parent at once; a power cut ends the run anyway
+    try:
+        result = ChildResult.from_json(out)  # the record the parent reads back (bench.measure.result)
+    except ResultFormatError as e:  # a step of ours returned the wrong shape: an error row, never a bare crash
+        result = ChildResult(row={"status": "error", "reason": str(e)})
+    atomic_write_json(result_path, result.to_json(), durable=False)  # read at once; a power cut ends the run anyway
     return 0
 
 
