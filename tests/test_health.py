@@ -150,7 +150,9 @@ def test_child_cpu_seconds_come_back_through_both_isolations(tmp_path):
     spawned = Spawner(tmp_path).run(spec, 120.0)
     for o in (out, spawned):
         assert o.result and o.result.health["gmacs_per_s"] > 0 and o.result.health["n"] >= 5
-        assert 0.25 <= o.cpu_s <= o.wall_s * 2 + 0.1  # it spun >= 0.3 s on one thread (plus numpy's pool start)
+        # it spun 0.3 s of wall time on one thread: ~0.3 s of CPU on a quiet machine, 0.16 s measured with four
+        # other test processes on 2 cores; a child whose CPU time was lost would give ~0
+        assert 0.05 <= o.cpu_s <= o.wall_s * 2 + 0.1
 
 
 def _hogs(n: int) -> list[subprocess.Popen]:
