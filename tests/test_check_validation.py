@@ -1,5 +1,5 @@
 """`run_bench.py check` refuses every bad flag with one line and exit 2, before a gate is read or a run folder
-exists, with run's own validators (bench/plan.py).
+exists, with run's own validators (bench/plan/).
 
 Nothing here measures: the gates file of these tests applies to CUDA only and the flags say cpu, so where the
 validation let a bad flag through, the check would stop at "no gate applies to device(s) cpu" (that line names no
