@@ -219,20 +219,26 @@ def _check_csv_header(f: IO[bytes], path: Path, error: type[Exception]) -> None:
         raise error(f"{path}: {count:,} columns; accepted: a table of at most {TABLE_MAX_COLUMNS:,} columns")
 
 
-def read_table(path: str | os.PathLike, *, what: str, error: type[Exception]) -> pd.DataFrame:
-    """A .parquet or .csv table (results, samples, pairs, profile) within every bound above. Bounds are `error`
-    lines; a corrupt file raises pandas'/pyarrow's own exception (the caller words it as unreadable)."""
+def read_table(path: str | os.PathLike, *, kind: str, error: type[Exception]) -> pd.DataFrame:
+    """A .parquet or .csv table (`kind`: "results", "samples", "A/B results", ...) within every bound above. Bounds
+    and a corrupt file (pyarrow and pandas raise many kinds) are both one `error` line."""
     import pandas as pd
 
     p = Path(path)
-    with open_regular(p, limit=TABLE_MAX_BYTES, what=what, error=error) as f:
-        if p.suffix == ".parquet":
-            _check_parquet_footer(f, p, error)
-            f.seek(0)
-            df = pd.read_parquet(f)
-        else:
-            _check_csv_header(f, p, error)
-            f.seek(0)
-            df = pd.read_csv(f)
+    what = f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} file"
+    try:
+        with open_regular(p, limit=TABLE_MAX_BYTES, what=what, error=error) as f:
+            if p.suffix == ".parquet":
+                _check_parquet_footer(f, p, error)
+                f.seek(0)
+                df = pd.read_parquet(f)
+            else:
+                _check_csv_header(f, p, error)
+                f.seek(0)
+                df = pd.read_csv(f)
+    except error:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt table, whatever the reader raised
+        raise error(f"{p}: unreadable {kind} file ({type(e).__name__}: {e})".splitlines()[0]) from None
     check_cells(df, p, error)
     return df

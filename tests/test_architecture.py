@@ -23,7 +23,7 @@ PACKAGES = ("bench", "models")
 LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # leaves: records and helpers that import nothing of the suite but each other
     "leaf": (("bench.errors", "bench.text", "bench.files", "bench.bounded_read", "bench.schema", "bench.stats",
-              "bench.env"), ()),
+              "bench.env", "bench.child_args"), ()),
     # the zoo: imports nothing of bench/
     "zoo": (("models",), ()),
     # what a case is and where its rows live: any stage may import these

@@ -146,13 +146,8 @@ def load_ab(path: str | Path) -> ABFolder:
     return ABFolder(folder, results, samples, meta)
 
 
-def _read(path: Path, what: str) -> pd.DataFrame:
-    try:
-        return bounded_read.read_table(path, what=f"an {what} file", error=ABFormatError)
-    except ABFormatError:
-        raise
-    except Exception as e:  # pyarrow/pandas raise many kinds on a corrupt file
-        raise ABFormatError(f"{path}: unreadable {what} file ({type(e).__name__}: {e})".splitlines()[0]) from None
+def _read(path: Path, kind: str) -> pd.DataFrame:
+    return bounded_read.read_table(path, kind=kind, error=ABFormatError)
 
 
 def _check_meta(path: Path) -> dict[str, Any]:

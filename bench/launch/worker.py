@@ -25,6 +25,7 @@ import sys
 import traceback
 from typing import TextIO
 
+from bench.child_args import flag_values
 from bench.launch.childenv import set_pdeathsig
 from bench.launch.faults import inject_after_build
 from bench.measure.child import run_case_file
@@ -146,17 +147,9 @@ def parse_args(argv: list[str]) -> tuple[str, str] | None | str:
     what is wrong with argv. The launcher (bench.launch.isolation) writes only these two forms."""
     if "--serve" in argv:  # as argparse had it: --serve wins over whatever else is given
         return None
-    got: dict[str, str] = {}
-    rest = list(argv)
-    while rest:
-        flag, eq, value = rest.pop(0).partition("=")
-        if flag not in ("--case", "--result"):
-            return f"unrecognized arguments: {' '.join([flag, *rest])}"
-        if not eq:
-            if not rest or rest[0].startswith("--"):
-                return f"argument {flag}: expected one argument"
-            value = rest.pop(0)
-        got[flag] = value
+    got = flag_values(argv, ("--case", "--result"))
+    if isinstance(got, str):
+        return got
     if not (got.get("--case") and got.get("--result")):
         return "need --serve, or --case and --result"
     return got["--case"], got["--result"]

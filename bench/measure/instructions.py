@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from bench.cases import Case
+from bench.child_args import flag_values
 from bench.files import atomic_write_json
 
 VGDB_WAIT_S = 120.0
@@ -190,17 +191,9 @@ def _instrumentation_on(vgdb_prefix: str) -> str:
 def parse_args(argv: list[str]) -> tuple[Path, Path] | str:
     """(spec, out) from `--spec FILE --out FILE` (either order, `--flag=FILE` too), or what is wrong with argv.
     The parent (bench.launch.callgrind) always writes this one form."""
-    got: dict[str, str] = {}
-    rest = list(argv)
-    while rest:
-        flag, eq, value = rest.pop(0).partition("=")
-        if flag not in ("--spec", "--out"):
-            return f"unrecognized argument: {flag}"
-        if not eq:
-            if not rest or rest[0].startswith("--"):
-                return f"argument {flag}: expected one argument"
-            value = rest.pop(0)
-        got[flag] = value
+    got = flag_values(argv, ("--spec", "--out"))
+    if isinstance(got, str):
+        return got
     missing = [f for f in ("--spec", "--out") if f not in got]
     if missing:
         return f"the following arguments are required: {', '.join(missing)}"

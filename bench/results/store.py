@@ -175,14 +175,9 @@ def load_run(path: str | os.PathLike) -> Run:
                pairs=pairs)
 
 
-def _read_table(path: Path, what: str) -> pd.DataFrame:
+def _read_table(path: Path, kind: str) -> pd.DataFrame:
     """A table of the run within bench.bounded_read's bounds (regular file, size, columns, cell length)."""
-    try:
-        return bounded_read.read_table(path, what=f"a {what} file", error=RunFormatError)
-    except RunFormatError:
-        raise
-    except Exception as e:  # pyarrow/pandas raise many kinds on a corrupt file
-        raise RunFormatError(f"{path}: unreadable {what} file ({type(e).__name__}: {e})".splitlines()[0]) from None
+    return bounded_read.read_table(path, kind=kind, error=RunFormatError)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
