@@ -6,6 +6,7 @@ Cost control (2 shared cores): per variant, `compile` is checked with dynamo's c
 codegen, ~20 s) runs once on the msla block, and for all variants only with DENSEBENCH_SLOW_TESTS=1 (~2-5 min each).
 ONNX export: the dynamo exporter (default, ~15 s) once on msla, the TorchScript exporter for the other variants.
 """
+import importlib.util
 import json
 import math
 import os
@@ -36,9 +37,9 @@ def test_variants_registered():
 
 def test_registry_order_and_lazy_extras():
     # The order is the CLI's and the report's; the optional extras load only when their backend is used.
-    assert BACKENDS == ("eager", "compile", "cudagraphs", "onnxruntime", "tensorrt")
+    assert BACKENDS == ("eager", "compile", "cudagraphs", "onnxruntime", "tensorrt", "openvino")
     code = ("import sys, bench.backends; "
-            "print(sorted(m for m in ('onnxruntime', 'torch_tensorrt', 'tensorrt') if m in sys.modules))")
+            "print(sorted(m for m in ('onnxruntime', 'torch_tensorrt', 'tensorrt', 'openvino') if m in sys.modules))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
     assert out.strip() == "[]"
@@ -190,8 +191,11 @@ def test_cpu_unsupported(backend, precision, words, tmp_path):
 
 def test_supported_cpu_matrix():
     ok = {(b, p) for b in BACKENDS for p in PRECISIONS if unsupported_reason(b, "cpu", p) is None}
+    # openvino: fp32 where the extra is installed, bf16 where its CPU plugin also reports BF16 (tests/test_openvino.py)
+    openvino = {("openvino", p) for p in ("fp32", "bf16") if unsupported_reason("openvino", "cpu", p) is None}
+    assert (("openvino", "fp32") in openvino) == (importlib.util.find_spec("openvino") is not None)
     assert ok == {("eager", "fp32"), ("eager", "fp16"), ("eager", "bf16"), ("compile", "fp32"),
-                  ("compile", "fp16"), ("compile", "bf16"), ("onnxruntime", "fp32")}
+                  ("compile", "fp16"), ("compile", "bf16"), ("onnxruntime", "fp32")} | openvino
 
 
 def test_unknown_names_list_valid():
@@ -321,7 +325,7 @@ def test_gpu_selfcheck_plan():
     cases = plan([512, 1024, 2048], quick=False)
     assert {(m, r) for m, r, b, p in cases if b == "eager" and p == "fp16"} == \
         {(m, r) for m in SC_VARIANTS for r in (512, 1024, 2048)}
-    assert {b for _, _, b, _ in cases} == set(BACKENDS)
+    assert {b for _, _, b, _ in cases} == set(BACKENDS) - {"openvino"}  # every backend that runs on CUDA
     assert {p for _, _, _, p in cases} == set(PRECISIONS)
     assert all(r == 1024 for _, r, b, _ in cases if b != "eager")
 

@@ -8,8 +8,8 @@ synchronises). `build_s` is compile / export / engine-build time, kept apart fro
 `backend_info` column as JSON: versions, provider, settings and notes. prepare() takes ownership of the model: it
 may fold, move and cast it in place, so compute the fp32 reference first (`reference_output`).
 
-One module per backend (eager, torch_compile, cudagraphs, ort, trt), each implementing base.Backend; this module
-is the registry and the checks common to all of them.
+One module per backend (eager, torch_compile, cudagraphs, ort, trt, openvino), each implementing base.Backend;
+this module is the registry and the checks common to all of them.
 
 Supported matrix (anything else raises `Unsupported` with the reason; `unsupported_reason` says so up front):
 
@@ -20,10 +20,13 @@ Supported matrix (anything else raises `Unsupported` with the reason; `unsupport
 | cudagraphs   | -                          | fp32, tf32, fp16, bf16 (autocast captured)         |
 | onnxruntime  | fp32 (CPU EP)              | fp32, tf32 (CUDA EP), fp16 (model cast to half)    |
 | tensorrt     | -                          | fp32, tf32, fp16, bf16 (torch-tensorrt dynamo)     |
+| openvino     | fp32, bf16 (CPU plugin)    | -                                                  |
 
 bf16 on CUDA needs compute capability >= 8.0. fp16 on a CPU is native only with AVX512-FP16/AMX-FP16 (x86) or
 FP16 arithmetic (ARM); elsewhere oneDNN converts, so it is a numerics check, not a deployment speed (the ISA flags
-are in `info["cpu_isa"]`).
+are in `info["cpu_isa"]`). openvino bf16 runs only where the CPU plugin reports BF16 among its
+OPTIMIZATION_CAPABILITIES (AVX512-BF16 or AMX); the precision it compiled with is read back into
+`info["inference_precision"]`.
 
 Linear attention's fp32 island (the attention matmuls and the division, see models/mixers.py):
 - eager / compile / cudagraphs: autocast, so the model's own autocast-disabled region (and its explicit
@@ -34,6 +37,9 @@ Linear attention's fp32 island (the attention matmuls and the division, see mode
   model; 2.10-2.12 strong typing of a half model, island kept by the mixer's explicit casts; <= 2.9 weak typing
   (`enabled_precisions`): TensorRT may pick fp16 kernels inside the island: not kept, the numerics columns catch
   it.
+- openvino bf16: the model is converted in fp32 (the traced graph has no autocast regions and the mixer's
+  `.float()` casts are no-ops there); the CPU plugin's bf16 inference-precision hint then picks which ops run in
+  bf16, so the island is not guaranteed: the numerics columns catch it.
 """
 from __future__ import annotations
 
@@ -44,13 +50,13 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from bench.backends import cudagraphs, eager, ort, torch_compile, trt
+from bench.backends import cudagraphs, eager, openvino, ort, torch_compile, trt
 from bench.backends.base import (DEVICE_TYPES, DTYPES, PRECISIONS, Backend, Prepared, Unsupported, autocast_context,
                                  base_info, reference_output, set_fp32_math, to_device)
 from bench.backends.trt import tensorrt_api, tensorrt_compile_kwargs, tensorrt_model_dtype, tensorrt_version
 from models.onnx_export import ONNX_OPSET
 
-_REGISTRY: dict[str, Backend] = {m.NAME: m for m in (eager, torch_compile, cudagraphs, ort, trt)}
+_REGISTRY: dict[str, Backend] = {m.NAME: m for m in (eager, torch_compile, cudagraphs, ort, trt, openvino)}
 BACKENDS = tuple(_REGISTRY)
 
 

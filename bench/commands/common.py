@@ -61,7 +61,7 @@ def _matrix_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma list of torch intra-op thread counts for cpu cases (1 = the mobile-class CPU proxy); "
                         "default: the physical cores usable by this process")
     m.add_argument("--backends", default="eager", metavar="LIST",
-                   help="comma list of eager, compile, cudagraphs, onnxruntime, tensorrt; default eager")
+                   help="comma list of eager, compile, cudagraphs, onnxruntime, tensorrt, openvino; default eager")
     m.add_argument("--channels-last", action="store_true", help="run models in channels_last memory format")
     m.add_argument("--fold", action="store_true", help="fold conv+BN (deployment form) before measuring")
     add_models_from(m, "import users' models from a .py file or a package.module (repeatable; also the "
