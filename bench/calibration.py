@@ -12,6 +12,7 @@ import math
 from typing import Any, Callable
 
 from bench.cases import Case
+from bench.launch.outcome import child_error
 
 CALIBRATION_TIMEOUT_S = 180.0
 
@@ -39,9 +40,7 @@ class Calibrations:
         res = out.result.calibration if out.result else None
         if res:
             return res
-        err = (out.result.error if out.result else None) or ("timeout" if out.timed_out else
-                                                             f"exit {out.exit_code} signal {out.signal}")
-        return {"error": err}
+        return {"error": child_error(out)}
 
     def peak(self, case: Case) -> float | None:
         """The setting's matmul rate, calibrated now (on a quiet machine where it can wait for one) if not yet."""

@@ -34,7 +34,7 @@ from bench.launch.childenv import MALLOC_ENV, child_env
 from bench.launch.faults import FAULT_ENV
 from bench.launch.workdir import make_workdir
 from bench.launch.isolation import ForkServer, Outcome, Isolation, make_isolation
-from bench.launch.outcome import classify
+from bench.launch.outcome import child_error, classify
 from bench.results.lifecycle import RunState, isna
 from bench.results.repeats import add_process
 
@@ -210,7 +210,8 @@ class Runner:
 
     def clear(self) -> None:
         """Empty the state's rows, samples and profile rows, and this runner's index of them."""
-        self.state.rows.clear(), self.state.samples.clear(), self.state.profile.clear()
+        for records in (self.state.rows, self.state.samples, self.state.profile):
+            records.clear()
         self._rows_at, self._procs = {}, {}
 
     def run_case(self, case: Case, rep: int = 0) -> None:
@@ -317,7 +318,7 @@ class Runner:
     def _health_probe(self, iso: Isolation) -> dict:
         """The speed probe in a child of the run's own isolation: the parent runs no tensor op."""
         out = iso.run({"kind": "health", "seconds": health.PROBE_SECONDS}, HEALTH_TIMEOUT_S)
-        return (out.result.health if out.result else None) or {"error": _child_error(out)}
+        return (out.result.health if out.result else None) or {"error": child_error(out)}
 
     def _probe(self, iso: Isolation, when: str, rep: int | None, rows_at: dict) -> None:
         """Probe the machine's speed; the rows of the processes it closes get their drift judged."""
@@ -367,12 +368,6 @@ class Runner:
         timing = out.result.child.timing_s if out.result else None
         if timing is not None:
             self.overheads.append(max(0.0, out.wall_s - float(timing)))
-
-
-def _child_error(out: Outcome) -> str:
-    """Why a calibration or probe child gave no result, in a few words."""
-    return (out.result.error if out.result else None) or ("timeout" if out.timed_out else
-                                                          f"exit {out.exit_code} signal {out.signal}")
 
 
 def estimate_case_s(case: Case, macs: float | None, rate_gmacs: float | None, repeats: int = 1) -> float:

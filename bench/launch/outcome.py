@@ -231,3 +231,9 @@ def classify(out: Outcome, timeout_s: float) -> tuple[dict, list[float]]:
         return {"status": "error", "reason": _signal_reason(out, where)[:600]}, []
     tail = f": {out.stderr_tail}" if out.stderr_tail else ""
     return {"status": "error", "reason": f"child exited with code {out.exit_code} and no result{where}{tail}"}, []
+
+
+def child_error(out: Outcome) -> str:
+    """Why a calibration or probe child gave no result, in a few words: its own error, a timeout, or its exit."""
+    return (out.result.error if out.result else None) or ("timeout" if out.timed_out else
+                                                          f"exit {out.exit_code} signal {out.signal}")
