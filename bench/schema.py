@@ -30,8 +30,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("level", "string", "model or block"),
     Column("device", "string", "device as asked: cpu, cuda:0"),
     Column("device_name", "string", "CPU model or GPU name"),
-    Column("backend", "string", "eager, compile, cudagraphs, onnxruntime, tensorrt"),
-    Column("precision", "string", "fp32, tf32, fp16, bf16"),
+    Column("backend", "string", "eager, compile, cudagraphs, onnxruntime, tensorrt, openvino, executorch"),
+    Column("precision", "string", "fp32, tf32, fp16, bf16, int8"),
     Column("batch", "int64", "images per iteration"),
     Column("threads", "int64", "torch intra-op threads (CPU); 0 where not applicable"),
     Column("cpu_oversubscription", "float64", "threads / CPUs the run could use (sched_getaffinity) when measured; "
@@ -104,7 +104,17 @@ COLUMNS: tuple[Column, ...] = (
     # numerics and backend
     Column("rel_err", "float64", "||y - y_ref|| / ||y_ref|| against eager fp32 on the same input"),
     Column("numerics_ok", "bool", "rel_err within the precision's tolerance"),
+    Column("first_bad_block", "string", "int8 / fp16: the first block (in forward order) whose output's rel_err "
+                                        "against eager fp32 on the same input passes the precision's tolerance; "
+                                        "empty when none does or it was not localised (backend_info.localise)"),
     Column("build_s", "float64", "compile / export / engine build time, apart from latency"),
+    # what ran where (graph runtimes: executorch, openvino, onnxruntime; bench.backends.delegation)
+    Column("delegated_ops_share", "float64", "share of the graph's ops the delegate or plugin ran (XNNPACK for "
+                                             "executorch); the rest fell back (fallback_ops)"),
+    Column("delegated_macs_share", "float64", "share of the model's MACs in ops the delegate or plugin ran"),
+    Column("fallback_ops", "string", "ops that fell back out of the delegate, 'op xcount, ...' (empty: none)"),
+    Column("int8_macs_share", "float64", "int8 cases: share of the model's MACs in ops that run on int8 data; the "
+                                         "rest stayed in float (excluded or not quantizable)"),
     Column("backend_info", "string", "provider, versions and settings of the backend (JSON)"),
     # the profiled pass (--profile): after and apart from the timed pass; its rows are in profile.parquet
     Column("profile_source", "string", "torch, onnxruntime or tensorrt: the profiler that explained this case"),

@@ -200,7 +200,7 @@ def test_supported_cpu_matrix():
 
 def test_unknown_names_list_valid():
     assert "valid: eager, compile" in unsupported_reason("tvm", "cpu", "fp32")
-    assert "valid: fp32, tf32" in unsupported_reason("eager", "cpu", "int8")
+    assert "valid: fp32, tf32" in unsupported_reason("eager", "cpu", "int4")
     assert "valid: cpu, cuda" in unsupported_reason("eager", "mps", "fp32")
     if not HAS_CUDA:
         assert "CUDA not available" in unsupported_reason("eager", "cuda:3", "fp32")

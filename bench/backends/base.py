@@ -18,8 +18,10 @@ from torch import nn
 from bench.env import cpu_isa
 from models.deploy import fold_conv_bn
 
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
-DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
+# The dtype of the model and input a backend starts from; int8 starts from fp32 (the runtime quantizes, see int8.py).
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+          "int8": torch.float32}
 DEVICE_TYPES = ("cpu", "cuda")
 
 Runner = Callable[[], torch.Tensor]

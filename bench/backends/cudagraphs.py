@@ -18,6 +18,8 @@ def unsupported(device_type: str, precision: str, channels_last: bool, fold: boo
     """CUDA graphs exist on CUDA only."""
     if device_type != "cuda":
         return "cudagraphs replays captured CUDA graphs: CUDA only"
+    if precision == "int8":
+        return "cudagraphs replays eager kernels, which have no int8 path (--backends tensorrt runs int8 on CUDA)"
     return None
 
 

@@ -14,7 +14,10 @@ NAME = "eager"
 
 
 def unsupported(device_type: str, precision: str, channels_last: bool, fold: bool) -> str | None:
-    """Every combination that passes the common checks runs in eager."""
+    """Every combination that passes the common checks runs in eager, but int8."""
+    if precision == "int8":
+        return ("eager PyTorch has no int8 deployment path: quantized kernels come from a runtime or a compiler "
+                "(--backends onnxruntime, openvino, executorch, compile)")
     return None
 
 

@@ -111,6 +111,8 @@ def unsupported(device_type: str, precision: str, channels_last: bool, fold: boo
         return _NOT_INSTALLED
     if channels_last:
         return "channels_last has no meaning for tensorrt: TensorRT chooses its own tensor formats"
+    if precision == "int8":
+        return "tensorrt int8 is not built yet"
     return None
 
 

@@ -43,6 +43,7 @@ TOLERANCES: dict[str, float] = {
     "tf32": 1e-2,
     "fp16": 1e-2,
     "bf16": 5e-2,
+    "int8": 1e-1,  # provisional: measured 1.4e-2 for block:msla at 128 (executorch XNNPACK, per-channel weights)
 }
 
 # The CPU measurements behind TOLERANCES (rel_err against eager fp32; see the module docstring).

@@ -239,11 +239,13 @@ def _reference(case: Case, built: Built) -> Any:
 
 def _prepare(case: Case, built: Built, row: dict) -> Any:
     from bench import backends
+    from bench.backends.delegation import columns as delegation_columns
 
     prepared = backends.prepare(built.model, built.x, backend=case.backend, device=case.device,
                                 precision=case.precision, channels_last=case.channels_last, fold=case.folded,
                                 workdir=case.settings.workdir or tempfile.gettempdir())
     row["build_s"] = prepared.build_s
+    row.update(delegation_columns(prepared.info))
     return prepared
 
 
