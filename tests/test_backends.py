@@ -266,7 +266,7 @@ def test_tensorrt_bad_inputs():
     with pytest.raises(ValueError, match="cannot parse"):
         tensorrt_api("nightly")
     with pytest.raises(ValueError, match="valid"):
-        tensorrt_compile_kwargs("2.13.0", "int8")
+        tensorrt_compile_kwargs("2.13.0", "int4")
 
 
 def test_tensorrt_not_installed_or_broken(monkeypatch, tmp_path):

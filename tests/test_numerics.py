@@ -51,7 +51,7 @@ def test_tolerances_ordered_and_thresholds():
     assert numerics_ok("bf16", 1e-2) and not numerics_ok("bf16", 1.0)  # a collapse is ~1
     assert numerics_ok("fp16", TOLERANCES["fp16"]) and not numerics_ok("fp16", TOLERANCES["fp16"] * 1.01)
     with pytest.raises(ValueError, match="valid"):
-        tolerance("int8")
+        tolerance("int4")
 
 
 def test_tolerances_cover_measurements_with_margin():
