@@ -38,6 +38,7 @@ def plan(resolutions: list[int], quick: bool) -> list[tuple[str, int, str, str]]
             cases.append((m, mid, backend, prec))
     cases.append(("evit-b1:msla", mid, "onnxruntime", "fp16"))
     cases.append(("evit-b1:msla", mid, "tensorrt", "fp16"))
+    cases.append(("evit-b1:msla", mid, "tensorrt", "int8"))  # the Jetson deployment precision
     return cases
 
 
