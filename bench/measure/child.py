@@ -25,7 +25,7 @@ from bench.measure.memory import PeakMemory
 from bench.measure.probe import probe_kernel
 from bench.measure.result import ChildResult, ResultFormatError
 from bench.measure.steps import (AfterBuild, Built, Stage, failure_row, measure_energy, prepare_side, profile_side,
-                                 setup, side_numerics)
+                                 setup, side_localise, side_numerics)
 
 
 def run_case(case: Case, stage: Stage | None = None, after_build: AfterBuild | None = None) -> dict:
@@ -52,9 +52,11 @@ def _measure(case: Case, row: dict, stage: Stage, after_build: AfterBuild | None
     stage("numerics")
     side_numerics(case, side, row, info)
     row.update(measure_energy(case, side.fn, row["latency_ms_median"], info, stage))
-    row["backend_info"] = json.dumps({**side.info, **info}, default=str, sort_keys=True)
+    backend_info, y_ref = side.info, side.y_ref
+    del side  # the timed model's memory is not the localisation's or the profiled pass's
+    side_localise(case, row, info, stage, y_ref)
+    row["backend_info"] = json.dumps({**backend_info, **info}, default=str, sort_keys=True)
     if case.settings.profile:
-        del side  # the timed model's memory is not the profiled pass's
         stage("profile")
         row["_profile"] = profile_side(case, row)
     return [float(v) for v in res.samples_ms]

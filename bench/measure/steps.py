@@ -4,7 +4,7 @@ bench.measure.child so that each design imports the steps and the dispatch impor
 
 Steps: `setup` (threads, device, seed) -> `prepare_side` (supported, build, the caller's `after_build` hook,
 reference output, prepare the backend) -> timing (the design's own) -> `side_numerics` -> `measure_energy` ->
-`profile_side`. Each step names itself through `Stage`, so a crash or a timeout says where it was; `failure_row`
+`side_localise` (int8 / fp16: where the error enters, bench.measure.localise) -> `profile_side`. Each step names itself through `Stage`, so a crash or a timeout says where it was; `failure_row`
 turns whatever a step raised into the row's status and one-line reason.
 
 Imports no pandas; torch, the backends and the models are imported inside the steps (the launcher preloads them
@@ -142,6 +142,43 @@ def side_numerics(case: Case, side: PreparedSide, row: dict, info: dict) -> None
     y64, info["numerics"] = float64_reference(side.built.model, side.built.x)
     if y64 is not None:
         row.update(evaluate(side.first[0], y64, "fp32"))
+
+
+def side_localise(case: Case, row: dict, info: dict, stage: Stage, y_ref: Any = None) -> None:
+    """int8 / fp16 cases, in their first process (`numerics64`, as the float64 numerics): the blocks' errors
+    against eager fp32 and the first block past the tolerance (bench.measure.localise) into `first_bad_block` and
+    info["localise"]. Costs one more build of the backend, on a freshly built fp32 model and the same seeded
+    input (`y_ref`, the case's own eager fp32 output, checks that the rebuilt model is the same:
+    `rebuilt_vs_case`); run after the timing, so no latency sees it. A failure never fails the case: its one-line
+    reason goes to info["localise"]."""
+    from bench.measure.localise import LOCALISED_PRECISIONS, localise
+
+    if case.precision not in LOCALISED_PRECISIONS:
+        return
+    if not case.settings.numerics64:
+        info["localise"] = {"reason": "localised in the case's first process"}
+        return
+    stage("localise")
+    row["first_bad_block"] = ""
+    try:
+        import torch
+
+        from models.registry import build_model, example_input
+
+        torch.manual_seed(case.seed)  # the weights the timed model was built with (setup seeded before its build)
+        model = build_model(case.model)
+        x = example_input(case.model, case.height, case.width, case.batch, seed=case.seed)
+        record = localise(model, x, backend=case.backend, device=case.device, precision=case.precision,
+                          channels_last=case.channels_last, fold=case.folded,
+                          workdir=case.settings.workdir or tempfile.gettempdir(), y_ref=y_ref)
+    except BaseException as e:  # noqa: BLE001 - the case is measured; localising it must not lose it
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        reason = failure_row(e, "localise")["reason"]
+        info["localise"] = {"reason": f"not localised: {reason}"}
+        return
+    info["localise"] = record
+    row["first_bad_block"] = record["first_bad_block"] or ""
 
 
 def measure_energy(case: Case, fn: Callable[[], Any], median_ms: float, info: dict, stage: Stage) -> dict:

@@ -1,0 +1,231 @@
+"""Where the error enters: the outputs of each block of a model, run by the case's backend, against eager fp32 on
+the same input, and the first block (in forward order) whose error passes the precision's tolerance.
+
+The final output's rel_err (bench.measure.numerics) says whether an int8 or fp16 model is still the fp32 model;
+this says where it stops being so: an fp16 overflow in linear attention's normaliser, a quantized division or
+softmax, or error that grows block by block until the output collapses.
+
+How:
+- `tap_points(model)` picks the blocks (rule in its docstring); `TappedModel(model, x)` wraps the model so that its
+  forward returns a TUPLE (final output, *block outputs in forward order), collected by forward hooks that append
+  to a list the forward then returns from. Under torch.export (ONNX's dynamo exporter, ExecuTorch), TorchScript
+  tracing (OpenVINO's converter) and dynamo (compile) the hooks run while the graph is traced, so the collected
+  tensors become graph outputs: the tapped graph is the case's graph with more outputs.
+- The backend is built a second time on the tapped model (`backends.prepare(..., options={"all_outputs": True})`:
+  graph runtimes return every output; eager and compile return the tuple natively), run once on the case's
+  input, and each output is compared with the same tap of the eager fp32 forward (`numerics.relative_error`).
+- Which block outputs are kept is decided once, in an eager forward (`TappedModel.discover`): a tensor, floating
+  point, not the very tensor an earlier tap or the final output already gave (a module that returns its last
+  child's output), and not modified in place later in the forward (an in-place ReLU after a norm: eager would
+  show the modified value and a functional graph the original one). The final output is the last block, named
+  after the innermost module that returned it.
+
+What it is not:
+- An extra output changes what a graph runtime may do with the tensor: it has to be materialised (no fusion across
+  it) and a quantizer sees a graph output there, which it may keep in float or quantize differently from an
+  internal edge. The tapped build is therefore not the timed graph: its final output's error is recorded beside
+  the case's own rel_err (`final_rel_err` against the row's `rel_err`), so a reader sees when the taps changed
+  the answer.
+- Work a module does in its own forward, outside any submodule (linear attention's matmuls and division are a
+  function called by the mixer, not a module), shows up in the next tap that consumes it (the mixer's `proj`)
+  and in the enclosing module's tap.
+- It runs the model once: the error of one seeded input, not a distribution.
+"""
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from bench import backends
+from bench.backends.base import set_fp32_math
+from bench.measure.numerics import TOLERANCES, relative_error
+from models.deploy import fold_conv_bn
+
+LOCALISED_PRECISIONS = ("int8", "fp16")  # the reduced precisions whose error is localised (on by default)
+MIN_BLOCKS = 4  # fewer blocks than this (a model that is one block) and the blocks are opened one more level
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # exact types: ConvNormAct(nn.Sequential) is a block
+
+
+def _is_container(m: nn.Module) -> bool:
+    return type(m) in _CONTAINERS
+
+
+def _holds_stage(m: nn.Module) -> bool:
+    """m holds a list of composite modules (a stage's blocks, a backbone's stages, a head's branches)."""
+    return any(_is_container(c) and any(next(g.children(), None) is not None for g in c.children())
+               for c in m.children())
+
+
+def _points(model: nn.Module, forced: set[str]) -> list[tuple[str, nn.Module]]:
+    out: list[tuple[str, nn.Module]] = []
+
+    def visit(path: str, m: nn.Module, depth: int) -> None:
+        composite = next(m.children(), None) is not None
+        opened = composite and (_is_container(m) or depth <= 1 or _holds_stage(m) or path in forced)
+        if opened:
+            for name, child in m.named_children():
+                visit(f"{path}.{name}" if path else name, child, depth + 1)
+        if depth > 0 and not _is_container(m):
+            out.append((path, m))
+
+    visit("", model, 0)
+    return out
+
+
+def tap_points(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The blocks of `model` as (module path, module), each after its parts (the order forward hooks fire in
+    for a sequential model; TappedModel orders them by the real forward).
+
+    Rule: the root and its direct children (a model's backbone and head; a block's residual) are opened, and so
+    is every module that holds a list of composite modules (an nn.Sequential / nn.ModuleList / nn.ModuleDict of
+    blocks: a stage, a backbone's stages, a head's branches); the lists themselves are opened and are never a
+    block; an opened module other than the root is a block too, after its parts; everything else is one block.
+    So EfficientViT-Seg gives its stem's layers, every block of every stage (an EfficientViT block is one block:
+    mixer and FFN together), each head branch and layer; SegFormer and SegNeXt every transformer / MSCA block,
+    each stage's norm and the stage, and the decode head's layers; a user's model its top-level parts and their
+    blocks. When that gives fewer than MIN_BLOCKS blocks (a model that is one block: `block:*`), every composite
+    block is opened one more level until there are enough or nothing is left to open: a mixer block gives its
+    mixer's parts (qkv, the multi-scale aggregation, proj, ...), the mixer and the residual.
+    """
+    forced: set[str] = set()
+    while True:
+        points = _points(model, forced)
+        more = {p for p, m in points if next(m.children(), None) is not None and p not in forced}
+        if len(points) >= MIN_BLOCKS or not more:
+            return points
+        forced |= more
+
+
+class TappedModel(nn.Module):
+    """`model` whose forward returns (final output, *the kept block outputs in forward order).
+
+    Build it with `TappedModel.discover(model, x)`, which runs one eager forward to decide which hook calls are
+    kept (see the module docstring); `names` are their module paths (a module called twice: `path#2`) and
+    `final_name` the module that returned the final output. A forward whose hook calls differ in number from the
+    discovered ones (a data-dependent forward) raises: the tuple would not line up with `names`.
+    """
+
+    def __init__(self, model: nn.Module, points: list[tuple[str, nn.Module]]) -> None:
+        super().__init__()
+        self.model = model
+        self.keep: list[bool] = []
+        self.names: list[str] = []
+        self.final_name = "output"
+        self._calls: list[Any] = []
+        self._versions: list[int] | None = None  # set during discovery only: tensors' versions at hook time
+        for name, m in points:
+            m.register_forward_hook(self._hook_for(name))
+
+    def _hook_for(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self._calls.append((name, output))
+            if self._versions is not None:
+                self._versions.append(output._version if isinstance(output, torch.Tensor) else -1)
+        return hook
+
+    @classmethod
+    def discover(cls, model: nn.Module, x: torch.Tensor) -> tuple["TappedModel", list[torch.Tensor]]:
+        """Wrap `model` and decide which block outputs are kept from one eager forward on `x` (run as it is: on
+        its device, fp32 math as set); returns the wrapper and that forward's outputs (final first, then the
+        kept blocks), detached, in fp32 on the CPU: the reference of the tapped build."""
+        tapped = cls(model, tap_points(model))
+        return tapped, tapped._discover(x)
+
+    def _discover(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self._calls, self._versions = [], []
+        try:
+            with torch.no_grad():  # not inference_mode: its tensors have no version counter (in-place writes)
+                final = self.model(x)
+            calls, versions = self._calls, self._versions
+        finally:
+            self._calls, self._versions = [], None
+        seen: list[torch.Tensor] = []
+        counts: dict[str, int] = {}
+        for (name, t), v in zip(calls, versions):
+            counts[name] = counts.get(name, 0) + 1
+            label = name if counts[name] == 1 else f"{name}#{counts[name]}"
+            keep = (isinstance(t, torch.Tensor) and t.is_floating_point() and t._version == v
+                    and not any(t is s for s in seen))
+            if keep and t is final:
+                keep = False
+                if self.final_name == "output":
+                    self.final_name = label
+            self.keep.append(keep)
+            if keep:
+                seen.append(t)
+                self.names.append(label)
+        if not isinstance(final, torch.Tensor):
+            raise TypeError(f"the model returns {type(final).__name__}, not one tensor")
+        return [t.detach().float().cpu() for t in (final, *seen)]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._calls = []
+        final = self.model(x)
+        calls, self._calls = self._calls, []
+        if len(calls) != len(self.keep):
+            raise RuntimeError(f"the forward called {len(calls)} tapped modules, the discovery pass "
+                               f"{len(self.keep)}: the block outputs would not line up with their names")
+        return (final, *[t for (_, t), k in zip(calls, self.keep) if k])
+
+
+def _finite(v: float) -> float | str:
+    """A float for JSON: finite values rounded to 3 significant digits, inf / nan as strings (standard JSON)."""
+    return float(f"{v:.3g}") if math.isfinite(v) else str(v)
+
+
+def compare(names: list[str], outputs: tuple | list, reference: list[torch.Tensor], precision: str) -> dict:
+    """Each block's rel_err (`names`: the tapped blocks then the final output's name; `outputs` and `reference`:
+    final first, then the blocks) and the first block, in forward order, above the precision's tolerance."""
+    tol = TOLERANCES[precision]
+    if not isinstance(outputs, (tuple, list)) or len(outputs) != len(reference):
+        got = len(outputs) if isinstance(outputs, (tuple, list)) else 1
+        raise ValueError(f"the backend returned {got} output(s) for the tapped model, expected {len(reference)} "
+                         "(options['all_outputs'] not honoured?)")
+    ordered = list(zip(names, [*outputs[1:], outputs[0]], [*reference[1:], reference[0]]))
+    blocks: list[list] = []
+    first_bad = None
+    for name, y, y_ref in ordered:
+        try:
+            err = relative_error(y, y_ref)
+        except ValueError:  # the fp32 forward itself is not finite there: no reference to judge against
+            blocks.append([name, "reference not finite"])
+            continue
+        blocks.append([name, _finite(err)])
+        if first_bad is None and not err <= tol:
+            first_bad = name
+    final = blocks[-1][1]
+    return {"blocks": blocks, "tolerance": tol, "first_bad_block": first_bad, "final_rel_err": final}
+
+
+def localise(model: nn.Module, x: torch.Tensor, *, backend: str, device: torch.device | str, precision: str,
+             channels_last: bool = False, fold: bool = False, workdir: pathlib.Path | str = "/tmp",
+             options: Mapping[str, Any] | None = None, y_ref: torch.Tensor | None = None) -> dict:
+    """Tap `model` (fp32, not yet prepared), take the reference from its eager fp32 forward on `device`, build
+    `backend` at `precision` on the tapped model with every output returned, run it once on `x` and compare.
+    Returns {"blocks": [[name, rel_err], ...] (forward order, the final output last), "tolerance",
+    "first_bad_block" (a name or None), "final_rel_err", "build_s", "localise_s"}; with `y_ref` (the case's own
+    eager fp32 output) also "rebuilt_vs_case", the rel_err between it and this model's (0.0: the same model).
+    Raises what tapping, the
+    build or the run raise (bench.backends.Unsupported among them): the caller words it as a reason."""
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    model = model.eval()
+    if fold:  # before tapping: folding replaces modules (their hooks would go with them)
+        model = fold_conv_bn(model)
+    set_fp32_math(device.type, "fp32")
+    tapped, reference = TappedModel.discover(model.to(device), x.to(device))
+    prepared = backends.prepare(tapped, x, backend=backend, device=device, precision=precision,
+                                channels_last=channels_last, fold=False, workdir=workdir,
+                                options={**(options or {}), "all_outputs": True})
+    with torch.inference_mode():
+        outputs = prepared.fn()
+    record = compare([*tapped.names, tapped.final_name], outputs, reference, precision)
+    record.update(build_s=round(prepared.build_s, 3), localise_s=round(time.perf_counter() - t0, 3))
+    if y_ref is not None:
+        record["rebuilt_vs_case"] = _finite(relative_error(reference[0], y_ref))
+    return record
