@@ -13,7 +13,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from bench.analysis.report import decision, profile_view, readings
+from bench.analysis.report import decision, int8_view, profile_view, ran_where, readings, runtimes
 from bench.analysis.report.data import MOBILE_PROXY, Merged
 from bench.analysis.report.formatting import ci_label, ci_text, fnum, missing
 from bench.schema import STATUSES
@@ -34,7 +34,9 @@ TABLE_COLUMNS = (
     ("noisy", "busy machine", "b"), ("noisy_reason", "machine during the case", "s"),
     ("throughput_ips", "images/s", "n"), ("peak_mem_mb", "peak MB", "n"), ("macs", "GMACs", "g"),
     ("gmacs_per_s", "GMAC/s", "n"), ("frac_of_peak", "of peak", "p"), ("energy_j_per_image", "J/image", "n"),
-    ("rel_err", "rel. err", "e"), ("build_s", "build s", "n"),
+    ("rel_err", "rel. err", "e"), ("numerics_ok", "numerics ok", "b"), ("first_bad_block", "first bad block", "s"),
+    ("delegated_macs_share", "MACs delegated", "p"), ("delegated_ops_share", "ops delegated", "p"),
+    ("fallback_ops", "fell back", "s"), ("int8_macs_share", "int8 MACs", "p"), ("build_s", "build s", "n"),
 )
 
 
@@ -252,6 +254,9 @@ def render_markdown(ctx: dict) -> str:
     if ctx["missing"]:
         lines += ["**What is missing**", ""] + [f"- {e(x)}" for x in ctx["missing"]] + [""]
     lines += decision.markdown(ctx.get("decision") or [], ctx.get("budgets") or [])
+    lines += runtimes.markdown(ctx.get("runtimes"), int8_view.DISCLOSURE)
+    lines += ran_where.markdown(ctx.get("ran_where"))
+    lines += int8_view.markdown(ctx.get("int8"))
     for dev in ctx["headline"]:
         lines += _md_headline(dev)
     lines += profile_view.markdown(ctx.get("profile"))

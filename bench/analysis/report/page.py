@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from bench.analysis.report import case_table, data, decision, figures, html, methodology, profile_view, published
+from bench.analysis.report import (case_table, data, decision, figures, html, int8_view, methodology, profile_view,
+                                   published, ran_where, runtimes)
 from bench.analysis.report.data import Merged
 from bench.analysis.report.figures import Figure
 from bench.analysis.report.scaling import scaling_exponents
@@ -54,6 +55,7 @@ def context(runs: list[Run], m: Merged, stage: Path, figures_dir: str, html_name
         missing=missing_notes(m, sp_notes + ex_notes, figs + profile_figs),
         health=data.health_warnings(m), warnings=decision.run_warnings(m, health=False),
         decision=decision.decision_view(m), budgets=decision.budget_view(m, budgets), min_n=decision.MIN_N,
+        runtimes=runtimes.view(m), ran_where=ran_where.view(m), int8=int8_view.view(m),
         headline=html.headline(m, sp, ex), mobile_proxy=data.MOBILE_PROXY,
         figures=figures.figure_view(figs), profile=profile, refs=html.reference_view(refs), ref_notes=ref_notes,
         table=table, method=methodology.methodology(m), figures_dir=figures_dir, html_name=html_name,
