@@ -8,8 +8,8 @@ synchronises). `build_s` is compile / export / engine-build time, kept apart fro
 `backend_info` column as JSON: versions, provider, settings and notes. prepare() takes ownership of the model: it
 may fold, move and cast it in place, so compute the fp32 reference first (`reference_output`).
 
-One module per backend (eager, torch_compile, cudagraphs, ort, trt, openvino), each implementing base.Backend;
-this module is the registry and the checks common to all of them.
+One module per backend (eager, torch_compile, cudagraphs, ort, trt, openvino, executorch), each implementing
+base.Backend; this module is the registry and the checks common to all of them.
 
 Supported matrix (anything else raises `Unsupported` with the reason; `unsupported_reason` says so up front):
 
@@ -17,10 +17,12 @@ Supported matrix (anything else raises `Unsupported` with the reason; `unsupport
 |--------------|----------------------------|----------------------------------------------------|
 | eager        | fp32, bf16, fp16 (autocast)| fp32 (TF32 off), tf32, fp16, bf16 (autocast)       |
 | compile      | fp32, bf16, fp16 (autocast)| fp32, tf32, fp16, bf16 (autocast inside the graph) |
+|              | int8 (pt2e, X86 inductor)  |                                                    |
 | cudagraphs   | -                          | fp32, tf32, fp16, bf16 (autocast captured)         |
 | onnxruntime  | fp32 (CPU EP)              | fp32, tf32 (CUDA EP), fp16 (model cast to half)    |
 | tensorrt     | -                          | fp32, tf32, fp16, bf16 (torch-tensorrt dynamo)     |
 | openvino     | fp32, bf16 (CPU plugin)    | -                                                  |
+| executorch   | fp32, int8 (XNNPACK)       | -                                                  |
 
 bf16 on CUDA needs compute capability >= 8.0. fp16 on a CPU is native only with AVX512-FP16/AMX-FP16 (x86) or
 FP16 arithmetic (ARM); elsewhere oneDNN converts, so it is a numerics check, not a deployment speed (the ISA flags
@@ -50,13 +52,14 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from bench.backends import cudagraphs, eager, openvino, ort, torch_compile, trt
+from bench.backends import cudagraphs, eager, executorch, openvino, ort, torch_compile, trt
 from bench.backends.base import (DEVICE_TYPES, DTYPES, PRECISIONS, Backend, Prepared, Unsupported, autocast_context,
                                  base_info, reference_output, set_fp32_math, to_device)
 from bench.backends.trt import tensorrt_api, tensorrt_compile_kwargs, tensorrt_model_dtype, tensorrt_version
 from models.onnx_export import ONNX_OPSET
 
-_REGISTRY: dict[str, Backend] = {m.NAME: m for m in (eager, torch_compile, cudagraphs, ort, trt, openvino)}
+_REGISTRY: dict[str, Backend] = {m.NAME: m for m in (eager, torch_compile, cudagraphs, ort, trt, openvino,
+                                                     executorch)}
 BACKENDS = tuple(_REGISTRY)
 
 
