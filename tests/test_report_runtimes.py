@@ -153,6 +153,8 @@ def test_fallback_case_is_flagged_in_table_and_reading(tmp_path):
            "fallback, not the delegate." in v["readings"]
     (g,) = runtimes.groups(m)  # the executorch winner is the fallback's time: flagged beside it
     assert f"On executorch fp32 the fastest (softmax) is flagged: {XNN_FALLBACK}." in g["readings"]
+    assert g["readings"][0].endswith("msla is fastest on eager fp32, but softmax is fastest on executorch fp32 "
+                                     "(flagged).")
     page = write_report([d], tmp_path / "r.html").read_text()
     flagged = re.findall(r'<tr class="ran-where-row flagged">(.*?)</tr>', page, re.S)
     assert len(flagged) == 1 and "block:softmax" in flagged[0] and "<strong>fallback:</strong>" in flagged[0]
@@ -163,7 +165,7 @@ def test_fallback_case_is_flagged_in_table_and_reading(tmp_path):
 
 def test_int8_survival_per_mixer_and_runtime(tmp_path):
     rows = [_row("msla", "openvino", "fp32", 6.0), _row("softmax", "openvino", "fp32", 7.0),
-            _row("msla", "openvino", "int8", 3.0, **_int8(True, 0.012, 0.97, excluded=["/mixer/Div"])),
+            _row("msla", "openvino", "int8", 3.0, **_int8(True, 0.012, 0.97, excluded=["/mixer/Div x1: runs on float data (kept)"])),
             _row("softmax", "openvino", "int8", 4.0, **_int8(False, 0.41, 0.9, "stages.1.mixer",
                                                               [{"name": "Softmax_3", "why": "softmax"}])),
             _row("msla", "onnxruntime", "int8", 4.0, **_int8(False, 0.2, 0.8, "stages.0.mixer")),
@@ -175,6 +177,9 @@ def test_int8_survival_per_mixer_and_runtime(tmp_path):
     assert f.loc[("softmax", "openvino"), "first_bad"] == ["stages.1.mixer"]
     assert f.loc[("msla", "onnxruntime"), "word"] == "does not survive"
     assert f.loc[("softmax", "executorch"), "word"] == "not measured"
+    (g,) = runtimes.groups(m)  # runtimes with rows but fewer than two mixers ok: named, each mixer's status
+    assert [e["runtime"] for e in g["entries"]] == ["openvino fp32", "openvino int8"]
+    assert g["undecided"] == ["onnxruntime int8: msla ok", "executorch int8: softmax unsupported"]
     v = int8_view.view(m)
     assert v["readings"] == [
         "msla survives on openvino (rel_err up to 1.2e-02; int8 MACs 97%); does not survive on onnxruntime "
@@ -183,8 +188,9 @@ def test_int8_survival_per_mixer_and_runtime(tmp_path):
         "stages.1.mixer); not measured on executorch (unsupported: executorch is not installed)."]
     by = {(r["model"], r["setting"]): r for r in v["rows"]}
     ov = by[("block:msla", f"{CPU} openvino int8 b1 t1")]
-    assert ov["speedup"] == "2.00×" and ov["excluded"] == "/mixer/Div"  # fp32 6 ms / int8 3 ms on openvino
-    assert by[("block:softmax", f"{CPU} openvino int8 b1 t1")]["excluded"] == "Softmax_3 (softmax)"
+    assert ov["speedup"] == "2.00×" and ov["excluded"] == "/mixer/Div x1"  # fp32 6 ms / int8 3 ms on openvino
+    soft = by[("block:softmax", f"{CPU} openvino int8 b1 t1")]
+    assert soft["excluded"] == "Softmax_3" and soft["excluded_full"] == "Softmax_3 (softmax)"
     page = htmllib.unescape(write_report([d], tmp_path / "r.html").read_text())
     assert int8_view.DISCLOSURE in page and 'id="int8"' in page
     row = re.search(r'<tr class="int8-row">(<td>block:softmax</td><td>[^<]*openvino int8.*?)</tr>', page, re.S)

@@ -53,21 +53,24 @@ def case_word(r: dict) -> str:
     return "not checked" if ok is None else "survives" if ok else "does not survive"
 
 
-def _excluded(info: dict) -> str:
-    """backend_info["int8"]["excluded"] as one line: names as given, a dict entry as 'name (why)'."""
+def _excluded(info: dict) -> tuple[str, str]:
+    """backend_info["int8"]["excluded"] as (short, full): the names alone ('aten.bmm x4' of 'aten.bmm x4: runs on
+    float data ...'; a dict entry's name) for the cell, and every entry with its why for the cell's title."""
     q = info.get("int8")
     items = q.get("excluded") if isinstance(q, dict) else None
     if not isinstance(items, list):
-        return ""
-    out = []
+        return "", ""
+    short, full = [], []
     for x in items:
         if isinstance(x, dict):
-            name = text(x.get("name") or x.get("node") or x.get("op"))
+            name = text(x.get("name") or x.get("node") or x.get("op")) or str(x)
             why = text(x.get("why") or x.get("reason"))
-            out.append(f"{name} ({why})" if why else name or str(x))
-        else:
-            out.append(text(x))
-    return ", ".join(o for o in out if o)
+            short.append(name)
+            full.append(f"{name} ({why})" if why else name)
+        elif text(x):
+            short.append(text(x).split(": ", 1)[0])
+            full.append(text(x))
+    return ", ".join(short), "; ".join(full)
 
 
 def _fp32_times(m: Merged) -> dict[tuple, float]:
@@ -183,7 +186,8 @@ def view(m: Merged) -> dict | None:
     rows = [dict(model=text(x["row"].get("model")), variant=x["variant"], runtime=x["runtime"],
                  setting=text(x["row"].get("config")), resolution=text(x["row"].get("resolution")), word=x["word"],
                  rel_err=_rel(x["rel_err"]), int8_macs=f"{100 * x['int8_macs']:.0f}%" if math.isfinite(
-                     x["int8_macs"]) else "", first_bad=x["first_bad"], excluded=x["excluded"],
+                     x["int8_macs"]) else "", first_bad=x["first_bad"], excluded=x["excluded"][0],
+                 excluded_full=x["excluded"][1],
                  speedup=f"{fnum(x['speedup'])}×" if math.isfinite(x["speedup"]) else "",
                  cls={"survives": "win", "does not survive": "loss"}.get(x["word"], "na")) for x in recs]
     summary = [dict(variant=v["variant"], runtime=v["runtime"], word=v["word"], detail=_detail(v).strip(" ()"),

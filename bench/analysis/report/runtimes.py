@@ -137,8 +137,8 @@ def readings(where: str, entries: list[dict]) -> list[str]:
     """The computed sentences of one comparison group: the winner on every runtime, or which mixer wins where;
     where the winner changes with the precision on one backend; which answers are not resolved or flagged."""
     winners: dict[str, list[str]] = {}
-    for e in entries:
-        winners.setdefault(e["fastest"], []).append(e["runtime"])
+    for e in entries:  # a flagged answer says so where it is named
+        winners.setdefault(e["fastest"], []).append(e["runtime"] + (" (flagged)" if e["flags"] else ""))
     if len(entries) < 2:
         out = [f"{where}, only {entries[0]['runtime']} has two mixers measured ok: no comparison across runtimes."]
     elif len(winners) == 1:
