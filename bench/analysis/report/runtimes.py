@@ -13,11 +13,12 @@ The section exists only where a comparison group has two or more runtimes (a run
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from bench.analysis.report import decision, pairs as paired, ran_where
 from bench.analysis.report.data import Merged
-from bench.analysis.report.formatting import fnum, missing, text
+from bench.analysis.report.formatting import fnum, missing, number, text
 from bench.analysis.report.formatting import ci_label
 from bench.cases import setting_label
 from bench.text import markdown_table, md_escape
@@ -55,13 +56,18 @@ def _runner_up(d: dict) -> tuple[dict | None, dict | None]:
     return second, next((p for p in d["pairs"] if {p["faster"], p["slower"]} == names), None)
 
 
+def _sci(v: Any) -> str:
+    x = number(v)
+    return f"{x:.1e}" if math.isfinite(x) else "not recorded"
+
+
 def _flags(row: dict) -> list[str]:
     """Why the winner's time may not be the runtime's: it measured a fallback, or its output failed the tolerance."""
     out = []
     if ran_where.flagged(row):
         out.append(ran_where.verdict(row))
     if not missing(row.get("numerics_ok")) and not bool(row.get("numerics_ok")):
-        out.append(f"output beyond the {text(row.get('precision'))} tolerance (rel_err {fnum(row.get('rel_err'))})")
+        out.append(f"output beyond the {text(row.get('precision'))} tolerance (rel_err {_sci(row.get('rel_err'))})")
     return out
 
 
