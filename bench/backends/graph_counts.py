@@ -62,9 +62,14 @@ def _shape(arg: Any) -> list[int] | None:
     meta = getattr(arg, "meta", None)
     if not isinstance(meta, dict):
         return None
-    val = meta.get("val", meta.get("tensor_meta"))
-    val = val[0] if isinstance(val, (tuple, list)) and val else val
-    shape = getattr(val, "shape", None)
+    shape = None
+    for key in ("val", "tensor_meta"):
+        val = meta.get(key)
+        if isinstance(val, (tuple, list)) and not hasattr(val, "shape") and val:  # a multi-output op
+            val = val[0]
+        shape = getattr(val, "shape", None)
+        if shape is not None:
+            break
     try:
         return [int(d) for d in shape] if shape is not None else None
     except TypeError:  # a symbolic size

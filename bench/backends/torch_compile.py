@@ -1,9 +1,17 @@
 """compile: torch.compile (inductor by default) with static shapes; autocast is traced into the graph.
 
+int8 (CPU): pt2e static quantization with torchao's X86InductorQuantizer (per-channel symmetric int8 weights,
+per-tensor affine uint8 activations calibrated on `bench.backends.int8.calibration_set`), then torch.compile of
+the converted module under torch.no_grad with inductor's freezing on, which folds the weights and lowers the
+dequantize -> conv/linear -> quantize patterns to oneDNN int8 kernels (the torchao recipe). What the quantizer
+leaves unannotated (the mixers' attention matmuls and division, softmax) runs in float; the int8 record says
+what, read from the converted graph inductor compiles.
+
 Named torch_compile.py, not compile.py, so the module does not read as the builtin `compile`.
 """
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import time
 from typing import Any, Mapping
@@ -11,16 +19,64 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from bench.backends.base import Runner, amp_note, autocast_context, sync
+from bench.backends import graph_counts
+from bench.backends.base import Runner, Unsupported, amp_note, autocast_context, package_version, sync
+from bench.backends.int8 import calibration_info, calibration_set
 
 NAME = "compile"
+INT8_SCHEME = "pt2e X86InductorQuantizer, static"
 
 
 def unsupported(device_type: str, precision: str, channels_last: bool, fold: bool) -> str | None:
-    """torch.compile covers every combination that passes the common checks, but int8 (not built yet)."""
+    """torch.compile covers every combination that passes the common checks; int8 needs torchao and the CPU."""
     if precision == "int8":
-        return "compile int8 (pt2e with the X86 inductor quantizer) is not built yet"
+        if device_type != "cpu":
+            return "compile int8 (pt2e with the X86 inductor quantizer) runs on the CPU only"
+        if package_version("torchao") is None:
+            return ("compile int8 needs torchao (pt2e X86InductorQuantizer): pip install torchao "
+                    "(densebench[executorch] brings it)")
     return None
+
+
+def _int8_record(converted: nn.Module, x: torch.Tensor) -> dict:
+    """info["int8"]: the scheme and, from the converted graph (shapes propagated on the case input), the
+    arithmetic left in float and the share of MACs whose operands are dequantized int8."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.no_grad():
+        ShapeProp(converted).propagate(x)
+    return {"scheme": INT8_SCHEME, "weights": "per-channel symmetric int8",
+            "activations": "per-tensor affine uint8, static ranges from the calibration set (histogram observer)",
+            **graph_counts.int8_record(converted),
+            "float_policy": "nothing excluded by hand: what the X86 inductor quantizer leaves unannotated runs in "
+                            "float ('excluded' is read from the converted graph)"}
+
+
+def _freezing() -> contextlib.AbstractContextManager:
+    """inductor's freezing for the compilation inside the block (process-wide config, restored after)."""
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
+
+
+def quantize_x86(model: nn.Module, x: torch.Tensor, info: dict) -> nn.Module:
+    """export -> prepare_pt2e(X86InductorQuantizer) -> calibrate -> convert_pt2e; records calibration and int8."""
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except Exception as e:  # noqa: BLE001 - a missing or mismatched torchao is the case's one-line reason
+        raise Unsupported(f"compile int8 needs torchao's pt2e quantizer: {type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:200]}") from e
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), quantizer)
+    with torch.no_grad():
+        for image in calibration_set(x):
+            prepared(image)
+    converted = convert_pt2e(prepared)
+    info["calibration"] = calibration_info(x)
+    info["int8"] = _int8_record(converted, x)
+    info["torchao"] = package_version("torchao")
+    return converted
 
 
 def prepare(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, info: dict,
@@ -29,6 +85,12 @@ def prepare(model: nn.Module, x: torch.Tensor, device: torch.device, precision: 
 
     Options: compile_mode, max_autotune (inductor), compile_backend ("eager"/"aot_eager": tracing only, for tests).
     """
+    quantize_s = 0.0
+    if precision == "int8":
+        t0 = time.perf_counter()
+        model = quantize_x86(model, x, info)
+        quantize_s = time.perf_counter() - t0
+        info["quantize_s"] = round(quantize_s, 3)
     mode = options.get("compile_mode") or None  # None == "default"
     if options.get("max_autotune", False) and mode is None:
         mode = "max-autotune"
@@ -41,14 +103,21 @@ def prepare(model: nn.Module, x: torch.Tensor, device: torch.device, precision: 
     info.update({"compiler": compiler, "mode": mode or "default", "dynamic": False,
                  "amp": amp_note(precision, "torch.autocast (traced into the graph)")})
     dt = device.type
+    int8 = precision == "int8"
 
     def fn() -> torch.Tensor:
+        if int8:  # the torchao recipe: torch.no_grad
+            with torch.no_grad():
+                return compiled(x)
         with torch.inference_mode(), autocast_context(dt, precision):
             return compiled(x)
 
     t0 = time.perf_counter()
-    fn()
+    with _freezing() if int8 and compiler == "inductor" else contextlib.nullcontext():
+        fn()  # compiles: freezing (weights folded, oneDNN int8 kernels) applies to this first compilation
     sync(device)
     build = time.perf_counter() - t0
     info["build"] = "first call: dynamo trace + inductor codegen + one run"
-    return fn, build
+    if int8:
+        info["freezing"] = compiler == "inductor"
+    return fn, build + quantize_s

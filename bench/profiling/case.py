@@ -20,6 +20,7 @@ from torch import nn
 from bench.backends.base import Unsupported, autocast_context, set_fp32_math, to_device
 from bench.backends.trt import import_torch_tensorrt, tensorrt_compile_kwargs, tensorrt_model_dtype
 from bench.profiling.bandwidth import add_roofline
+from bench.profiling.et_events import profile_executorch
 from bench.profiling.macs import OpCost, count_costs
 from bench.profiling.modules import Group, module_groups
 from bench.profiling.ort_events import NodeInfo, graph_nodes, parse_ort_profile, profiled_session
@@ -29,7 +30,7 @@ from models.deploy import fold_conv_bn
 from models.onnx_export import export_onnx
 from models.registry import build_model, example_input
 
-SOURCES = ("torch", "onnxruntime", "tensorrt")
+SOURCES = ("torch", "onnxruntime", "tensorrt", "executorch")
 
 
 @dataclass
@@ -178,6 +179,24 @@ def profile_tensorrt_model(model: nn.Module, example: torch.Tensor, *, workdir: 
                    {"torch_tensorrt": version, "precision": precision})
 
 
+def profile_executorch_model(model: nn.Module, example: torch.Tensor, *, workdir: str | pathlib.Path | None = None,
+                              precision: str = "fp32", threads: int = 0, iters: int = 5, warmup: int = 3,
+                              fold: bool = False, count: bool = True) -> Profile:
+    """Lower as the executorch backend does (folded only with `fold`) and read its ETDump
+    (bench.profiling.et_events); costs are counted on a conv+BN folded copy (XNNPACK fuses BatchNorm into the
+    conv, as ONNX Runtime's exporter does)."""
+    work = pathlib.Path(workdir or tempfile.mkdtemp(prefix="densebench-et-profile-"))
+    threads = threads or torch.get_num_threads()
+    model = model.eval()
+    model = fold_conv_bn(model).eval() if fold else model
+    groups = module_groups(model)
+    ops, runs, info = profile_executorch(model, example, precision=precision, workdir=work, threads=threads,
+                                         iters=iters, warmup=warmup, groups=groups)
+    costs = count_costs(fold_conv_bn(model).eval(), example, groups) if count else []
+    return Profile("executorch", "cpu", runs, ops, costs, groups, info["execute_ms_per_run"], None,
+                   info.get("etdump"), info)
+
+
 def profile_registry_model(name: str, height: int, width: int, *, batch: int = 1, source: str = "torch",
                            **options: Any) -> Profile:
     """Build registry model `name` (models.registry) with its deterministic input and profile it with `source`."""
@@ -186,6 +205,8 @@ def profile_registry_model(name: str, height: int, width: int, *, batch: int = 1
         return profile_model(model, x, **options)
     if source == "onnxruntime":
         return profile_onnxruntime_model(model, x, **options)
+    if source == "executorch":
+        return profile_executorch_model(model, x, **options)
     if source == "tensorrt":
         return profile_tensorrt_model(model, x, **options)
     raise ValueError(f"unknown profile source {source!r}; valid: {', '.join(SOURCES)}")
@@ -205,5 +226,10 @@ def profile_case(case: Any, *, workdir: str | pathlib.Path | None = None, trace_
     if case.backend == "tensorrt" and case.device_type == "cuda":
         return profile_registry_model(case.model, case.height, case.width, batch=case.batch, source="tensorrt",
                                       workdir=workdir or tempfile.mkdtemp(), precision=case.precision, **common)
-    raise Unsupported(f"profiling covers eager (any device), onnxruntime (cpu fp32) and tensorrt (cuda); "
+    if case.backend == "executorch" and case.device_type == "cpu" and case.precision in ("fp32", "int8"):
+        return profile_registry_model(case.model, case.height, case.width, batch=case.batch, source="executorch",
+                                      workdir=workdir, precision=case.precision, threads=case.threads,
+                                      fold=case.folded, **common)
+    raise Unsupported(f"profiling covers eager (any device), onnxruntime (cpu fp32), executorch (cpu fp32/int8) "
+                      f"and tensorrt (cuda); "
                       f"not {case.backend} on {case.device} {case.precision}")
