@@ -51,7 +51,7 @@ def test_registered_and_not_installed_is_a_reason(monkeypatch, tmp_path):
     ("cpu", "fp32", True, "channels_last has no meaning"),
     ("cpu", "fp16", False, "fp32 and bf16 only"),
     ("cpu", "tf32", False, "no tf32 on cpu"),
-    ("cpu", "int8", False, "unknown precision 'int8'"),
+    ("cpu", "int4", False, "unknown precision 'int4'"),
 ])
 def test_unsupported_combinations_are_reasons(device, precision, channels_last, words, tmp_path):
     pytest.importorskip("openvino")
@@ -62,6 +62,19 @@ def test_unsupported_combinations_are_reasons(device, precision, channels_last, 
         prepare(model, x, backend="openvino", device=device, precision=precision, channels_last=channels_last,
                 workdir=tmp_path)
     assert str(e.value) == reason
+
+
+def test_int8_needs_nncf_and_the_plugins_int8(monkeypatch):
+    """int8 is a reason, not a crash, without nncf (named with the extra to install) or without INT8 in the CPU
+    plugin's OPTIMIZATION_CAPABILITIES."""
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(ov_backend, "package_version", lambda *d: None if d == ("nncf",) else "1")
+    assert unsupported_reason("openvino", "cpu", "int8") == (
+        "openvino int8 needs nncf (optional extra: pip install densebench[openvino])")
+    monkeypatch.setattr(ov_backend, "package_version", lambda *d: "1")
+    monkeypatch.setattr(ov_backend, "_cpu_capabilities", lambda: ("FP32", "BF16"))
+    reason = unsupported_reason("openvino", "cpu", "int8")
+    assert reason and "does not report INT8" in reason and "FP32, BF16" in reason
 
 
 def test_cuda_is_a_reason():
