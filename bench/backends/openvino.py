@@ -115,9 +115,9 @@ class Compiled:
 
 
 def compile_case(model: nn.Module, x: torch.Tensor, precision: str, options: Mapping[str, Any],
-                 config: Mapping[Any, Any] | None = None) -> Compiled:
+                 profiling: bool = False) -> Compiled:
     """Convert (int8: and quantize), compile for the CPU plugin with the case's hint, threads and inference
-    precision (plus `config`, e.g. profiling); the timed backend and its profile share this build."""
+    precision (with `profiling`, per-node profiling on); the timed backend and its profile share this build."""
     ov = _openvino()  # unsupported() has checked that it is installed
     props, info = ov.properties, {}
     t0 = time.perf_counter()
@@ -134,7 +134,8 @@ def compile_case(model: nn.Module, x: torch.Tensor, precision: str, options: Map
         info.update(calibration=calibration_info(x), nncf=package_version("nncf"), quantize_s=round(quantize_s, 3))
     full = {props.hint.performance_mode: props.hint.PerformanceMode.LATENCY,
             props.inference_num_threads: torch.get_num_threads(),
-            props.hint.inference_precision: getattr(ov.Type, _PRECISIONS[precision]), **(config or {})}
+            props.hint.inference_precision: getattr(ov.Type, _PRECISIONS[precision]),
+            props.enable_profiling: profiling}
     t2 = time.perf_counter()
     compiled = ov.Core().compile_model(ov_model, "CPU", full)
     compile_s = time.perf_counter() - t2

@@ -18,19 +18,21 @@ import torch
 from torch import nn
 
 from bench.backends.base import Unsupported, autocast_context, set_fp32_math, to_device
+from bench.backends.ort_int8 import quantize as ort_quantize
 from bench.backends.trt import import_torch_tensorrt, tensorrt_compile_kwargs, tensorrt_model_dtype
 from bench.profiling.bandwidth import add_roofline
 from bench.profiling.et_events import profile_executorch
 from bench.profiling.macs import OpCost, count_costs
 from bench.profiling.modules import Group, module_groups
 from bench.profiling.ort_events import NodeInfo, graph_nodes, parse_ort_profile, profiled_session
+from bench.profiling.ov_events import profile_openvino
 from bench.profiling.torch_events import OpTime, profile_torch
 from bench.profiling.trt_events import profile_trt
 from models.deploy import fold_conv_bn
 from models.onnx_export import export_onnx
 from models.registry import build_model, example_input
 
-SOURCES = ("torch", "onnxruntime", "tensorrt", "executorch")
+SOURCES = ("torch", "onnxruntime", "tensorrt", "executorch", "openvino")
 
 
 @dataclass
@@ -135,9 +137,11 @@ def _ort_nodes(workdir: pathlib.Path, exported: pathlib.Path) -> dict:
 
 def profile_onnxruntime_model(model: nn.Module, example: torch.Tensor, *, workdir: str | pathlib.Path | None = None,
                               threads: int = 0, iters: int = 5, warmup: int = 3, opt_level: str = "basic",
-                              exporter: str = "torchscript", count: bool = True) -> Profile:
+                              exporter: str = "torchscript", count: bool = True, precision: str = "fp32") -> Profile:
     """Export to ONNX, profile an ORT CPU session (bench.profiling.ort_events), count the folded model's costs
-    (the exporter folds BatchNorm into convs). exporter "dynamo" is the backend's default but ~10x slower."""
+    (the exporter folds BatchNorm into convs). exporter "dynamo" is the backend's default but ~10x slower.
+    precision "int8": the exported graph is quantized as the backend does (bench.backends.ort_int8) and profiled
+    at level "all", where the integer kernels the timed session runs are fused."""
     import onnxruntime as ort  # the optional extra
 
     work = pathlib.Path(workdir or tempfile.mkdtemp(prefix="densebench-ort-profile-"))
@@ -146,6 +150,9 @@ def profile_onnxruntime_model(model: nn.Module, example: torch.Tensor, *, workdi
     model = fold_conv_bn(model.eval()).eval()
     groups = module_groups(model)
     onnx_path = export_onnx(model, example, work / "model.onnx", exporter=exporter)
+    if precision == "int8":
+        ort_quantize(onnx_path, work / "model_int8.onnx", example, {})
+        onnx_path, opt_level = work / "model_int8.onnx", "all"
     sess = profiled_session(ort, onnx_path, work, threads=threads, opt_level=opt_level)
     unprofiled = _ort_run(sess, example, warmup, iters)
     trace = sess.end_profiling()
@@ -153,7 +160,7 @@ def profile_onnxruntime_model(model: nn.Module, example: torch.Tensor, *, workdi
     costs = count_costs(model, example, groups) if count else []
     per_iter = sum(o.time_us for o in ops) / 1e3 / max(1, runs)
     info = {"onnxruntime": ort.__version__, "opt_level": opt_level, "exporter": exporter, "threads": threads,
-            "runs": runs, "folded": True}
+            "runs": runs, "folded": True, "precision": precision}
     return Profile("onnxruntime", "cpu", runs, ops, costs, groups, per_iter, unprofiled, str(trace), info)
 
 
@@ -197,6 +204,20 @@ def profile_executorch_model(model: nn.Module, example: torch.Tensor, *, workdir
                    info.get("etdump"), info)
 
 
+def profile_openvino_model(model: nn.Module, example: torch.Tensor, *, precision: str = "fp32", threads: int = 0,
+                           iters: int = 5, warmup: int = 3, fold: bool = False, count: bool = True) -> Profile:
+    """Build as the openvino backend does (folded only with `fold`) and read the CPU plugin's per-node profile
+    (bench.profiling.ov_events); costs are counted on a conv+BN folded copy (the plugin fuses BatchNorm into the
+    conv). profiled_ms is the summed node time per inference; info["wall_ms"] is the wall time beside it."""
+    _setup("cpu", "fp32", threads)
+    model = fold_conv_bn(model.eval()).eval() if fold else model.eval()
+    groups = module_groups(model)
+    ops, runs, info = profile_openvino(model, example, precision=precision, iters=iters, warmup=warmup,
+                                       groups=groups)
+    costs = count_costs(fold_conv_bn(model).eval(), example, groups) if count else []
+    return Profile("openvino", "cpu", runs, ops, costs, groups, info["node_sum_ms"], None, None, info)
+
+
 def profile_registry_model(name: str, height: int, width: int, *, batch: int = 1, source: str = "torch",
                            **options: Any) -> Profile:
     """Build registry model `name` (models.registry) with its deterministic input and profile it with `source`."""
@@ -207,6 +228,8 @@ def profile_registry_model(name: str, height: int, width: int, *, batch: int = 1
         return profile_onnxruntime_model(model, x, **options)
     if source == "executorch":
         return profile_executorch_model(model, x, **options)
+    if source == "openvino":
+        return profile_openvino_model(model, x, **options)
     if source == "tensorrt":
         return profile_tensorrt_model(model, x, **options)
     raise ValueError(f"unknown profile source {source!r}; valid: {', '.join(SOURCES)}")
@@ -220,9 +243,12 @@ def profile_case(case: Any, *, workdir: str | pathlib.Path | None = None, trace_
         return profile_registry_model(case.model, case.height, case.width, batch=case.batch, device=case.device,
                                       precision=case.precision, threads=case.threads, trace_path=trace_path,
                                       channels_last=case.channels_last, fold=case.folded, **common)
-    if case.backend == "onnxruntime" and case.device_type == "cpu" and case.precision == "fp32":
+    if case.backend == "onnxruntime" and case.device_type == "cpu" and case.precision in ("fp32", "int8"):
         return profile_registry_model(case.model, case.height, case.width, batch=case.batch, source="onnxruntime",
-                                      workdir=workdir, threads=case.threads, **common)
+                                      workdir=workdir, threads=case.threads, precision=case.precision, **common)
+    if case.backend == "openvino" and case.device_type == "cpu" and case.precision in ("fp32", "bf16", "int8"):
+        return profile_registry_model(case.model, case.height, case.width, batch=case.batch, source="openvino",
+                                      precision=case.precision, threads=case.threads, fold=case.folded, **common)
     if case.backend == "tensorrt" and case.device_type == "cuda":
         return profile_registry_model(case.model, case.height, case.width, batch=case.batch, source="tensorrt",
                                       workdir=workdir or tempfile.mkdtemp(), precision=case.precision, **common)
@@ -230,6 +256,6 @@ def profile_case(case: Any, *, workdir: str | pathlib.Path | None = None, trace_
         return profile_registry_model(case.model, case.height, case.width, batch=case.batch, source="executorch",
                                       workdir=workdir, precision=case.precision, threads=case.threads,
                                       fold=case.folded, **common)
-    raise Unsupported(f"profiling covers eager (any device), onnxruntime (cpu fp32), executorch (cpu fp32/int8) "
-                      f"and tensorrt (cuda); "
+    raise Unsupported(f"profiling covers eager (any device), onnxruntime (cpu fp32/int8), executorch (cpu "
+                      f"fp32/int8), openvino (cpu fp32/bf16/int8) and tensorrt (cuda); "
                       f"not {case.backend} on {case.device} {case.precision}")

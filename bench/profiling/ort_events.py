@@ -12,6 +12,11 @@ A node's kind comes from args.op_name and, for a Conv, the weight shape in args.
 Cin / weight[1]; where the event lacks shapes, the group attribute and initializer shape are read from the ONNX
 graph ORT ran (the optimized model it writes). A node's module group comes from the exporter's scope: the
 TorchScript exporter's node names (/context/fn/qkv/Conv) or the dynamo exporter's pkg.torch.onnx.name_scopes.
+
+An int8 (QDQ) model is profiled at the timed session's level ("all"): only there are DequantizeLinear -> op ->
+QuantizeLinear fused into the integer kernels that run (QLinearConv, QLinearMatMul, MatMulIntegerToFloat,
+QLinearAdd, ...). QLinearConv's weight is its fourth input and is prepacked (absent from the event): its shape
+comes from the graph. Quantize/DequantizeLinear are elementwise (a scale, a rounding), QLinearConcat layout.
 """
 from __future__ import annotations
 
@@ -26,32 +31,36 @@ from bench.profiling.opkinds import conv_kind
 from bench.profiling.torch_events import OpTime
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
-_CONV = {"Conv", "FusedConv", "NhwcConv", "QLinearConv", "ConvInteger", "NhwcFusedConv"}
+_CONV = {"Conv", "FusedConv", "NhwcConv", "QLinearConv", "ConvInteger", "NhwcFusedConv", "NhwcQLinearConv"}
+_WEIGHT_INPUT = {"QLinearConv": 3, "NhwcQLinearConv": 3}  # (x, x_scale, x_zero_point, w, ...); other convs: 1
 _ONNX_KINDS: dict[str, tuple[str, ...]] = {
     "matmul": ("MatMul", "Gemm", "FusedMatMul", "FusedGemm", "MatMulInteger", "QLinearMatMul", "Einsum",
-               "MatMulNBits", "DynamicQuantizeMatMul", "TransposeMatMul"),
+               "MatMulNBits", "DynamicQuantizeMatMul", "TransposeMatMul", "MatMulIntegerToFloat", "QGemm",
+               "MatMulInteger16"),
     "attention": ("Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention",
-                  "PackedMultiHeadAttention", "SparseAttention"),
-    "softmax": ("Softmax", "LogSoftmax"),
+                  "PackedMultiHeadAttention", "SparseAttention", "QAttention"),
+    "softmax": ("Softmax", "LogSoftmax", "QLinearSoftmax"),
     "norm": ("BatchNormalization", "LayerNormalization", "GroupNormalization", "InstanceNormalization",
              "SimplifiedLayerNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
              "GroupNorm", "RMSNormalization", "LpNormalization"),
     "resize": ("Resize", "Upsample", "GridSample"),
     "reduction": ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceL1",
                   "ReduceLogSumExp", "ReduceSumSquare", "GlobalAveragePool", "GlobalMaxPool", "AveragePool",
-                  "MaxPool", "ArgMax", "ArgMin", "TopK", "CumSum", "LpPool"),
+                  "MaxPool", "ArgMax", "ArgMin", "TopK", "CumSum", "LpPool", "QLinearGlobalAveragePool",
+                  "QLinearAveragePool", "QLinearReduceMean"),
     "layout": ("Transpose", "Reshape", "Concat", "Pad", "Slice", "Split", "Gather", "GatherElements", "GatherND",
                "Expand", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Size", "Constant",
                "ConstantOfShape", "Cast", "CastLike", "Tile", "DepthToSpace", "SpaceToDepth", "ReorderInput",
                "ReorderOutput", "MemcpyToHost", "MemcpyFromHost", "ScatterND", "ScatterElements", "Range",
-               "Trilu", "NonZero", "Compress", "OneHot"),
+               "Trilu", "NonZero", "Compress", "OneHot", "QLinearConcat"),
     "elementwise": ("Relu", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "HardSwish", "HardSigmoid", "Sigmoid",
                     "Tanh", "Erf", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Abs", "Exp",
                     "Log", "Clip", "Max", "Min", "Where", "Equal", "Less", "LessOrEqual", "Greater",
                     "GreaterOrEqual", "Not", "And", "Or", "Xor", "LeakyRelu", "Elu", "Selu", "Celu", "PRelu",
                     "Softplus", "Softsign", "Mish", "Floor", "Ceil", "Round", "Sign", "Mod", "BiasAdd", "Dropout",
                     "ThresholdedRelu", "Shrink", "Sin", "Cos", "IsNaN", "IsInf", "Mean", "Sum", "BitShift",
-                    "BiasSoftmax", "Swish"),
+                    "BiasSoftmax", "Swish", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                    "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearWhere"),
 }
 _BY_OP = {op: kind for kind, ops in _ONNX_KINDS.items() for op in ops}
 
@@ -120,7 +129,8 @@ def graph_nodes(onnx_path: str | pathlib.Path) -> dict[str, NodeInfo]:
         group = next((int(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == "group"), None)
         if node.op_type in _CONV and group is None:
             group = 1
-        weight = inits.get(node.input[1]) if node.op_type in _CONV and len(node.input) > 1 else None
+        wi = _WEIGHT_INPUT.get(node.op_type, 1)
+        weight = inits.get(node.input[wi]) if node.op_type in _CONV and len(node.input) > wi else None
         out[node.name] = NodeInfo(node.op_type, group, weight, _module_from_node(node))
     return out
 
@@ -158,6 +168,9 @@ def parse_ort_profile(source: str | pathlib.Path | list[dict], *, skip_runs: int
 def _node_unit(node_name: str, args: dict, info: NodeInfo | None, groups: dict[str, Group]) -> OpTime:
     op_type = str(args.get("op_name") or (info.op_type if info else "unknown"))
     shapes = _event_shapes(args)
+    wi = _WEIGHT_INPUT.get(op_type, 1)
+    if op_type in _CONV and wi > 1:  # a QLinearConv: keep (x, w); a prepacked weight is absent from the event
+        shapes = (shapes or [[]])[:1] + [next((s for s in shapes[1:] if len(s) >= 3), [])]
     if info and info.weight_shape and (len(shapes) < 2 or not shapes[1]):
         shapes = (shapes or [[]])[:1] + [list(info.weight_shape)]
     kind = classify_onnx(op_type, shapes, info.group if info else None)
