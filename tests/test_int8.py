@@ -174,3 +174,45 @@ def test_layer_macs_formulas():
                               "x/ScaledDotProductAttention")
     assert sdpa == 2 * 8 * 64 * 64 * 16
     assert ov_int8.layer_macs("Reorder", [[1, 8, 8, 8]], [1, 8, 8, 8]) == 0
+
+
+def test_tensorrt_int8_kwargs_and_reasons(monkeypatch):
+    """The TensorRT int8 path is gated (no GPU here: its compile is unverified): the precision API per version and
+    the one-line reasons; without CUDA every tensorrt case is a reason before any of it runs."""
+    from bench.backends import trt, trt_int8
+
+    assert trt.tensorrt_compile_kwargs("2.9.0", "int8")["enabled_precisions"] == {torch.float32, torch.int8}
+    for version in ("2.11.0", "2.14.0"):
+        kw = trt.tensorrt_compile_kwargs(version, "int8")
+        assert kw["use_explicit_typing"] and "enabled_precisions" not in kw and "enable_autocast" not in kw
+        assert trt.tensorrt_model_dtype(version, "int8") == torch.float32
+    monkeypatch.setattr(trt, "tensorrt_version", lambda: "2.9.0")
+    monkeypatch.setattr(trt_int8, "modelopt_version", lambda: None)
+    assert trt.unsupported("cuda", "int8", False, False) == trt_int8.NO_MODELOPT
+    monkeypatch.setattr(trt_int8, "modelopt_version", lambda: "0.40.0")
+    assert trt.unsupported("cuda", "int8", False, False) is None
+    assert trt.unsupported("cpu", "int8", False, False) == "tensorrt runs on NVIDIA GPUs (CUDA) only"
+    if not torch.cuda.is_available():
+        assert unsupported_reason("tensorrt", "cuda", "int8") == "CUDA not available on this machine"
+
+
+def test_tensorrt_int8_share_counts_the_quantized_modules(monkeypatch):
+    """The int8 record's MAC share counts the Conv/Linear modules whose quantizers are on (here a stand-in for
+    ModelOpt that enables them on every conv): block:msla's convs are 91.8% of its MACs, as the OpenVINO runtime
+    graph counts them (the attention matmuls are the rest)."""
+    from types import SimpleNamespace
+
+    from bench.backends import trt_int8
+
+    def fake_quantize(model, cfg, forward_loop):
+        forward_loop(model)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.input_quantizer = m.weight_quantizer = SimpleNamespace(is_enabled=True)
+
+    monkeypatch.setattr(trt_int8, "import_modelopt",
+                        lambda: SimpleNamespace(INT8_DEFAULT_CFG={}, quantize=fake_quantize))
+    torch.manual_seed(0)
+    q = trt_int8.quantize(build_model(NAME).eval(), example_input(NAME, RES, RES))
+    assert q["macs_total"] == count_macs(NAME, RES, RES) and q["macs_share"] == 0.9182
+    assert "unverified" in q["scheme"] and q["excluded"]

@@ -2,10 +2,12 @@
 installed version (see `tensorrt_api` and, on the fp32 island, the package docstring).
 
 Named trt.py, not tensorrt.py, so the module cannot be mistaken for (or shadow) the tensorrt package.
-torch-tensorrt is an optional extra, imported only when this backend is prepared.
+torch-tensorrt is an optional extra, imported only when this backend is prepared. int8: NVIDIA ModelOpt's explicit
+quantization, then the same compile (bench.backends.trt_int8; UNVERIFIED: written without a GPU).
 """
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import re
 import time
@@ -15,7 +17,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from bench.backends import trt_int8
 from bench.backends.base import DTYPES, PRECISIONS, Runner, Unsupported, package_version, sync
+from bench.backends.int8 import calibration_info
 from bench.env import jetson_info
 
 NAME = "tensorrt"
@@ -67,7 +71,9 @@ def tensorrt_model_dtype(version: str, precision: str) -> torch.dtype:
 def tensorrt_compile_kwargs(version: str, precision: str) -> dict:
     """Keyword arguments for torch_tensorrt.compile(ir="dynamo") for this version and precision (pure function).
 
-    fp32 disables TF32 (`disable_tf32=True`), tf32 allows it; fp16/bf16 per `tensorrt_api(version)`:
+    fp32 disables TF32 (`disable_tf32=True`), tf32 allows it; int8 (a ModelOpt QDQ model, bench.backends.trt_int8)
+    adds torch.int8 to enabled_precisions under that API and otherwise relies on strong typing (the QDQ nodes fix
+    the precision); fp16/bf16 per `tensorrt_api(version)`:
     - enabled_precisions: {fp32, low}; TensorRT may run any layer in low precision (fp32 island not kept).
     - explicit_typing: `use_explicit_typing=True`, no precision kwarg: the model is cast (tensorrt_model_dtype)
       and explicit casts in the model (the island's `.float()`) are honoured.
@@ -80,6 +86,8 @@ def tensorrt_compile_kwargs(version: str, precision: str) -> dict:
     low = DTYPES[precision] if precision in ("fp16", "bf16") else None
     if api == "enabled_precisions":
         kw["enabled_precisions"] = {torch.float32} | ({low} if low is not None else set())
+        if precision == "int8":
+            kw["enabled_precisions"].add(torch.int8)
     elif api == "explicit_typing":
         kw["use_explicit_typing"] = True
     else:
@@ -94,6 +102,8 @@ def tensorrt_island_note(version: str, precision: str) -> str:
     """Whether linear attention's fp32 island survives this version's precision API (for backend_info)."""
     if precision in ("fp32", "tf32"):
         return "fp32 network: no low-precision island to keep"
+    if precision == "int8":
+        return "int8 by QDQ on Conv/Linear modules only: the island's matmuls and division run float"
     api = tensorrt_api(version)
     if api == "enabled_precisions":
         return ("weak typing (enabled_precisions): TensorRT may choose low-precision kernels inside linear "
@@ -111,8 +121,8 @@ def unsupported(device_type: str, precision: str, channels_last: bool, fold: boo
         return _NOT_INSTALLED
     if channels_last:
         return "channels_last has no meaning for tensorrt: TensorRT chooses its own tensor formats"
-    if precision == "int8":
-        return "tensorrt int8 is not built yet"
+    if precision == "int8" and trt_int8.modelopt_version() is None:
+        return trt_int8.NO_MODELOPT
     return None
 
 
@@ -140,6 +150,13 @@ def prepare(model: nn.Module, x: torch.Tensor, device: torch.device, precision: 
     kwargs.update(options.get("tensorrt_kwargs", {}))
     mdt = tensorrt_model_dtype(version, precision)
     model, x = model.to(mdt), x.to(mdt)
+    t0 = time.perf_counter()
+    if precision == "int8":  # UNVERIFIED without a GPU: see bench.backends.trt_int8
+        info["int8"] = trt_int8.quantize(model, x)
+        info["calibration"] = calibration_info(x)
+    quantize_s = time.perf_counter() - t0
+    if precision == "int8":
+        info["quantize_s"] = round(quantize_s, 3)
     info.update({"torch_tensorrt": version, "tensorrt": package_version(*_TENSORRT_DISTS),
                  "api": tensorrt_api(version), "model_dtype": str(mdt).replace("torch.", ""),
                  "compile_kwargs": {k: (sorted(str(d) for d in v) if isinstance(v, set) else str(v))
@@ -148,12 +165,13 @@ def prepare(model: nn.Module, x: torch.Tensor, device: torch.device, precision: 
     info.update(jetson_info())
     t0 = time.perf_counter()
     # no_grad rather than inference_mode: torch.export (inside torch_tensorrt.compile) traces the model and
-    # inference-mode tensors are not meant to enter an exported graph.
-    with torch.no_grad():
+    # inference-mode tensors are not meant to enter an exported graph. int8: ModelOpt's export mode around it.
+    export = trt_int8.export_context() if precision == "int8" else contextlib.nullcontext()
+    with torch.no_grad(), export:
         trt_mod = torch_tensorrt.compile(model, ir="dynamo", inputs=[x], **kwargs)
         trt_mod(x)  # deserialisation / lazy engine init happen on the first call: count them as build
     sync(device)
-    build = time.perf_counter() - t0
+    build = quantize_s + time.perf_counter() - t0
 
     def fn() -> torch.Tensor:
         with torch.no_grad():
