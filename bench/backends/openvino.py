@@ -146,7 +146,8 @@ def compile_case(model: nn.Module, x: torch.Tensor, precision: str, options: Map
                  "requested_precision": _PRECISIONS[precision],
                  "inference_precision": compiled.get_property(props.hint.inference_precision).get_type_name(),
                  "ov_ops": len(ov_model.get_ops()), "convert_s": round(convert_s, 3),
-                 "compile_s": round(compile_s, 3), "telemetry": "declined (CI=true, NNCF_CI=1 around import, convert and quantize)"})
+                 "compile_s": round(compile_s, 3),
+                 "telemetry": "declined (CI=true, NNCF_CI=1 around import, convert and quantize)"})
     return Compiled(compiled, ov_model, info, convert_s + quantize_s + compile_s)
 
 

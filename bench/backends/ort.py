@@ -166,7 +166,8 @@ def _trt_ep_first_run(sess: Any, fn: Runner, device: torch.device, info: dict) -
     return info["trt_ep_first_run_s"]
 
 
-def _quantize(path: pathlib.Path, x: torch.Tensor, info: dict, options: Mapping[str, Any]) -> tuple[pathlib.Path, float]:
+def _quantize(path: pathlib.Path, x: torch.Tensor, info: dict,
+              options: Mapping[str, Any]) -> tuple[pathlib.Path, float]:
     """int8: QDQ-quantize the exported graph (bench.backends.ort_int8); returns the model to run and the time."""
     t0 = time.perf_counter()
     q_path = path.with_name("model_int8.onnx")

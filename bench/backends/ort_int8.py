@@ -26,8 +26,9 @@ graph and profiles one run; each node event gives op, provider and runtime shape
 elements x its weight's (Cin/groups x kernel); a matmul's output elements x K. A prepacked weight missing from the
 event is read from the optimised graph's initializers. A float conv in ORT's NCHWc blocked layout (fp32 graphs)
 computes its channels padded to the block, and its shapes say so: evit-b0:msla at 256 fp32 counts 144.7 M MACs
-here against 137.2 M on the model (the int8 graph, without NCHWc convs, counts 137.2 M exactly). Int8 ops are the integer kernels (QLinearConv,
-QLinearMatMul, ConvInteger, MatMulInteger, ...); a Conv/MatMul/Gemm between DequantizeLinear nodes runs float.
+here against 137.2 M on the model (the int8 graph, without NCHWc convs, counts 137.2 M exactly). Int8 ops are the
+integer kernels (QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger, MatMulIntegerToFloat, ...); a
+Conv/MatMul/Gemm between DequantizeLinear nodes runs float.
 """
 from __future__ import annotations
 
