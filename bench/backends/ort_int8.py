@@ -107,7 +107,9 @@ def quantize(fp32_path: pathlib.Path, out_path: pathlib.Path, x: torch.Tensor, o
 
     policy, op_types = float_policy(options)
     pre = out_path.with_name(out_path.stem + "_pre.onnx")
-    quant_pre_process(str(fp32_path), str(pre))
+    # The graph's shapes are static, so ONNX shape inference has them all; ORT's symbolic pass is skipped because
+    # when it cannot finish it saves sym_shape_infer_temp.onnx into the current directory (the user's).
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
     graph = onnx.load(str(pre), load_external_data=False).graph
     excluded = float_nodes(graph, op_types)
     reader = _Reader(graph.input[0].name, x)
