@@ -192,10 +192,16 @@ def test_cpu_unsupported(backend, precision, words, tmp_path):
 def test_supported_cpu_matrix():
     ok = {(b, p) for b in BACKENDS for p in PRECISIONS if unsupported_reason(b, "cpu", p) is None}
     # openvino: fp32 where the extra is installed, bf16 where its CPU plugin also reports BF16 (tests/test_openvino.py)
-    openvino = {("openvino", p) for p in ("fp32", "bf16") if unsupported_reason("openvino", "cpu", p) is None}
+    # and int8 where nncf is installed and the plugin reports INT8 (tests/test_int8.py)
+    openvino = {("openvino", p) for p in ("fp32", "bf16", "int8") if unsupported_reason("openvino", "cpu", p) is None}
     assert (("openvino", "fp32") in openvino) == (importlib.util.find_spec("openvino") is not None)
+    # executorch: fp32 and int8 where the extra is installed (tests/test_executorch.py); compile int8 needs torchao
+    executorch = {("executorch", p) for p in ("fp32", "int8") if unsupported_reason("executorch", "cpu", p) is None}
+    assert (("executorch", "fp32") in executorch) == (importlib.util.find_spec("executorch") is not None)
+    compile_int8 = {("compile", "int8")} if importlib.util.find_spec("torchao") is not None else set()
     assert ok == {("eager", "fp32"), ("eager", "fp16"), ("eager", "bf16"), ("compile", "fp32"),
-                  ("compile", "fp16"), ("compile", "bf16"), ("onnxruntime", "fp32")} | openvino
+                  ("compile", "fp16"), ("compile", "bf16"), ("onnxruntime", "fp32"),
+                  ("onnxruntime", "int8")} | openvino | executorch | compile_int8
 
 
 def test_unknown_names_list_valid():
