@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 from bench.cases import Case, CaseError
 from bench.measure.steps import (AfterBuild, Stage, failure_row, measure_energy, prepare_side, profile_side, setup,
-                                 side_numerics)
+                                 side_localise_row, side_numerics)
 
 BLOCK_MIN_MS = 1.0
 MAX_BLOCK = 10_000
@@ -77,6 +77,8 @@ def _measure(cases: list[Case], rows: list[dict], stage: Stage, process_time: fl
     for j, (i, side) in enumerate(sides):
         samples += [[i, v] for v in per_side[j]]
         _finish_side(cases[i], side, rows[i], per_side[j], k, {**info}, stage, spec)
+    for i, side in sides:  # int8 / fp16: where the error enters, once every side is measured (a second build)
+        side_localise_row(cases[i], rows[i], stage, side.y_ref)
     where = {i: j for j, i in enumerate(index)}  # case index -> position among the sides that built
     return [[c[where[i]] if i in where else math.nan for i in range(len(cases))] for c in cycles], samples
 

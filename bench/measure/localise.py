@@ -10,7 +10,12 @@ How:
   forward returns a TUPLE (final output, *block outputs in forward order), collected by forward hooks that append
   to a list the forward then returns from. Under torch.export (ONNX's dynamo exporter, ExecuTorch), TorchScript
   tracing (OpenVINO's converter) and dynamo (compile) the hooks run while the graph is traced, so the collected
-  tensors become graph outputs: the tapped graph is the case's graph with more outputs.
+  tensors become graph outputs: the tapped graph is the case's graph with more outputs. Each block output leaves
+  the graph flattened (a reshape: no arithmetic, and quantizers give it its input's scale) and is reshaped back
+  here: ExecuTorch 1.5's XNNPACK delegate fails at run time when a 4-D tensor it holds in its NHWC layout inside
+  the delegate is also a graph output (measured on int8 block:large-kernel, "propagating input shapes failed",
+  and on a conv output that a division outside the delegate also reads, "attempted to resize a static tensor"
+  to the NHWC shape); flattened, the delegate hands each one out in the model's layout.
 - The backend is built a second time on the tapped model (`backends.prepare(..., options={"all_outputs": True})`:
   graph runtimes return every output; eager and compile return the tuple natively), run once on the case's
   input, and each output is compared with the same tap of the eager fp32 forward (`numerics.relative_error`).
@@ -116,6 +121,7 @@ class TappedModel(nn.Module):
         self.keep: list[bool] = []
         self.names: list[str] = []
         self.final_name = "output"
+        self.shapes: list[tuple[int, ...]] = []
         self._calls: list[Any] = []
         self._versions: list[int] | None = None  # set during discovery only: tensors' versions at hook time
         for name, m in points:
@@ -159,6 +165,7 @@ class TappedModel(nn.Module):
             if keep:
                 seen.append(t)
                 self.names.append(label)
+                self.shapes.append(tuple(t.shape))
         if not isinstance(final, torch.Tensor):
             raise TypeError(f"the model returns {type(final).__name__}, not one tensor")
         return [t.detach().float().cpu() for t in (final, *seen)]
@@ -170,7 +177,14 @@ class TappedModel(nn.Module):
         if len(calls) != len(self.keep):
             raise RuntimeError(f"the forward called {len(calls)} tapped modules, the discovery pass "
                                f"{len(self.keep)}: the block outputs would not line up with their names")
-        return (final, *[t for (_, t), k in zip(calls, self.keep) if k])
+        return (final, *[t.reshape(-1) for (_, t), k in zip(calls, self.keep) if k])  # flat: see the docstring
+
+    def restore(self, outputs: tuple | list) -> list:
+        """The block outputs of a run back in their shapes (the forward hands them out flat)."""
+        if not isinstance(outputs, (tuple, list)) or len(outputs) != 1 + len(self.shapes):
+            return outputs
+        return [outputs[0], *[t.reshape(shape) if t.numel() == math.prod(shape) else t
+                              for t, shape in zip(outputs[1:], self.shapes)]]
 
 
 def _finite(v: float) -> float | str:
@@ -224,7 +238,7 @@ def localise(model: nn.Module, x: torch.Tensor, *, backend: str, device: torch.d
                                 options={**(options or {}), "all_outputs": True})
     with torch.inference_mode():
         outputs = prepared.fn()
-    record = compare([*tapped.names, tapped.final_name], outputs, reference, precision)
+    record = compare([*tapped.names, tapped.final_name], tapped.restore(outputs), reference, precision)
     record.update(build_s=round(prepared.build_s, 3), localise_s=round(time.perf_counter() - t0, 3))
     if y_ref is not None:
         record["rebuilt_vs_case"] = _finite(relative_error(reference[0], y_ref))

@@ -12,6 +12,7 @@ before forking, see bench.launch.worker).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -158,8 +159,13 @@ def side_localise(case: Case, row: dict, info: dict, stage: Stage, y_ref: Any = 
     if not case.settings.numerics64:
         info["localise"] = {"reason": "localised in the case's first process"}
         return
-    stage("localise")
     row["first_bad_block"] = ""
+    left, need = case.timeout_s - (time.perf_counter() - stage.t0), _localise_estimate_s(row)
+    if need > left:  # the parent kills a child past its timeout: that would lose the case itself
+        info["localise"] = {"reason": f"not localised: a second build and run (~{need:.0f} s, twice the case's) "
+                                      f"would not fit in the {left:.0f} s left of its timeout"}
+        return
+    stage("localise")
     try:
         import torch
 
@@ -174,11 +180,34 @@ def side_localise(case: Case, row: dict, info: dict, stage: Stage, y_ref: Any = 
     except BaseException as e:  # noqa: BLE001 - the case is measured; localising it must not lose it
         if isinstance(e, KeyboardInterrupt):
             raise
-        reason = failure_row(e, "localise")["reason"]
-        info["localise"] = {"reason": f"not localised: {reason}"}
+        from bench.backends import Unsupported
+
+        if not isinstance(e, Unsupported):
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+        said = str(e) if isinstance(e, Unsupported) else traceback.format_exception_only(type(e), e)[-1]
+        info["localise"] = {"reason": f"not localised: {(said.strip().splitlines() or [''])[0]}"[:400]}
         return
     info["localise"] = record
     row["first_bad_block"] = record["first_bad_block"] or ""
+
+
+def _localise_estimate_s(row: dict) -> float:
+    """Seconds a localisation may take: twice the case's build and first call (the tapped graph is the case's
+    graph with more outputs, and the fp32 reference forward comes on top), plus 10 s for the rebuild of the model."""
+    build = row.get("build_s") or 0.0
+    first = (row.get("first_call_ms") or 0.0) / 1e3
+    return 2.0 * (build + first) + 10.0
+
+
+def side_localise_row(case: Case, row: dict, stage: Stage, y_ref: Any = None) -> None:
+    """`side_localise` for a row whose backend_info is already written (the interleaved design localises its
+    sides after all of them are finished: a second build, compile's among them, must not touch a side still to
+    be measured)."""
+    if row.get("status") != "ok":
+        return
+    info = json.loads(row.get("backend_info") or "{}")
+    side_localise(case, row, info, stage, y_ref)
+    row["backend_info"] = json.dumps(info, default=str, sort_keys=True)
 
 
 def measure_energy(case: Case, fn: Callable[[], Any], median_ms: float, info: dict, stage: Stage) -> dict:
