@@ -130,7 +130,11 @@ def quantize(model: nn.Module, x: torch.Tensor) -> nn.Module:
     except Exception as e:  # noqa: BLE001 - see import_reason
         raise Unsupported(import_reason(e)) from e
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), quantizer)
+    exported = torch.export.export(model, (x,)).module()
+    try:
+        prepared = prepare_pt2e(exported, quantizer)
+    except Exception as e:  # noqa: BLE001 - the quantizer's own failure on a pattern: the case's one-line reason
+        raise Unsupported(f"executorch int8: {graph_counts.annotate_failure('XNNPACKQuantizer', e)}") from e
     with torch.no_grad():
         for image in calibration_set(x):
             prepared(image)
@@ -139,7 +143,8 @@ def quantize(model: nn.Module, x: torch.Tensor) -> nn.Module:
 
 @dataclass
 class Lowered:
-    """A lowered program: the .pte bytes and what the lowered edge graph says (read before to_executorch)."""
+    """A lowered program: the .pte bytes, what the lowered edge graph says (read before to_executorch) and, for
+    int8, what the converted pt2e graph says."""
     pte: bytes
     delegation: Delegation
     mac_nodes: list[list[graph_counts.MacNode]]  # per delegate call, its MAC-carrying nodes in order
@@ -152,9 +157,11 @@ def lower(model: nn.Module, x: torch.Tensor, precision: str) -> Lowered:
     api = executorch_api()
     times: dict[str, float] = {}
     t0 = time.perf_counter()
+    int8 = None
     if precision == "int8":
         model = quantize(model, x)
         times["quantize_s"] = round(time.perf_counter() - t0, 3)  # export + prepare + calibrate + convert
+        int8 = graph_counts.int8_record(model, x)
     t1 = time.perf_counter()
     program = torch.export.export(model, (x,))
     times["export_s"] = round(time.perf_counter() - t1, 3)
@@ -163,7 +170,6 @@ def lower(model: nn.Module, x: torch.Tensor, precision: str) -> Lowered:
     graph = edge.exported_program().graph_module
     delegation = graph_counts.delegation(graph)
     mac_nodes = graph_counts.delegate_mac_nodes(graph)
-    int8 = graph_counts.int8_record(graph) if precision == "int8" else None
     pte = edge.to_executorch().buffer  # rewrites `graph` in place (memory planning): counted above, before
     times["lower_s"] = round(time.perf_counter() - t2, 3)
     return Lowered(pte, delegation, mac_nodes, int8, times)
@@ -181,7 +187,7 @@ def _int8_info(lowered: Lowered) -> dict:
             "activations": "per-tensor affine int8, static ranges from the calibration set (histogram observer)",
             **record,
             "float_policy": "nothing excluded by hand: what the XNNPACK quantizer leaves unannotated runs in "
-                            "float ('excluded' is read from the lowered graph)"}
+                            "float ('excluded' is read from the converted graph)"}
 
 
 def prepare(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, info: dict,

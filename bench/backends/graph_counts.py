@@ -1,6 +1,6 @@
 """What an ExecuTorch program runs where, read from its lowered edge graph: the ops and MACs the XNNPACK delegate
 took and those left to the portable kernels, the delegates' MAC-carrying nodes in order (the profile maps
-XNNPACK's events onto them), and for int8 which arithmetic runs on quantized data.
+XNNPACK's events onto them), and, for int8, which arithmetic runs on quantized data (read from the converted pt2e graph).
 
 The lowered graph (`to_edge_transform_and_lower(...).exported_program().graph_module`, read BEFORE
 `to_executorch()`, which rewrites it in place with memory-planning nodes) holds the ops the portable kernels run
@@ -16,10 +16,13 @@ convolutions and matrix products (the softmax mixer's SDPA is decomposed into bm
 from __future__ import annotations
 
 import math
+import traceback
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import torch
+from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import flop_counter as fc
 
 from bench.backends.delegation import Delegation
@@ -77,8 +80,8 @@ def _shape(arg: Any) -> list[int] | None:
 
 
 def node_macs(node: Any) -> int:
-    """MACs of one call_function node (convolution, mm, bmm, addmm, baddbmm, linear, matmul), 0 for others or
-    when a shape is missing."""
+    """MACs of one call_function node (convolution, mm, bmm, addmm, baddbmm, linear, matmul, scaled dot-product
+    attention), 0 for others or when a shape is missing."""
     base, args = _base(op_name(node.target)), node.args
     shapes = [_shape(a) for a in args[:3]]
     out = _shape(node)
@@ -97,6 +100,9 @@ def node_macs(node: Any) -> int:
             return math.prod(shapes[0][:-1]) * shapes[1][0] * shapes[1][1]
         if base == "matmul" and shapes[0] and out:
             return math.prod(out) * shapes[0][-1]
+        if base == "scaled_dot_product_attention" and all(shapes):  # QK^T and AV, as models.complexity counts
+            q, k, v = shapes
+            return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
     except (IndexError, TypeError, ValueError):
         return 0
     return 0
@@ -120,11 +126,11 @@ def _is_dequant(arg: Any) -> bool:
 
 def _data_inputs(node: Any) -> list[Any]:
     """The tensor operands whose precision decides the arithmetic (a conv's input and weight, both sides of a
-    matrix product; addmm's bias left out)."""
+    matrix product, attention's q, k, v; addmm's bias left out)."""
     base, args = _base(op_name(node.target)), node.args
     if base in ("addmm", "baddbmm"):
         return list(args[1:3])
-    return list(args[:2])
+    return list(args[:3]) if base == "scaled_dot_product_attention" else list(args[:2])
 
 
 def mac_node(node: Any) -> MacNode | None:
@@ -184,35 +190,48 @@ def delegate_mac_nodes(graph_module: Any) -> list[list[MacNode]]:
     return [[m for m in map(mac_node, _calls(sub)) if m] for _, sub in delegates(graph_module)]
 
 
-def all_nodes(graph_module: Any) -> Iterator[Any]:
-    """Every op node the program runs: the top level's and each delegate's."""
-    yield from _ops(graph_module)
-    for _, sub in delegates(graph_module):
-        yield from _ops(sub)
+def _annotated(node: Any) -> bool:
+    annotation = node.meta.get("quantization_annotation")
+    return bool(getattr(annotation, "_annotated", False))
 
 
-def _float_arithmetic(node: Any) -> bool:
-    """An arithmetic op (not layout, not quantize/dequantize) none of whose tensor inputs is dequantized."""
+def _kept_float(node: Any) -> bool:
+    """An arithmetic op (not layout, not quantize/dequantize) the quantizer did not annotate: it runs in float
+    between a dequantize and a quantize, or wholly in float (the mixers' autocast-disabled region)."""
     if not hasattr(node.target, "_schema") or _shape(node) is None:
         return False  # tuple indexing, a higher-order op's call (its body is visited), an op without a tensor out
     op = op_name(node.target)
-    if _base(op) in _QUANT_OPS or op.startswith("quantized_decomposed"):
+    if _base(op) in _QUANT_OPS or op.startswith("quantized_decomposed") or _base(op).startswith("_assert"):
         return False
     if classify_aten(_base(op).removesuffix("_copy")) == "layout" or _base(op) == "_clone_dim_order":
         return False
-    tensors = [a for a in node.all_input_nodes if _shape(a) is not None]
-    return bool(tensors) and not any(_is_dequant(a) for a in tensors)
+    return not _annotated(node)
 
 
-def int8_record(graph_module: Any) -> dict:
-    """The `int8` entry's graph-derived part: arithmetic left in float (op -> nodes) and the MAC share on int8
-    data, over the program the runtime runs (delegates and portable kernels)."""
-    nodes = list(all_nodes(graph_module))
-    floats = Counter(op_name(n.target) for n in nodes if _float_arithmetic(n))
+def int8_record(converted: Any, example: Any) -> dict:
+    """The `int8` entry's graph-derived part, from the converted pt2e graph (convert_pt2e's output, whose nodes
+    keep the quantizer's annotations; subgraphs of higher-order ops included): the arithmetic the quantizer left
+    in float (op -> nodes) and the share of MACs in convs / matrix products whose operands are dequantized int8
+    (the dequantize -> op -> quantize patterns the runtime runs as int8 kernels). Shapes are propagated on
+    `example` first (convert_pt2e's new nodes carry none)."""
+    with torch.no_grad():
+        ShapeProp(converted).propagate(example)
+    nodes = list(_calls(converted))
+    floats = Counter(op_name(n.target) for n in nodes if _kept_float(n))
     macs = [m for m in map(mac_node, nodes) if m]
     total = sum(m.macs for m in macs)
     q = sum(m.macs for m in macs if m.int8)
-    excluded = [f"{op} x{k}: runs on float data (no dequantize feeds it: the quantizer left it unannotated)"
+    excluded = [f"{op} x{k}: kept in float (the quantizer did not annotate it)"
                 for op, k in sorted(floats.items(), key=lambda kv: (-kv[1], kv[0]))]
     return {"excluded": excluded, "macs_share": round(q / total, 4) if total else None, "macs_int8": q,
             "macs_total": total}
+
+
+def annotate_failure(quantizer: str, error: BaseException) -> str:
+    """One line for a pt2e quantizer that raised while annotating a model (e.g. torchao 0.18's X86 quantizer
+    asserts on a conv + add whose other operand it does not expect): where it failed and the first message line."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" in {frames[-1].name}" if frames else ""
+    line = (str(error).strip().splitlines() or [""])[0][:160]
+    return (f"{quantizer} failed to annotate this model ({type(error).__name__}{where}{': ' + line if line else ''}"
+            "): a limitation of the quantizer for this graph")

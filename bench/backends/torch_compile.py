@@ -11,7 +11,6 @@ Named torch_compile.py, not compile.py, so the module does not read as the built
 """
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import time
 from typing import Any, Mapping
@@ -39,24 +38,13 @@ def unsupported(device_type: str, precision: str, channels_last: bool, fold: boo
 
 
 def _int8_record(converted: nn.Module, x: torch.Tensor) -> dict:
-    """info["int8"]: the scheme and, from the converted graph (shapes propagated on the case input), the
-    arithmetic left in float and the share of MACs whose operands are dequantized int8."""
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    with torch.no_grad():
-        ShapeProp(converted).propagate(x)
+    """info["int8"]: the scheme and, from the converted graph, the arithmetic left in float and the share of MACs
+    whose operands are dequantized int8 (bench.backends.graph_counts.int8_record)."""
     return {"scheme": INT8_SCHEME, "weights": "per-channel symmetric int8",
             "activations": "per-tensor affine uint8, static ranges from the calibration set (histogram observer)",
-            **graph_counts.int8_record(converted),
+            **graph_counts.int8_record(converted, x),
             "float_policy": "nothing excluded by hand: what the X86 inductor quantizer leaves unannotated runs in "
                             "float ('excluded' is read from the converted graph)"}
-
-
-def _freezing() -> contextlib.AbstractContextManager:
-    """inductor's freezing for the compilation inside the block (process-wide config, restored after)."""
-    import torch._inductor.config as inductor_config
-
-    return inductor_config.patch(freezing=True)
 
 
 def quantize_x86(model: nn.Module, x: torch.Tensor, info: dict) -> nn.Module:
@@ -68,7 +56,11 @@ def quantize_x86(model: nn.Module, x: torch.Tensor, info: dict) -> nn.Module:
         raise Unsupported(f"compile int8 needs torchao's pt2e quantizer: {type(e).__name__}: "
                           f"{(str(e).splitlines() or [''])[0][:200]}") from e
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), quantizer)
+    exported = torch.export.export(model, (x,)).module()
+    try:
+        prepared = prepare_pt2e(exported, quantizer)
+    except Exception as e:  # noqa: BLE001 - the quantizer's own failure on a pattern: the case's one-line reason
+        raise Unsupported(f"compile int8: {graph_counts.annotate_failure('X86InductorQuantizer', e)}") from e
     with torch.no_grad():
         for image in calibration_set(x):
             prepared(image)
@@ -77,6 +69,18 @@ def quantize_x86(model: nn.Module, x: torch.Tensor, info: dict) -> nn.Module:
     info["int8"] = _int8_record(converted, x)
     info["torchao"] = package_version("torchao")
     return converted
+
+
+def _compile(model: nn.Module, compiler: str, mode: str | None, int8: bool) -> Any:
+    """torch.compile with static shapes. int8 under inductor: freezing on (weights folded into constants, the
+    dequantize -> conv -> quantize patterns lowered to oneDNN int8 kernels), passed as inductor options, which
+    torch.compile takes instead of a mode (max-autotune carried over as its option)."""
+    if compiler == "inductor" and int8:
+        extra = {"max_autotune": True} if mode and "max-autotune" in mode else {}
+        return torch.compile(model, backend="inductor", options={"freezing": True, **extra}, dynamic=False)
+    if compiler == "inductor":
+        return torch.compile(model, backend="inductor", mode=mode, dynamic=False)
+    return torch.compile(model, backend=compiler, dynamic=False)
 
 
 def prepare(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, info: dict,
@@ -96,14 +100,11 @@ def prepare(model: nn.Module, x: torch.Tensor, device: torch.device, precision: 
         mode = "max-autotune"
     compiler = options.get("compile_backend", "inductor")
     torch._dynamo.reset()  # fresh caches: no recompile limit carried over from an earlier case in this process
-    if compiler == "inductor":
-        compiled = torch.compile(model, backend="inductor", mode=mode, dynamic=False)
-    else:
-        compiled = torch.compile(model, backend=compiler, dynamic=False)
+    int8 = precision == "int8"
+    compiled = _compile(model, compiler, mode, int8)
     info.update({"compiler": compiler, "mode": mode or "default", "dynamic": False,
                  "amp": amp_note(precision, "torch.autocast (traced into the graph)")})
     dt = device.type
-    int8 = precision == "int8"
 
     def fn() -> torch.Tensor:
         if int8:  # the torchao recipe: torch.no_grad
@@ -113,8 +114,7 @@ def prepare(model: nn.Module, x: torch.Tensor, device: torch.device, precision: 
             return compiled(x)
 
     t0 = time.perf_counter()
-    with _freezing() if int8 and compiler == "inductor" else contextlib.nullcontext():
-        fn()  # compiles: freezing (weights folded, oneDNN int8 kernels) applies to this first compilation
+    fn()
     sync(device)
     build = time.perf_counter() - t0
     info["build"] = "first call: dynamo trace + inductor codegen + one run"

@@ -34,6 +34,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from bench.backends.executorch import load, lower, set_threads
 from bench.backends.graph_counts import MacNode
 from bench.profiling.modules import ROOT, Group, group_of
 from bench.profiling.opkinds import classify_aten
@@ -220,8 +221,6 @@ def profile_executorch(model: Any, x: Any, *, precision: str, workdir: pathlib.P
                        warmup: int, groups: dict[str, Group] | None = None) -> tuple[list[OpTime], int, dict]:
     """Lower `model` as the executorch backend does, run it `warmup + iters` times with ETDump on, and read the
     ETDump back: (units summed over `iters` runs, iters, info)."""
-    from bench.backends.executorch import load, lower, set_threads
-
     workdir.mkdir(parents=True, exist_ok=True)
     threads = set_threads(threads)
     x = x.detach().contiguous()
