@@ -167,7 +167,7 @@ def test_int8_survival_per_mixer_and_runtime(tmp_path):
     rows = [_row("msla", "openvino", "fp32", 6.0), _row("softmax", "openvino", "fp32", 7.0),
             _row("msla", "openvino", "int8", 3.0, **_int8(True, 0.012, 0.97, excluded=["/mixer/Div x1: runs on float data (kept)"])),
             _row("softmax", "openvino", "int8", 4.0, **_int8(False, 0.41, 0.9, "stages.1.mixer",
-                                                              [{"name": "Softmax_3", "why": "softmax"}])),
+                                                              [{"name": "/stage/attn/Softmax_3", "why": "softmax"}])),
             _row("msla", "onnxruntime", "int8", 4.0, **_int8(False, 0.2, 0.8, "stages.0.mixer")),
             _row("softmax", "executorch", "int8", None, status="unsupported", reason="executorch is not installed")]
     m, d = _merged(tmp_path, rows)
@@ -190,7 +190,7 @@ def test_int8_survival_per_mixer_and_runtime(tmp_path):
     ov = by[("block:msla", f"{CPU} openvino int8 b1 t1")]
     assert ov["speedup"] == "2.00×" and ov["excluded"] == "/mixer/Div x1"  # fp32 6 ms / int8 3 ms on openvino
     soft = by[("block:softmax", f"{CPU} openvino int8 b1 t1")]
-    assert soft["excluded"] == "Softmax_3" and soft["excluded_full"] == "Softmax_3 (softmax)"
+    assert soft["excluded"] == "Softmax_3" and soft["excluded_full"] == "/stage/attn/Softmax_3 (softmax)"
     page = htmllib.unescape(write_report([d], tmp_path / "r.html").read_text())
     assert int8_view.DISCLOSURE in page and 'id="int8"' in page
     row = re.search(r'<tr class="int8-row">(<td>block:softmax</td><td>[^<]*openvino int8.*?)</tr>', page, re.S)

@@ -55,7 +55,8 @@ def case_word(r: dict) -> str:
 
 def _excluded(info: dict) -> tuple[str, str]:
     """backend_info["int8"]["excluded"] as (short, full): the names alone ('aten.bmm x4' of 'aten.bmm x4: runs on
-    float data ...'; a dict entry's name) for the cell, and every entry with its why for the cell's title."""
+    float data ...'; a dict entry's name, the last step of a graph path) for the cell, and every entry in full with
+    its why for the cell's title."""
     q = info.get("int8")
     items = q.get("excluded") if isinstance(q, dict) else None
     if not isinstance(items, list):
@@ -65,7 +66,7 @@ def _excluded(info: dict) -> tuple[str, str]:
         if isinstance(x, dict):
             name = text(x.get("name") or x.get("node") or x.get("op")) or str(x)
             why = text(x.get("why") or x.get("reason"))
-            short.append(name)
+            short.append(name.rstrip("/").rsplit("/", 1)[-1] or name)  # a graph path's last step: 'MatMul_1'
             full.append(f"{name} ({why})" if why else name)
         elif text(x):
             short.append(text(x).split(": ", 1)[0])
