@@ -11,6 +11,7 @@ Named torch_compile.py, not compile.py, so the module does not read as the built
 """
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import time
 from typing import Any, Mapping
@@ -71,16 +72,12 @@ def quantize_x86(model: nn.Module, x: torch.Tensor, info: dict) -> nn.Module:
     return converted
 
 
-def _compile(model: nn.Module, compiler: str, mode: str | None, int8: bool) -> Any:
-    """torch.compile with static shapes. int8 under inductor: freezing on (weights folded into constants, the
-    dequantize -> conv -> quantize patterns lowered to oneDNN int8 kernels), passed as inductor options, which
-    torch.compile takes instead of a mode (max-autotune carried over as its option)."""
-    if compiler == "inductor" and int8:
-        extra = {"max_autotune": True} if mode and "max-autotune" in mode else {}
-        return torch.compile(model, backend="inductor", options={"freezing": True, **extra}, dynamic=False)
-    if compiler == "inductor":
-        return torch.compile(model, backend="inductor", mode=mode, dynamic=False)
-    return torch.compile(model, backend=compiler, dynamic=False)
+def _freezing() -> contextlib.AbstractContextManager:
+    """inductor's freezing for the compilation inside the block (weights folded into constants, the dequantize ->
+    conv -> quantize patterns lowered to oneDNN int8 kernels: the torchao recipe), restored after.
+    torch._inductor.config is loaded by torch._dynamo, which prepare() has used by then; passing freezing as
+    torch.compile(options=...) instead fails in torch 2.14 (UnsupportedOperatorException: onednn.qconv_prepack)."""
+    return torch._inductor.config.patch(freezing=True)
 
 
 def prepare(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str, info: dict,
@@ -100,8 +97,11 @@ def prepare(model: nn.Module, x: torch.Tensor, device: torch.device, precision: 
         mode = "max-autotune"
     compiler = options.get("compile_backend", "inductor")
     torch._dynamo.reset()  # fresh caches: no recompile limit carried over from an earlier case in this process
+    if compiler == "inductor":
+        compiled = torch.compile(model, backend="inductor", mode=mode, dynamic=False)
+    else:
+        compiled = torch.compile(model, backend=compiler, dynamic=False)
     int8 = precision == "int8"
-    compiled = _compile(model, compiler, mode, int8)
     info.update({"compiler": compiler, "mode": mode or "default", "dynamic": False,
                  "amp": amp_note(precision, "torch.autocast (traced into the graph)")})
     dt = device.type
@@ -114,7 +114,8 @@ def prepare(model: nn.Module, x: torch.Tensor, device: torch.device, precision: 
             return compiled(x)
 
     t0 = time.perf_counter()
-    fn()
+    with _freezing() if int8 and compiler == "inductor" else contextlib.nullcontext():
+        fn()  # compiles: freezing applies to this first (and, shapes being static, only) compilation
     sync(device)
     build = time.perf_counter() - t0
     info["build"] = "first call: dynamo trace + inductor codegen + one run"
