@@ -115,8 +115,18 @@ def test_a_change_resting_on_unresolved_answers_says_so(tmp_path):
     (g,) = runtimes.groups(m)
     text = " ".join(g["readings"])
     assert "msla is fastest on eager fp32, but softmax is fastest on onnxruntime fp32." in text
-    assert "No two resolved answers differ" in text
-    assert "Not resolved: onnxruntime fp32 (softmax not resolved: softmax vs msla: not resolved" in text
+    assert "Among the decided answers msla wins everywhere: the change rests on answers not decided" in text
+    assert "Not decided: onnxruntime fp32 (softmax not resolved against msla: CIs overlap)." in text
+    busy = dict(noisy=True, noisy_reason="other processes used 1.01 cores during the case " * 5)
+    rows = [_row("msla", "eager", "fp32", 10.0, **busy), _row("softmax", "eager", "fp32", 14.0, **busy),
+            _row("softmax", "openvino", "fp32", 5.0, **busy), _row("msla", "openvino", "fp32", 8.0, **busy)]
+    m, _ = _merged(tmp_path, rows, name="busy")
+    (g,) = runtimes.groups(m)
+    assert g["readings"][1:] == [
+        "None of these answers is decided (each is flagged or not resolved, below): the change with the runtime is "
+        "not established.",
+        "Not decided: eager fp32 (msla flagged against softmax: busy machine); openvino fp32 (softmax flagged "
+        "against msla: busy machine)."]
 
 
 def test_paired_runtime_uses_the_pair_table(tmp_path):

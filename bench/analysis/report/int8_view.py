@@ -150,8 +150,9 @@ def _detail(v: dict) -> str:
         parts.append(f"int8 MACs {100 * v['min_share']:.0f}%" + (" or more" if v["n"] > 1 else ""))
     if v["first_bad"]:
         parts.append("first bad block: " + ", ".join(v["first_bad"]))
-    if v["word"] == "not measured" and v["whys"]:
-        parts.append("; ".join(w[len("not measured ("):-1] for w in v["whys"]))
+    if v["word"] == "not measured" and v["whys"]:  # the reason in short; the table has it whole
+        whys = [w[len("not measured ("):-1] for w in v["whys"]]
+        parts.append("; ".join(w if len(w) <= 90 else w[:89] + "…" for w in whys))
     return f" ({'; '.join(parts)})" if parts else ""
 
 
@@ -190,7 +191,7 @@ def view(m: Merged) -> dict | None:
                      x["int8_macs"]) else "", first_bad=x["first_bad"], excluded=x["excluded"][0],
                  excluded_full=x["excluded"][1],
                  speedup=f"{fnum(x['speedup'])}×" if math.isfinite(x["speedup"]) else "",
-                 cls={"survives": "win", "does not survive": "loss"}.get(x["word"], "na")) for x in recs]
+                 cls={"survives": "win", "does not survive": "loss"}.get(x["word"], "small muted")) for x in recs]
     summary = [dict(variant=v["variant"], runtime=v["runtime"], word=v["word"], detail=_detail(v).strip(" ()"),
                     cls="win" if v["word"] == "survives" else "loss" if v["word"] == "does not survive" else "tie")
                for v in vs]

@@ -71,6 +71,25 @@ def _flags(row: dict) -> list[str]:
     return out
 
 
+def _short_why(p: dict | None) -> str:
+    """Why a pair decides nothing, in a few words (the full sentence is in the decision table)."""
+    why = text((p or {}).get("why"))
+    for key, words in (("busy machine", "busy machine"), ("fewer than", f"fewer than {decision.MIN_N} samples"),
+                       ("no CI", "no CI"), ("CIs overlap", "CIs overlap")):
+        if key in why:
+            return words
+    return (why if len(why) <= 80 else why[:79] + "…") or "interval too wide"
+
+
+def _open_text(d: dict) -> str:
+    """'msla: busy machine' for each mixer the fastest is not decided against."""
+    out = []
+    for other in d["open"]:
+        p = next((p for p in d["pairs"] if {p["faster"], p["slower"]} == {d["fastest"], other}), None)
+        out.append(f"{other}: {_short_why(p)}")
+    return ", ".join(out)
+
+
 def _entry(d: dict) -> dict[str, Any]:
     """One runtime's answer: the fastest, its median, the runner-up and their ratio with its interval, the
     verdict and how it was decided."""
@@ -84,6 +103,7 @@ def _entry(d: dict) -> dict[str, Any]:
         if p["faster"] != d["fastest"]:  # the pair table's fastest has the higher median: say it as it is
             ratio += " (runner-up's median is lower)"
     return dict(row=best, runtime=runtime_label(best), fastest=d["fastest"], median=fnum(best["latency_ms_median"]),
+                open=_open_text(d),
                 runner_up=text(second["variant"]) if second is not None else "", ratio=ratio, ci=ci,
                 pair_text=pair_text, verdict=d["verdict"], design=DESIGN.get(d["design"], d["design"]),
                 n_mixers=len(d["rows"]), flags=_flags(best), cls=paired.VERDICT_CLASS.get(
@@ -157,13 +177,16 @@ def readings(where: str, entries: list[dict]) -> list[str]:
         out = [head + ", but " + ", and ".join(rest) + "."]
         out += _precision_changes(entries)
         resolved = {e["fastest"] for e in entries if e["verdict"] == "resolved"}
-        if len(resolved) < 2:
-            out.append("No two resolved answers differ: the change rests on answers not resolved (below), "
-                       "within the measurements' uncertainty.")
-    open_ = [f"{e['runtime']} ({e['fastest']} {e['verdict']}" + (f": {e['pair_text']}" if e["pair_text"] else "") + ")"
-             for e in entries if e["verdict"] != "resolved"]
+        if not resolved:
+            out.append("None of these answers is decided (each is flagged or not resolved, below): the change with "
+                       "the runtime is not established.")
+        elif len(resolved) < 2:
+            out.append(f"Among the decided answers {_join(sorted(resolved))} wins everywhere: the change rests on "
+                       f"answers not decided (below).")
+    open_ = [f"{e['runtime']} ({e['fastest']} {e['verdict']} against {e['open']})" for e in entries
+             if e["verdict"] != "resolved"]
     if open_ and len(entries) > 1:
-        out.append("Not resolved: " + "; ".join(open_) + ".")
+        out.append("Not decided: " + "; ".join(open_) + ".")
     out += [f"On {e['runtime']} the fastest ({e['fastest']}) is flagged: {'; '.join(e['flags'])}." for e in entries
             if e["flags"]]
     return out
