@@ -19,7 +19,7 @@ from bench import backends
 from bench.cases import Case
 from bench.measure import localise as loc
 from bench.measure.child import run_case
-from bench.measure.localise import TappedModel, compare, localise, tap_points
+from bench.measure.localise import TappedModel, beside_case, compare, localise, tap_points
 from bench.measure.numerics import TOLERANCES
 import models.registry as registry
 from models.registry import build_model, example_input
@@ -145,6 +145,15 @@ def test_compare_first_in_forward_order():
     assert compare(["a", "final"], (torch.ones(4), torch.ones(4)), ref[:2], "int8")["first_bad_block"] is None
     with pytest.raises(ValueError, match="all_outputs"):
         compare(["a", "final"], torch.ones(4), ref[:2], "fp16")
+
+
+def test_tapped_output_beside_the_timed_one():
+    same = beside_case({"final_rel_err": 0.0133}, 0.01334)
+    assert same["case_rel_err"] == 0.0133 and "note" not in same
+    differs = beside_case({"final_rel_err": 0.00091}, 0.0094)  # compile int8 block:msla, measured
+    assert "not the timed build's" in differs["note"]
+    assert "note" in beside_case({"final_rel_err": "inf"}, 0.01)
+    assert beside_case({"final_rel_err": 0.01}, float("nan")) == {"final_rel_err": 0.01}
 
 
 # -- (b) built to break --------------------------------------------------------------------------------------------

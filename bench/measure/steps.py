@@ -152,7 +152,7 @@ def side_localise(case: Case, row: dict, info: dict, stage: Stage, y_ref: Any = 
     input (`y_ref`, the case's own eager fp32 output, checks that the rebuilt model is the same:
     `rebuilt_vs_case`); run after the timing, so no latency sees it. A failure never fails the case: its one-line
     reason goes to info["localise"]."""
-    from bench.measure.localise import LOCALISED_PRECISIONS, localise
+    from bench.measure.localise import LOCALISED_PRECISIONS, beside_case, localise
 
     if case.precision not in LOCALISED_PRECISIONS:
         return
@@ -187,7 +187,7 @@ def side_localise(case: Case, row: dict, info: dict, stage: Stage, y_ref: Any = 
         said = str(e) if isinstance(e, Unsupported) else traceback.format_exception_only(type(e), e)[-1]
         info["localise"] = {"reason": f"not localised: {(said.strip().splitlines() or [''])[0]}"[:400]}
         return
-    info["localise"] = record
+    info["localise"] = beside_case(record, row.get("rel_err"))
     row["first_bad_block"] = record["first_bad_block"] or ""
 
 
