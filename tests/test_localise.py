@@ -176,7 +176,7 @@ def test_fp16_breaks_at_the_division(backend, options):
     assert fine["first_bad_block"] is None and max(v for _, v in fine["blocks"]) < 1e-3
 
 
-INT8_BACKENDS = ("onnxruntime", "openvino", "executorch")
+INT8_BACKENDS = ("onnxruntime", "openvino", "executorch", "compile")
 
 
 @pytest.mark.parametrize("backend", INT8_BACKENDS)

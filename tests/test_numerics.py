@@ -56,9 +56,19 @@ def test_tolerances_ordered_and_thresholds():
 
 def test_tolerances_cover_measurements_with_margin():
     from bench.measure.numerics import MEASURED_CPU
-    for p, d in MEASURED_CPU.items():
-        worst = max(d.values())
+    for p in ("fp16", "bf16"):
+        worst = max(MEASURED_CPU[p].values())
         assert 5 * worst < TOLERANCES[p] < 0.1, (p, worst)
+
+
+def test_int8_tolerance_between_healthy_and_broken():
+    # healthy int8 (the worst runtime per model) passes with margin; the network built to break fails on every
+    # int8 runtime, the mildest collapse (compile's) included
+    from bench.measure.numerics import INT8_BROKEN, MEASURED_CPU
+    worst = max(MEASURED_CPU["int8"].values())
+    assert 2 * worst < TOLERANCES["int8"]
+    assert all(not numerics_ok("int8", v) and v > 1.5 * TOLERANCES["int8"] for v in INT8_BROKEN.values())
+    assert TOLERANCES["bf16"] < TOLERANCES["int8"] < 0.5
 
 
 def test_fp16_linear_attention_overflow_is_flagged():

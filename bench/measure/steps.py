@@ -4,8 +4,9 @@ bench.measure.child so that each design imports the steps and the dispatch impor
 
 Steps: `setup` (threads, device, seed) -> `prepare_side` (supported, build, the caller's `after_build` hook,
 reference output, prepare the backend) -> timing (the design's own) -> `side_numerics` -> `measure_energy` ->
-`side_localise` (int8 / fp16: where the error enters, bench.measure.localise) -> `profile_side`. Each step names itself through `Stage`, so a crash or a timeout says where it was; `failure_row`
-turns whatever a step raised into the row's status and one-line reason.
+`side_localise` (int8 / fp16: where the error enters, bench.measure.localise) -> `profile_side`. Each step names
+itself through `Stage`, so a crash or a timeout says where it was; `failure_row` turns whatever a step raised into
+the row's status and one-line reason.
 
 Imports no pandas; torch, the backends and the models are imported inside the steps (the launcher preloads them
 before forking, see bench.launch.worker).
