@@ -201,13 +201,16 @@ def test_end_to_end_column_and_backend_info(tmp_path):
                     budget=4, out=tmp_path, report=False)
     rows = {(r["model"], r["precision"]): r for _, r in run.results.iterrows()}
     brk, fine = rows[("loctest:break", "fp16")], rows[("loctest:fine", "fp16")]
+    assert brk["design"] == fine["design"] == "interleaved"
     assert brk["status"] == "ok" and brk["first_bad_block"] == "norm"
     info = json.loads(brk["backend_info"])["localise"]
     assert [n for n, _ in info["blocks"]] == ["stem.0", "stem.1", "mix", "norm", "head"]
     assert info["tolerance"] == TOLERANCES["fp16"] and info["rebuilt_vs_case"] == 0.0
     assert not brk["numerics_ok"]  # the row's own rel_err says so too
     assert fine["status"] == "ok" and fine["first_bad_block"] == "" and fine["numerics_ok"]
-    assert json.loads(fine["backend_info"])["localise"]["first_bad_block"] is None
+    fine_info = json.loads(fine["backend_info"])["localise"]
+    assert fine_info["first_bad_block"] is None
+    assert fine_info["rebuilt_vs_case"] == 0.0  # built second in the group's process: its own generator state
     fp32 = rows[("loctest:fine", "fp32")]
     assert pd.isna(fp32["first_bad_block"]) and "localise" not in json.loads(fp32["backend_info"])
 

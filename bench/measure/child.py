@@ -52,9 +52,9 @@ def _measure(case: Case, row: dict, stage: Stage, after_build: AfterBuild | None
     stage("numerics")
     side_numerics(case, side, row, info)
     row.update(measure_energy(case, side.fn, row["latency_ms_median"], info, stage))
-    backend_info, y_ref = side.info, side.y_ref
+    backend_info, y_ref, rng_state = side.info, side.y_ref, side.built.rng_state
     del side  # the timed model's memory is not the localisation's or the profiled pass's
-    side_localise(case, row, info, stage, y_ref)
+    side_localise(case, row, info, stage, y_ref, rng_state)
     row["backend_info"] = json.dumps({**backend_info, **info}, default=str, sort_keys=True)
     if case.settings.profile:
         stage("profile")

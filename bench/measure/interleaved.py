@@ -78,7 +78,7 @@ def _measure(cases: list[Case], rows: list[dict], stage: Stage, process_time: fl
         samples += [[i, v] for v in per_side[j]]
         _finish_side(cases[i], side, rows[i], per_side[j], k, {**info}, stage, spec)
     for i, side in sides:  # int8 / fp16: where the error enters, once every side is measured (a second build)
-        side_localise_row(cases[i], rows[i], stage, side.y_ref)
+        side_localise_row(cases[i], rows[i], stage, side.y_ref, side.built.rng_state)
     where = {i: j for j, i in enumerate(index)}  # case index -> position among the sides that built
     return [[c[where[i]] if i in where else math.nan for i in range(len(cases))] for c in cycles], samples
 

@@ -60,6 +60,7 @@ class Built:
     x: Any
     weight_bytes: int  # exact tensor bytes of parameters and buffers
     rss0: int  # the child's RSS before the build: the CPU memory baseline
+    rng_state: Any = None  # torch's CPU generator before the build: a rebuild with it has the same weights
 
 
 def failure_row(e: BaseException, where: str) -> dict[str, str]:
@@ -146,12 +147,14 @@ def side_numerics(case: Case, side: PreparedSide, row: dict, info: dict) -> None
         row.update(evaluate(side.first[0], y64, "fp32"))
 
 
-def side_localise(case: Case, row: dict, info: dict, stage: Stage, y_ref: Any = None) -> None:
+def side_localise(case: Case, row: dict, info: dict, stage: Stage, y_ref: Any = None,
+                  rng_state: Any = None) -> None:
     """int8 / fp16 cases, in their first process (`numerics64`, as the float64 numerics): the blocks' errors
     against eager fp32 and the first block past the tolerance (bench.measure.localise) into `first_bad_block` and
     info["localise"]. Costs one more build of the backend, on a freshly built fp32 model and the same seeded
-    input (`y_ref`, the case's own eager fp32 output, checks that the rebuilt model is the same:
-    `rebuilt_vs_case`); run after the timing, so no latency sees it. A failure never fails the case: its one-line
+    input: `rng_state` is torch's generator before the case's build (in a decision group the sides are built one
+    after the other from one seed), and `y_ref`, the case's own eager fp32 output, checks that the rebuilt model
+    is the same (`rebuilt_vs_case`); run after the timing, so no latency sees it. A failure never fails the case: its one-line
     reason goes to info["localise"]."""
     from bench.measure.localise import LOCALISED_PRECISIONS, beside_case, localise
 
@@ -172,7 +175,10 @@ def side_localise(case: Case, row: dict, info: dict, stage: Stage, y_ref: Any = 
 
         from models.registry import build_model, example_input
 
-        torch.manual_seed(case.seed)  # the weights the timed model was built with (setup seeded before its build)
+        if rng_state is not None:
+            torch.set_rng_state(rng_state)  # the weights the timed model was built with
+        else:
+            torch.manual_seed(case.seed)
         model = build_model(case.model)
         x = example_input(case.model, case.height, case.width, case.batch, seed=case.seed)
         record = localise(model, x, backend=case.backend, device=case.device, precision=case.precision,
@@ -200,14 +206,14 @@ def _localise_estimate_s(row: dict) -> float:
     return 2.0 * (build + first) + 10.0
 
 
-def side_localise_row(case: Case, row: dict, stage: Stage, y_ref: Any = None) -> None:
+def side_localise_row(case: Case, row: dict, stage: Stage, y_ref: Any = None, rng_state: Any = None) -> None:
     """`side_localise` for a row whose backend_info is already written (the interleaved design localises its
     sides after all of them are finished: a second build, compile's among them, must not touch a side still to
     be measured)."""
     if row.get("status") != "ok":
         return
     info = json.loads(row.get("backend_info") or "{}")
-    side_localise(case, row, info, stage, y_ref)
+    side_localise(case, row, info, stage, y_ref, rng_state)
     row["backend_info"] = json.dumps(info, default=str, sort_keys=True)
 
 
@@ -281,6 +287,7 @@ def _build(case: Case, row: dict, stage: Stage) -> Built:
     rss0 = rss_bytes()
     if case.device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    rng_state = torch.get_rng_state()
     model = build_model(case.model)
     row["params"] = count_params(model)
     if row.get("macs") is None:
@@ -288,7 +295,7 @@ def _build(case: Case, row: dict, stage: Stage) -> Built:
         row["macs"] = count_macs(case.model, case.height, case.width, case.batch)
     x = example_input(case.model, case.height, case.width, case.batch, seed=case.seed)
     weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    return Built(model, x, weight_bytes, rss0)
+    return Built(model, x, weight_bytes, rss0, rng_state)
 
 
 def _is_reference(case: Case) -> bool:
