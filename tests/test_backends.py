@@ -37,9 +37,9 @@ def test_variants_registered():
 
 def test_registry_order_and_lazy_extras():
     # The order is the CLI's and the report's; the optional extras load only when their backend is used.
-    assert BACKENDS == ("eager", "compile", "cudagraphs", "onnxruntime", "tensorrt", "openvino")
+    assert BACKENDS == ("eager", "compile", "cudagraphs", "onnxruntime", "tensorrt", "openvino", "executorch")
     code = ("import sys, bench.backends; "
-            "print(sorted(m for m in ('onnxruntime', 'torch_tensorrt', 'tensorrt', 'openvino') if m in sys.modules))")
+            "print(sorted(m for m in ('onnxruntime', 'torch_tensorrt', 'tensorrt', 'openvino', 'executorch', 'nncf') if m in sys.modules))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
     assert out.strip() == "[]"
