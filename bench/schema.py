@@ -117,8 +117,11 @@ COLUMNS: tuple[Column, ...] = (
                                          "rest stayed in float (excluded or not quantizable)"),
     Column("backend_info", "string", "provider, versions and settings of the backend (JSON)"),
     # the profiled pass (--profile): after and apart from the timed pass; its rows are in profile.parquet
-    Column("profile_source", "string", "torch, onnxruntime or tensorrt: the profiler that explained this case"),
+    Column("profile_source", "string", "torch, onnxruntime, tensorrt, executorch or openvino: the profiler that "
+           "explained this case"),
     Column("profiled_ms", "float64", "time per iteration with the profiler on (the overhead is against the median)"),
+    Column("profile_wall_ms", "float64", "wall time per profiled inference where profiled_ms sums per-node times "
+           "(openvino: profiled_ms / profile_wall_ms > 1 when parallel nodes overlapped; not rescaled)"),
     Column("profile_overhead", "float64", "profiled_ms / latency_ms_median - 1: what profiling costs this case"),
     Column("profile_reason", "string", "why the case has no profile (its backend has no profiler source, ...)"),
     # bookkeeping

@@ -30,7 +30,7 @@ from torch import nn
 from bench.backends import graph_counts
 from bench.backends.base import Runner, Unsupported, package_version
 from bench.backends.delegation import Delegation
-from bench.backends.int8 import calibration_info, calibration_set
+from bench.backends.int8 import calibration_info, pt2e_quantize
 
 NAME = "executorch"
 _PRECISIONS = ("fp32", "int8")
@@ -126,19 +126,10 @@ def quantize(model: nn.Module, x: torch.Tensor) -> nn.Module:
     try:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                               get_symmetric_quantization_config)
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except Exception as e:  # noqa: BLE001 - see import_reason
         raise Unsupported(import_reason(e)) from e
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    exported = torch.export.export(model, (x,)).module()
-    try:
-        prepared = prepare_pt2e(exported, quantizer)
-    except Exception as e:  # noqa: BLE001 - the quantizer's own failure on a pattern: the case's one-line reason
-        raise Unsupported(f"executorch int8: {graph_counts.annotate_failure('XNNPACKQuantizer', e)}") from e
-    with torch.no_grad():
-        for image in calibration_set(x):
-            prepared(image)
-    return convert_pt2e(prepared)
+    return pt2e_quantize(model, x, quantizer, "executorch int8")
 
 
 @dataclass

@@ -10,7 +10,12 @@ involved, so mIoU is not measured; rel_err against eager fp32 is the distance th
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from bench.backends import graph_counts
+from bench.backends.base import Unsupported
 
 CALIBRATION_IMAGES = 8
 CALIBRATION_SEED = 1_000_003  # the case's own input uses the case's seed (default 0): never this one
@@ -31,3 +36,23 @@ def calibration_info(x: torch.Tensor, images: int = CALIBRATION_IMAGES, seed: in
     return {"images": images, "shape": list(x.shape), "distribution": "standard normal (like the case input)",
             "seeds": f"{seed}..{seed + images - 1}",
             "accuracy": "not measured (random weights, no dataset): rel_err to eager fp32 only"}
+
+
+def pt2e_quantize(model: torch.nn.Module, x: torch.Tensor, quantizer: Any, label: str) -> torch.nn.Module:
+    """torch.export -> prepare_pt2e(quantizer) -> calibrate on `calibration_set(x)` -> convert_pt2e: the pt2e
+    recipe that ExecuTorch (XNNPACKQuantizer) and compile (X86InductorQuantizer) share. `label` names the case's
+    backend in the one-line reason when the quantizer fails on a pattern (raised as Unsupported)."""
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except Exception as e:  # noqa: BLE001 - a missing or mismatched torchao is the case's one-line reason
+        raise Unsupported(f"{label} needs torchao's pt2e quantizer: {type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:200]}") from e
+    exported = torch.export.export(model, (x,)).module()
+    try:
+        prepared = prepare_pt2e(exported, quantizer)
+    except Exception as e:  # noqa: BLE001 - the quantizer's own failure on a pattern: the case's one-line reason
+        raise Unsupported(f"{label}: {graph_counts.annotate_failure(type(quantizer).__name__, e)}") from e
+    with torch.no_grad():
+        for image in calibration_set(x):
+            prepared(image)
+    return convert_pt2e(prepared)

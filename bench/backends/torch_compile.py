@@ -21,7 +21,7 @@ from torch import nn
 
 from bench.backends import graph_counts
 from bench.backends.base import Runner, Unsupported, amp_note, autocast_context, package_version, sync
-from bench.backends.int8 import calibration_info, calibration_set
+from bench.backends.int8 import calibration_info, pt2e_quantize
 
 NAME = "compile"
 INT8_SCHEME = "pt2e X86InductorQuantizer, static"
@@ -52,20 +52,11 @@ def quantize_x86(model: nn.Module, x: torch.Tensor, info: dict) -> nn.Module:
     """export -> prepare_pt2e(X86InductorQuantizer) -> calibrate -> convert_pt2e; records calibration and int8."""
     try:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except Exception as e:  # noqa: BLE001 - a missing or mismatched torchao is the case's one-line reason
         raise Unsupported(f"compile int8 needs torchao's pt2e quantizer: {type(e).__name__}: "
                           f"{(str(e).splitlines() or [''])[0][:200]}") from e
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
-    exported = torch.export.export(model, (x,)).module()
-    try:
-        prepared = prepare_pt2e(exported, quantizer)
-    except Exception as e:  # noqa: BLE001 - the quantizer's own failure on a pattern: the case's one-line reason
-        raise Unsupported(f"compile int8: {graph_counts.annotate_failure('X86InductorQuantizer', e)}") from e
-    with torch.no_grad():
-        for image in calibration_set(x):
-            prepared(image)
-    converted = convert_pt2e(prepared)
+    converted = pt2e_quantize(model, x, quantizer, "compile int8")
     info["calibration"] = calibration_info(x)
     info["int8"] = _int8_record(converted, x)
     info["torchao"] = package_version("torchao")

@@ -264,6 +264,7 @@ def profile_side(case: Case, row: dict) -> list[dict]:
         return []
     median = row.get("latency_ms_median")
     row["profile_source"], row["profiled_ms"] = prof.source, prof.profiled_ms
+    row["profile_wall_ms"] = prof.info.get("wall_ms", float("nan"))  # openvino: beside its summed node times
     row["profile_overhead"] = prof.profiled_ms / median - 1 if median and median > 0 else float("nan")
     return profile_rows(row, prof, case.settings.device_peak_gmacs_per_s, case.settings.bandwidth_gb_per_s)
 
