@@ -13,10 +13,10 @@ import signal
 import sys
 import threading
 
-from bench.commands import ab, check, compare, models, node, profile, report, run
+from bench.commands import ab, check, compare, history, models, node, profile, report, run
 from bench.errors import PROG, BenchInputError, UsageError
 
-COMMANDS = (run, profile, models, report, compare, check, ab, node)  # in `--help`'s order
+COMMANDS = (run, profile, models, report, compare, check, ab, history, node)  # in `--help`'s order
 
 
 class Parser(argparse.ArgumentParser):

@@ -46,9 +46,12 @@ LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # the Python API over all of it
     "api": (("bench.api", "bench"), ("fleet", "orchestration", "analysis", "launch", "child", "backends",
                                      "records", "leaf", "zoo")),
+    # a history across commits: records runs through the API, confirms by A/B, draws with the report's kit
+    "history": (("bench.history",), ("api", "fleet", "orchestration", "analysis", "launch", "child", "backends",
+                                     "records", "leaf", "zoo")),
     # the command line: the only place argparse lives
     "cli": (("bench.cli", "bench.commands", "bench.terminal"),
-            ("api", "fleet", "orchestration", "analysis", "launch", "child", "backends", "records", "leaf", "zoo")),
+            ("history", "api", "fleet", "orchestration", "analysis", "launch", "child", "backends", "records", "leaf", "zoo")),
 }
 ARGPARSE_LAYERS = ("cli",)
 

@@ -107,7 +107,8 @@ def _line(run: CaseRun) -> str:
         (f" -> {state}" if state else "")
 
 
-def run_ab(*, a: str | None = None, b: str | None = None, a_rev: str | None = None, repo: str | None = None,
+def run_ab(*, a: str | None = None, b: str | None = None, a_rev: str | None = None, b_rev: str | None = None,
+           repo: str | None = None,
            models: Any = None, models_from: Any = (), res: Any = "512", threads: Any = None, backends: Any = "eager",
            backend_b: str | None = None, precision: Any = None, devices: Any = "cpu", design: str | None = None,
            threshold: float = 0.05, alpha: float = 0.01, max_time: float = 120.0, checkpoints: Any = "8,16,32,64",
@@ -118,16 +119,17 @@ def run_ab(*, a: str | None = None, b: str | None = None, a_rev: str | None = No
     Raises PlanError for bad options before anything is written."""
     if metric not in ("time", "instructions"):
         raise PlanError(f"--metric: {metric!r} is not accepted; accepted: time, instructions")
-    plan = make_ab_plan(a=a, b=b, a_rev=a_rev, repo=repo, models=models, models_from=models_from, res=res,
-                        threads=threads, backends=backends, backend_b=backend_b, precision=precision,
+    plan = make_ab_plan(a=a, b=b, a_rev=a_rev, b_rev=b_rev, repo=repo, models=models, models_from=models_from,
+                        res=res, threads=threads, backends=backends, backend_b=backend_b, precision=precision,
                         devices=devices, design=design, threshold=threshold, alpha=alpha, max_time=max_time,
                         checkpoints=checkpoints, process_time=process_time)
     log = log or (lambda line: None)
-    revs = (plan.rev.label, "working tree") if plan.rev else ("", "")
+    revs = (plan.rev.label, plan.rev_b.label if plan.rev_b else "working tree") if plan.rev else ("", "")
     runs: list[CaseRun] = []
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         tree = stack.enter_context(worktree(plan.rev.top, plan.rev.commit)) if plan.rev else None
+        tree_b = stack.enter_context(worktree(plan.rev_b.top, plan.rev_b.commit)) if plan.rev_b else None
         folder = _new_folder(Path(out))
         meta = _meta(plan, folder, argv)
 
@@ -141,7 +143,7 @@ def run_ab(*, a: str | None = None, b: str | None = None, a_rev: str | None = No
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         iso = make_isolation(workdir, env=_child_env(plan))
         stack.callback(iso.close)
-        runs.extend(CaseRun(c, *plan.sides(c, tree)) for c in plan.cases)
+        runs.extend(CaseRun(c, *plan.sides(c, tree, tree_b)) for c in plan.cases)
         meta["sides"] = {r.case.case_id: {"a": asdict(r.a), "b": asdict(r.b)} for r in runs}
         try:
             Scheduler(plan, iso, workdir, log, save).run(runs)

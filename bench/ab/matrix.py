@@ -4,7 +4,8 @@ Everything is checked here, before a folder, a worktree or a process exists (Pla
 Which model a case is named after, and whose input both sides get:
 - `--a NAME --b NAME`: A's model over --res/--threads/...; B's case is the same with B's model (same input shape).
 - one side `PATH.py:FN`: the other side's registered model; both sides `PATH.py:FN`: each model of --models.
-- `--a-rev REV`: each model of --models (default bench.plan.parse.DEFAULT_MODELS), A built at REV, B the working tree.
+- `--a-rev REV`: each model of --models (default bench.plan.parse.DEFAULT_MODELS), A built at REV, B the working tree
+  (or, with `--b-rev REV2`, at REV2: two commits compared, as history's confirmations and bisect do).
 """
 from __future__ import annotations
 
@@ -47,12 +48,15 @@ class ABPlan:
     design: str
     checkpoints: tuple[int, ...]
     config: dict[str, Any] = field(default_factory=dict)
+    rev_b: Rev | None = None  # --b-rev: B at another revision too (history's confirmations and bisect)
 
-    def sides(self, case: Case, tree: Path | None) -> tuple[Side, Side]:
-        """(A, B) of one case; `tree`: the worktree of --a-rev (None without it)."""
+    def sides(self, case: Case, tree: Path | None, tree_b: Path | None = None) -> tuple[Side, Side]:
+        """(A, B) of one case; `tree`: the worktree of --a-rev, `tree_b` the one of --b-rev (None without)."""
         b_backend = self.backend_b or case.backend
         if self.rev is not None:
             a = Side("tree", case.model, case.backend, model=case.model, path=str(tree))
+            if tree_b is not None:
+                return a, Side("tree", case.model, b_backend, model=case.model, path=str(tree_b))
             if self.rev.top.resolve() == REPO.resolve():
                 return a, Side("model", case.model, b_backend, model=case.model)
             return a, Side("tree", case.model, b_backend, model=case.model, path=str(self.rev.top))
@@ -67,7 +71,7 @@ def _side(arg: SideArg, backend: str) -> Side:
 
 
 def make_ab_plan(*, a: str | None = None, b: str | None = None, a_rev: str | None = None,
-                 repo: str | Path | None = None, models: Any = None, models_from: Iterable[str] = (),
+                 b_rev: str | None = None, repo: str | Path | None = None, models: Any = None, models_from: Iterable[str] = (),
                  res: Any = "512", threads: Any = None, backends: Any = "eager", backend_b: str | None = None,
                  precision: Any = None, devices: Any = "cpu", design: str | None = None, threshold: float = 0.05,
                  alpha: float = 0.01, max_time: float = 120.0, checkpoints: Any = DEFAULT_CHECKPOINTS,
@@ -82,6 +86,7 @@ def make_ab_plan(*, a: str | None = None, b: str | None = None, a_rev: str | Non
     matrix = dict(res=res, devices=devices, threads=threads, backends=backends, precision=precision,
                   models_from=sources)
     sa, sb, rev = _sides(a, b, a_rev, repo, models)
+    rev_b = _rev_b(b_rev, rev)
     if rev is not None:
         names = _names(models if models is not None else list(DEFAULT_MODELS), "--models")
     elif sa.is_file and sb.is_file:
@@ -98,8 +103,19 @@ def make_ab_plan(*, a: str | None = None, b: str | None = None, a_rev: str | Non
             raise PlanError(f"--backend-b: unknown backend {backend_b!r}; accepted: {', '.join(registry.BACKENDS)}")
     config = {**stats, "design": design, "checkpoints": list(cps), "backend_b": backend_b,
               "a": sa.text if sa else None, "b": sb.text if sb else None, "models": names,
-              "a_rev": rev.label if rev else None, "repo": str(rev.top) if rev else None, **matrix}
-    return ABPlan(cases, sa, sb, rev, backend_b, design, cps, config)
+              "a_rev": rev.label if rev else None, "b_rev": rev_b.label if rev_b else None,
+              "repo": str(rev.top) if rev else None, **matrix}
+    return ABPlan(cases, sa, sb, rev, backend_b, design, cps, config, rev_b)
+
+
+def _rev_b(b_rev: str | None, rev: Rev | None) -> Rev | None:
+    """--b-rev: B at a revision of --a-rev's repository instead of its working tree."""
+    if b_rev is None:
+        return None
+    if rev is None:
+        raise PlanError("--b-rev: only with --a-rev; accepted: --a-rev REV --b-rev REV (both sides at revisions)")
+    top, commit = resolve_rev(rev.top, str(b_rev).strip(), flag="--b-rev")
+    return Rev(top, str(b_rev).strip(), commit)
 
 
 def _sides(a: str | None, b: str | None, a_rev: str | None, repo: str | Path | None,

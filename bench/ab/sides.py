@@ -80,16 +80,16 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
         raise PlanError("--a-rev: git is not installed; accepted: --a-rev where git is on PATH") from None
 
 
-def resolve_rev(repo: Path, rev: str) -> tuple[Path, str]:
+def resolve_rev(repo: Path, rev: str, flag: str = "--a-rev") -> tuple[Path, str]:
     """(top of the repository, full commit) of REV; PlanError for a folder outside git or an unknown revision."""
     top = _git(repo, "rev-parse", "--show-toplevel")
     if top.returncode != 0:
         raise PlanError(f"--repo: {repo} is not in a git repository; accepted: a folder of a git checkout")
     if not rev or rev.startswith("-"):
-        raise PlanError(f"--a-rev: {rev!r} is not accepted; accepted: a commit, branch or tag, e.g. HEAD~1")
+        raise PlanError(f"{flag}: {rev!r} is not accepted; accepted: a commit, branch or tag, e.g. HEAD~1")
     sha = _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
     if sha.returncode != 0:
-        raise PlanError(f"--a-rev: unknown revision {rev!r} in {top.stdout.strip()}; accepted: a commit, branch "
+        raise PlanError(f"{flag}: unknown revision {rev!r} in {top.stdout.strip()}; accepted: a commit, branch "
                         "or tag of that repository, e.g. HEAD~1")
     return Path(top.stdout.strip()), sha.stdout.strip()
 

@@ -174,11 +174,16 @@ def _dev(pct: float | None, counted_as: str) -> str:
     return f"{float(pct):+.1f}%" + (f" (counted as {counted_as})" if counted_as else "")
 
 
-def render_html(ctx: dict) -> str:
+def render_template(name: str, ctx: dict) -> str:
+    """A template of the report's folder, autoescaped (every cell is data), strict about missing keys."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fnum"] = fnum
-    return env.get_template("report.html.j2").render(**ctx)
+    return env.get_template(name).render(**ctx)
+
+
+def render_html(ctx: dict) -> str:
+    return render_template("report.html.j2", ctx)
 
 
 # ---------------------------------------------------------------------------------------------------------------
