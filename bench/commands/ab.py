@@ -45,6 +45,8 @@ def _side_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--a-rev", nargs="?", const="HEAD~1", metavar="REV",
                    help="A: the same models at git revision REV (default HEAD~1), from a temporary worktree; B: "
                         "the working tree")
+    s.add_argument("--b-rev", metavar="REV", help="with --a-rev: B at git revision REV too (its own temporary "
+                   "worktree) instead of the working tree")
     s.add_argument("--repo", metavar="DIR", help="the git repository of --a-rev (default: this suite's own)")
     s.add_argument("--models", metavar="LIST", help="with --a-rev (default: evit-b1:msla,relu-linear,softmax,"
                    "large-kernel) or two builder files: the registered models of the cases")
@@ -177,7 +179,7 @@ def main(a: argparse.Namespace) -> int:
 
     check_outputs(a)
     log = None if a.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    frame, folder = run_ab(a=a.a, b=a.b, a_rev=a.a_rev, repo=a.repo, models=a.models, models_from=a.models_from,
+    frame, folder = run_ab(a=a.a, b=a.b, a_rev=a.a_rev, b_rev=a.b_rev, repo=a.repo, models=a.models, models_from=a.models_from,
                            res=a.res, threads=a.threads, backends=a.backends, backend_b=a.backend_b,
                            precision=a.precision, devices=a.devices, design=a.design, threshold=a.threshold,
                            alpha=a.alpha, max_time=a.max_time, checkpoints=a.checkpoints,
