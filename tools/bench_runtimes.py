@@ -75,13 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default=BACKENDS)
     ap.add_argument("--precision", default="fp32,int8")
     ap.add_argument("--max-time", type=float, default=3.0, help="timing budget per case and process (s)")
+    ap.add_argument("--level", default="both", choices=("both", "model", "block"),
+                    help="model: whole models only; block: their blocks only; both (default)")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds per decision group (the mixers of one setting; default: the engine's)")
     ap.add_argument("--timeout", type=float, default=900.0, help="per case (s): builds at 2048 take minutes")
     ap.add_argument("--out", default="results/runtimes")
     a = ap.parse_args(argv)
     run = bench.run(a.models, res=a.res, threads=a.threads, backends=a.backends, precision=a.precision,
-                    max_time=a.max_time, budget=a.budget, timeout=a.timeout, out=a.out, report=True)
+                    max_time=a.max_time, budget=a.budget, level=a.level, timeout=a.timeout, out=a.out, report=True)
     df = run.results
     print(f"run folder: {run.path}\n")
     print(case_table(df))
