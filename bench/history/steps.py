@@ -69,11 +69,13 @@ def upward_steps(values: list[float], threshold: float) -> list[tuple[int, int, 
 
 
 def order_commits(frame: pd.DataFrame, chain: list[str] | None = None) -> list[str]:
-    """The recorded commits in history order: along `chain` (git's first-parent order) when given, the recorded
-    commits not on it dropped; else by committer date, then by when they were recorded."""
+    """The recorded commits in history order: along `chain` (git's first-parent order) when it holds any, the
+    recorded commits not on it dropped; else (no chain, or the store is of another repository) by committer date,
+    then by when they were recorded."""
     recorded = set(frame["commit"].dropna())
-    if chain:
-        return [c for c in chain if c in recorded]
+    on_chain = [c for c in chain or [] if c in recorded]
+    if on_chain:
+        return on_chain
     firsts = frame.sort_values(["committed_at", "recorded_at"]).drop_duplicates("commit")
     return list(firsts["commit"])
 
