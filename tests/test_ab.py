@@ -272,6 +272,81 @@ def test_undecided_with_its_reason():
     assert one.verdict == "undecided" and "1 process" in one.reason
 
 
+def _tukey_mclaughlin(v: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """The 20% trimmed mean and its t interval written out from the textbook formula (Wilcox, Introduction to
+    Robust Estimation, 3.2): se = winsorized SD / ((1 - 2g) sqrt(n)), df = n - 2 floor(g n) - 1."""
+    x = np.sort(v)
+    n, k = len(x), int(math.floor(0.2 * len(x)))
+    tm = x[k:n - k].mean()
+    w = np.clip(x, x[k], x[n - k - 1])
+    se = w.std(ddof=1) / (0.6 * math.sqrt(n))
+    half = st.t.ppf(0.5 + confidence / 2, n - 2 * k - 1) * se
+    return tm, tm - half, tm + half
+
+
+def test_cycle_log_ratios_per_abba_cycle():
+    got = dec.cycle_log_ratios([1.0, 2.0, 2.0, 1.0, 1.0, 1.1, 1.2, 1.3, 9.0])  # a trailing partial cycle is dropped
+    assert got == pytest.approx([math.log(2.0), 0.0])
+
+
+def test_long_calls_pool_cycles_when_processes_agree():
+    rng = np.random.default_rng(3)
+    cycles = [list(0.03 * rng.standard_normal(6)) for _ in range(4)]  # no process effect
+    values = [float(np.median(c)) for c in cycles]
+    assert dec.poolable(cycles)
+    got = dec.pooled_interval(cycles, 0.99)
+    tm, lo, hi = _tukey_mclaughlin(np.concatenate(cycles), 0.99)
+    assert (got[0], got[2], got[3]) == pytest.approx((tm, lo, hi))
+    d = dec.judge(values, T, ALPHA, 1, cycles)  # 4 values (3 df) cannot decide; 24 cycles can
+    assert d.verdict == "unchanged" and "24 cycles of 4 processes" in d.reason
+    assert d.confidence == pytest.approx(1 - ALPHA / 2)  # two intervals, each at half the look's error
+    assert dec.judge(values, T, ALPHA, 1).verdict == "continue"
+
+
+def test_the_processes_decide_when_their_medians_agree_better_than_the_cycles():
+    rng = np.random.default_rng(6)  # a cycle-position effect that cancels within each process (seen on the VM:
+    cycles = [list(np.array([0.05, 0.0, -0.05]) + 0.002 * rng.standard_normal(3)) for _ in range(8)]  # F 0.06)
+    values = [float(np.median(c)) for c in cycles]
+    d = dec.judge(values, T, ALPHA, 1, cycles)
+    assert d.verdict == "unchanged" and d.reason.endswith("(0.976, 1.025)") and "8 processes)" in d.reason
+
+
+def test_a_process_effect_keeps_the_process_level_interval():
+    rng = np.random.default_rng(4)
+    shifts = [0.0, 0.03, -0.03, 0.06]  # each process has its own offset: its cycles are not independent draws
+    cycles = [list(s + 0.004 * rng.standard_normal(8)) for s in shifts]
+    values = [float(np.median(c)) for c in cycles]
+    assert dec.process_effect_p(cycles) < dec.POOL_P and not dec.poolable(cycles)
+    d = dec.judge(values, T, ALPHA, 4, cycles)
+    assert "cycles" not in d.reason and (d.ci_low, d.ci_high) == pytest.approx(dec.t_interval(values, 1 - ALPHA / 4)[2:])
+    assert not dec.poolable([c[:2] for c in cycles]) and not dec.poolable(cycles[:1])  # too few to check
+
+
+def test_planned_looks_count_only_the_looks_that_fit_the_budget():
+    assert dec.planned_looks(CPS, 3) == 1  # a long call: the final look alone
+    assert dec.planned_looks(CPS, 8) == 2  # checkpoint 8, then the final look
+    assert dec.planned_looks(CPS, 64) == dec.planned_looks(CPS, 500) == len(CPS)  # every checkpoint, no extra look
+    d = dec.decide(_values(0.0, 0.01, 3), checkpoints=CPS, threshold=T, alpha=ALPHA, stop="--max-time 1 s", looks=1)
+    assert d.confidence == pytest.approx(1 - ALPHA)
+
+
+def test_pooled_rule_error_rates_by_simulation():
+    """The pooled rule on simulated A/A and +8% compares with heavy-tailed cycles (t, 3 df) and no process effect:
+    false "slower"/"faster" stay below alpha, and the 8% change is found more often than by processes alone."""
+    rng = np.random.default_rng(5)
+
+    def verdict(shift: float, pooled: bool) -> str:
+        cycles = [list(shift + 0.02 * rng.standard_t(3, 6)) for _ in range(4)]
+        values = [float(np.median(c)) for c in cycles]
+        return dec.judge(values, T, ALPHA, 4, cycles if pooled else ()).verdict
+
+    aa = [verdict(0.0, True) for _ in range(400)]
+    assert sum(v in ("slower", "faster") for v in aa) <= 4  # alpha/2 = 0.5% expected at most: 2 of 400
+    found = sum(verdict(math.log(1.08), True) == "slower" for _ in range(200))
+    found_by_process = sum(verdict(math.log(1.08), False) == "slower" for _ in range(200))
+    assert found > 0.8 * 200 and found > found_by_process + 30
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # spec, bad input, output
 

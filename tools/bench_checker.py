@@ -146,11 +146,12 @@ def _calibrate_in_child(spec: dict) -> dict:
 
 # ---------------------------------------------------------------- parent side
 
-def _cases(models: list[str], res: list[int], threads: int, min_time_s: float, max_time_s: float):
+def _cases(models: list[str], res: list, threads: int, min_time_s: float, max_time_s: float):
+    """Cases of `models` at `res` (N for NxN, or (H, W)), CPU eager fp32, batch 1."""
     from bench.cases import expand
     from bench.env import device_name
 
-    return expand(models, [(r, r) for r in res], [("cpu", device_name("cpu"))], ["eager"], {"cpu": ["fp32"]}, [1],
+    return expand(models, [(r, r) if isinstance(r, int) else tuple(r) for r in res], [("cpu", device_name("cpu"))], ["eager"], {"cpu": ["fp32"]}, [1],
                   [threads], min_time_s=min_time_s, max_time_s=max_time_s)
 
 

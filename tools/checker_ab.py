@@ -3,11 +3,13 @@
     python -m tools.checker_ab                       # block:msla and evit-b0:msla at 256x256, the full counts
     python -m tools.checker_ab --quick               # smoke: one model, 2 compares of each kind
     python -m tools.checker_ab --counts aa=20,0.05=20,0.02=10,0.10=10 --models block:msla --res 256
+    python -m tools.checker_ab --models evit-b1:msla --res 1024x2048 --threads 2 --counts aa=20,0.05=20
 
 For every model: A/A compares (B = a second, separately built instance of A) and compares against B = A followed
 by an extra fp32 matmul into a preallocated buffer, a real slower code path sized by measurement (the matmul
 calibration of tools.bench_checker) to cost 2%, 5% or 10% of the forward. Each compare is one call of
-`bench.ab.run_ab` with its defaults (threshold 5%, alpha 0.01, checkpoints 8/16/32/64, --max-time 120 s), 1 thread.
+`bench.ab.run_ab` with its defaults (threshold 5%, alpha 0.01, checkpoints 8/16/32/64, --max-time 120 s), at
+--threads (default 1).
 Reported per model and kind: verdicts, false alarms (A/A called slower or faster), detections (slower), the
 achieved slowdown (median ratio B/A of the compares, measured side by side), the SD of the per-process log
 ratios (the noise left inside a process), and the wall time per compare (median, max). Targets (issue 11): 0 false
@@ -60,28 +62,36 @@ def _fn(model: str, frac: float) -> str:
     return "build_" + "".join(c if c.isalnum() else "_" for c in model) + f"_{round(frac * 1000)}"
 
 
-def _sizes(models: list[str], res: int, fracs: list[float], work: Path) -> dict[tuple[str, float], int]:
+def _res(text: str) -> tuple[int, int]:
+    """"256" -> (256, 256); "1024x2048" -> (1024, 2048)."""
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
+def _sizes(models: list[str], res: tuple[int, int], threads: int, fracs: list[float],
+           work: Path) -> dict[tuple[str, float], int]:
     """The matmul size n that costs each fraction of each model's forward (measured in a child)."""
     from tools.bench_checker import _cases, _spawn
 
-    cases = _cases(models, [res], 1, 0.5, 2.0)
-    cal = _spawn({"cases": [c.to_spec() for c in cases], "calibrate": True, "fractions": fracs, "threads": 1,
+    cases = _cases(models, [res], threads, 0.5, 2.0)
+    cal = _spawn({"cases": [c.to_spec() for c in cases], "calibrate": True, "fractions": fracs, "threads": threads,
                   "min_time_s": 0.5, "max_time_s": 2.0}, work, "calibrate", 1800)["calibration"]
     out = {}
     for f in fracs:
         for c, v, fwd in zip(cases, cal["sizes"][str(f)], cal["forward_ms"]):
             out[(c.model, f)] = int(v["n"])
-            print(f"  +{f:.0%} {c.model} {res}: matmul n={v['n']} costs {v['cost_ms']:.3f} of {fwd:.3f} ms",
+            print(f"  +{f:.0%} {c.model} {res[0]}x{res[1]}: matmul n={v['n']} costs {v['cost_ms']:.3f} of {fwd:.3f} ms",
                   file=sys.stderr, flush=True)
     return out
 
 
-def _compare(model: str, kind: str, res: int, work: Path, src: Path | None) -> dict:
+def _compare(model: str, kind: str, res: tuple[int, int], threads: int, work: Path, src: Path | None) -> dict:
     from bench.ab import run_ab
 
     b = model if kind == "aa" else f"{src}:{_fn(model, float(kind))}"
     t0 = time.perf_counter()
-    df, _ = run_ab(a=model, b=b, res=str(res), threads="1", out=work / "runs", argv=["tools.checker_ab"])
+    df, _ = run_ab(a=model, b=b, res=f"{res[0]}x{res[1]}", threads=str(threads), out=work / "runs",
+                   argv=["tools.checker_ab"])
     r = df.iloc[0]
     return {"verdict": str(r["verdict"]), "ratio": float(r["ratio"]), "sd_log": float(r["sd_log"]),
             "processes": int(r["processes"]), "wall_s": time.perf_counter() - t0, "reason": str(r["reason"] or "")}
@@ -122,7 +132,8 @@ def _markdown(rows: list[dict], title: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.checker_ab", description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="block:msla,evit-b0:msla")
-    ap.add_argument("--res", type=int, default=256)
+    ap.add_argument("--res", type=_res, default=(256, 256), help="N or HxW (default 256)")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--counts", default=None, help=f"compares per kind (default {DEFAULT_COUNTS})")
     ap.add_argument("--quick", action="store_true", help=f"one model, {QUICK_COUNTS}")
     ap.add_argument("--keep", metavar="DIR", help="keep the ab folders here (default: a temporary folder)")
@@ -134,19 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     fracs = [float(k) for k in counts if k != "aa"]
-    src = _builder_file(work, _sizes(models, a.res, fracs, work)) if fracs else None
+    src = _builder_file(work, _sizes(models, a.res, a.threads, fracs, work)) if fracs else None
     results, raw = [], {}
     for model in models:
         for kind, n in counts.items():
             outs = []
             for i in range(n):
-                outs.append(_compare(model, kind, a.res, work, src))
+                outs.append(_compare(model, kind, a.res, a.threads, work, src))
                 print(f"{model} {kind} {i + 1}/{n}: {outs[-1]['verdict']} {outs[-1]['ratio']:.3f} "
                       f"({outs[-1]['processes']} processes, {outs[-1]['wall_s']:.0f} s)", file=sys.stderr, flush=True)
             raw[f"{model}|{kind}"] = outs
             results.append(_summarise(model, kind, outs))
     wall = time.perf_counter() - t0
-    print(_markdown(results, f"Same-process A/B (`run_bench.py ab`) on this machine, {a.res}x{a.res}, 1 thread; "
+    print(_markdown(results, f"Same-process A/B (`run_bench.py ab`) on this machine, {a.res[0]}x{a.res[1]}, "
+                             f"{a.threads} thread(s); "
                              f"{wall / 60:.0f} min in all"))
     if a.json:
         Path(a.json).write_text(json.dumps({"summary": results, "compares": raw, "wall_s": wall}, indent=2))

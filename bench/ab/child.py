@@ -37,7 +37,7 @@ from bench.cases import CaseError
 from bench.measure.steps import Stage, failure_row, setup
 from bench.measure.interleaved import cpu_blocks, cuda_blocks
 
-MIN_CYCLES = 3
+MIN_CYCLES = 3  # a long call still gives a few cycles a process (the pooled interval of bench.ab.decide needs 3)
 BLOCK_MIN_MS = 1.0  # a block of a very fast case is made at least this long (timer resolution, loop overhead)
 MAX_BLOCK = 10_000
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from bench.ab import store
-from bench.ab.decide import decide, judge_counts
+from bench.ab.decide import cycle_log_ratios, decide, judge_counts, planned_looks
 from bench.ab.matrix import ABPlan, make_ab_plan
 from bench.ab.sides import worktree
 from bench.ab.spec import ABSpec, Side
@@ -31,6 +31,7 @@ from bench.ab.store import CaseRun
 from bench.cases import Case
 from bench.env import environment, now_iso
 from bench.launch.callgrind import CPU_ONLY, count_sides
+from bench.launch.childenv import AB_BIND_ENV
 from bench.launch.isolation import Isolation, make_isolation
 from bench.launch.outcome import classify
 from bench.launch.workdir import make_workdir
@@ -58,16 +59,30 @@ class Scheduler:
             self.save()
 
     def _look(self, run: CaseRun) -> None:
-        spent = run.wall_s >= self.cfg["max_time_s"]
+        """A look at the checkpoints, and the final one when the next unit would end past --max-time (a unit as
+        long as the last one), so that a verdict comes within the budget, not one long process after it."""
+        spent = run.wall_s + run.unit_s > self.cfg["max_time_s"]
         d = decide(run.ratios, checkpoints=self.plan.checkpoints, threshold=self.cfg["threshold"],
-                   alpha=self.cfg["alpha"], stop=f"--max-time {self.cfg['max_time_s']:g} s" if spent else "")
+                   alpha=self.cfg["alpha"], stop=f"--max-time {self.cfg['max_time_s']:g} s" if spent else "",
+                   cycles=run.cycle_ratios, looks=run.looks)
         if d is not None:
             run.look = d
 
     def _unit(self, run: CaseRun) -> None:
+        """One unit; after the first, K is planned from its wall time (as if later ones took half of it)."""
+        before = run.wall_s
+        self._measure_unit(run)
+        run.unit_s = run.wall_s - before
+        if run.looks is None and run.unit_s > 0:
+            fit = int(self.cfg["max_time_s"] // (0.5 * run.unit_s))
+            run.looks = planned_looks(self.plan.checkpoints, fit)
+
+    def _measure_unit(self, run: CaseRun) -> None:
         if self.plan.design == "same-process":
             row = self._process(run, "abba")
             if row is not None:
+                run.cycle_ratios.append(cycle_log_ratios([ms for _, proc, _, _, ms in run.samples
+                                                          if proc == run.processes]))
                 run.ratios.append(float(row["log_ratio"]))
                 run.a_ms.append(float(row["a_median_ms"]))
                 run.b_ms.append(float(row["b_median_ms"]))
@@ -192,13 +207,17 @@ def _new_folder(out: Path) -> Path:
 
 
 def _child_env(plan: ABPlan) -> dict[str, str]:
+    """What A/B children get over child_env(): the user-model sources, and OpenMP threads bound to their CPUs
+    (AB_BIND_ENV, unless the environment says otherwise)."""
     from models.user import MODELS_FROM_ENV
 
     sources = plan.config.get("models_from") or []
-    return {MODELS_FROM_ENV: os.pathsep.join(sources)} if sources else {}
+    env = {k: v for k, v in AB_BIND_ENV.items() if k not in os.environ}
+    return {**env, MODELS_FROM_ENV: os.pathsep.join(sources)} if sources else env
 
 
 def _meta(plan: ABPlan, folder: Path, argv: list[str] | None) -> dict[str, Any]:
-    return {"run_id": folder.name, "kind": "ab", "started_at": now_iso(), "status": "created",
+    bind = {k: os.environ.get(k, v) for k, v in AB_BIND_ENV.items()}
+    return {"run_id": folder.name, "kind": "ab", "started_at": now_iso(), "status": "created", "omp_env": bind,
             "env": environment(list(argv) if argv is not None else list(sys.argv)), "config": plan.config,
             "cases": [c.to_spec() for c in plan.cases]}

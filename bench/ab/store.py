@@ -45,10 +45,13 @@ class CaseRun:
     a_ms: list[float] = field(default_factory=list)  # per-process medians
     b_ms: list[float] = field(default_factory=list)
     cycles: list[int] = field(default_factory=list)  # ABBA cycles per process (same-process design)
+    cycle_ratios: list[list[float]] = field(default_factory=list)  # per process: its cycles' log ratios
     block: int | None = None  # calls per ABBA block (the last process's)
     samples: list[tuple] = field(default_factory=list)  # SAMPLE_COLUMNS
     processes: int = 0
     wall_s: float = 0.0
+    unit_s: float = 0.0  # wall time of the last unit (one process, or a pair), to foresee the budget
+    looks: int | None = None  # K, planned after the first unit (bench.ab.decide.planned_looks)
     look: Decision | None = None  # the latest look with numbers
     failure: str = ""
 
@@ -77,7 +80,7 @@ def result_row(run: CaseRun, design: str, revs: tuple[str, str]) -> dict[str, An
     return {**run.case.identity(), "case_id": run.case.case_id, "model_a": run.a.label, "model_b": run.b.label,
             "rev_a": revs[0], "rev_b": revs[1], "backend_b": run.b.backend, "design": design,
             "processes": run.processes, "n": len(run.ratios),
-            "ratio": _exp(float(np.mean(run.ratios))) if run.ratios else float("nan"),
+            "ratio": _exp(d.mean) if d is not None else _exp(float(np.mean(run.ratios))) if run.ratios else float("nan"),
             "ci_low": _exp(d.ci_low) if d else float("nan"), "ci_high": _exp(d.ci_high) if d else float("nan"),
             "confidence": d.confidence if d else float("nan"),
             "sd_log": float(np.std(run.ratios, ddof=1)) if len(run.ratios) > 1 else float("nan"),

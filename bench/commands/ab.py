@@ -20,7 +20,9 @@ interleaved over the cases, and each gives one value: the median over its ABBA c
 Decision (T = --threshold, m = log(1 + T/2), CI = the t interval of the mean per-process log ratio at
 confidence 1 - alpha/K, K = the number of --checkpoints): slower if the CI is above m, faster if below -m,
 unchanged if within (-m, m); looked at only at the checkpoints, a case stops at its first decision; undecided
-once --max-time or the last checkpoint is reached without one. Results: OUT/ab-<date>-<time>-<rand>/ (ab.parquet,
+once --max-time or the last checkpoint is reached without one. Long calls (a process of a few cycles): when the
+processes show no process effect (ANOVA), the CI is taken over all their ABBA cycles (20% trimmed mean), so that
+two minutes of 2-4 processes can decide; the reason says which. Results: OUT/ab-<date>-<time>-<rand>/ (ab.parquet,
 ab_samples.parquet, meta.json).
 
 Exit status: 0 no case slower and none failed (undecided cases included); 1 a case is slower, or failed (its
@@ -80,11 +82,11 @@ def _decision_arguments(p: argparse.ArgumentParser) -> None:
                         "(deterministic; B slower when its count is above A's by more than 0.5%% or 3x the "
                         "counting spread; cpu cases, about a minute or more per case)")
     d.add_argument("--max-time", type=float, default=120.0, metavar="S",
-                   help="seconds of processes per case before it is looked at one last time (default 120: on a "
-                        "2-core VM about 60 one-second processes, enough to reach the 64 checkpoint for small "
-                        "models)")
+                   help="seconds of processes per case; the last look comes when one more process (as long as "
+                        "the last) would end past it (default 120: on a 2-core VM about 60 one-second processes, "
+                        "enough to reach the 64 checkpoint for small models)")
     d.add_argument("--process-time", type=float, default=1.0, metavar="S",
-                   help="seconds of ABBA timing per process (default 1)")
+                   help="seconds of ABBA timing per process, and at least 6 ABBA cycles (default 1)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

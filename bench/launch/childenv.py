@@ -20,6 +20,13 @@ REPO = Path(__file__).resolve().parents[2]
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**31)}
 
 
+# OpenMP threads bound to their CPUs (libgomp's OMP_PROC_BIND) in A/B children: on the 2-core development VM the
+# per-cycle SD of an A/A log ratio of evit-b1:msla at 1024x2048 fell from 4.2% (2 threads, free to migrate) to
+# 0.4% bound, and from 0.8% to 0.4% at 1 thread (docs/METHODOLOGY.md). A value in the environment wins; the main
+# job's children are not bound (their absolute times stay those of an unpinned deployment).
+AB_BIND_ENV = {"OMP_PROC_BIND": "true"}
+
+
 def child_env() -> dict:
     env = dict(os.environ)
     for k, v in MALLOC_ENV.items():

@@ -63,9 +63,15 @@ class _Child:
     reasons: dict[str, str] = field(default_factory=dict)  # entry index -> why it was not counted
     dumps: list[int] = field(default_factory=list)  # entry index of each dump, in order
     instr_error: str = ""
+    stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds since the child started, when it ended
+    t0: float = field(default_factory=time.monotonic)
+
+    def stage(self, name: str) -> None:
+        self.stages[name] = round(time.monotonic() - self.t0, 2)
 
     def save(self) -> None:
-        atomic_write_json(self.out, {"reasons": self.reasons, "dumps": self.dumps, "instr_error": self.instr_error})
+        atomic_write_json(self.out, {"reasons": self.reasons, "dumps": self.dumps, "instr_error": self.instr_error,
+                                     "stages": self.stages})
 
 
 def _child_main(spec: dict, child: _Child) -> None:
@@ -74,6 +80,7 @@ def _child_main(spec: dict, child: _Child) -> None:
     from models.registry import error_line
     from models.user import load_from_env
 
+    child.stage("import torch")
     torch.set_num_threads(1)
     try:
         if not torch._C._valgrind_supported_platform():
@@ -84,10 +91,12 @@ def _child_main(spec: dict, child: _Child) -> None:
     fns = {} if child.reasons else _prepare_all(spec, child)
     if fns and spec["fast"]:
         child.instr_error = _instrumentation_on(spec["vgdb_prefix"])
+        child.stage("instrumentation on")
     if fns and not child.instr_error:
         ids, f = list(fns), int(spec["forwards"])
         _run_schedule([i for _ in range(f) for i in ids] if spec["alternate"] else [i for i in ids for _ in range(f)],
                       fns, child)
+        child.stage("counted forwards")
     child.save()
 
 
@@ -100,12 +109,14 @@ def _prepare_all(spec: dict, child: _Child) -> dict[int, Callable[[], Any]]:
         step = "build"
         try:
             fn = _prepare_entry(entry, spec["workdir"])
+            child.stage(f"build {i}")
             step, t0 = "warm-up", time.perf_counter()
             for _ in range(WARMUPS):
                 fn()
                 if time.perf_counter() - t0 > WARMUP_BUDGET_S:
                     break
             fns[i] = fn
+            child.stage(f"warm-up {i}")
         except Exception as e:  # noqa: BLE001 - a failing case becomes a reason
             child.reasons[str(i)] = f"in {step}: {error_line(e)}"
     return fns

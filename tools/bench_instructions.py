@@ -1,0 +1,113 @@
+"""Benchmark of instruction counting at a shipped size (`ab --metric instructions`): where the valgrind time goes,
+the wall time per verdict, A/A agreement and the detection of +5% MACs (not a test).
+
+    python -m tools.bench_instructions                                   # evit-b0:msla 512x512, 1 and 3 forwards
+    python -m tools.bench_instructions --model block:msla --res 256 --forwards 1
+
+Per number of counted forwards F: an A/A pair (A and B both the registry model, alternating in one valgrind
+process, as `ab --metric instructions` counts them) and a pair whose B is the model followed by an extra 1x1
+convolution on a preallocated buffer holding --extra (5%) of the model's MACs (bench.profiling.macs counts them).
+Reported: the valgrind wall time and its stages (the child's own clock: torch imported, each side built and
+warmed up, instrumentation switched on, the counted forwards), the ratio B/A and the verdict of
+bench.ab.decide.judge_counts, and the spread of each side's forwards.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.ab.decide import judge_counts
+
+
+def with_extra_macs(model: str, height: int, width: int, fraction: float):
+    """`model` followed by a 64->64 1x1 convolution over a preallocated (1, 64, 1, S) buffer whose MACs are
+    `fraction` of the model's own at height x width."""
+    import torch
+    from torch import nn
+
+    from bench.profiling.macs import count_costs, total_macs
+    from models.registry import build_model, example_input
+
+    inner = build_model(model).eval()
+    macs = total_macs(count_costs(inner, example_input(model, height, width, 1, seed=0)))
+    size = max(1, round(fraction * macs / (64 * 64)))
+
+    class Extra(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.conv = inner, nn.Conv2d(64, 64, 1, bias=False)
+            self.register_buffer("buf", torch.randn(1, 64, 1, size, generator=torch.Generator().manual_seed(0)))
+
+        def forward(self, x):
+            y = self.inner(x)
+            self.conv(self.buf)
+            return y
+
+    return Extra().eval()
+
+
+def _builder(work: Path, model: str, res: tuple[int, int], fraction: float) -> str:
+    """A builder file the valgrind child imports: 'path.py:build'."""
+    path = work / "extra_macs.py"
+    path.write_text("from tools.bench_instructions import with_extra_macs\n\n\n"
+                    f"def build():\n    return with_extra_macs({model!r}, {res[0]}, {res[1]}, {fraction!r})\n")
+    return f"{path}:build"
+
+
+def _pair(model: str, res: tuple[int, int], forwards: int, builder_b: str | None, work: Path) -> dict:
+    from bench.launch.callgrind import count_pair_instructions
+    from tools.bench_checker import _cases
+
+    case = _cases([model], [res], 1, 0.5, 2.0)[0]
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    a, b = count_pair_instructions(case, case, builder_b=builder_b, forwards=forwards, workdir=work,
+                                   timeout_s=1800)
+    wall = time.perf_counter() - t0
+    results = sorted(work.glob("valgrind-*/result.json"))
+    stages = json.loads(results[-1].read_text()).get("stages", {}) if results else {}
+    if a.reason or b.reason:
+        return {"wall_s": wall, "stages": stages, "reason": a.reason or b.reason}
+    ratio, verdict = judge_counts(a.instructions, b.instructions, max(a.spread_pct, b.spread_pct))
+    return {"wall_s": wall, "stages": stages, "ratio": ratio, "verdict": verdict, "instructions_a": a.instructions,
+            "spread_pct": max(a.spread_pct, b.spread_pct), "reason": ""}
+
+
+def _line(kind: str, forwards: int, r: dict) -> str:
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["stages"].items())
+    head = f"| {kind} | {forwards} | {r['wall_s']:.0f} s | {stages} |"
+    if r["reason"]:
+        return head + f" failed: {r['reason']} | | |"
+    return head + f" {r['ratio']:.4f} | {r['verdict']} | {r['spread_pct']:.3f}% |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_instructions", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="evit-b0:msla")
+    ap.add_argument("--res", default="512", help="N or HxW (default 512)")
+    ap.add_argument("--forwards", default="1,3", help="comma list of counted forwards per side (default 1,3)")
+    ap.add_argument("--extra", type=float, default=0.05, help="B's extra MACs as a fraction (default 0.05)")
+    ap.add_argument("--keep", metavar="DIR", help="keep the valgrind folders here (default: a temporary folder)")
+    a = ap.parse_args(argv)
+    h, _, w = a.res.lower().partition("x")
+    res = (int(h), int(w or h))
+    work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench-instructions-"))
+    work.mkdir(parents=True, exist_ok=True)
+    extra = _builder(work, a.model, res, a.extra)
+    print(f"### Instruction counts of {a.model} at {res[0]}x{res[1]} (1 thread, one valgrind process per pair)\n")
+    print("| pair | forwards | valgrind wall | stages (end, seconds since the child started) | B/A | verdict |"
+          " forwards' spread |")
+    print("|---|---:|---:|---|---:|---|---:|")
+    for f in (int(v) for v in a.forwards.split(",")):
+        for kind, builder in (("A/A", None), (f"+{a.extra:.0%} MACs", extra)):
+            r = _pair(a.model, res, f, builder, work / f"{kind.replace('/', '').replace('+', 'p')}-{f}")
+            print(_line(kind, f, r), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
