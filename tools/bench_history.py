@@ -6,9 +6,13 @@
 2. On a real git chain (a copy of `models` committed `--commits` times; one commit computes block:relu-linear's
    attention three times): the confirming A/B of a real step and of a step injected only into stored numbers,
    and bisect over the chain, with the wall time of each verdict.
+3. On a flat real chain (`--flat-commits`, 30: the same code committed again and again): `history record` of the
+   small matrix at every commit into a scratch store, as CI on main would, then the detector over the measured
+   series; every step it flags is false. Reported: the series' spread and the false steps, per case.
 
-    python -m tools.bench_history                 # both parts (part 2: a few minutes on 2 cores)
+    python -m tools.bench_history                 # parts 1 and 2 (part 2: a few minutes on 2 cores)
     python -m tools.bench_history --part detector
+    python -m tools.bench_history --part flat     # 30 records (~10 min on 2 cores)
 """
 from __future__ import annotations
 
@@ -94,18 +98,53 @@ def on_git(n: int, max_time: float) -> None:
               + ", ".join(f"{commits.index(c)}:{v.verdict} {v.ratio:.3f}" for c, v in res.looks.items()))
 
 
+def flat(n: int, models: str, res: str, max_time: float, budget: float) -> None:
+    """`history record` at each of `n` commits of the same code, then the detector over the measured series."""
+    import statistics
+
+    from bench.history.record import record
+    from bench.history.store import Store, load
+
+    with tempfile.TemporaryDirectory(prefix="history-flat-") as tmp:
+        repo, store = Path(tmp) / "repo", Path(tmp) / "store"
+        commits = chain(repo, n, slow_at=n)  # slow_at past the end: no commit changes the models
+        t0 = time.perf_counter()
+        for c in commits:
+            _git(repo, "checkout", "-q", c)
+            record(store, repo=repo, models=models, res=res, threads="1", machine="flat-bench", max_time=max_time,
+                   budget=budget)
+        wall = time.perf_counter() - t0
+        frame = load(Store(store))
+        found = steps.detect(frame, commits)
+        print(f"\nflat real chain: {n} commits of the same code, `history record` {models} at {res}, 1 thread, "
+              f"--max-time {max_time} --budget {budget}: {wall / n:.0f} s a record")
+        for (_, case_id, metric), s in steps.series(frame, commits).items():
+            v = [float(x) for x in s["value"]]
+            cv = statistics.stdev(v) / statistics.mean(v) * 100 if len(v) > 1 else float("nan")
+            false = [st for st in found if (st.case_id, st.metric) == (case_id, metric)]
+            print(f"{case_id} {metric}: {len(v)} values, SD {cv:.1f}% of the mean, range {min(v):.3f}-{max(v):.3f}; "
+                  f"false steps {len(false)}" + "".join(f" (x{st.ratio:.3f} at commit {commits.index(st.after)})"
+                                                        for st in false))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("all", "detector", "git"), default="all")
+    ap.add_argument("--part", choices=("all", "detector", "git", "flat"), default="all")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--noise", default="0.002,0.005,0.01,0.02,0.05")
     ap.add_argument("--commits", type=int, default=8)
     ap.add_argument("--max-time", type=float, default=120.0, help="seconds per A/B")
+    ap.add_argument("--flat-commits", type=int, default=30)
+    ap.add_argument("--flat-models", default="block:msla,block:relu-linear")
+    ap.add_argument("--flat-res", default="128")
+    ap.add_argument("--flat-budget", type=float, default=20.0, help="history record's --budget (CI: 20)")
     a = ap.parse_args(argv)
     if a.part in ("all", "detector"):
         detector(a.trials, [float(v) for v in a.noise.split(",")])
     if a.part in ("all", "git"):
         on_git(a.commits, a.max_time)
+    if a.part == "flat":
+        flat(a.flat_commits, a.flat_models, a.flat_res, max_time=1.0, budget=a.flat_budget)
     return 0
 
 

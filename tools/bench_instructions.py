@@ -1,15 +1,16 @@
 """Benchmark of instruction counting at a shipped size (`ab --metric instructions`): where the valgrind time goes,
 the wall time per verdict, A/A agreement and the detection of +5% MACs (not a test).
 
-    python -m tools.bench_instructions                                   # evit-b0:msla 512x512, 1 and 3 forwards
-    python -m tools.bench_instructions --model block:msla --res 256 --forwards 1
+    python -m tools.bench_instructions                         # evit-b0:msla 512x512, 1 and 3 forwards, both layouts
+    python -m tools.bench_instructions --model block:msla --res 256 --forwards 1 --layouts parallel
 
-Per number of counted forwards F: an A/A pair (A and B both the registry model, alternating in one valgrind
-process, as `ab --metric instructions` counts them) and a pair whose B is the model followed by an extra 1x1
-convolution on a preallocated buffer holding --extra (5%) of the model's MACs (bench.profiling.macs counts them).
-Reported: the valgrind wall time and its stages (the child's own clock: torch imported, each side built and
-warmed up, instrumentation switched on, the counted forwards), the ratio B/A and the verdict of
-bench.ab.decide.judge_counts, and the spread of each side's forwards.
+Per layout (one: A and B alternating in one valgrind process; parallel: a process a side, both at once, what
+`ab --metric instructions` does where 2 CPUs are free) and number of counted forwards F: an A/A pair (A and B both
+the registry model) and a pair whose B is the model followed by an extra 1x1 convolution on a preallocated buffer
+holding --extra (5%) of the model's MACs (bench.profiling.macs counts them). Reported: the pair's wall time and the
+stages of each valgrind child (its own clock: torch imported, each side built and warmed up, instrumentation
+switched on, the counted forwards), the ratio B/A and the verdict of bench.ab.decide.judge_counts, and the spread
+of each side's forwards.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def _builder(work: Path, model: str, res: tuple[int, int], fraction: float) -> s
     return f"{path}:build"
 
 
-def _pair(model: str, res: tuple[int, int], forwards: int, builder_b: str | None, work: Path) -> dict:
+def _pair(model: str, res: tuple[int, int], forwards: int, builder_b: str | None, work: Path, parallel: bool) -> dict:
     from bench.launch.callgrind import count_pair_instructions
     from tools.bench_checker import _cases
 
@@ -66,10 +67,9 @@ def _pair(model: str, res: tuple[int, int], forwards: int, builder_b: str | None
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     a, b = count_pair_instructions(case, case, builder_b=builder_b, forwards=forwards, workdir=work,
-                                   timeout_s=1800)
+                                   timeout_s=1800, parallel=parallel)
     wall = time.perf_counter() - t0
-    results = sorted(work.glob("valgrind-*/result.json"))
-    stages = json.loads(results[-1].read_text()).get("stages", {}) if results else {}
+    stages = [json.loads(p.read_text()).get("stages", {}) for p in sorted(work.glob("valgrind-*/result.json"))]
     if a.reason or b.reason:
         return {"wall_s": wall, "stages": stages, "reason": a.reason or b.reason}
     ratio, verdict = judge_counts(a.instructions, b.instructions, max(a.spread_pct, b.spread_pct))
@@ -77,9 +77,9 @@ def _pair(model: str, res: tuple[int, int], forwards: int, builder_b: str | None
             "spread_pct": max(a.spread_pct, b.spread_pct), "reason": ""}
 
 
-def _line(kind: str, forwards: int, r: dict) -> str:
-    stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["stages"].items())
-    head = f"| {kind} | {forwards} | {r['wall_s']:.0f} s | {stages} |"
+def _line(layout: str, kind: str, forwards: int, r: dict) -> str:
+    stages = "; ".join(", ".join(f"{k} {v:.0f} s" for k, v in one.items()) for one in r["stages"])
+    head = f"| {layout} | {kind} | {forwards} | {r['wall_s']:.0f} s | {stages} |"
     if r["reason"]:
         return head + f" failed: {r['reason']} | | |"
     return head + f" {r['ratio']:.4f} | {r['verdict']} | {r['spread_pct']:.3f}% |"
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="evit-b0:msla")
     ap.add_argument("--res", default="512", help="N or HxW (default 512)")
     ap.add_argument("--forwards", default="1,3", help="comma list of counted forwards per side (default 1,3)")
+    ap.add_argument("--layouts", default="one,parallel", help="comma list of one, parallel (default both)")
     ap.add_argument("--extra", type=float, default=0.05, help="B's extra MACs as a fraction (default 0.05)")
     ap.add_argument("--keep", metavar="DIR", help="keep the valgrind folders here (default: a temporary folder)")
     a = ap.parse_args(argv)
@@ -98,14 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench-instructions-"))
     work.mkdir(parents=True, exist_ok=True)
     extra = _builder(work, a.model, res, a.extra)
-    print(f"### Instruction counts of {a.model} at {res[0]}x{res[1]} (1 thread, one valgrind process per pair)\n")
-    print("| pair | forwards | valgrind wall | stages (end, seconds since the child started) | B/A | verdict |"
-          " forwards' spread |")
-    print("|---|---:|---:|---|---:|---|---:|")
-    for f in (int(v) for v in a.forwards.split(",")):
-        for kind, builder in (("A/A", None), (f"+{a.extra:.0%} MACs", extra)):
-            r = _pair(a.model, res, f, builder, work / f"{kind.replace('/', '').replace('+', 'p')}-{f}")
-            print(_line(kind, f, r), flush=True)
+    print(f"### Instruction counts of {a.model} at {res[0]}x{res[1]} (1 thread)\n")
+    print("| layout | pair | forwards | pair's wall | stages of each valgrind child (end, seconds since it started) |"
+          " B/A | verdict | forwards' spread |")
+    print("|---|---|---:|---:|---|---:|---|---:|")
+    for layout in a.layouts.split(","):
+        for f in (int(v) for v in a.forwards.split(",")):
+            for kind, builder in (("A/A", None), (f"+{a.extra:.0%} MACs", extra)):
+                r = _pair(a.model, res, f, builder, work / f"{layout}-{kind.replace('/', '').replace('+', 'p')}-{f}",
+                          layout == "parallel")
+                print(_line(layout, kind, f, r), flush=True)
     return 0
 
 

@@ -22,8 +22,9 @@ so there are still at most K looks); a case undecided after it, or after the las
 with the reason. Ratios reported are exp() of the log-scale values.
 
 Long calls: the cycles, not the processes, when the processes agree. A 0.6-1.2 s call (evit-b1:msla at 1024x2048,
-2 or 1 threads) gives a process of MIN_CYCLES (6) cycles in 30-50 s, so two minutes hold 2-4 processes, and a t
-interval over so few values (1-3 df at 1 - alpha/(2K)) cannot exclude 2.5%. Measured on the development VM
+2 or 1 threads) gives a process of MIN_CYCLES (3) ABBA cycles in 14 s or more (about half of it start-up, two
+builds and warm-ups), so two minutes hold 4-8 processes, and a t interval over so few values (3-7 df at
+1 - alpha/(2K)) excludes 2.5% only when the processes agree within about 1%. Measured on the development VM
 (A/A, per-cycle log ratios of bench.ab's samples, docs/METHODOLOGY.md): the processes of such a case show no
 process effect (one-way ANOVA over 6 processes: F 0.76, p 0.58), and the cycles' noise is heavy-tailed (single
 calls 13-25% slow while the machine serves something else). So when there are at least POOL_MIN_PROCESSES

@@ -174,15 +174,15 @@ def run_ab(*, a: str | None = None, b: str | None = None, a_rev: str | None = No
 
 
 def _instructions(runs: list[CaseRun], plan, log: Log) -> dict[str, dict]:
-    """case_id -> the instruction columns (one valgrind process per case, A and B alternating)."""
+    """case_id -> the instruction columns (one valgrind process per side, at once)."""
     env = _child_env(plan)
     return {r.case.case_id: instruction_columns(r.case, r.a, r.b, env=env, log=log) for r in runs}
 
 
 def instruction_columns(case: Case, a: Side, b: Side, *, env: dict[str, str] | None = None,
                         log: Log | None = None) -> dict:
-    """The instruction columns of one case: A and B counted alternately in one valgrind process
-    (bench.launch.callgrind), judged by bench.ab.decide.judge_counts. A side that could not be counted makes the
+    """The instruction columns of one case: A and B counted under valgrind (bench.launch.callgrind:
+    a process a side, at once where 2 CPUs are free), judged by bench.ab.decide.judge_counts. A side that could not be counted makes the
     case `failed` with the reason."""
     if case.device_type != "cpu":
         return {"instructions_verdict": "failed", "instructions_reason": CPU_ONLY}

@@ -78,7 +78,7 @@ def _decision_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--checkpoints", default="8,16,32,64", metavar="LIST",
                    help="process counts at which a case is looked at (default 8,16,32,64)")
     d.add_argument("--metric", choices=("time", "instructions"), default="time",
-                   help="instructions: also count both sides' CPU instructions per forward in one valgrind process "
+                   help="instructions: also count both sides' CPU instructions per forward under valgrind, a process a side "
                         "(deterministic; B slower when its count is above A's by more than 0.5%% or 3x the "
                         "counting spread; cpu cases, about a minute or more per case)")
     d.add_argument("--max-time", type=float, default=120.0, metavar="S",
@@ -86,7 +86,7 @@ def _decision_arguments(p: argparse.ArgumentParser) -> None:
                         "the last) would end past it (default 120: on a 2-core VM about 60 one-second processes, "
                         "enough to reach the 64 checkpoint for small models)")
     d.add_argument("--process-time", type=float, default=1.0, metavar="S",
-                   help="seconds of ABBA timing per process, and at least 6 ABBA cycles (default 1)")
+                   help="seconds of ABBA timing per process, and at least 3 ABBA cycles (default 1)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ Stored numbers of two commits were taken minutes or days apart, on a runner whos
 steps sought; a change-point detector over them (asv, Otava) proposes, it cannot confirm. Here both commits are
 checked out as worktrees and measured alternately in the same processes (bench.ab: `--a-rev OLD --b-rev NEW`),
 which cancels the machine's drift; a step is reported only when that A/B says "slower". For the instructions metric
-the A/B counts both sides in one valgrind process (deterministic).
+the A/B counts both sides under valgrind (deterministic).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The parent half of `--metric instructions`: start ONE valgrind (callgrind) process over a list of cases and read
-its counts back; the child it runs is bench.measure.instructions, whose docstring says what a count sees.
+"""The parent half of `--metric instructions`: start ONE valgrind (callgrind) process over a list of cases (or one
+a side of an A/B pair, both at once) and read its counts back; the child it runs is bench.measure.instructions, whose docstring says what a count sees.
 
 Kept beside the launcher because it is the launcher's kind of work: it writes the child's spec, starts the process
 (in the suite's child environment, bench.launch.childenv), kills its process group at the timeout and reads what
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -31,6 +32,7 @@ from typing import Any, Callable, Mapping
 from bench.ab.spec import Side
 from bench.cases import Case
 from bench.files import atomic_write_json
+from bench.env.machine import usable_cpus
 from bench.launch.childenv import child_env
 from bench.launch.workdir import temporary_workdir
 from bench.results.lifecycle import RunState
@@ -76,13 +78,24 @@ def count_instructions(cases: list[Case], *, forwards: int = DEFAULT_FORWARDS, t
 
 def count_pair_instructions(case_a: Case, case_b: Case, *, builder_a: str | None = None, builder_b: str | None = None,
                             forwards: int = DEFAULT_FORWARDS, timeout_s: float = DEFAULT_TIMEOUT_S,
-                            workdir: Path, env: Mapping[str, str] | None = None,
+                            workdir: Path, env: Mapping[str, str] | None = None, parallel: bool | None = None,
                             ) -> tuple[InstructionCount, InstructionCount]:
-    """A and B in the same valgrind process, forwards alternating A, B, A, B, ...; a builder ("module:function" or
-    "path.py:function", a zero-argument function returning the nn.Module) replaces that side's registry model (the
-    case still gives the input, the backend and the precision)."""
-    a, b = _count([(case_a, builder_a), (case_b, builder_b)], forwards, True, timeout_s, Path(workdir), env)
+    """A's and B's counts; a builder ("module:function" or "path.py:function", a zero-argument function returning
+    the nn.Module) replaces that side's registry model (the case still gives the input, the backend and the
+    precision).
+
+    `parallel` (default: where this process may run on 2 CPUs or more): each side in its own valgrind process, both
+    at once. valgrind runs one thread, a count does not depend on the load, and two processes with the same history
+    (start-up, one build, its warm-ups) agree to 0.01-0.04%, so the pair's wall time is one side's, not the sum.
+    Otherwise both in one process, forwards alternating A, B, A, B, ..."""
+    entries: list[Entry] = [(case_a, builder_a), (case_b, builder_b)]
+    if not (usable_cpus() >= 2 if parallel is None else parallel):
+        a, b = _count(entries, forwards, True, timeout_s, Path(workdir), env)
+        return a, b
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda e: _count([e], forwards, False, timeout_s, Path(workdir), env)[0], entries)
     return a, b
+
 
 
 def add_instruction_columns(state: "RunState", cases: list[Case], log: Callable[[str], None] | None = None, *,
@@ -130,12 +143,13 @@ def _work_key(case: Case) -> str:
 
 def count_sides(case: Case, a: Side, b: Side, *, env: Mapping[str, str] | None = None,
                 log: Callable[[str], None] | None = None) -> tuple[InstructionCount, InstructionCount]:
-    """A/B's two sides of one case counted alternately in one valgrind process, each built in the child exactly as
-    the timed A/B child builds it (bench.ab.child.build_side): a small generated builder file per side holds its
-    Side record, so registry models, users' files and another git revision's models are counted the same way."""
+    """A/B's two sides of one case counted (count_pair_instructions: one valgrind process a side, at once where 2
+    CPUs are free), each built in the child exactly as the timed A/B child builds it (bench.ab.child.build_side):
+    a small generated builder file per side holds its Side record, so registry models, users' files and another
+    git revision's models are counted the same way."""
     with temporary_workdir("ab-instr") as work:
         if log:
-            log(f"instructions: {case.label()}: A and B in one valgrind process (torch start-up ~1 min)")
+            log(f"instructions: {case.label()}: A and B under valgrind (torch start-up ~1 min)")
         return count_pair_instructions(case, case, builder_a=_builder_file(work, "a", a, case.seed),
                                        builder_b=_builder_file(work, "b", b, case.seed), workdir=work, env=env)
 
