@@ -311,6 +311,15 @@ def test_the_processes_decide_when_their_medians_agree_better_than_the_cycles():
     assert d.verdict == "unchanged" and d.reason.endswith("(0.976, 1.025)") and "8 processes)" in d.reason
 
 
+def test_two_processes_that_agree_by_chance_do_not_decide():
+    # the A/A seen on the VM: two process medians of -3.7% that agreed to 0.01% (1 df) gave "faster" 0.963
+    values = [-0.0377, -0.0376]
+    assert dec.t_interval(values, 1 - ALPHA)[3] < -dec.midpoint(T)  # the bare t interval would call it faster
+    d = dec.judge(values, T, ALPHA, 1)
+    assert d.verdict == "continue" and "a verdict needs 3" in d.reason
+    assert dec.judge([*values, -0.0378], T, ALPHA, 1).verdict == "faster"  # from 3 processes on, it may
+
+
 def test_a_process_effect_keeps_the_process_level_interval():
     rng = np.random.default_rng(4)
     shifts = [0.0, 0.03, -0.03, 0.06]  # each process has its own offset: its cycles are not independent draws

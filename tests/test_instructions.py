@@ -47,7 +47,8 @@ def counted(tmp_path_factory) -> dict[str, Future]:
     """The two valgrind processes, started together (each runs one thread, so on two cores the pair's process no
     longer waits for the list's): `listed` and `pair` wait for their own."""
     needs_valgrind()
-    listed_dir, pair_dir = tmp_path_factory.mktemp("listed"), tmp_path_factory.mktemp("pair")
+    # the pair's folder name has a space and a '%' (valgrind expands %p, %q{..} in its file options)
+    listed_dir, pair_dir = tmp_path_factory.mktemp("listed"), tmp_path_factory.mktemp("pair 100% ")
     with ThreadPoolExecutor(2) as pool:
         yield {"listed": pool.submit(count_instructions, [CONVS[0], FAILS, *CONVS[1:], BLOCK], timeout_s=900,
                                      workdir=listed_dir, env={MODELS_FROM_ENV: str(MODELS)}),

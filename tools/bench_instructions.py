@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="evit-b0:msla")
     ap.add_argument("--res", default="512", help="N or HxW (default 512)")
     ap.add_argument("--forwards", default="1,3", help="comma list of counted forwards per side (default 1,3)")
+    ap.add_argument("--pairs", default="aa,extra", help="comma list of aa, extra (default both)")
     ap.add_argument("--layouts", default="one,parallel", help="comma list of one, parallel (default both)")
     ap.add_argument("--extra", type=float, default=0.05, help="B's extra MACs as a fraction (default 0.05)")
     ap.add_argument("--keep", metavar="DIR", help="keep the valgrind folders here (default: a temporary folder)")
@@ -105,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---|---:|---|---:|")
     for layout in a.layouts.split(","):
         for f in (int(v) for v in a.forwards.split(",")):
-            for kind, builder in (("A/A", None), (f"+{a.extra:.0%} MACs", extra)):
-                r = _pair(a.model, res, f, builder, work / f"{layout}-{kind.replace('/', '').replace('+', 'p')}-{f}",
-                          layout == "parallel")
-                print(_line(layout, kind, f, r), flush=True)
+            for tag, kind, builder in (("aa", "A/A", None), ("extra", f"+{a.extra:.0%} MACs", extra)):
+                if tag in a.pairs.split(","):
+                    r = _pair(a.model, res, f, builder, work / f"{layout}-{tag}-{f}", layout == "parallel")
+                    print(_line(layout, kind, f, r), flush=True)
     return 0
 
 

@@ -11,6 +11,7 @@ and CI = the two-sided Student t interval (scipy.stats.t) of the mean log ratio 
 - faster     when the CI's upper bound < -m,
 - unchanged  when the CI lies within (-m, m),
 - otherwise keep measuring.
+The per-process interval decides from MIN_PROCESSES (3) values on; below that only pooled cycles can.
 Sequential looks: the rule is applied only when the number of per-process values reaches a checkpoint (8, 16,
 32, 64 by default) and a case stops at its first decided look. K = the number of looks the case can take
 (`planned_looks`: the checkpoints that fit its budget at twice the speed of its first process, plus the final
@@ -61,6 +62,10 @@ VERDICTS = (*DECIDED, "undecided", "failed")
 CONTINUE = "continue"  # a look that decides nothing yet
 INSTR_TOLERANCE = 0.005  # 0.5%: ~7x the spread of the forwards of one process measured on the development VM
 POOL_MIN_PROCESSES, POOL_MIN_CYCLES, POOL_P = 2, 3, 0.10  # when the cycles may stand for the processes
+# The per-process t interval decides from 3 values on. At 2 (1 df) it rests on one difference: an A/A of
+# evit-b1:msla at 1024x2048 (2.3 s calls on a slow day, per-process SD 2-5%) was called "faster" 0.963, CI
+# [0.953, 0.973], from 2 processes whose medians agreed to 0.01% (1 of 6 A/A compares).
+MIN_PROCESSES = 3
 TRIM = 0.2  # each tail of the pooled cycles trimmed (20%: Wilcox's default for the trimmed-mean interval)
 
 
@@ -153,7 +158,8 @@ def judge(values: Sequence[float], threshold: float, alpha: float, looks: int,
     pooled = bool(cycles) and poolable(cycles)
     conf = look_confidence(alpha, looks * (2 if pooled else 1))
     n = len(values)
-    units = [(f"{n} processes", t_interval(values, conf))]
+    mean, sd, lo, hi = t_interval(values, conf)
+    units = [(f"{n} processes", (mean, sd, lo, hi) if n >= MIN_PROCESSES else (mean, sd, math.nan, math.nan))]
     if pooled:
         units.append((f"{sum(len(c) for c in cycles)} cycles of {n} processes, {TRIM:.0%} trimmed mean",
                       pooled_interval(cycles, conf)))
@@ -168,7 +174,8 @@ def judge(values: Sequence[float], threshold: float, alpha: float, looks: int,
     reason = {"slower": f"{ci} lies above the midpoint {_r(m)}", "faster": f"{ci} lies below the midpoint {_r(-m)}",
               "unchanged": f"{ci} lies within ({_r(-m)}, {_r(m)})"}.get(verdict)
     if reason is None:
-        reason = (f"no interval from {n} process(es)" if not (math.isfinite(lo) and math.isfinite(hi)) else
+        reason = (f"no interval from {n} process(es) (a verdict needs {MIN_PROCESSES}, or pooled cycles)"
+                  if not (math.isfinite(lo) and math.isfinite(hi)) else
                   f"{ci} still spans a midpoint ({_r(-m)} or {_r(m)})" if len(decided) < 2 else
                   f"the intervals of processes and of cycles disagree ({' vs '.join(verdicts)})")
     return Decision(verdict, n, mean, sd, lo, hi, conf, reason)

@@ -209,9 +209,10 @@ def _in_valgrind(entries: list[Entry], forwards: int, alternate: bool, timeout_s
 
 def _run_valgrind(run_dir: Path, fast: bool, env: Mapping[str, str], timeout_s: float) -> tuple[int, str, float]:
     """(pid, why the process failed or "", wall seconds); its process group is killed at the timeout."""
+    where = str(run_dir).replace("%", "%%")  # valgrind expands %p, %q{VAR}, %n in file names; a literal % is %%
     cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--instr-atstart={'no' if fast else 'yes'}",
-           "--vgdb=yes", f"--vgdb-prefix={run_dir / 'vgdb'}", f"--callgrind-out-file={run_dir}/callgrind.out.%p",
-           f"--log-file={run_dir}/valgrind.log", sys.executable, "-m", CHILD_MODULE,
+           "--vgdb=yes", f"--vgdb-prefix={run_dir / 'vgdb'}", f"--callgrind-out-file={where}/callgrind.out.%p",
+           f"--log-file={where}/valgrind.log", sys.executable, "-m", CHILD_MODULE,
            "--spec", str(run_dir / "spec.json"), "--out", str(run_dir / "result.json")]
     t0 = time.perf_counter()
     with open(run_dir / "child.log", "wb") as log:

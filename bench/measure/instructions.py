@@ -21,7 +21,8 @@ oneDNN and ATen run their AVX2 kernels. Python dispatch is counted: a small mode
 
 Cost on the 2-core development VM (3 forwards, eager fp32, one case per process, other work on the machine):
 block:msla 128x128 50-60 s a valgrind process, evit-b0:msla 256x256 80-100 s; a forward runs ~300x its native
-time, instrumented or not (evit-b0: 8 s), so warm-ups stop after WARMUP_BUDGET_S. Spread of the forwards in a
+time, instrumented or not (evit-b0: 8 s; 45 s at 512x512 on a slow day), so warm-ups stop after WARMUP_BUDGET_S
+(a whole model needs one: its blocks' code runs many times a forward). Spread of the forwards in a
 process: 0.05% (block:msla 128x128; 0.2% after four other cases: malloc's state), 0.07% (evit-b0, 79.7M); the
 same case in two processes: 0.01-0.04%. An extra 1x1 conv of M MACs adds 0.32 M instructions, linearly; a
 matmul's count follows its kernel's blocking, not its MACs alone (1024x512 @ 512xN: N 512 -> 520, +1.6% MACs:
