@@ -1,8 +1,8 @@
 """--metric instructions: callgrind counts per forward (bench/launch/callgrind.py starts valgrind over the child,
 bench/measure/instructions.py).
 
-Two valgrind processes in all (module-scoped, ~1-2 min each on the 2-core VM, started together: each runs one
-thread): a list of small cases, and an A/B pair. The tests that need no valgrind (CUDA, missing valgrind, parsing,
+Three valgrind processes in all (module-scoped, ~1-2 min each on the 2-core VM, started together: each runs one
+thread): a list of small cases, and an A/B pair (a process a side). The tests that need no valgrind (CUDA, missing valgrind, parsing,
 the run's columns) always run.
 """
 from __future__ import annotations
@@ -44,8 +44,8 @@ BLOCK = case("block:msla", 128)
 
 @pytest.fixture(scope="module")
 def counted(tmp_path_factory) -> dict[str, Future]:
-    """The two valgrind processes, started together (each runs one thread, so on two cores the pair's process no
-    longer waits for the list's): `listed` and `pair` wait for their own."""
+    """The valgrind processes, started together (each runs one thread, so the pair's processes do not wait for the
+    list's): `listed` and `pair` wait for their own."""
     needs_valgrind()
     # the pair's folder name has a space and a '%' (valgrind expands %p, %q{..} in its file options)
     listed_dir, pair_dir = tmp_path_factory.mktemp("listed"), tmp_path_factory.mktemp("pair 100% ")
@@ -64,7 +64,7 @@ def listed(counted) -> dict[str, InstructionCount]:
 
 @pytest.fixture(scope="module")
 def pair(counted) -> tuple[InstructionCount, InstructionCount]:
-    """A second process: block:msla through a builder file (A) against a builder that raises (B)."""
+    """A process a side: block:msla through a builder file (A) against a builder that raises (B)."""
     return counted["pair"].result()
 
 
@@ -96,8 +96,8 @@ def test_a_failing_builder_is_a_reason_and_the_pair_is_deterministic_across_proc
     assert math.isnan(b.instructions) and b.reason == "in build: RuntimeError: broken on purpose"
     assert a.reason == "" and a.forwards == 3 and a.spread_pct < 0.5
     same = listed[BLOCK.case_id].instructions  # the registry's block:msla, counted in the other process
-    # processes with different histories (this one built a failing B first; the other counted six cases before
-    # it) differ by more than the forwards of one process: 0.60% seen in a CI run, 0.1-0.3% usually
+    # processes with different histories (this one built block:msla through a builder file; the other counted
+    # five cases before it) differ by more than the forwards of one process: 0.60% seen in a CI run, 0.1-0.3% usually
     assert abs(a.instructions / same - 1) < 0.01, (a.counts, listed[BLOCK.case_id].counts)
     assert a.wall_s > 0
 

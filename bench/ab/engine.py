@@ -181,9 +181,9 @@ def _instructions(runs: list[CaseRun], plan, log: Log) -> dict[str, dict]:
 
 def instruction_columns(case: Case, a: Side, b: Side, *, env: dict[str, str] | None = None,
                         log: Log | None = None) -> dict:
-    """The instruction columns of one case: A and B counted under valgrind (bench.launch.callgrind:
-    a process a side, at once where 2 CPUs are free), judged by bench.ab.decide.judge_counts. A side that could not be counted makes the
-    case `failed` with the reason."""
+    """The instruction columns of one case: A and B counted under valgrind (bench.launch.callgrind: a process a
+    side, at once where 2 CPUs are free), judged by bench.ab.decide.judge_counts. A side that could not be counted
+    makes the case `failed` with the reason."""
     if case.device_type != "cpu":
         return {"instructions_verdict": "failed", "instructions_reason": CPU_ONLY}
     ca, cb = count_sides(case, a, b, env=env, log=log)

@@ -78,8 +78,8 @@ def _decision_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--checkpoints", default="8,16,32,64", metavar="LIST",
                    help="process counts at which a case is looked at (default 8,16,32,64)")
     d.add_argument("--metric", choices=("time", "instructions"), default="time",
-                   help="instructions: also count both sides' CPU instructions per forward under valgrind, a process a side "
-                        "(deterministic; B slower when its count is above A's by more than 0.5%% or 3x the "
+                   help="instructions: also count both sides' CPU instructions per forward under valgrind, a "
+                        "process a side (deterministic; B slower when its count is above A's by more than 0.5%% or 3x the "
                         "counting spread; cpu cases, about a minute or more per case)")
     d.add_argument("--max-time", type=float, default=120.0, metavar="S",
                    help="seconds of processes per case; the last look comes when one more process (as long as "

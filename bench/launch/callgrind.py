@@ -1,5 +1,6 @@
 """The parent half of `--metric instructions`: start ONE valgrind (callgrind) process over a list of cases (or one
-a side of an A/B pair, both at once) and read its counts back; the child it runs is bench.measure.instructions, whose docstring says what a count sees.
+a side of an A/B pair, both at once) and read its counts back; the child it runs is bench.measure.instructions,
+whose docstring says what a count sees.
 
 Kept beside the launcher because it is the launcher's kind of work: it writes the child's spec, starts the process
 (in the suite's child environment, bench.launch.childenv), kills its process group at the timeout and reads what
@@ -95,7 +96,6 @@ def count_pair_instructions(case_a: Case, case_b: Case, *, builder_a: str | None
     with ThreadPoolExecutor(2) as pool:
         a, b = pool.map(lambda e: _count([e], forwards, False, timeout_s, Path(workdir), env)[0], entries)
     return a, b
-
 
 
 def add_instruction_columns(state: "RunState", cases: list[Case], log: Callable[[str], None] | None = None, *,
