@@ -112,8 +112,10 @@ def test_openvino_profile_reports_node_sum_against_wall(tmp_path):
 
 
 def test_openvino_exclusions_matter_both_ways(tmp_path):
-    """Keeping the attention matmuls (activation x activation) in float is what keeps msla within tolerance on
-    openvino: with nothing excluded the error is ~10x larger (measured 0.12-0.13 against 0.0092)."""
+    """Keeping the attention matmuls (activation x activation) in float keeps msla within tolerance on openvino,
+    and excluding nothing moves their MACs to int8 and adds error. How much depends on the CPU's int8 kernels:
+    0.12-0.13 against 0.0092 on a host with AVX-512, 0.0134 against 0.0112 on an AVX2-only AMD EPYC (family 23),
+    so the test asserts the direction, not the factor."""
     torch.manual_seed(0)
     model, x = build_model(NAME), example_input(NAME, RES, RES)
     ref = reference_output(model, x)
@@ -124,7 +126,7 @@ def test_openvino_exclusions_matter_both_ways(tmp_path):
         errs[policy] = evaluate(p.fn(), ref, "int8")["rel_err"]
         shares[policy] = p.info["int8"]["macs_share"]
         assert p.info["int8"]["float_ops"] == policy
-    assert errs["attention"] < INT8_TOL < errs["none"]
+    assert errs["attention"] < INT8_TOL and errs["none"] > errs["attention"], errs
     assert shares["attention"] < shares["none"] == 1.0  # the matmuls' MACs moved to int8
     with pytest.raises(Exception, match="unknown int8_float_ops"):
         prepare(model, x, backend="openvino", device="cpu", precision="int8", workdir=tmp_path,
