@@ -85,13 +85,26 @@ def _line(layout: str, kind: str, forwards: int, r: dict) -> str:
     return head + f" {r['ratio']:.4f} | {r['verdict']} | {r['spread_pct']:.3f}% |"
 
 
+def _choices(*allowed: str):
+    """An argparse type: a comma list of `allowed` words (a typo is argparse's one-line error, exit 2)."""
+    def parse(text: str) -> list[str]:
+        words = [w.strip() for w in text.split(",") if w.strip()]
+        bad = [w for w in words if w not in allowed]
+        if bad or not words:
+            raise argparse.ArgumentTypeError(f"{text!r}; accepted: a comma list of {', '.join(allowed)}")
+        return words
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.bench_instructions", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="evit-b0:msla")
     ap.add_argument("--res", default="512", help="N or HxW (default 512)")
     ap.add_argument("--forwards", default="1,3", help="comma list of counted forwards per side (default 1,3)")
-    ap.add_argument("--pairs", default="aa,extra", help="comma list of aa, extra (default both)")
-    ap.add_argument("--layouts", default="one,parallel", help="comma list of one, parallel (default both)")
+    ap.add_argument("--pairs", type=_choices("aa", "extra"), default="aa,extra",
+                    help="comma list of aa, extra (default both)")
+    ap.add_argument("--layouts", type=_choices("one", "parallel"), default="one,parallel",
+                    help="comma list of one, parallel (default both)")
     ap.add_argument("--extra", type=float, default=0.05, help="B's extra MACs as a fraction (default 0.05)")
     ap.add_argument("--keep", metavar="DIR", help="keep the valgrind folders here (default: a temporary folder)")
     a = ap.parse_args(argv)
@@ -104,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| layout | pair | forwards | pair's wall | stages of each valgrind child (end, seconds since it started) |"
           " B/A | verdict | forwards' spread |")
     print("|---|---|---:|---:|---|---:|---|---:|")
-    for layout in a.layouts.split(","):
+    for layout in a.layouts:
         for f in (int(v) for v in a.forwards.split(",")):
             for tag, kind, builder in (("aa", "A/A", None), ("extra", f"+{a.extra:.0%} MACs", extra)):
-                if tag in a.pairs.split(","):
+                if tag in a.pairs:
                     r = _pair(a.model, res, f, builder, work / f"{layout}-{tag}-{f}", layout == "parallel")
                     print(_line(layout, kind, f, r), flush=True)
     return 0

@@ -15,8 +15,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "numpy", "scipy", "pandas", "pyarrow", "psutil", "nvidia-ml-py", "onnx", "onnxruntime",
             "onnxscript", "torch-tensorrt", "tensorrt", "timm", "densebench")
-# x86 flags, then ARM features, that say whether reduced precision runs natively
-ISA_KEYS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_tile",
+# x86 flags, then ARM features, that say whether reduced precision runs natively (VNNI: int8 dot products)
+ISA_KEYS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_fp16",
+            "amx_tile",
             "bf16", "fphp", "asimdhp", "sve", "sve2")
 
 
