@@ -339,6 +339,51 @@ def test_planned_looks_count_only_the_looks_that_fit_the_budget():
     assert d.confidence == pytest.approx(1 - ALPHA)
 
 
+def test_a_long_call_s_later_processes_fill_the_budget():
+    from bench.ab.engine import FILL, stretched_process_time
+
+    # 2 s calls: a first process of 42 s, 24 s of them in 3 counted cycles; 2 processes fit 0.9 x 120 s
+    stretched = stretched_process_time(42.0, 24.0, 1.0, 120.0, 8)
+    assert stretched == pytest.approx(FILL * 120 - 42 - (42 - 24))  # the second process ends at 108 s
+    assert stretched_process_time(5.0, 1.0, 1.0, 120.0, 8) is None  # a small model reaches its checkpoints
+    assert stretched_process_time(70.0, 40.0, 1.0, 120.0, 8) is None  # one process fills the budget already
+    assert stretched_process_time(50.0, 24.0, 40.0, 120.0, 8) is None  # shorter than the configured time: no gain
+
+
+class _Calls:
+    """A forward that takes `first_s` on its first call and `then_s` on every later one (time.sleep), counted."""
+
+    def __init__(self, first_s: float, then_s: float):
+        self.first_s, self.then_s, self.n = first_s, then_s, 0
+
+    def __call__(self):
+        import time
+        time.sleep(self.first_s if self.n == 0 else self.then_s)
+        self.n += 1
+
+
+@pytest.mark.parametrize("first_s, then_s, warmed", [
+    (0.25, 0.25, False),  # calls longer than the warm-up's time bound: the discarded cycle is their warm-up
+    (0.002, 0.002, True),  # short calls: the timer's warm-up first
+    (0.30, 0.002, True),  # a long first call (a compiling backend), short calls after: warmed up after all
+])
+def test_abba_child_warms_long_calls_with_the_discarded_cycle(first_s, then_s, warmed):
+    from bench.ab.child import _abba
+
+    fa, fb = _Calls(first_s, then_s), _Calls(first_s, then_s)
+    side = Side("model", "block:msla", "eager", model="block:msla")
+    spec = ABSpec(_case(), side, side, process_time_s=0.5)
+    row: dict = {}
+    samples = _abba(spec, fa, fb, row)
+    counted = row["cycles"] * 2 * row["block"]  # calls a side in the counted cycles
+    assert len(samples) == 4 * row["cycles"] and row["warm_s"] > 0 and row["cycles_s"] > 0
+    if warmed:
+        assert fa.n > 1 + 2 * row["block"] + counted  # first call, warm-up calls, discarded cycle(s), cycles
+    else:
+        assert fa.n == fb.n == 1 + 2 + counted  # first call, discarded cycle, cycles: no separate warm-up
+        assert row["cycles"] == 3  # MIN_CYCLES (1 s each): a fourth would end past the 0.5 s
+
+
 def test_pooled_rule_error_rates_by_simulation():
     """The pooled rule on simulated A/A and +8% compares with heavy-tailed cycles (t, 3 df) and no process effect:
     false "slower"/"faster" stay below alpha, and the 8% change is found more often than by processes alone."""

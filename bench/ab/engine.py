@@ -62,6 +62,8 @@ class Scheduler:
         """A look at the checkpoints, and the final one when the next unit would end past --max-time (a unit as
         long as the last one), so that a verdict comes within the budget, not one long process after it."""
         spent = run.wall_s + run.unit_s > self.cfg["max_time_s"]
+        if run.process_time_s and not spent:
+            return  # a stretched case reaches no checkpoint: its one look (K = 1) is the final one
         d = decide(run.ratios, checkpoints=self.plan.checkpoints, threshold=self.cfg["threshold"],
                    alpha=self.cfg["alpha"], stop=f"--max-time {self.cfg['max_time_s']:g} s" if spent else "",
                    cycles=run.cycle_ratios, looks=run.looks)
@@ -69,13 +71,20 @@ class Scheduler:
             run.look = d
 
     def _unit(self, run: CaseRun) -> None:
-        """One unit; after the first, K is planned from its wall time (as if later ones took half of it)."""
+        """One unit; after the first, K is planned from its wall time (as if later ones took half of it), and a
+        long call's later processes are stretched to fill the budget (stretched_process_time)."""
         before = run.wall_s
         self._measure_unit(run)
         run.unit_s = run.wall_s - before
         if run.looks is None and run.unit_s > 0:
             fit = int(self.cfg["max_time_s"] // (0.5 * run.unit_s))
             run.looks = planned_looks(self.plan.checkpoints, fit)
+            if self.plan.design == "same-process" and run.cycles_s:
+                run.process_time_s = stretched_process_time(
+                    run.unit_s, run.cycles_s[0], self.cfg["process_time_s"], self.cfg["max_time_s"],
+                    min(self.plan.checkpoints))
+                if run.process_time_s:
+                    run.looks = 1
 
     def _measure_unit(self, run: CaseRun) -> None:
         if self.plan.design == "same-process":
@@ -87,6 +96,7 @@ class Scheduler:
                 run.a_ms.append(float(row["a_median_ms"]))
                 run.b_ms.append(float(row["b_median_ms"]))
                 run.cycles.append(int(row["cycles"]))
+                run.cycles_s.append(float(row.get("cycles_s", 0.0)))
                 run.block = int(row["block"])
             return
         rows = {}
@@ -102,7 +112,7 @@ class Scheduler:
     def _process(self, run: CaseRun, mode: str) -> dict[str, Any] | None:
         """One child; its row, or None after recording the failure on the case."""
         case = replace(run.case, settings=replace(run.case.settings, workdir=str(self.workdir)))
-        spec = ABSpec(case, run.a, run.b, mode=mode, process_time_s=self.cfg["process_time_s"])
+        spec = ABSpec(case, run.a, run.b, mode=mode, process_time_s=run.process_time_s or self.cfg["process_time_s"])
         out = self.iso.for_device(case.device_type).run(spec.to_spec(), case.timeout_s)
         row, samples = classify(out, case.timeout_s)
         run.processes += 1
@@ -114,11 +124,34 @@ class Scheduler:
         return row
 
 
+FILL = 0.9  # the share of --max-time a long call's processes are planned to fill (they vary by a few %)
+
+
+def stretched_process_time(unit_s: float, cycles_s: float, process_time_s: float, max_time_s: float,
+                           first_checkpoint: int) -> float | None:
+    """The --process-time of a long call's later processes, or None to keep the configured one.
+
+    When fewer processes than the first checkpoint fit the budget, the case ends at its final look, when the next
+    process would overrun --max-time: with 45 s processes (2 s calls) two of them end at 90 s and up to half a
+    process of the budget is left unused. Here the processes that fit at the configured length (first one
+    included) are kept, and the later ones are lengthened so that they end at FILL x --max-time: the same number of
+    processes (the per-process interval and the ANOVA of bench.ab.decide see as many), more cycles each (the pooled
+    interval sees more). `unit_s`: the first process's wall time; `cycles_s`: the part of it spent in counted
+    cycles (the rest, start-up, builds and warm-up, each process pays again)."""
+    fit = int(FILL * max_time_s // unit_s) if unit_s > 0 else 0
+    if fit < 2 or fit >= first_checkpoint:
+        return None
+    per_process = (FILL * max_time_s - unit_s) / (fit - 1)
+    stretched = per_process - (unit_s - cycles_s)
+    return stretched if stretched > max(process_time_s, cycles_s) else None
+
+
 def _line(run: CaseRun) -> str:
     d = run.look
     last = f"log B/A {run.ratios[-1]:+.3f}" if run.ratios else "no ratio"
     state = run.failure or (f"{d.verdict}: {d.reason}" if d is not None and d.verdict != "continue" else "")
-    return f"{run.case.label()} [{run.a.label} vs {run.b.label}] process {run.processes}: {last}" + \
+    stretched = f" (process time {run.process_time_s:.0f} s)" if run.process_time_s else ""
+    return f"{run.case.label()} [{run.a.label} vs {run.b.label}] process {run.processes}{stretched}: {last}" + \
         (f" -> {state}" if state else "")
 
 

@@ -46,6 +46,8 @@ class CaseRun:
     b_ms: list[float] = field(default_factory=list)
     cycles: list[int] = field(default_factory=list)  # ABBA cycles per process (same-process design)
     cycle_ratios: list[list[float]] = field(default_factory=list)  # per process: its cycles' log ratios
+    cycles_s: list[float] = field(default_factory=list)  # per process: seconds in counted cycles
+    process_time_s: float | None = None  # a long call's stretched --process-time (bench.ab.engine)
     block: int | None = None  # calls per ABBA block (the last process's)
     samples: list[tuple] = field(default_factory=list)  # SAMPLE_COLUMNS
     processes: int = 0
