@@ -24,18 +24,24 @@ from pathlib import Path
 from bench.ab.decide import judge_counts
 
 
-def with_extra_macs(model: str, height: int, width: int, fraction: float):
-    """`model` followed by a 64->64 1x1 convolution over a preallocated (1, 64, 1, S) buffer whose MACs are
-    `fraction` of the model's own at height x width."""
-    import torch
-    from torch import nn
-
+def extra_size(model: str, height: int, width: int, fraction: float) -> int:
+    """The width S of a (1, 64, 1, S) buffer whose 64->64 1x1 convolution has `fraction` of the model's MACs at
+    height x width (bench.profiling.macs counts them; run in this process, not under valgrind)."""
     from bench.profiling.macs import count_costs, total_macs
     from models.registry import build_model, example_input
 
+    macs = total_macs(count_costs(build_model(model).eval(), example_input(model, height, width, 1, seed=0)))
+    return max(1, round(fraction * macs / (64 * 64)))
+
+
+def with_extra_conv(model: str, size: int):
+    """`model` followed by a 64->64 1x1 convolution over a preallocated (1, 64, 1, size) buffer."""
+    import torch
+    from torch import nn
+
+    from models.registry import build_model
+
     inner = build_model(model).eval()
-    macs = total_macs(count_costs(inner, example_input(model, height, width, 1, seed=0)))
-    size = max(1, round(fraction * macs / (64 * 64)))
 
     class Extra(nn.Module):
         def __init__(self) -> None:
@@ -52,10 +58,12 @@ def with_extra_macs(model: str, height: int, width: int, fraction: float):
 
 
 def _builder(work: Path, model: str, res: tuple[int, int], fraction: float) -> str:
-    """A builder file the valgrind child imports: 'path.py:build'."""
+    """A builder file the valgrind child imports: 'path.py:build', its buffer sized here (a MAC count under
+    valgrind would add a forward's 40 s to B's build)."""
+    size = extra_size(model, res[0], res[1], fraction)
     path = work / "extra_macs.py"
-    path.write_text("from tools.bench_instructions import with_extra_macs\n\n\n"
-                    f"def build():\n    return with_extra_macs({model!r}, {res[0]}, {res[1]}, {fraction!r})\n")
+    path.write_text("from tools.bench_instructions import with_extra_conv\n\n\n"
+                    f"def build():\n    return with_extra_conv({model!r}, {size})\n")
     return f"{path}:build"
 
 
