@@ -5,7 +5,7 @@
     python -m tools.checker_ab --counts aa=20,0.05=20,0.02=10,0.10=10 --models block:msla --res 256
     python -m tools.checker_ab --models evit-b1:msla --res 1024x2048 --threads 2 --counts aa=20,0.05=20
 
-For every model: A/A compares (B = a second, separately built instance of A) and compares against B = A followed
+For every model, the kinds taking turns: A/A compares (B = a second, separately built instance of A) and compares against B = A followed
 by an extra fp32 matmul into a preallocated buffer, a real slower code path sized by measurement (the matmul
 calibration of tools.bench_checker) to cost 2%, 5% or 10% of the forward. Each compare is one call of
 `bench.ab.run_ab` with its defaults (threshold 5%, alpha 0.01, checkpoints 8/16/32/64, --max-time 120 s), at
@@ -94,7 +94,8 @@ def _compare(model: str, kind: str, res: tuple[int, int], threads: int, work: Pa
                    argv=["tools.checker_ab"])
     r = df.iloc[0]
     return {"verdict": str(r["verdict"]), "ratio": float(r["ratio"]), "sd_log": float(r["sd_log"]),
-            "processes": int(r["processes"]), "wall_s": time.perf_counter() - t0, "reason": str(r["reason"] or "")}
+            "processes": int(r["processes"]), "wall_s": time.perf_counter() - t0, "reason": str(r["reason"] or ""),
+            "a_ms": float(r["a_median_ms"])}
 
 
 def _summarise(model: str, kind: str, outs: list[dict]) -> dict:
@@ -148,14 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     src = _builder_file(work, _sizes(models, a.res, a.threads, fracs, work)) if fracs else None
     results, raw = [], {}
     for model in models:
-        for kind, n in counts.items():
-            outs = []
-            for i in range(n):
-                outs.append(_compare(model, kind, a.res, a.threads, work, src))
-                print(f"{model} {kind} {i + 1}/{n}: {outs[-1]['verdict']} {outs[-1]['ratio']:.3f} "
-                      f"({outs[-1]['processes']} processes, {outs[-1]['wall_s']:.0f} s)", file=sys.stderr, flush=True)
-            raw[f"{model}|{kind}"] = outs
-            results.append(_summarise(model, kind, outs))
+        outs: dict[str, list[dict]] = {kind: [] for kind in counts}
+        for i in range(max(counts.values())):  # the kinds take turns: a slow hour of the machine hits them alike
+            for kind, n in counts.items():
+                if i < n:
+                    o = _compare(model, kind, a.res, a.threads, work, src)
+                    outs[kind].append(o)
+                    print(f"{model} {kind} {i + 1}/{n}: {o['verdict']} {o['ratio']:.3f} ({o['processes']} processes, "
+                          f"{o['wall_s']:.0f} s, A {o['a_ms']:.0f} ms a call)", file=sys.stderr, flush=True)
+        for kind in counts:
+            raw[f"{model}|{kind}"] = outs[kind]
+            results.append(_summarise(model, kind, outs[kind]))
     wall = time.perf_counter() - t0
     print(_markdown(results, f"Same-process A/B (`run_bench.py ab`) on this machine, {a.res[0]}x{a.res[1]}, "
                              f"{a.threads} thread(s); "

@@ -86,7 +86,8 @@ def _decision_arguments(p: argparse.ArgumentParser) -> None:
                         "the last) would end past it (default 120: on a 2-core VM about 60 one-second processes, "
                         "enough to reach the 64 checkpoint for small models)")
     d.add_argument("--process-time", type=float, default=1.0, metavar="S",
-                   help="seconds of ABBA timing per process, and at least 3 ABBA cycles (default 1)")
+                   help="seconds of ABBA timing per process, and at least 3 ABBA cycles (default 1; a long call's "
+                        "later processes are lengthened to fill --max-time when fewer than the first checkpoint fit)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
