@@ -85,13 +85,14 @@ def _sizes(models: list[str], res: tuple[int, int], threads: int, fracs: list[fl
     return out
 
 
-def _compare(model: str, kind: str, res: tuple[int, int], threads: int, work: Path, src: Path | None) -> dict:
+def _compare(model: str, kind: str, res: tuple[int, int], threads: int, work: Path, src: Path | None,
+             max_time: float = 120.0) -> dict:
     from bench.ab import run_ab
 
     b = model if kind == "aa" else f"{src}:{_fn(model, float(kind))}"
     t0 = time.perf_counter()
     df, _ = run_ab(a=model, b=b, res=f"{res[0]}x{res[1]}", threads=str(threads), out=work / "runs",
-                   argv=["tools.checker_ab"])
+                   max_time=max_time, argv=["tools.checker_ab"])
     r = df.iloc[0]
     return {"verdict": str(r["verdict"]), "ratio": float(r["ratio"]), "sd_log": float(r["sd_log"]),
             "processes": int(r["processes"]), "wall_s": time.perf_counter() - t0, "reason": str(r["reason"] or ""),
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="block:msla,evit-b0:msla")
     ap.add_argument("--res", type=_res, default=(256, 256), help="N or HxW (default 256)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-time", type=float, default=120.0, help="each compare's --max-time (default 120)")
     ap.add_argument("--counts", default=None, help=f"compares per kind (default {DEFAULT_COUNTS})")
     ap.add_argument("--quick", action="store_true", help=f"one model, {QUICK_COUNTS}")
     ap.add_argument("--keep", metavar="DIR", help="keep the ab folders here (default: a temporary folder)")
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(max(counts.values())):  # the kinds take turns: a slow hour of the machine hits them alike
             for kind, n in counts.items():
                 if i < n:
-                    o = _compare(model, kind, a.res, a.threads, work, src)
+                    o = _compare(model, kind, a.res, a.threads, work, src, a.max_time)
                     outs[kind].append(o)
                     print(f"{model} {kind} {i + 1}/{n}: {o['verdict']} {o['ratio']:.3f} ({o['processes']} processes, "
                           f"{o['wall_s']:.0f} s, A {o['a_ms']:.0f} ms a call)", file=sys.stderr, flush=True)
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(_summarise(model, kind, outs[kind]))
     wall = time.perf_counter() - t0
     print(_markdown(results, f"Same-process A/B (`run_bench.py ab`) on this machine, {a.res[0]}x{a.res[1]}, "
-                             f"{a.threads} thread(s); "
+                             f"{a.threads} thread(s), --max-time {a.max_time:g} s; "
                              f"{wall / 60:.0f} min in all"))
     if a.json:
         Path(a.json).write_text(json.dumps({"summary": results, "compares": raw, "wall_s": wall}, indent=2))
