@@ -12,6 +12,7 @@ from bench.analysis.report import decision as dec
 from bench.analysis.report import write_report
 from bench.analysis.report.data import load_runs, merge_runs
 from tests.test_report_browser import _no_alert, _screenshot, _severe, artifacts_dir, browser  # noqa: F401
+from tests.test_report_browser import pytestmark  # noqa: F401 - the same skips without Chromium
 
 MIXERS = "block:msla,block:relu-linear,block:softmax,block:large-kernel,evit-b0:msla"  # + a model for the budgets
 

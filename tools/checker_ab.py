@@ -5,11 +5,11 @@
     python -m tools.checker_ab --counts aa=20,0.05=20,0.02=10,0.10=10 --models block:msla --res 256
     python -m tools.checker_ab --models evit-b1:msla --res 1024x2048 --threads 2 --counts aa=20,0.05=20
 
-For every model, the kinds taking turns: A/A compares (B = a second, separately built instance of A) and compares against B = A followed
-by an extra fp32 matmul into a preallocated buffer, a real slower code path sized by measurement (the matmul
-calibration of tools.bench_checker) to cost 2%, 5% or 10% of the forward. Each compare is one call of
-`bench.ab.run_ab` with its defaults (threshold 5%, alpha 0.01, checkpoints 8/16/32/64, --max-time 120 s), at
---threads (default 1).
+For every model, the kinds taking turns: A/A compares (B = a second, separately built instance of A) and compares
+against B = A followed by an extra fp32 matmul into a preallocated buffer, a real slower code path sized by
+measurement (the matmul calibration of tools.bench_checker) to cost 2%, 5% or 10% of the forward. Each compare is
+one call of `bench.ab.run_ab` with its defaults (threshold 5%, alpha 0.01, checkpoints 8/16/32/64) at --threads
+(default 1) and --max-time (default 120 s).
 Reported per model and kind: verdicts, false alarms (A/A called slower or faster), detections (slower), the
 achieved slowdown (median ratio B/A of the compares, measured side by side), the SD of the per-process log
 ratios (the noise left inside a process), and the wall time per compare (median, max). Targets (issue 11): 0 false
@@ -62,6 +62,17 @@ def _fn(model: str, frac: float) -> str:
     return "build_" + "".join(c if c.isalnum() else "_" for c in model) + f"_{round(frac * 1000)}"
 
 
+def _seconds(text: str) -> float:
+    """--max-time: seconds above 0 (run_ab's own bound, checked before the calibration, one line and exit 2)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not 0 < v < 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}; accepted: seconds above 0 and below 86400")
+    return v
+
+
 def _res(text: str) -> tuple[int, int]:
     """"256" -> (256, 256); "1024x2048" -> (1024, 2048)."""
     h, _, w = text.lower().partition("x")
@@ -86,7 +97,7 @@ def _sizes(models: list[str], res: tuple[int, int], threads: int, fracs: list[fl
 
 
 def _compare(model: str, kind: str, res: tuple[int, int], threads: int, work: Path, src: Path | None,
-             max_time: float = 120.0) -> dict:
+             max_time: float) -> dict:
     from bench.ab import run_ab
 
     b = model if kind == "aa" else f"{src}:{_fn(model, float(kind))}"
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="block:msla,evit-b0:msla")
     ap.add_argument("--res", type=_res, default=(256, 256), help="N or HxW (default 256)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-time", type=float, default=120.0, help="each compare's --max-time (default 120)")
+    ap.add_argument("--max-time", type=_seconds, default=120.0, help="each compare's --max-time (default 120)")
     ap.add_argument("--counts", default=None, help=f"compares per kind (default {DEFAULT_COUNTS})")
     ap.add_argument("--quick", action="store_true", help=f"one model, {QUICK_COUNTS}")
     ap.add_argument("--keep", metavar="DIR", help="keep the ab folders here (default: a temporary folder)")

@@ -97,7 +97,7 @@ class Scheduler:
                 run.a_ms.append(float(row["a_median_ms"]))
                 run.b_ms.append(float(row["b_median_ms"]))
                 run.cycles.append(int(row["cycles"]))
-                run.cycles_s.append(float(row.get("cycles_s", 0.0)))
+                run.cycles_s.append(float(row["cycles_s"]))
                 run.block = int(row["block"])
             return
         rows = {}
