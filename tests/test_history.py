@@ -7,6 +7,7 @@ the code comes from a same-process A/B of the two commits' worktrees. ~90 s on 2
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -162,3 +163,28 @@ def test_cli_bad_input_is_one_line(tmp_path, chain):
     p = subprocess.run([sys.executable, str(ROOT / "run_bench.py"), "ab", "--a", "block:msla", "--b", "block:msla",
                         "--b-rev", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 2 and "--b-rev: only with --a-rev" in p.stderr, p.stderr
+
+
+def test_the_steps_benchmark_edit_is_a_real_slower_path_with_the_same_outputs(tmp_path):
+    """tools.bench_history --part steps slows block:* by an edit of models/efficientvit.py: it must still apply to
+    today's file, and the edited block must compute what the original does, plus the sized matmul."""
+    import importlib
+
+    import torch
+
+    from bench.ab.child import models_from
+    from models.registry import build_model
+    from tools.bench_history import slowed_blocks
+
+    shutil.copytree(ROOT / "models", tmp_path / "models", ignore=shutil.ignore_patterns("__pycache__"))
+    slowed_blocks(24)(tmp_path)
+    torch.manual_seed(0)
+    ours = build_model("block:msla").eval()
+    x = torch.randn(1, 128, 16, 16)
+    with models_from(str(tmp_path)):
+        torch.manual_seed(0)
+        edited = importlib.import_module("models.registry").build_model("block:msla").eval()
+        with torch.no_grad():
+            same = torch.equal(edited(x), ours(x))
+        assert same and tuple(edited.extra_out.shape) == (24, 24)
+        assert torch.allclose(edited.extra_out, edited.extra_a @ edited.extra_a, rtol=1e-4, atol=1e-3)
