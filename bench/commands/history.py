@@ -24,7 +24,8 @@ Exit status: 0 nothing slower; 1 a confirmed step (show --confirm) or a slow com
 """
 
 EPILOG = """\
-CI recipe: on each pull request `run_bench.py ab --a-rev <base>`; on main `run_bench.py history record --store S`;
+CI recipe: on each pull request `run_bench.py ab --a-rev <base>`; on main `run_bench.py history record --store S
+--instructions` (a deterministic series: its steps are exact, a wall-time series' few-percent steps drown in noise);
 nightly `run_bench.py history show --store S --confirm --html history.html`, then `history bisect` on a confirmed
 step whose commits are more than one apart.
 """
