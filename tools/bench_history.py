@@ -228,7 +228,7 @@ def _series_lines(frame, order: list[str], cuts: list[int], found: list) -> dict
         ratios = [b / a for a, b in zip(lv, lv[1:])]
         achieved[metric] = ratios
         print(f"{case_id} {metric}: series / first = " + " ".join(f"{x / v[0]:.3f}" for x in v))
-        print(f"  achieved steps (median of each stretch): " + ", ".join(f"x{r:.4f} at {c}" for r, c in
+        print("  achieved steps (median of each stretch): " + ", ".join(f"x{r:.4f} at {c}" for r, c in
                                                                         zip(ratios, cuts)))
         for st in (x for x in found if (x.case_id, x.metric) == (case_id, metric)):
             at = order.index(st.after)
