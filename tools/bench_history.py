@@ -32,11 +32,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from bench.history import steps
 from bench.history.bisect import bisect
 from bench.history.confirm import CaseSpec, ab_commits
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = CaseSpec("block:relu-linear", 64, 64, 1, "eager", "fp32")
@@ -218,7 +221,8 @@ def _levels(values: list[float], cuts: list[int]) -> list[float]:
     return [statistics.median(values[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
-def _series_lines(frame, order: list[str], cuts: list[int], found: list) -> dict[str, float]:
+def _series_lines(frame: pd.DataFrame, order: list[str], cuts: list[int],
+                  found: list[steps.Step]) -> dict[str, list[float]]:
     """Print each series (relative to its first value), its achieved steps (the ratio of the medians of the stretches
     around each known step) and the detector's steps; return the achieved ratios per metric."""
     achieved = {}
@@ -304,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-commits", type=int, default=12)
     ap.add_argument("--bisect-metric", choices=("wall_ms", "instructions"), default="wall_ms")
     a = ap.parse_args(argv)
+    if a.step_commits < 6:
+        ap.error(f"--step-commits {a.step_commits}: accepted: 6 or more (two steps at n/3 and 2n/3, and two commits "
+                 "of the same code before the first)")
     if a.part in ("all", "detector"):
         detector(a.trials, [float(v) for v in a.noise.split(",")])
     if a.part in ("all", "git"):
