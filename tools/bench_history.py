@@ -123,7 +123,7 @@ def on_git(n: int, max_time: float) -> None:
               + ", ".join(f"{commits.index(c)}:{v.verdict} {v.ratio:.3f}" for c, v in res.looks.items()))
 
 
-def flat(n: int, models: str, res: str, max_time: float, budget: float) -> None:
+def flat(n: int, models: str, res: str, max_time: float, budget: float, instructions: bool = False) -> None:
     """`history record` at each of `n` commits of the same code, then the detector over the measured series."""
     import statistics
 
@@ -137,7 +137,7 @@ def flat(n: int, models: str, res: str, max_time: float, budget: float) -> None:
         for c in commits:
             _git(repo, "checkout", "-q", c)
             record(store, repo=repo, models=models, res=res, threads="1", machine="flat-bench", max_time=max_time,
-                   budget=budget)
+                   budget=budget, instructions=instructions)
         wall = time.perf_counter() - t0
         frame = load(Store(store))
         found = steps.detect(frame, commits)
@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flat-models", default="block:msla,block:relu-linear")
     ap.add_argument("--flat-res", default="128")
     ap.add_argument("--flat-budget", type=float, default=20.0, help="history record's --budget (CI: 20)")
+    ap.add_argument("--flat-instructions", action="store_true", help="history record --instructions at each commit")
     ap.add_argument("--step-commits", type=int, default=12)
     ap.add_argument("--bisect-metric", choices=("wall_ms", "instructions"), default="wall_ms")
     a = ap.parse_args(argv)
@@ -316,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.part in ("all", "git"):
         on_git(a.commits, a.max_time)
     if a.part == "flat":
-        flat(a.flat_commits, a.flat_models, a.flat_res, max_time=1.0, budget=a.flat_budget)
+        flat(a.flat_commits, a.flat_models, a.flat_res, max_time=1.0, budget=a.flat_budget,
+             instructions=a.flat_instructions)
     if a.part == "steps":
         on_steps(a.step_commits, a.max_time, a.bisect_metric)
     return 0
