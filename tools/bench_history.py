@@ -27,6 +27,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,8 +126,6 @@ def on_git(n: int, max_time: float) -> None:
 
 def flat(n: int, models: str, res: str, max_time: float, budget: float, instructions: bool = False) -> None:
     """`history record` at each of `n` commits of the same code, then the detector over the measured series."""
-    import statistics
-
     from bench.history.record import record
     from bench.history.store import Store, load
 
@@ -157,27 +156,27 @@ STEP_SIZES = (0.06, 0.03)  # the slowdowns the chain's two real steps are sized 
 BLOCK_INIT = ("    def __init__(self, mixer: str, channels: int, head_dim: int) -> None:\n        super().__init__()\n"
               "        self.context = Residual(build_mixer(mixer, channels, head_dim))\n")  # MixerBlock's
 BLOCK_FORWARD = "        return self.context(x)\n"
-ORIGINAL_BLOCKS = (ROOT / "models" / "efficientvit.py").read_text()
 
 
 def slowed_blocks(n: int) -> Callable[[Path], None]:
     """An edit of a suite copy: every MixerBlock (block:*) is followed by an n x n fp32 matmul into a preallocated
-    buffer, a real slower code path in the model's own file (replacing an earlier matmul of the chain)."""
-    def edit(root: Path) -> None:
-        src = root / "models" / "efficientvit.py"
-        text = ORIGINAL_BLOCKS
-        if text.count(BLOCK_INIT) != 1 or text.count(BLOCK_FORWARD) != 1:
-            raise SystemExit("bench_history --part steps: models/efficientvit.py's MixerBlock no longer reads as "
-                             "BLOCK_INIT/BLOCK_FORWARD say; update them")
-        init = BLOCK_INIT + ("        g = torch.Generator().manual_seed(0)\n"
-                             f"        self.register_buffer('extra_a', torch.randn({n}, {n}, generator=g))\n"
-                             f"        self.register_buffer('extra_out', torch.empty({n}, {n}))\n")
-        forward = ("        y = self.context(x)\n"
-                   "        torch.mm(self.extra_a, self.extra_a, out=self.extra_out)\n"
-                   "        return y\n")
-        src.write_text(text.replace(BLOCK_INIT, init).replace(BLOCK_FORWARD, forward))
-    return edit
+    buffer, a real slower code path in the model's own file (written over this suite's file, so a later edit of the
+    chain replaces an earlier matmul)."""
+    text = (ROOT / "models" / "efficientvit.py").read_text()
+    if text.count(BLOCK_INIT) != 1 or text.count(BLOCK_FORWARD) != 1:
+        raise SystemExit("bench_history --part steps: models/efficientvit.py's MixerBlock no longer reads as "
+                         "BLOCK_INIT/BLOCK_FORWARD say; update them")
+    init = BLOCK_INIT + ("        g = torch.Generator().manual_seed(0)\n"
+                         f"        self.register_buffer('extra_a', torch.randn({n}, {n}, generator=g))\n"
+                         f"        self.register_buffer('extra_out', torch.empty({n}, {n}))\n")
+    forward = ("        y = self.context(x)\n"
+               "        torch.mm(self.extra_a, self.extra_a, out=self.extra_out)\n"
+               "        return y\n")
+    slowed = text.replace(BLOCK_INIT, init).replace(BLOCK_FORWARD, forward)
 
+    def edit(root: Path) -> None:
+        (root / "models" / "efficientvit.py").write_text(slowed)
+    return edit
 
 
 def suite_chain(repo: Path, n: int, sizes: dict[int, int]) -> list[str]:
@@ -215,8 +214,6 @@ def _record_chain(repo: Path, commits: list[str], store: Path, case: CaseSpec) -
 
 def _levels(values: list[float], cuts: list[int]) -> list[float]:
     """The median of each stretch of the series between the known step positions."""
-    import statistics
-
     bounds = [0, *cuts, len(values)]
     return [statistics.median(values[a:b]) for a, b in zip(bounds, bounds[1:])]
 

@@ -63,14 +63,14 @@ def _fn(model: str, frac: float) -> str:
 
 
 def _seconds(text: str) -> float:
-    """--max-time: seconds above 0 (run_ab's own bound, checked before the calibration, one line and exit 2)."""
+    """--max-time, by run_ab's own check (bench.ab.matrix), before the calibration: one line and exit 2."""
+    from bench.ab.matrix import _number
+    from bench.plan import PlanError
+
     try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not 0 < v < 86400:
-        raise argparse.ArgumentTypeError(f"{text!r}; accepted: seconds above 0 and below 86400")
-    return v
+        return _number("--max-time", text, 0, 86400)
+    except PlanError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--max-time: ")) from None  # argparse names the flag
 
 
 def _res(text: str) -> tuple[int, int]:

@@ -6,8 +6,8 @@ design; its statistic comes from the child, bench.ab.child) or, in the pairs des
 for even units and B then A for odd ones (ABBA order of processes), with log(median B / median A). After each
 unit the case is looked at (bench.ab.decide) at the checkpoints, and one last time when its processes have used
 --max-time seconds; a long call, of which fewer processes than the first checkpoint fit, has its later processes
-lengthened to fill the budget and takes that last look only (stretched_process_time). A process that fails makes its case `failed` with the child's reason. The folder is saved
-after every round (bench.ab.store).
+lengthened to fill the budget and takes that last look only (stretched_process_time). A process that fails makes
+its case `failed` with the child's reason. The folder is saved after every round (bench.ab.store).
 """
 from __future__ import annotations
 
