@@ -148,19 +148,24 @@ def test_repeats_pool_processes_and_resume_adds_the_missing_ones(tmp_path, capsy
     # a run killed after the second pass: one case has two processes stored, the other three
     cut = res.index[0]
     rows = run.results.copy()
-    rows.loc[rows["case_id"] == cut, "repeats"] = 2
+    kept = s[~((s["case_id"] == cut) & (s["repeat"] == 2))].reset_index(drop=True)
+    rows.loc[rows["case_id"] == cut, ["repeats", "n"]] = [2, int((kept["case_id"] == cut).sum())]  # as committed
     write_results(run_dir, rows)
-    write_samples(run_dir, s[~((s["case_id"] == cut) & (s["repeat"] == 2))].reset_index(drop=True))
+    write_samples(run_dir, kept)
     meta = json.loads((run_dir / "meta.json").read_text())
     meta["status"] = "interrupted"
     (run_dir / "meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
     assert main(["--resume", "rep", "--out", str(out), "-q", "--no-report"]) == 0, capsys.readouterr().err
+    assert "measured again" not in capsys.readouterr().err  # the two stored processes are kept, not redone
     final = load_run(run_dir)
     fres, fs = final.results.set_index("case_id"), final.samples
     other = res.index[1]
     assert fres.loc[other, "wall_s"] == res.loc[other, "wall_s"]  # complete case untouched
     assert (fs[fs["case_id"] == other]["latency_ms"].to_numpy() == s[s["case_id"] == other]["latency_ms"]).all()
-    assert fres.loc[cut, "repeats"] == 3 and fres.loc[cut, "wall_s"] > res.loc[cut, "wall_s"] * 0.5
+    assert fres.loc[cut, "repeats"] == 3 and fres.loc[cut, "wall_s"] > res.loc[cut, "wall_s"]  # stored + new
+    mine = fs[fs["case_id"] == cut]
+    assert (mine[mine["repeat"] < 2]["latency_ms"].to_numpy() == kept[kept["case_id"] == cut]["latency_ms"]).all()
     assert sorted(fs[fs["case_id"] == cut]["repeat"].unique()) == [0, 1, 2]
     assert fres.loc[cut, "n"] == (fs["case_id"] == cut).sum()
     assert json.loads((run_dir / "meta.json").read_text())["status"] == "complete"

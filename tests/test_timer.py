@@ -1,3 +1,4 @@
+import itertools
 import time
 
 import numpy as np
@@ -34,7 +35,16 @@ def test_time_cap_gives_not_converged_and_at_least_one_sample():
 
 
 def test_max_samples_bounds_sampling():
-    res = measure(lambda: None, min_time_s=0.0, max_time_s=5.0, rel_ci=1e-9, min_samples=5, max_samples=200)
+    # calls of 1..20 us in turn: the median's CI can never close to 1e-9 (an empty call can: on a coarse clock
+    # its samples are all equal, a CI of zero width), so only max_samples can end the sampling
+    calls = itertools.count()
+
+    def spin():
+        end = time.perf_counter_ns() + 1000 * (1 + next(calls) % 20)
+        while time.perf_counter_ns() < end:
+            pass
+
+    res = measure(spin, min_time_s=0.0, max_time_s=5.0, rel_ci=1e-9, min_samples=5, max_samples=200)
     assert res.n == 200 and not res.converged
 
 
