@@ -35,8 +35,8 @@ def test_time_cap_gives_not_converged_and_at_least_one_sample():
 
 
 def test_max_samples_bounds_sampling():
-    # calls of 1..20 us in turn: the median's CI can never close to 1e-9 (an empty call can: on a coarse clock
-    # its samples are all equal, a CI of zero width), so only max_samples can end the sampling
+    # calls of 1..20 us in turn: the median's CI can never close to 1e-9 (an empty call's can: its samples are a
+    # few clock ticks, so the median and its CI bounds can be the same tick), so only max_samples ends the sampling
     calls = itertools.count()
 
     def spin():
